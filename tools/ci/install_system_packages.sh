@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# System packages for the multi-process tests: OpenMPI (mpirun + mpi4py) and a one-node SLURM.
+set -euo pipefail
+need=()
+command -v mpirun >/dev/null || need+=(openmpi-bin libopenmpi-dev)
+command -v srun >/dev/null || need+=(slurmd slurmctld slurm-client munge)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi

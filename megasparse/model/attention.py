@@ -1,0 +1,52 @@
+"""Multi-head causal self-attention with RoPE (full MHA, no biases)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megasparse.config import ModelConfig
+from megasparse.model.layers import LayerFactory
+from megasparse.model.rotary import apply_rotary
+
+
+class Attention(nn.Module):
+    """``o_proj(softmax(q kᵀ/√hd + mask) v)`` with rotary q and k.
+
+    Separate q/k/v projections (rather than one fused matrix) keep the parameter names and
+    shapes one-to-one with a Llama checkpoint and make per-head tensor-parallel slicing trivial.
+    """
+
+    def __init__(self, config: ModelConfig, layers: LayerFactory) -> None:
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.head_dim = config.head_dim
+        d, a = config.hidden_size, config.attention_size
+        self.q_proj = layers.column(d, a)
+        self.k_proj = layers.column(d, a)
+        self.v_proj = layers.column(d, a)
+        self.o_proj = layers.row(a, d)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [b, s, d]
+        cos: torch.Tensor,  # [b or 1, s, hd]
+        sin: torch.Tensor,  # [b or 1, s, hd]
+        attention_mask: Optional[torch.Tensor] = None,  # bool [b, 1, s, s]; None = plain causal
+    ) -> torch.Tensor:
+        b, s, _ = x.shape
+        # [b, s, heads·hd] -> [b, heads, s, hd]; heads inferred so a TP shard works unchanged.
+        q = self.q_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if attention_mask is None:
+            # Fast path: lets SDPA pick the flash kernel.
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
+        out = out.transpose(1, 2).reshape(b, s, -1)  # [b, s, heads·hd]
+        return self.o_proj(out)  # [b, s, d]

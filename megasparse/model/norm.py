@@ -1,0 +1,28 @@
+"""RMSNorm, the only normalisation in the model (pre-norm, no bias)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """``weight ⊙ x / sqrt(mean(x²) + eps)`` over the last dimension.
+
+    The statistics are computed in fp32 and the normalised value is cast back to the input dtype
+    *before* the weight multiplies it — the same order as Hugging Face Llama, so an exported model
+    reproduces our logits in bf16 too.
+    """
+
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., d] -> [..., d]
+        x32 = x.float()
+        inv_rms = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return self.weight * (x32 * inv_rms).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"

@@ -249,3 +249,24 @@ def load_curve(run: str | Path, *, tag: str = DEFAULT_RATIO_TAG, tokens_tag: str
     raise LawDataError(f"{text}: unknown file type {suffix or '(none)'}; give a TensorBoard logdir, "
                        ".json/.jsonl/.txt (JSON) or .csv")
 
+
+
+def read_pairs_json(path: str | Path, x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read `[{x_key: .., y_key: ..}, ...]` or `{x_key: [...], y_key: [...]}` (width-depth / scale inputs)."""
+    where = str(path)
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise LawDataError(f"{where}: cannot read ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise LawDataError(f"{where}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    if isinstance(data, dict):
+        data = [dict(zip((x_key, y_key), xy)) for xy in zip(data.get(x_key, []), data.get(y_key, []))] \
+            if x_key in data and y_key in data else None
+    if not isinstance(data, list) or not data or not all(isinstance(r, dict) for r in data):
+        raise LawDataError(f"{where}: expected a non-empty list of {{\"{x_key}\": .., \"{y_key}\": ..}} records "
+                           f"or an object with {x_key!r} and {y_key!r} lists")
+    for i, r in enumerate(data):
+        if not _is_number(r.get(x_key)) or not _is_number(r.get(y_key)):
+            raise LawDataError(f"{where}: record {i} needs numeric {x_key!r} and {y_key!r}")
+    return (np.array([float(r[x_key]) for r in data]), np.array([float(r[y_key]) for r in data]))

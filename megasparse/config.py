@@ -156,6 +156,8 @@ class LoggingConfig(_Section):
     dir: Optional[str] = None  # TensorBoard logdir; None disables TensorBoard
     interval: int = Field(10, gt=0)
     console: bool = True
+    # Peak dense TFLOP/s per device for perf/mfu; None = from the device name (H100/H200: 989).
+    peak_tflops: Optional[float] = Field(None, gt=0)
 
 
 class RunConfig(_Section):

@@ -1,0 +1,155 @@
+"""Checkpoints on top of DeepSpeed's, with everything needed to continue as if never stopped.
+
+Layout of ``checkpoint.dir``::
+
+    latest                       the tag of the newest COMPLETE checkpoint (written last, atomically)
+    global_step{N}/              DeepSpeed's model and (ZeRO) optimizer states + client state
+        megasparse_meta.json     model config, layout (TP/PP/DP), ZeRO stage, version, progress
+        megasparse_rank{R}.pt    per-rank state: RNG of every library, activation counters, loader
+
+``latest`` moves only after every rank has finished writing, so a checkpoint interrupted half
+way never becomes the one a restart resumes from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import megasparse
+
+META_FILE = "megasparse_meta.json"
+LATEST_FILE = "latest"
+TAG_PATTERN = re.compile(r"^global_step(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the directory and the problem."""
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def complete_tags(ckpt_dir: Path) -> list[str]:
+    """Tags with a metadata file (i.e. fully written), oldest first."""
+    tags = []
+    for child in ckpt_dir.iterdir() if ckpt_dir.is_dir() else []:
+        m = TAG_PATTERN.match(child.name)
+        if m and (child / META_FILE).exists():
+            tags.append((int(m.group(1)), child.name))
+    return [t for _, t in sorted(tags)]
+
+
+def save_checkpoint(engine, ckpt_dir: str, step: int, progress: dict[str, Any], rank_state: dict[str, Any],
+                    meta: dict[str, Any], keep_last: int) -> str:
+    """Collective: every rank calls it. Returns the tag written."""
+    root = Path(ckpt_dir)
+    tag = f"global_step{step}"
+    if _rank() == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        stale = root / tag / META_FILE  # an earlier, interrupted save of the same step
+        stale.unlink(missing_ok=True)
+    _barrier()
+    engine.save_checkpoint(str(root), tag=tag, client_state={"megasparse": progress}, save_latest=False)
+    torch.save({"rng": rng_state(), **rank_state}, root / tag / f"megasparse_rank{_rank()}.pt")
+    _barrier()
+    if _rank() == 0:
+        full_meta = {"version": megasparse.__version__, "step": step, **meta, "progress": progress}
+        _atomic_write(root / tag / META_FILE, json.dumps(full_meta, indent=2, default=str))
+        _atomic_write(root / LATEST_FILE, tag)
+        for old in complete_tags(root)[:-keep_last]:
+            shutil.rmtree(root / old, ignore_errors=True)
+    _barrier()
+    return tag
+
+
+def resolve_resume(resume: str, ckpt_dir: Optional[str]) -> Optional[tuple[str, str]]:
+    """Maps checkpoint.resume to (directory, tag), or None for a fresh start."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        if not ckpt_dir:
+            return None
+        latest = Path(ckpt_dir) / LATEST_FILE
+        if not latest.exists():
+            return None
+        tag = latest.read_text().strip()
+        if not (Path(ckpt_dir) / tag / META_FILE).exists():
+            raise CheckpointError(f"{latest}: points to '{tag}', which is missing or incomplete; "
+                                  f"remove {latest} or point it at a complete global_step folder")
+        return ckpt_dir, tag
+    path = Path(resume)
+    if (path / META_FILE).exists():
+        return str(path.parent), path.name
+    if (path / LATEST_FILE).exists():
+        return resolve_resume("auto", str(path))
+    raise CheckpointError(f"{path}: not a megasparse checkpoint (no {META_FILE} or {LATEST_FILE} found)")
+
+
+def read_meta(ckpt_dir: str, tag: str) -> dict[str, Any]:
+    return json.loads((Path(ckpt_dir) / tag / META_FILE).read_text())
+
+
+def check_layout(meta: dict[str, Any], expected: dict[str, Any], where: str) -> None:
+    for key, value in expected.items():
+        if meta.get("layout", {}).get(key) != value:
+            raise CheckpointError(
+                f"{where}: saved with {key}={meta.get('layout', {}).get(key)}, this run has {key}={value}; "
+                "resume with the same layout or convert the checkpoint first"
+            )
+
+
+def load_checkpoint(engine, ckpt_dir: str, tag: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Loads DeepSpeed state into the engine; returns (progress, this rank's state)."""
+    path, client = engine.load_checkpoint(ckpt_dir, tag=tag, load_optimizer_states=True,
+                                          load_lr_scheduler_states=True)
+    if path is None:
+        raise CheckpointError(f"{Path(ckpt_dir) / tag}: DeepSpeed could not load this checkpoint")
+    rank_file = Path(ckpt_dir) / tag / f"megasparse_rank{_rank()}.pt"
+    if not rank_file.exists():
+        raise CheckpointError(f"{rank_file}: missing; the checkpoint was written by fewer ranks than this run has")
+    rank_state = torch.load(rank_file, map_location="cpu", weights_only=True)
+    set_rng_state(rank_state.pop("rng"))
+    return client["megasparse"], rank_state

@@ -1,0 +1,102 @@
+"""Rank discovery and process-group start-up for every launcher users have.
+
+Supported launchers, in the order they are recognised:
+* ``deepspeed`` / ``torchrun``: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are set.
+* ``srun`` (SLURM): SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; the master is the first host of
+  SLURM_JOB_NODELIST (or MASTER_ADDR when the batch script exports it).
+* ``mpirun`` (OpenMPI): OMPI_COMM_WORLD_{RANK,SIZE,LOCAL_RANK}; the master address is agreed
+  through mpi4py (rank 0's host name broadcast to all).
+* nothing: one process, world size 1.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    launcher: str
+
+
+def _first_slurm_host() -> str:
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST", "")
+    if not nodelist:
+        return "127.0.0.1"
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                             text=True, check=True, timeout=30).stdout.split()
+        return out[0] if out else "127.0.0.1"
+    except (OSError, subprocess.SubprocessError):
+        # A single plain host name needs no expansion.
+        return nodelist.split(",")[0]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def discover_ranks() -> RankInfo:
+    """Fills RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from whichever launcher started us."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        info = RankInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), "env")
+    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        info = RankInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)), "slurm")
+        env.setdefault("MASTER_ADDR", _first_slurm_host())
+        # Derive a job-specific port so two jobs on one node don't collide.
+        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+    elif "OMPI_COMM_WORLD_RANK" in env:
+        info = RankInfo(int(env["OMPI_COMM_WORLD_RANK"]), int(env["OMPI_COMM_WORLD_SIZE"]),
+                        int(env.get("OMPI_COMM_WORLD_LOCAL_RANK", 0)), "mpi")
+        if "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
+            from mpi4py import MPI
+
+            comm = MPI.COMM_WORLD
+            addr, port = comm.bcast((socket.gethostname(), _free_port()) if info.rank == 0 else None, root=0)
+            env.setdefault("MASTER_ADDR", addr)
+            env.setdefault("MASTER_PORT", str(port))
+    else:
+        info = RankInfo(0, 1, 0, "single")
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", str(_free_port()))
+    env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"] = str(info.rank), str(info.world_size), str(info.local_rank)
+    return info
+
+
+def init_distributed(device: torch.device, timeout_minutes: float = 10.0) -> RankInfo:
+    """Starts the default process group (NCCL on GPU, gloo on CPU) through DeepSpeed.
+
+    The timeout bounds how long a collective waits for a dead rank, so a lost node makes the
+    job fail instead of hanging forever.
+    """
+    info = discover_ranks()
+    if dist.is_initialized():
+        return info
+    import deepspeed
+
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
+                               timeout=timedelta(minutes=timeout_minutes))
+    return info
+
+
+def is_rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()

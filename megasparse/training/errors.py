@@ -1,0 +1,13 @@
+"""Which exceptions are the user's to fix (printed as one line) rather than bugs (tracebacks)."""
+
+from __future__ import annotations
+
+from megasparse.config import ConfigError
+from megasparse.data.indexed_dataset import IndexedDatasetError
+from megasparse.training.checkpoint import CheckpointError
+
+UserFacingError = (ConfigError, IndexedDatasetError, CheckpointError, FileNotFoundError)
+
+
+def user_error_message(exc: BaseException) -> str:
+    return str(exc).strip() or type(exc).__name__

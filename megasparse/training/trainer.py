@@ -1,0 +1,296 @@
+"""The training loop on the DeepSpeed engine.
+
+Order of a step: ``gradient_accumulation`` micro-batches (forward with counters, backward,
+``engine.step()`` — DeepSpeed only updates at the accumulation boundary), then one collective
+that averages the loss over data-parallel ranks and agrees on a pending stop signal, then
+logging, evaluation and checkpointing at their intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megasparse.config import RunConfig
+from megasparse.data.loader import MicroBatchLoader, build_datasets
+from megasparse.data.tokenizer import Tokenizer
+from megasparse.model.flops import flops_per_token
+from megasparse.model.mup import mup_param_groups
+from megasparse.model.transformer import Transformer
+from megasparse.sparsity.counters import ActivationCounters, attach_counters, down_projection_weights
+from megasparse.sparsity.reduction import CounterGroups, reduce_counters
+from megasparse.training import checkpoint as ckpt
+from megasparse.training.deepspeed_config import build_deepspeed_config
+from megasparse.training.distributed import init_distributed
+from megasparse.training.lm_loss import CausalLMLoss
+from megasparse.training.metrics import MetricsWriter, device_peak_tflops, max_memory_gb
+from megasparse.training.schedule import build_scheduler
+
+
+def resolve_device(cfg: RunConfig) -> torch.device:
+    want = cfg.train.device
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        import os
+
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    consumed_samples: int = 0
+    consumed_tokens: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(step=self.step, consumed_samples=self.consumed_samples, consumed_tokens=self.consumed_tokens)
+
+
+@dataclass
+class Window:
+    """Throughput accumulators of one logging window."""
+
+    start: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+    tokens: int = 0
+
+    def reset(self) -> None:
+        self.start, self.steps, self.tokens = time.perf_counter(), 0, 0
+
+
+class StopSignal:
+    """SIGTERM / SIGUSR1 (SLURM preemption) → checkpoint at the next step boundary, then exit."""
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg)
+        self.rank_info = init_distributed(self.device)
+        self.world = self.rank_info.world_size
+        self.rank = self.rank_info.rank
+        cfg.validate_layout(self.world)
+        self.bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and self.device.type == "cuda")
+        self.dp_size = cfg.data_parallel_size(self.world)
+        self.dp_rank = self.rank  # TP = PP = 1 in this loop: every rank is its own DP rank.
+        self.seq = cfg.data.seq_length
+        self.log = MetricsWriter(cfg.logging.dir, enabled=self.rank == 0, console=cfg.logging.console)
+
+        self.tokenizer = Tokenizer(cfg.data.tokenizer_model) if cfg.data.tokenizer_model else None
+        if cfg.model.vocab_size is None:
+            if self.tokenizer is None:
+                raise ValueError("model.vocab_size is unset and data.tokenizer_model is missing; set one of them")
+            cfg.model.vocab_size = self.tokenizer.vocab_size
+        eod = self.tokenizer.eod_id if self.tokenizer is not None else None
+
+        # The same seed gives the same initial model on every rank and every layout.
+        seed_everything(cfg.train.seed)
+        self.model = Transformer(cfg.model, seed=cfg.train.seed, device=self.device, eod_token_id=eod,
+                                 activation_checkpointing=cfg.train.activation_checkpointing)
+        self.counters = ActivationCounters(range(cfg.model.num_layers), cfg.model.ffn_size, self.device)
+        self.eval_counters = ActivationCounters(range(cfg.model.num_layers), cfg.model.ffn_size, self.device)
+        for mlp in self.model.modules():
+            if hasattr(mlp, "counter_impl"):
+                mlp.counter_impl = cfg.sparsity.counter_impl
+        attach_counters(self.model, self.counters if cfg.sparsity.counters else None)
+        self.counter_groups = CounterGroups(data=dist.group.WORLD if self.world > 1 else None)
+
+        import deepspeed
+
+        ds_config = build_deepspeed_config(cfg, self.world, self.bf16, self.device.type == "cuda")
+        groups = mup_param_groups(self.model, cfg.model, weight_decay=cfg.train.optimizer.weight_decay,
+                                  lr=cfg.train.optimizer.lr)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=CausalLMLoss(self.model), model_parameters=groups, config=ds_config,
+            lr_scheduler=lambda opt: build_scheduler(opt, cfg.train.schedule, cfg.train.optimizer, cfg.train.steps),
+        )
+        self.grad_accum = cfg.grad_accumulation_steps(self.world)
+
+        train_samples = cfg.train.steps * cfg.train.global_batch_size
+        valid_samples = cfg.train.eval_steps * cfg.train.micro_batch_size * self.dp_size
+        self.train_data, self.valid_data = build_datasets(cfg.data, cfg.train.seed, train_samples, valid_samples, eod)
+        self.loader = MicroBatchLoader(self.train_data, cfg.train.micro_batch_size, self.dp_rank, self.dp_size)
+
+        self.progress = Progress()
+        self.flops_per_token = flops_per_token(cfg.model, self.seq)
+        self.peak = cfg.logging.peak_tflops or device_peak_tflops(self.device)
+        self.stop = StopSignal()
+        self._resume()
+
+    # ----------------------------------------------------------------------------------------
+    def _layout(self) -> dict:
+        p = self.cfg.parallel
+        return {"world_size": self.world, "tensor": p.tensor, "pipeline": p.pipeline, "data": self.dp_size,
+                "zero_stage": p.zero_stage}
+
+    def _resume(self) -> None:
+        c = self.cfg.checkpoint
+        found = ckpt.resolve_resume(c.resume, c.dir)
+        if found is None:
+            return
+        ckpt_dir, tag = found
+        meta = ckpt.read_meta(ckpt_dir, tag)
+        ckpt.check_layout(meta, self._layout(), str(Path(ckpt_dir) / tag))
+        progress, rank_state = ckpt.load_checkpoint(self.engine, ckpt_dir, tag)
+        self.progress = Progress(**progress)
+        self.loader.load_state_dict(rank_state["loader"])
+        self.counters.load_state_dict(rank_state["counters"])
+        self.log.line(f"resumed from {Path(ckpt_dir) / tag} at step {self.progress.step}")
+
+    def save(self) -> None:
+        c = self.cfg.checkpoint
+        if not c.dir:
+            return
+        meta = {"model": self.cfg.model.model_dump(), "layout": self._layout(), "run": self.cfg.model_dump(mode="json")}
+        rank_state = {"loader": self.loader.state_dict(), "counters": self.counters.state_dict()}
+        tag = ckpt.save_checkpoint(self.engine, c.dir, self.progress.step, self.progress.as_dict(), rank_state,
+                                   meta, c.keep_last)
+        self.log.line(f"saved checkpoint {Path(c.dir) / tag}")
+
+    # ----------------------------------------------------------------------------------------
+    def _all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+            values = values / self.world
+        return values
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step; returns (loss averaged over micro-batches and DP ranks, stop flag)."""
+        if self.counters.layer_thresholds is not None:
+            self.counters.refresh_neuron_thresholds(down_projection_weights(self.model))
+        loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
+        for _ in range(self.grad_accum):
+            batch = next(self.loader).to(self.device, non_blocking=True)  # [mbs, s+1]
+            loss = self.engine(batch)
+            self.engine.backward(loss)
+            self.engine.step()
+            loss_sum += loss.detach().float()
+        stop = 1.0 if self.stop.received is not None else 0.0
+        packed = torch.stack([loss_sum / self.grad_accum, torch.tensor(stop, device=self.device)])
+        if self.world > 1:
+            dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+        return float(packed[0]) / self.world, float(packed[1])
+
+    @torch.no_grad()
+    def evaluate(self) -> Optional[dict]:
+        if self.valid_data is None:
+            return None
+        self.engine.eval()
+        attach_counters(self.model, self.eval_counters)
+        self.eval_counters.reset()
+        loader = MicroBatchLoader(self.valid_data, self.cfg.train.micro_batch_size, self.dp_rank, self.dp_size)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for _ in range(self.cfg.train.eval_steps):
+            total += self.engine(next(loader).to(self.device)).double()
+        loss = float(self._all_reduce_mean(total / self.cfg.train.eval_steps))
+        snap = reduce_counters(self.eval_counters, self.counter_groups)
+        attach_counters(self.model, self.counters if self.cfg.sparsity.counters else None)
+        self.engine.train()
+        out = {"eval/loss": loss, "eval/ppl": math.exp(min(loss, 50.0))}
+        if snap is not None:
+            out["eval/activation_ratio"] = snap.activation_ratio()
+        self.log.scalars(out, self.progress.step)
+        return out
+
+    def _log_window(self, window: Window, loss: float) -> dict:
+        step = self.progress.step
+        elapsed = max(time.perf_counter() - window.start, 1e-9)
+        tokens_per_sec = window.tokens / elapsed
+        tflops = self.flops_per_token * tokens_per_sec / self.world / 1e12
+        values = {
+            "perf/tokens_per_sec": tokens_per_sec,
+            "perf/step_time_s": elapsed / max(window.steps, 1),
+            "perf/tflops_per_gpu": tflops,
+            "mem/max_allocated_gb": max_memory_gb(self.device),
+        }
+        if self.peak:
+            values["perf/mfu"] = tflops / self.peak
+        self.log.scalars(values, step)
+        line = (f"step {step:>6}/{self.cfg.train.steps} | loss {loss:.4f} | lr {self.scheduler.get_last_lr()[0]:.3e}"
+                f" | {tokens_per_sec / 1e3:.1f}k tok/s | {tflops:.2f} TFLOP/s/gpu")
+        if self.peak:
+            line += f" | mfu {100 * values['perf/mfu']:.1f}%"
+        if self.cfg.sparsity.counters:
+            snap = reduce_counters(self.counters, self.counter_groups)
+            self.counters.reset()
+            if snap is not None:
+                hist_every = self.cfg.sparsity.histogram_interval
+                hist = hist_every == 0 or step % hist_every == 0
+                sp = self.log.sparsity(snap, step, histograms=hist, dead_below=self.cfg.sparsity.dead_neuron_frequency)
+                values.update(sp)
+                line += f" | act {100 * sp['sparsity/activation_ratio']:.1f}%"
+        self.log.line(line)
+        self.log.flush()
+        return values
+
+    # ----------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg = self.cfg
+        window = Window()
+        summary: dict = {}
+        last_loss = float("nan")
+        steps_this_process = 0
+        self.engine.train()
+        while self.progress.step < cfg.train.steps:
+            loss, stop = self.train_step()
+            self.progress.step += 1
+            self.progress.consumed_samples = self.loader.consumed_samples
+            step_tokens = cfg.train.global_batch_size * self.seq
+            self.progress.consumed_tokens += step_tokens
+            window.steps += 1
+            window.tokens += step_tokens
+            steps_this_process += 1
+            last_loss = loss
+            step = self.progress.step
+            lr = self.scheduler.get_last_lr()[0]
+            grad_norm = self.engine.get_global_grad_norm()
+            self.log.scalars({"train/loss": loss, "train/lr": lr, "train/tokens": self.progress.consumed_tokens,
+                              "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan")}, step)
+            if step % cfg.logging.interval == 0 or step == cfg.train.steps:
+                summary.update(self._log_window(window, loss))
+                window.reset()
+            if cfg.train.eval_interval and (step % cfg.train.eval_interval == 0 or step == cfg.train.steps):
+                summary.update(self.evaluate() or {})
+            final = step == cfg.train.steps
+            if stop or (cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0) or final:
+                self.save()
+            if stop:
+                self.log.line(f"stop signal received: checkpoint written at step {step}, exiting")
+                break
+            if cfg.train.exit_after_steps and steps_this_process >= cfg.train.exit_after_steps:
+                self.log.line(f"exit_after_steps={cfg.train.exit_after_steps} reached at step {step}")
+                break
+        summary.update({"train/loss": last_loss, "step": self.progress.step,
+                        "train/tokens": self.progress.consumed_tokens})
+        if self.rank == 0 and cfg.logging.dir:
+            Path(cfg.logging.dir).mkdir(parents=True, exist_ok=True)
+            (Path(cfg.logging.dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.log.close()
+        return summary

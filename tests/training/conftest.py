@@ -1,0 +1,83 @@
+"""Shared fixtures for training tests: a tiny tokenizer and token files from the bundled corpus."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> dict:
+    """A 512-token BPE tokenizer and train/valid .bin/.idx from a slice of the bundled corpus."""
+    from megasparse.data.bundled import iter_bundled_documents
+    from megasparse.data.preprocess import preprocess
+    from megasparse.data.tokenizer_training import TokenizerTrainingConfig, train_tokenizer
+
+    root = tmp_path_factory.mktemp("corpus")
+    paths = {}
+    for split, n in (("train", 300), ("valid", 40)):
+        path = root / f"{split}.jsonl"
+        with path.open("w") as f:
+            for doc in itertools.islice(iter_bundled_documents(split), n):
+                f.write(json.dumps({"text": doc["text"]}) + "\n")
+        paths[split] = path
+    train_tokenizer([str(paths["train"])], str(root / "tok"),
+                    config=TokenizerTrainingConfig(vocab_size=512, input_sentence_size=0))
+    out = {"tokenizer": str(root / "tok.model")}
+    for split, path in paths.items():
+        preprocess([str(path)], str(root / split), str(root / "tok.model"), append_eod=True, progress=False,
+                   log=lambda s: None)
+        out[split] = str(root / f"{split}_text_document")
+    return out
+
+
+def write_run_config(path: Path, corpus: dict, **sections) -> Path:
+    """A tiny CPU run config; keyword arguments override whole keys inside sections."""
+    cfg = {
+        "base": str(REPO / "configs" / "model" / "tiny.yaml"),
+        "data": {"train": [corpus["train"]], "valid": [corpus["valid"]], "tokenizer_model": corpus["tokenizer"],
+                 "seq_length": 32},
+        "train": {"micro_batch_size": 2, "global_batch_size": 4, "steps": 20, "seed": 7,
+                  "eval_interval": 10, "eval_steps": 2, "precision": "fp32", "device": "cpu",
+                  "schedule": {"kind": "wsd", "warmup_steps": 4}},
+        "checkpoint": {"dir": str(path.parent / "ckpt"), "interval": 10, "keep_last": 2},
+        "logging": {"dir": str(path.parent / "tb"), "interval": 5},
+    }
+    for section, values in sections.items():
+        cfg.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def run_train(config: Path, *extra: str, launcher: list[str] | None = None, timeout: int = 600,
+              check: bool = True) -> subprocess.CompletedProcess:
+    """Runs megasparse.train in a fresh process (optionally under a launcher)."""
+    cmd = (launcher or [sys.executable, "-m"]) + ["megasparse.train", "--config", str(config), *extra]
+    proc = subprocess.run(cmd, cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    from megasparse.training.run_summary import read_scalars
+
+    return read_scalars(logdir)

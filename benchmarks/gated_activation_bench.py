@@ -1,0 +1,255 @@
+"""Benchmark of the gated MLP's elementwise core h = σ(g) ⊙ u on one GPU, forward and backward.
+
+Compares eager PyTorch, torch.compile, Liger-Kernel's SwiGLU (if installed) and our fused Triton
+kernel with counting off / zero-threshold counting / threshold counting (+ row mask). Before timing
+each shape it checks on random data that our counts equal the PyTorch reference exactly and that
+outputs and gradients are close. Reports median ms (triton.testing.do_bench) and achieved GB/s
+against the device copy bandwidth measured here (read + write bytes of a large copy_).
+
+Bytes moved: forward reads g, u and writes h (3·T·f·elem); backward reads dh, g, u and writes
+dg, du (5·T·f·elem). Counter traffic (a few f-long vectors) is ignored.
+
+Output: one JSON object per line, then a short table. Exit code 1 if any correctness check failed.
+
+Examples:
+  python benchmarks/gated_activation_bench.py
+  python benchmarks/gated_activation_bench.py --tokens 16384 --widths 2560,4480 --activations silu
+  python benchmarks/gated_activation_bench.py --sweep      # also time a few tile configurations
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import traceback
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+
+from megasparse.kernels import triton_gated_activation as tga  # noqa: E402
+from megasparse.kernels.gated_activation import CountTarget, gated_activation_reference  # noqa: E402
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+ROWS: List[dict] = []
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+    ROWS.append(record)
+
+
+def bench_ms(fn: Callable[[], object]) -> float:
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10)
+        return out.stdout.strip() or None
+    except Exception:
+        return None
+
+
+def copy_bandwidth_gbs() -> float:
+    """Device memory bandwidth as a large device-to-device copy sees it (bytes read + written)."""
+    n = 1 << 29  # 1 GiB of bf16
+    src = torch.randn(n, device="cuda", dtype=torch.float32).to(torch.bfloat16)
+    dst = torch.empty_like(src)
+    ms = bench_ms(lambda: dst.copy_(src))
+    del src, dst
+    return 2 * n * 2 / (ms * 1e-3) / 1e9
+
+
+def make_counts(f: int, t: int, thresholds: Optional[torch.Tensor], row_mask: Optional[torch.Tensor]):
+    return CountTarget(
+        active=torch.zeros(f, dtype=torch.int64, device="cuda"),
+        tokens=torch.zeros((), dtype=torch.int64, device="cuda"),
+        above_threshold=None if thresholds is None else torch.zeros(f, dtype=torch.int64, device="cuda"),
+        thresholds=thresholds,
+        row_mask=row_mask,
+    )
+
+
+def check_correctness(g, u, activation, thresholds, row_mask) -> dict:
+    """Counts exactly equal to the reference; h and gradients close (bitwise flags reported)."""
+    t, f = g.shape
+    ours, ref = make_counts(f, t, thresholds, row_mask), make_counts(f, t, thresholds, row_mask)
+    g1, u1 = g.clone().requires_grad_(), u.clone().requires_grad_()
+    g2, u2 = g.clone().requires_grad_(), u.clone().requires_grad_()
+    h = tga.gated_activation_triton(g1, u1, activation, ours)
+    h_ref = gated_activation_reference(g2, u2, activation, ref)
+    dh = torch.randn_like(h)
+    dg, du = torch.autograd.grad(h, (g1, u1), dh)
+    dg_ref, du_ref = torch.autograd.grad(h_ref, (g2, u2), dh)
+    result = {
+        "counts_active_equal": bool(torch.equal(ours.active, ref.active)),
+        "counts_above_equal": bool(torch.equal(ours.above_threshold, ref.above_threshold)),
+        "tokens_equal": bool(torch.equal(ours.tokens, ref.tokens)),
+        "h_bitwise": bool(torch.equal(h, h_ref)),
+        "dg_bitwise": bool(torch.equal(dg, dg_ref)),
+        "du_bitwise": bool(torch.equal(du, du_ref)),
+        "active_ratio": float(ref.active.sum()) / max(1, int(ref.tokens)) / f,
+        "above_ratio": float(ref.above_threshold.sum()) / max(1, int(ref.tokens)) / f,
+    }
+    close = True
+    for a, b in ((h, h_ref), (dg, dg_ref), (du, du_ref)):
+        try:
+            torch.testing.assert_close(a, b, rtol=2 ** -7, atol=1e-5)
+        except AssertionError:
+            close = False
+    result["close"] = close
+    result["ok"] = close and result["counts_active_equal"] and result["counts_above_equal"] and result["tokens_equal"]
+    return result
+
+
+def eager_fn(activation: str):
+    act = F.relu if activation == "relu" else F.silu
+    return lambda g, u: act(g) * u
+
+
+def variants(activation: str, f: int, t: int, thresholds, row_mask) -> Dict[str, Callable]:
+    """name -> fn(g, u) -> h. Counting variants keep accumulating into their own buffers."""
+    out: Dict[str, Callable] = {"eager": eager_fn(activation)}
+    out["torch_compile"] = torch.compile(eager_fn(activation), dynamic=False)
+    if activation == "silu":
+        try:
+            from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+
+            out["liger_swiglu"] = LigerSiLUMulFunction.apply
+        except Exception:
+            pass
+    out["triton_nocount"] = lambda g, u: tga.gated_activation_triton(g, u, activation, None)
+    c0 = make_counts(f, t, None, None)
+    out["triton_count_zero"] = lambda g, u: tga.gated_activation_triton(g, u, activation, c0)
+    c1 = make_counts(f, t, thresholds, None)
+    out["triton_count_thr"] = lambda g, u: tga.gated_activation_triton(g, u, activation, c1)
+    c2 = make_counts(f, t, thresholds, row_mask)
+    out["triton_count_thr_mask"] = lambda g, u: tga.gated_activation_triton(g, u, activation, c2)
+    return out
+
+
+# Backward does not depend on counting; time it once for our kernel.
+BACKWARD_VARIANTS = ("eager", "torch_compile", "liger_swiglu", "triton_nocount")
+
+
+def time_variant(name: str, fn: Callable, g, u, dh, elem: int, copy_gbs: float, base: dict) -> None:
+    t, f = g.shape
+    fwd_bytes, bwd_bytes = 3 * t * f * elem, 5 * t * f * elem
+    try:
+        with torch.no_grad():
+            fwd_ms = bench_ms(lambda: fn(g, u))
+        emit({**base, "variant": name, "pass": "fwd", "ms": fwd_ms,
+              "gbs": fwd_bytes / (fwd_ms * 1e-3) / 1e9,
+              "frac_of_copy": fwd_bytes / (fwd_ms * 1e-3) / 1e9 / copy_gbs})
+        if name not in BACKWARD_VARIANTS:
+            return
+        # Liger's backward writes its gradients into its inputs' buffers: give it private copies.
+        gg, uu = g.clone().requires_grad_(), u.clone().requires_grad_()
+        h = fn(gg, uu)
+        bwd_ms = bench_ms(lambda: torch.autograd.grad(h, (gg, uu), dh, retain_graph=True))
+        emit({**base, "variant": name, "pass": "bwd", "ms": bwd_ms,
+              "gbs": bwd_bytes / (bwd_ms * 1e-3) / 1e9,
+              "frac_of_copy": bwd_bytes / (bwd_ms * 1e-3) / 1e9 / copy_gbs})
+    except Exception as e:  # one broken baseline must not stop the run
+        emit({**base, "variant": name, "error": f"{type(e).__name__}: {e}"[:300]})
+        traceback.print_exc(file=sys.stderr)
+
+
+def tile_sweep(activation: str, g, u, thresholds, elem: int, copy_gbs: float, base: dict) -> None:
+    """Times a few tile shapes of our kernels directly (to choose the defaults)."""
+    t, f = g.shape
+    dh = torch.randn_like(g)
+    for block_t, block_f, warps in [(16, 256, 4), (32, 256, 8), (64, 128, 8), (32, 128, 4),
+                                    (64, 256, 8), (128, 64, 8), (8, 512, 4)]:
+        for row_tiles, counting in [(1, False), (1, True), (4, True), (8, True), (16, True)]:
+            counts = make_counts(f, t, thresholds, None) if counting else None
+            cfg = (block_t, block_f, warps, row_tiles)
+            try:
+                ms = bench_ms(lambda: tga._forward(g, u, activation, counts, cfg))
+                emit({**base, "sweep": "fwd", "config": list(cfg), "counting": counting, "ms": ms,
+                      "frac_of_copy": 3 * t * f * elem / (ms * 1e-3) / 1e9 / copy_gbs})
+            except Exception as e:
+                emit({**base, "sweep": "fwd", "config": list(cfg), "error": str(e)[:200]})
+        try:
+            ms = bench_ms(lambda: tga._backward(dh, g, u, activation, (block_t, block_f, warps)))
+            emit({**base, "sweep": "bwd", "config": [block_t, block_f, warps], "ms": ms,
+                  "frac_of_copy": 5 * t * f * elem / (ms * 1e-3) / 1e9 / copy_gbs})
+        except Exception as e:
+            emit({**base, "sweep": "bwd", "config": [block_t, block_f, warps], "error": str(e)[:200]})
+
+
+def print_table() -> None:
+    rows = [r for r in ROWS if "variant" in r and "ms" in r]
+    if not rows:
+        return
+    print("\nactivation  f      variant                 pass   ms       GB/s    of copy")
+    for r in rows:
+        print(f"{r['activation']:<11} {r['f']:<6} {r['variant']:<23} {r['pass']:<6} "
+              f"{r['ms']:<8.4f} {r['gbs']:<7.0f} {r['frac_of_copy']:.0%}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=8 * 4096, help="rows T (default 8×4096)")
+    parser.add_argument("--widths", default="1920,2560,3200,3840,4480", help="comma-separated f values")
+    parser.add_argument("--activations", default="relu,silu")
+    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    parser.add_argument("--sweep", action="store_true", help="also time tile configurations")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("gated_activation_bench: needs a CUDA GPU (none found)", file=sys.stderr)
+        return 2
+    if tga._INTERPRETED:
+        print("gated_activation_bench: unset TRITON_INTERPRET to benchmark compiled kernels", file=sys.stderr)
+        return 2
+
+    import triton
+
+    dtype = DTYPES[args.dtype]
+    elem = torch.tensor([], dtype=dtype).element_size()
+    copy_gbs = copy_bandwidth_gbs()
+    env = {"kind": "env", "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+           "triton": triton.__version__, "commit": git_commit(),
+           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "copy_gbs": copy_gbs}
+    emit(env)
+
+    torch.manual_seed(args.seed)
+    all_ok = True
+    t = args.tokens
+    for activation in args.activations.split(","):
+        for f in (int(x) for x in args.widths.split(",")):
+            base = {"activation": activation, "T": t, "f": f, "dtype": args.dtype}
+            g = torch.randn(t, f, device="cuda").to(dtype)
+            u = torch.randn(t, f, device="cuda").to(dtype)
+            dh = torch.randn(t, f, device="cuda").to(dtype)
+            thresholds = (torch.rand(f, device="cuda") * 0.5).contiguous()
+            row_mask = torch.rand(t, device="cuda") > 0.05
+            check = check_correctness(g, u, activation, thresholds, row_mask)
+            emit({**base, "kind": "check", **check})
+            if not check["ok"]:
+                all_ok = False
+                continue  # never time a kernel that computes the wrong thing
+            for name, fn in variants(activation, f, t, thresholds, row_mask).items():
+                time_variant(name, fn, g, u, dh, elem, copy_gbs, base)
+            if args.sweep:
+                tile_sweep(activation, g, u, thresholds, elem, copy_gbs, base)
+            del g, u, dh
+            torch.cuda.empty_cache()
+    print_table()
+    return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,7 +18,7 @@ $(STAMP): requirements.txt requirements-test.txt setup.py
 	touch $(STAMP)
 
 quickstart: $(STAMP)
-	$(VENV)/bin/bash examples/quickstart.sh 2>/dev/null || PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/quickstart.sh
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/quickstart.sh
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q tests

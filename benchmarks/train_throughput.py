@@ -1,0 +1,117 @@
+"""End-to-end training throughput: tokens/s, TFLOP/s per GPU, MFU and peak memory.
+
+Runs ``megasparse.train`` (one process, or ``--nproc`` through the DeepSpeed launcher) on a
+synthetic token file for the paper's shapes, with activation counters on and off, and prints
+one JSON line per run (the median of the logged windows after the first, which holds warm-up).
+
+examples:
+  python benchmarks/train_throughput.py --model 0.1b --micro-batch 8 --steps 30
+  python benchmarks/train_throughput.py --model 1.2b --micro-batch 4 --counters on off
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from megasparse.data.indexed_dataset import IndexedDatasetWriter  # noqa: E402
+from megasparse.training.run_summary import read_scalars  # noqa: E402
+
+
+def synthetic_tokens(prefix: Path, vocab: int, tokens: int, doc_len: int = 65536, seed: int = 0) -> None:
+    """Random documents; uniform tokens stress the model like real data for throughput purposes."""
+    rng = np.random.default_rng(seed)
+    with IndexedDatasetWriter(prefix, dtype=np.int32) as w:
+        for _ in range(max(1, tokens // doc_len)):
+            w.add_document(rng.integers(0, vocab, doc_len, dtype=np.int32))
+
+
+def run_one(args, counters: bool, workdir: Path, data_prefix: Path) -> dict:
+    run_dir = workdir / f"{args.model}-mbs{args.micro_batch}-counters-{'on' if counters else 'off'}"
+    cfg = {
+        "base": str(REPO / "configs" / "model" / f"{args.model}.yaml"),
+        "model": {"vocab_size": args.vocab, "activation": args.activation},
+        "data": {"train": [str(data_prefix)], "seq_length": args.seq},
+        "train": {"micro_batch_size": args.micro_batch, "global_batch_size": args.micro_batch * args.nproc,
+                  "steps": args.steps, "eval_interval": 0,
+                  "activation_checkpointing": args.activation_checkpointing,
+                  "schedule": {"kind": "constant", "warmup_steps": 0}},
+        "sparsity": {"counters": counters, "histogram_interval": 1000000},
+        "checkpoint": {"dir": None},
+        "logging": {"dir": str(run_dir / "tb"), "interval": args.log_interval},
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.yaml").write_text(yaml.safe_dump(cfg))
+    if args.nproc > 1:
+        launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(args.nproc), "--module"]
+    else:
+        launcher = [sys.executable, "-m"]
+    cmd = launcher + ["megasparse.train", "--config", str(run_dir / "run.yaml")]
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    (run_dir / "log.txt").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        return {"model": args.model, "counters": counters, "error": (proc.stdout + proc.stderr)[-3000:]}
+    s = read_scalars(run_dir / "tb")
+
+    def median(tag: str) -> float:
+        values = [v for _, v in s[tag]][1:] or [v for _, v in s[tag]]
+        return statistics.median(values)
+
+    return {
+        "benchmark": "train_throughput", "model": args.model, "activation": args.activation,
+        "micro_batch": args.micro_batch, "seq": args.seq, "vocab": args.vocab, "gpus": args.nproc,
+        "counters": counters, "activation_checkpointing": args.activation_checkpointing,
+        "steps": args.steps, "tokens_per_sec": median("perf/tokens_per_sec"),
+        "tflops_per_gpu": median("perf/tflops_per_gpu"),
+        "mfu": median("perf/mfu") if "perf/mfu" in s else None,
+        "step_time_s": median("perf/step_time_s"), "max_allocated_gb": max(v for _, v in s["mem/max_allocated_gb"]),
+        "final_loss": s["train/loss"][-1][1],
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="0.1b", help="a configs/model/*.yaml name")
+    p.add_argument("--activation", default="relu", choices=["relu", "silu"])
+    p.add_argument("--micro-batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=4096)
+    p.add_argument("--vocab", type=int, default=122753)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--log-interval", type=int, default=5)
+    p.add_argument("--nproc", type=int, default=1)
+    p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--counters", nargs="+", default=["on", "off"], choices=["on", "off"])
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--out", default=None, help="append JSON lines here too")
+    args = p.parse_args()
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="megasparse-bench-"))
+    data_prefix = workdir / "synthetic_text_document"
+    if not (workdir / "synthetic_text_document.idx").exists():
+        needed = (args.steps + 2) * args.micro_batch * args.nproc * (args.seq + 1)
+        synthetic_tokens(data_prefix, args.vocab, needed + 65536)
+    for mode in args.counters:
+        result = run_one(args, mode == "on", workdir, data_prefix)
+        line = json.dumps(result)
+        print(line, flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

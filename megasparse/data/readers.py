@@ -258,12 +258,23 @@ def _iter_arrow_chunks(path: str, keys: Sequence[str], chunk_size: int) -> Itera
             first += part.num_rows
 
 
+def _read_errors(fmt: str, compression: str) -> tuple:
+    """Exceptions that mean "this file is unreadable"; imports only the library the file needs."""
+    errors: tuple = (OSError, EOFError)
+    if compression == ".zst":
+        import zstandard
+
+        errors += (zstandard.ZstdError,)
+    if fmt in (FORMAT_PARQUET, FORMAT_ARROW):
+        import pyarrow as pa
+
+        errors += (pa.ArrowException,)
+    return errors
+
+
 def iter_raw_chunks(paths: Sequence[str], keys: Sequence[str], chunk_size: int = 1000,
                     allow_text: bool = True) -> Iterator[RawChunk]:
     """Raw chunks of every file in order. Read errors become one InputError naming the file."""
-    import pyarrow as pa
-    import zstandard
-
     if chunk_size < 1:
         raise InputError(f"chunk size must be at least 1, got {chunk_size}")
     for path in paths:
@@ -278,7 +289,7 @@ def iter_raw_chunks(paths: Sequence[str], keys: Sequence[str], chunk_size: int =
                 yield from _iter_parquet_chunks(path, keys, chunk_size)
             else:
                 yield from _iter_arrow_chunks(path, keys, chunk_size)
-        except (OSError, EOFError, zstandard.ZstdError, pa.ArrowException) as e:
+        except _read_errors(fmt, compression) as e:
             raise InputError(f"{path}: cannot read the {fmt} file ({e}); is it complete and not corrupt?") from e
 
 

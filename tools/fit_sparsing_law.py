@@ -46,12 +46,20 @@ exit status: 0 ok, 1 a fit failed (reported), 2 bad input.
 """
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """Usage mistakes end in one error line (no usage dump), like every other bad input."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineErrorParser(
         prog="fit_sparsing_law.py",
-        description="Fit A(D) = exp(-c*D^alpha + b) + A0 (ReLU) or -c*D^(-alpha) + A0 (SiLU) by non-linear "
-                    "least squares, D = tokens in billions. Prints a table; optionally writes JSON, a plot "
-                    "and a markdown report with the paper's Table 2 alongside released runs.",
+        description="Fit the Sparsing Law by non-linear least squares (D = tokens in billions):\n"
+                    "  ReLU: A(D) = exp(-c*D^alpha + b) + A0      SiLU: A(D) = -c*D^(-alpha) + A0\n"
+                    "Prints a table; optionally writes JSON, a plot, and a markdown report with the\n"
+                    "paper's Table 2 alongside released runs.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", metavar="RUN", help="runs to fit (see below)")
     p.add_argument("--law", choices=LAWS, help="which law to fit (the gate activation of the runs)")
@@ -60,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-first", type=int, default=0, metavar="N",
                    help="drop the N earliest points (warmup / noisy start) before fitting")
     p.add_argument("--paper-skip", action="store_true",
-                   help="for released runs (ref:NAME) use the skip of the published fit instead of --skip-first")
+                   help="for released runs (ref:NAME, or the authors' files such as 0.2b_silu.txt) use the "
+                        "early-point skip of the published fit instead of --skip-first")
     p.add_argument("--method", choices=METHODS, default="auto",
                    help="lm = unbounded Levenberg-Marquardt (the paper), trf = bounded trust region, "
                         "auto = both from every start, best admissible fit (default)")

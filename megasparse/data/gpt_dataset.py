@@ -85,11 +85,43 @@ def documents_missing_eod(indexed: IndexedDataset, documents: np.ndarray, eod_id
     if not non_empty.any():
         return missing
     itemsize = indexed.dtype.itemsize
-    bin_path = data_file_path(indexed.prefix)
-    tokens = np.memmap(bin_path, dtype=indexed.dtype, mode="r", shape=(os.path.getsize(bin_path) // itemsize,))
     last = indexed.sequence_pointers[documents[non_empty]] // itemsize + lengths[non_empty] - 1
-    missing[non_empty] = tokens[last] != eod_id  # one gather over the memmap, no Python loop
+    missing[non_empty] = _read_tokens_at(data_file_path(indexed.prefix), indexed.dtype, last) != eod_id
     return missing
+
+
+_CHUNK_TOKENS = 1 << 25  # 32M tokens per sequential read
+
+
+def _read_tokens_at(bin_path: str, dtype: np.dtype, positions: np.ndarray) -> np.ndarray:
+    """``tokens[positions]`` of a .bin, fast for ~one position per page or sparser.
+
+    A memmap gather faults in one page per position (about 10 µs each: 10 s for 1M documents);
+    where positions are dense, reading the stretch sequentially is 10x faster. So the file is
+    walked in chunks, each read whole when it holds enough positions, else gathered.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    num_tokens = os.path.getsize(bin_path) // itemsize
+    tokens = np.memmap(bin_path, dtype=dtype, mode="r", shape=(num_tokens,))
+    order = np.argsort(positions, kind="stable")
+    sorted_pos = positions[order]
+    out = np.empty(positions.size, dtype=dtype)
+    bounds = np.searchsorted(sorted_pos, np.arange(0, num_tokens + _CHUNK_TOKENS, _CHUNK_TOKENS))
+    with open(bin_path, "rb") as f:
+        for chunk, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+            if lo == hi:
+                continue
+            start = chunk * _CHUNK_TOKENS
+            wanted = sorted_pos[lo:hi]
+            dense = (hi - lo) * 4096 > _CHUNK_TOKENS * itemsize // 8  # touches > 1/8 of its pages
+            if dense:
+                f.seek(start * itemsize)
+                count = min(_CHUNK_TOKENS, num_tokens - start)
+                block = np.fromfile(f, dtype=dtype, count=count)
+                out[order[lo:hi]] = block[wanted - start]
+            else:
+                out[order[lo:hi]] = tokens[wanted]
+    return out
 
 
 def build_sample_indices(

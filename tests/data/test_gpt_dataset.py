@@ -153,3 +153,18 @@ def test_too_little_data_names_the_prefix(write_dataset, tmp_path):
     indexed = write_dataset("tiny", [np.array([5, 6, 7])])
     with pytest.raises(DatasetBuildError, match="tiny.*fewer than one sample"):
         GPTDataset(indexed, 8, 4, seed=1, eod_id=EOD, cache_dir=str(tmp_path / "c"))
+
+
+@pytest.mark.parametrize("chunk_tokens", [64, 1 << 25], ids=["sequential-chunks", "memmap-gather"])
+def test_eod_check_reads_the_right_last_tokens(write_dataset, random_documents, tmp_path, monkeypatch, chunk_tokens):
+    import megasparse.data.gpt_dataset as gpt
+
+    monkeypatch.setattr(gpt, "_CHUNK_TOKENS", chunk_tokens)
+    eod = 1  # tokens are in [1, 6): about a fifth of the documents end with it by chance
+    docs = random_documents(seed=18, count=200, low=1, high=12, vocab=6)
+    docs = [np.append(d, eod) if i % 3 == 0 else d for i, d in enumerate(docs)]
+    indexed = write_dataset("eod_check", docs)
+    subset = np.arange(5, 200, 2)
+    truth = np.array([docs[i][-1] != eod for i in subset])
+    assert 0 < truth.sum() < truth.size
+    np.testing.assert_array_equal(gpt.documents_missing_eod(indexed, subset, eod), truth)

@@ -20,15 +20,15 @@ class Attention(nn.Module):
     shapes one-to-one with a Llama checkpoint and make per-head tensor-parallel slicing trivial.
     """
 
-    def __init__(self, config: ModelConfig, layers: LayerFactory) -> None:
+    def __init__(self, config: ModelConfig, factory: LayerFactory) -> None:
         super().__init__()
         self.num_heads = config.num_heads
         self.head_dim = config.head_dim
         d, a = config.hidden_size, config.attention_size
-        self.q_proj = layers.column(d, a)
-        self.k_proj = layers.column(d, a)
-        self.v_proj = layers.column(d, a)
-        self.o_proj = layers.row(a, d)
+        self.q_proj = factory.column(d, a)
+        self.k_proj = factory.column(d, a)
+        self.v_proj = factory.column(d, a)
+        self.o_proj = factory.row(a, d)
 
     def forward(
         self,

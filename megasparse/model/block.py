@@ -22,14 +22,14 @@ class Block(nn.Module):
     depth, so learning rates transfer across the paper's width–depth sweep.
     """
 
-    def __init__(self, config: ModelConfig, layers: LayerFactory, layer_index: int) -> None:
+    def __init__(self, config: ModelConfig, factory: LayerFactory, layer_index: int) -> None:
         super().__init__()
         self.layer_index = layer_index
         self.residual_scale = config.scale_depth / math.sqrt(config.num_layers)
         self.attn_norm = RMSNorm(config.hidden_size, config.norm_eps)
-        self.attn = Attention(config, layers)
+        self.attn = Attention(config, factory)
         self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps)
-        self.mlp = MLP(config, layers, layer_index)
+        self.mlp = MLP(config, factory, layer_index)
 
     def forward(
         self,

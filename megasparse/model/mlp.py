@@ -40,16 +40,16 @@ class CountSlot(Protocol):
 class MLP(nn.Module):
     """Gated (or plain) feed-forward block with an optional activation-count hook."""
 
-    def __init__(self, config: ModelConfig, layers: LayerFactory, layer_index: int) -> None:
+    def __init__(self, config: ModelConfig, factory: LayerFactory, layer_index: int) -> None:
         super().__init__()
         self.layer_index = layer_index
         self.activation = config.activation
         self.gated = config.gated
         d, f = config.hidden_size, config.ffn_size
         if self.gated:
-            self.gate_proj = layers.column(d, f)
-        self.up_proj = layers.column(d, f)
-        self.down_proj = layers.row(f, d)
+            self.gate_proj = factory.column(d, f)
+        self.up_proj = factory.column(d, f)
+        self.down_proj = factory.row(f, d)
         self.count_slot: Optional[CountSlot] = None
         self.counter_impl: Literal["auto", "reference", "triton"] = "auto"
 

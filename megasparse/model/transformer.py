@@ -38,7 +38,7 @@ class Transformer(nn.Module):
         eod_token_id: the end-of-document token; required when
             ``config.attention_within_document`` is on, to find document boundaries.
         activation_checkpointing: recompute each block in backward instead of storing it.
-        layers: builds the linear/embedding layers (a tensor-parallel factory goes here).
+        layer_factory: builds the linear/embedding layers (a tensor-parallel factory goes here).
     """
 
     def __init__(
@@ -49,7 +49,7 @@ class Transformer(nn.Module):
         device: Union[str, torch.device, None] = None,
         eod_token_id: Optional[int] = None,
         activation_checkpointing: bool = False,
-        layers: LayerFactory = LOCAL_LAYERS,
+        layer_factory: LayerFactory = LOCAL_LAYERS,
     ) -> None:
         super().__init__()
         if config.vocab_size is None:
@@ -65,10 +65,14 @@ class Transformer(nn.Module):
         # Build on the meta device, then materialise: skips PyTorch's default init, which
         # the paper's init would overwrite anyway (seconds saved at 2.4B).
         with torch.device("meta"):
-            self.embed = layers.embedding(self.vocab_size, config.hidden_size)
-            self.layers = nn.ModuleList(Block(config, layers, i) for i in range(config.num_layers))
+            self.embed = layer_factory.embedding(self.vocab_size, config.hidden_size)
+            self.layers = nn.ModuleList(
+                Block(config, layer_factory, i) for i in range(config.num_layers)
+            )
             self.final_norm = RMSNorm(config.hidden_size, config.norm_eps)
-            self.lm_head = None if config.tie_embeddings else layers.head(config.hidden_size, self.vocab_size)
+            self.lm_head = None
+            if not config.tie_embeddings:
+                self.lm_head = layer_factory.head(config.hidden_size, self.vocab_size)
         setattr(self.embed, ROLE_ATTRIBUTE, "embedding")
         if self.lm_head is not None:
             setattr(self.lm_head, ROLE_ATTRIBUTE, "head")

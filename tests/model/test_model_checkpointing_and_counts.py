@@ -16,7 +16,9 @@ class RecordingSlot:
     """Counts on normal forwards, declines during recomputation, and records both."""
 
     def __init__(self, ffn_size: int) -> None:
-        self.target_ = CountTarget(active=torch.zeros(ffn_size, dtype=torch.int64), tokens=torch.zeros((), dtype=torch.int64))
+        self.target_ = CountTarget(
+            active=torch.zeros(ffn_size, dtype=torch.int64), tokens=torch.zeros((), dtype=torch.int64)
+        )
         self.counted_calls = 0
         self.recompute_calls = 0
 
@@ -77,7 +79,8 @@ def test_layer_indices_and_counts_match_the_activations(make_config):
     assert [mlp.layer_index for mlp in model.mlps()] == [0, 1]
     slots = attach_slots(model)
     captured = {}
-    model.layers[1].mlp.gate_proj.register_forward_hook(lambda m, i, out: captured.update(g=out.detach()))
+    gate = model.layers[1].mlp.gate_proj
+    gate.register_forward_hook(lambda m, i, out: captured.update(g=out.detach()))
     tokens = torch.randint(0, 100, (3, 10))
     with torch.no_grad():
         model(tokens)

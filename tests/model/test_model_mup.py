@@ -99,8 +99,10 @@ def test_param_groups_scale_matrix_lr(make_config):
 def test_param_groups_untied_head_and_no_decay_option(make_config):
     config = make_config(tie_embeddings=False)
     model = Transformer(config)
-    groups = {g["name"]: g for g in mup_param_groups(model, config, weight_decay=0.1, decay_norms_and_embeddings=False)}
-    assert {id(p) for p in groups["embedding"]["params"]} == {id(model.embed.weight), id(model.lm_head.weight)}
+    found = mup_param_groups(model, config, weight_decay=0.1, decay_norms_and_embeddings=False)
+    groups = {g["name"]: g for g in found}
+    embedding_like = {id(model.embed.weight), id(model.lm_head.weight)}
+    assert {id(p) for p in groups["embedding"]["params"]} == embedding_like
     assert groups["embedding"]["weight_decay"] == groups["norm"]["weight_decay"] == 0.0
     assert groups["matrix"]["weight_decay"] == 0.1
     assert "lr" not in groups["matrix"]

@@ -86,6 +86,7 @@ class Transformer(nn.Module):
         init_parameters(self, self.config, seed)
 
     def enable_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each block during backward (only when grad is enabled; see recompute.py)."""
         self.activation_checkpointing = enabled
 
     def mlps(self) -> list[MLP]:
@@ -110,7 +111,7 @@ class Transformer(nn.Module):
         ``position_ids`` [b, s] overrides the positions; by default they run 0..s-1, or restart
         after every EOD when ``attention_within_document`` is on.
         """
-        b, s = tokens.shape
+        s = tokens.shape[1]
         x = self.embed(tokens) * self.config.scale_emb  # [b, s, d]
 
         attention_mask = None

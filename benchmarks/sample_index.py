@@ -65,6 +65,9 @@ def main() -> None:
             ds, warm = timed(lambda: GPTDataset(a, seq, n, seed=1234, eod_id=eod, cache_dir=cache))
             assert ds.cache_hit
             emit("gpt_index_cache_load", warm, eod_id=eod, **common)
+        # Another seed: the EOD scan of the .bin is reused from the cache, the index is rebuilt.
+        _, other = timed(lambda: GPTDataset(a, seq, n, seed=99, eod_id=0, cache_dir=str(Path(tmp) / "cache_eod0")))
+        emit("gpt_index_build_eod_scan_cached", other, eod_id=0, **common)
 
         # Two-dataset blend: both children built with exactly their counts, then the blend index.
         b = write_synthetic(Path(tmp) / "b", tokens, documents, seed=2)

@@ -18,7 +18,9 @@ comes from): training sees every document of epoch e before any of epoch e+1.
 
 The three index arrays are built with vectorised numpy (seconds for 1B tokens / 1M documents)
 and cached on disk, keyed by the data's fingerprint and every argument that changes them; see
-``index_cache.py`` for why every rank may build them itself.
+``index_cache.py`` for why every rank may build them itself. With an ``eod_id``, which documents
+lack a final EOD takes one pass over the ``.bin``; that result depends only on the data and is
+cached separately, so other seeds, sequence lengths and splits do not pay for it again.
 """
 
 from __future__ import annotations
@@ -203,10 +205,10 @@ class GPTDataset:
                     f"{indexed.prefix}: document_ids outside [0, {len(indexed)}) for dataset '{name}'"
                 )
 
-        key = hash_key(
-            dataset_fingerprint(indexed) + [self.seq_length, self.num_samples, self.seed, self.eod_id, documents]
-        )
+        fingerprint = dataset_fingerprint(indexed)
+        key = hash_key(fingerprint + [self.seq_length, self.num_samples, self.seed, self.eod_id, documents])
         folder = cache_dir if cache_dir is not None else default_cache_dir(indexed.prefix)
+        self._folder, self._fingerprint = folder, fingerprint
         self._cache = IndexCache(folder, f"{Path(indexed.prefix).name}-{name}-{key[:20]}")
         arrays = self._cache.load()
         self.cache_hit = arrays is not None
@@ -231,10 +233,22 @@ class GPTDataset:
             "num_documents": int(documents.size),
         }
 
+    def _missing_eod_all(self) -> np.ndarray:
+        """``documents_missing_eod`` over every document, cached on its own: it costs one pass
+        over the .bin and depends only on the data, so other seeds, lengths and splits reuse it."""
+        key = hash_key(self._fingerprint + ["missing-eod", self.eod_id])
+        cache = IndexCache(self._folder, f"{Path(self.indexed.prefix).name}-eod-{key[:20]}")
+        arrays = cache.load()
+        if arrays is None:
+            everything = np.arange(len(self.indexed), dtype=np.int64)
+            arrays = {"missing_eod": documents_missing_eod(self.indexed, everything, self.eod_id)}
+            cache.save(arrays, {"prefix": str(self.indexed.prefix), "eod_id": self.eod_id})
+        return np.asarray(arrays["missing_eod"])
+
     def _build(self, documents: np.ndarray) -> dict[str, np.ndarray]:
         lengths = self.indexed.sequence_lengths[documents].astype(np.int64)
         if self.eod_id is not None:
-            needs_eod = documents_missing_eod(self.indexed, documents, self.eod_id)
+            needs_eod = self._missing_eod_all()[documents]
         else:
             needs_eod = np.zeros(documents.size, dtype=bool)
         effective = lengths + needs_eod

@@ -121,7 +121,7 @@ def test_cache_is_reused_and_damage_is_never_used(write_dataset, random_document
     np.testing.assert_array_equal(np.stack([second[i] for i in range(60)]), reference)
 
     # A crashed writer's leftover temp file (garbage) beside a missing manifest: rebuilt, not read.
-    manifest = next(f for f in files if f.suffix == ".json")
+    manifest = next(f for f in files if f.suffix == ".json" and "-train-" in f.name)
     shuffle_file = next(f for f in files if f.name.endswith("shuffle_index.npy"))
     manifest.unlink()
     (cache / (shuffle_file.name + ".tmp-999-deadbeef")).write_bytes(b"\x93NUMPY half written")

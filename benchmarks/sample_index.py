@@ -76,8 +76,9 @@ def main() -> None:
 
         def build_blend():
             counts = blend_counts(weights, total)
-            children = [GPTDataset(d, seq, c, seed=1234, eod_id=None, cache_dir=str(Path(tmp) / "blend")) for d, c in zip((a, b), counts)]
-            return BlendedDataset(children, weights, total, seed=1234, cache_dir=str(Path(tmp) / "blend"))
+            folder = str(Path(tmp) / "blend")
+            children = [GPTDataset(d, seq, c, seed=1234, eod_id=None, cache_dir=folder) for d, c in zip((a, b), counts)]
+            return BlendedDataset(children, weights, total, seed=1234, cache_dir=folder)
 
         _, blend_seconds = timed(build_blend)
         emit("blend_2_datasets_build", blend_seconds, tokens=a.num_tokens + b.num_tokens,

@@ -148,7 +148,9 @@ class MicroBatchLoader:
         if len(dataset) == 0:
             raise ValueError("MicroBatchLoader needs a non-empty dataset")
         if micro_batch_size <= 0 or dp_size <= 0 or not 0 <= dp_rank < dp_size:
-            raise ValueError(f"bad loader layout: micro_batch_size={micro_batch_size} dp_rank={dp_rank} dp_size={dp_size}")
+            raise ValueError(
+                f"bad loader layout: micro_batch_size={micro_batch_size} dp_rank={dp_rank} dp_size={dp_size}"
+            )
         self.dataset = dataset
         self.micro_batch_size = int(micro_batch_size)
         self.dp_rank = int(dp_rank)

@@ -1,0 +1,176 @@
+"""Dense and sparse forward passes of a model over fixed token batches, through hooks.
+
+* Dense pass: a forward pre-hook on every MLP's ``down_proj`` keeps its input, the
+  intermediate ``h`` ([b, s, f]); a forward hook on ``gate_proj`` (``up_proj`` for ungated MLPs)
+  keeps the gate pre-activation g when a baseline needs ``s = σ(g)``.
+* Sparse pass: the same pre-hook returns ``h`` with masked entries zeroed. A mask function
+  ``keep(layer, h, s) -> bool [b, s, f]`` decides per (token, neuron); its statistics
+  (kept entries per layer, per neuron, per token position) are collected on the way.
+
+Loss = mean next-token cross-entropy over ``tokens[:, 1:]`` (as the training loss), in fp32.
+Every position of our packed samples has a target, so every position is "valid".
+The model's count slots are detached for the duration (measurements never touch counters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megasparse.kernels.gated_activation import activation_fn
+from megasparse.sparsity.counters import counted_mlps
+
+# keep(layer_position, h [b, s, f], s_or_None [b, s, f]) -> bool keep-mask [b, s, f]
+KeepFn = Callable[[int, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+
+def lm_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """tokens [b, s+1] → mean next-token cross-entropy (fp32 scalar)."""
+    logits = model(tokens[:, :-1])  # [b, s, V]
+    labels = tokens[:, 1:]  # [b, s]
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
+
+
+@contextlib.contextmanager
+def measurement_mode(model: nn.Module) -> Iterator[list[nn.Module]]:
+    """eval mode, no grad, count slots detached; restores all three afterwards. Yields the MLPs."""
+    mlps = counted_mlps(model)
+    slots = [m.count_slot for m in mlps]
+    was_training = model.training
+    try:
+        for m in mlps:
+            m.count_slot = None
+        model.eval()
+        with torch.no_grad():
+            yield mlps
+    finally:
+        for m, slot in zip(mlps, slots):
+            m.count_slot = slot
+        model.train(was_training)
+
+
+@dataclass
+class DensePass:
+    loss: float
+    hs: list[torch.Tensor]  # per layer [b, s, f], the down_proj input
+    gates: list[Optional[torch.Tensor]]  # per layer σ(g) [b, s, f] when asked for, else None
+
+
+def dense_pass(model: nn.Module, mlps: list[nn.Module], tokens: torch.Tensor, want_gates: bool = False) -> DensePass:
+    """One dense forward that caches h (and optionally σ(g)) of every layer."""
+    hs: list = [None] * len(mlps)
+    gates: list = [None] * len(mlps)
+    handles = []
+    for pos, mlp in enumerate(mlps):
+        def grab_h(_module, args, pos=pos):
+            hs[pos] = args[0].detach()
+        handles.append(mlp.down_proj.register_forward_pre_hook(grab_h))
+        if want_gates:
+            handles.append(_gate_hook(mlp, lambda s, pos=pos: gates.__setitem__(pos, s)))
+    try:
+        loss = float(lm_loss(model, tokens))
+    finally:
+        for h in handles:
+            h.remove()
+    return DensePass(loss=loss, hs=hs, gates=gates)
+
+
+def _gate_hook(mlp: nn.Module, store: Callable[[torch.Tensor], None]):
+    """Forward hook that stores s = σ(g) of an MLP (g from gate_proj, or up_proj when ungated)."""
+    act = activation_fn(mlp.activation)
+    source = mlp.gate_proj if getattr(mlp, "gated", True) else mlp.up_proj
+
+    def hook(_module, _args, out):
+        store(act(out.detach()))
+    return source.register_forward_hook(hook)
+
+
+@dataclass
+class SparseStats:
+    """Kept (token, neuron) entries of a sparse pass, accumulated over batches."""
+
+    num_layers: int
+    ffn_size: int
+    tokens: int = 0  # token positions seen (per layer)
+    kept_per_layer: Optional[torch.Tensor] = None  # int64 [L]
+    kept_per_neuron: Optional[torch.Tensor] = None  # int64 [L, f] (when collected)
+    token_ids: list[torch.Tensor] = field(default_factory=list)  # per batch [b*s] input ids
+    token_ratio: list[torch.Tensor] = field(default_factory=list)  # per batch [b*s] mean-over-layers kept fraction
+
+    def layer_activation_ratio(self) -> torch.Tensor:
+        return self.kept_per_layer.double() / max(self.tokens * self.ffn_size, 1)  # [L]
+
+    def activation_ratio(self) -> float:
+        return float(self.layer_activation_ratio().mean())
+
+    def neuron_frequency(self) -> torch.Tensor:
+        return self.kept_per_neuron.double() / max(self.tokens, 1)  # [L, f]
+
+    def merge(self, other: "SparseStats") -> None:
+        self.tokens += other.tokens
+        self.kept_per_layer = other.kept_per_layer if self.kept_per_layer is None else self.kept_per_layer + other.kept_per_layer
+        if other.kept_per_neuron is not None:
+            self.kept_per_neuron = (other.kept_per_neuron if self.kept_per_neuron is None
+                                    else self.kept_per_neuron + other.kept_per_neuron)
+        self.token_ids += other.token_ids
+        self.token_ratio += other.token_ratio
+
+
+def sparse_pass(model: nn.Module, mlps: list[nn.Module], tokens: torch.Tensor, keep: KeepFn,
+                want_gates: bool = False, per_neuron: bool = False, per_token: bool = False
+                ) -> tuple[float, SparseStats]:
+    """One forward with ``h`` masked by ``keep`` in every layer → (loss, statistics)."""
+    f = mlps[0].down_proj.weight.shape[1]
+    n_layers = len(mlps)
+    stats = SparseStats(n_layers, f)
+    kept_layer = torch.zeros(n_layers, dtype=torch.int64)
+    kept_neuron = torch.zeros(n_layers, f, dtype=torch.int64) if per_neuron else None
+    token_sum: list = [None]
+    gates: list = [None] * n_layers
+    handles = []
+    for pos, mlp in enumerate(mlps):
+        if want_gates:
+            handles.append(_gate_hook(mlp, lambda s, pos=pos: gates.__setitem__(pos, s)))
+
+        def apply_mask(_module, args, pos=pos):
+            h = args[0]  # [b, s, f]
+            mask = keep(pos, h, gates[pos])  # bool [b, s, f]
+            kept_layer[pos] += int(mask.sum())
+            if kept_neuron is not None:
+                kept_neuron[pos] += mask.reshape(-1, f).sum(dim=0).cpu()
+            if per_token:
+                frac = mask.float().mean(dim=-1).reshape(-1).cpu()  # [b*s]
+                token_sum[0] = frac if token_sum[0] is None else token_sum[0] + frac
+            return (h * mask.to(h.dtype),)
+        handles.append(mlp.down_proj.register_forward_pre_hook(apply_mask))
+    try:
+        loss = float(lm_loss(model, tokens))
+    finally:
+        for h in handles:
+            h.remove()
+    stats.tokens = int(tokens[:, :-1].numel())
+    stats.kept_per_layer = kept_layer
+    stats.kept_per_neuron = kept_neuron
+    if per_token:
+        stats.token_ids = [tokens[:, :-1].reshape(-1).cpu()]
+        stats.token_ratio = [token_sum[0] / n_layers]
+    return loss, stats
+
+
+def token_activation_table(stats: SparseStats, vocab_size: int) -> dict:
+    """Mean activation ratio (over layers, then over occurrences) per vocabulary id seen."""
+    ids = torch.cat(stats.token_ids)
+    ratio = torch.cat(stats.token_ratio).double()
+    count = torch.bincount(ids, minlength=vocab_size)
+    total = torch.bincount(ids, weights=ratio, minlength=vocab_size)
+    seen = torch.nonzero(count).reshape(-1)
+    return {
+        "token_id": seen.tolist(),
+        "count": count[seen].tolist(),
+        "mean_activation_ratio": (total[seen] / count[seen]).tolist(),
+    }

@@ -1,0 +1,105 @@
+"""Live CETT-PPL-p% calibration inside a training run (DESIGN §4, "Live CETT-PPL-p%").
+
+Every N steps the trainer calls :meth:`LiveCalibrator.calibrate` on the model being trained.
+It searches the CETT value at which the fixed held-out batches' perplexity rises by p%, and
+returns τ per layer (averaged over the batches, the value the counters use until the next
+calibration) with the PPL ratio, activation ratio and the seconds it took.
+
+Side-effect free for training: the model's train/eval mode and its count slots are restored,
+gradients are off, no RNG is drawn, so training counters and a bit-exact resume are untouched.
+
+Trainer wiring (sketch)::
+
+    calib = LiveCalibrator(heldout_batches(valid_dataset, cfg.sparsity.cett_batches, mbs),
+                           p=cfg.sparsity.cett_target_ppl_increase, tolerance=cfg.sparsity.cett_tolerance,
+                           group=data_parallel_group)
+    if cfg.sparsity.cett_interval and step % cfg.sparsity.cett_interval == 0:
+        res = calib.calibrate(model)
+        counters.set_layer_thresholds(res.layer_thresholds)   # refreshed per step from W_down
+        log.scalars(res.scalars(), step)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from megasparse.sparsity.cett import NUM_CANDIDATES
+from megasparse.sparsity.counters import counted_mlps
+from megasparse.sparsity.ppl_search import search_cett_for_ppl
+
+
+@dataclass
+class CalibrationResult:
+    cett: float
+    layer_thresholds: torch.Tensor  # float32 [L] on the CPU, τ averaged over the batches
+    ppl_ratio: float
+    activation_ratio: float
+    layer_activation_ratio: list[float]
+    seconds: float
+
+    def scalars(self) -> dict[str, float]:
+        """TensorBoard scalars of the calibration (DESIGN §3.3 tags, plus its cost)."""
+        out = {"sparsity/cett/value": self.cett, "sparsity/cett/ppl_ratio": self.ppl_ratio,
+               "sparsity/cett/calibration_activation_ratio": self.activation_ratio,
+               "perf/cett_calibration_s": self.seconds}
+        return out
+
+
+def heldout_batches(dataset, num_batches: int, micro_batch_size: int, dp_rank: int = 0,
+                    dp_size: int = 1) -> list[torch.Tensor]:
+    """The first ``num_batches`` micro-batches [mbs, s+1] of a dataset for this DP rank (fixed set)."""
+    from megasparse.data.loader import MicroBatchLoader
+
+    loader = MicroBatchLoader(dataset, micro_batch_size, dp_rank, dp_size)
+    return [next(loader) for _ in range(num_batches)]
+
+
+class LiveCalibrator:
+    """Calibrates the CETT-PPL-p% thresholds of a model on a fixed held-out batch set.
+
+    Args:
+        batches: token batches [b, s+1] (kept on the CPU; moved to the model's device per use).
+        p: target PPL increase in percent (1.0 → ratio 1.01).
+        tolerance: width of the final CETT bracket.
+        group: data-parallel process group (None: world, if initialised).
+    """
+
+    def __init__(self, batches: Sequence[torch.Tensor], p: float = 1.0, tolerance: float = 1e-3,
+                 num_candidates: int = NUM_CANDIDATES, group: Optional[dist.ProcessGroup] = None):
+        if not batches:
+            raise ValueError("LiveCalibrator needs at least one held-out batch")
+        self.batches = [b.detach().cpu() for b in batches]
+        self.p = float(p)
+        self.tolerance = float(tolerance)
+        self.num_candidates = int(num_candidates)
+        self.group = group
+
+    def calibrate(self, model: nn.Module) -> CalibrationResult:
+        start = time.perf_counter()
+        mlps = counted_mlps(model)
+        slots = [m.count_slot for m in mlps]
+        was_training = model.training
+        try:
+            for m in mlps:  # belt and braces: measurement_mode detaches them too
+                m.count_slot = None
+            result = search_cett_for_ppl([model], [self.batches], self.p, self.tolerance,
+                                         num_candidates=self.num_candidates, group=self.group)
+        finally:
+            for m, slot in zip(mlps, slots):
+                m.count_slot = slot
+            model.train(was_training)
+        ev = result.evaluations[0]
+        return CalibrationResult(
+            cett=result.cett,
+            layer_thresholds=ev.layer_thresholds.float().cpu(),
+            ppl_ratio=result.ppl_ratio,
+            activation_ratio=ev.activation_ratio,
+            layer_activation_ratio=[float(r) for r in ev.stats.layer_activation_ratio()],
+            seconds=time.perf_counter() - start,
+        )

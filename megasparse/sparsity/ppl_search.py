@@ -1,0 +1,162 @@
+"""CETT-PPL-p%: the CETT value at which validation perplexity rises by p% (spec §1.3, Alg. 1).
+
+Evaluating one CETT value c on one model, per validation batch (as the authors' bmt scripts):
+dense pass (loss, h of every layer) → τ_l for c from that batch's h → sparse pass that zeroes
+``|h_i|·‖W_down[:, i]‖ < τ_l`` → ratio ``exp(loss_sparse − loss_dense)``. The model's PPL ratio is
+the MEAN OF THE PER-BATCH RATIOS; over several checkpoints, the mean of the models' ratios.
+
+The outer search bisects c ∈ [0, 1] until ``r − l ≤ tolerance``: mean ratio below ``1 + p/100``
+→ ``l = mid`` else ``r = mid``; the answer is ``(l + r)/2``, then evaluated once more so that
+the reported τ, ratios and activation ratio belong to the returned value.
+
+Distributed: pass the data-parallel ``group``; every rank gives its own batches, thresholds
+use all ranks' tokens (cett.py) and ratios are averaged over all ranks' batches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from megasparse.sparsity.cett import NUM_CANDIDATES, _all_reduce, down_column_norms, layer_thresholds_for_cett
+from megasparse.sparsity.inspect import SparseStats, dense_pass, measurement_mode, sparse_pass
+
+
+@dataclass
+class CETTEvaluation:
+    """One CETT value on one model and its batch set."""
+
+    cett: float
+    dense_loss: float  # mean over batches
+    sparse_loss: float  # mean over batches
+    ppl_ratio: float  # mean over batches of exp(sparse − dense)
+    batch_thresholds: torch.Tensor  # float32 [n_batches, L], τ found on each batch
+    stats: SparseStats
+
+    @property
+    def layer_thresholds(self) -> torch.Tensor:
+        """τ per layer averaged over batches (float32 [L]): for the sidecar, live counting, eval."""
+        return self.batch_thresholds.mean(dim=0)
+
+    @property
+    def activation_ratio(self) -> float:
+        return self.stats.activation_ratio()
+
+
+def _mean_over_ranks(values: list[float], device, group) -> float:
+    packed = torch.tensor([sum(values), float(len(values))], dtype=torch.float64, device=device)
+    _all_reduce(packed, dist.ReduceOp.SUM, group)
+    return float(packed[0] / packed[1].clamp_min(1))
+
+
+@torch.no_grad()
+def evaluate_cett(model: nn.Module, batches: Sequence[torch.Tensor], cett: float, *,
+                  per_neuron: bool = False, per_token: bool = False,
+                  num_candidates: int = NUM_CANDIDATES,
+                  group: Optional[dist.ProcessGroup] = None) -> CETTEvaluation:
+    """Per batch: dense → τ_l(c) → sparse. Batches are [b, s+1] token tensors on any device."""
+    device = next(model.parameters()).device
+    dense, sparse, ratios, taus = [], [], [], []
+    total: Optional[SparseStats] = None
+    with measurement_mode(model) as mlps:
+        col_norms = [down_column_norms(m.down_proj.weight) for m in mlps]  # [f] each
+        weights = [m.down_proj.weight for m in mlps]
+        for tokens in batches:
+            tokens = tokens.to(device)
+            d = dense_pass(model, mlps, tokens)
+            tau = layer_thresholds_for_cett(d.hs, weights, cett, num_candidates, group)  # [L]
+            bounds = [tau[i].item() / torch.where(n > 0, n, torch.full_like(n, float("nan")))
+                      for i, n in enumerate(col_norms)]
+            # norm ≥ τ  ⇔  |h| ≥ τ/‖W[:, i]‖; a zero column (nan bound) is never kept.
+            keep = (lambda pos, h, _s: (h.float().abs() >= bounds[pos]) & ~bounds[pos].isnan())
+            del d.hs
+            loss_s, stats = sparse_pass(model, mlps, tokens, keep, per_neuron=per_neuron, per_token=per_token)
+            dense.append(d.loss)
+            sparse.append(loss_s)
+            ratios.append(math.exp(loss_s - d.loss))
+            taus.append(tau)
+            if total is None:
+                total = stats
+            else:
+                total.merge(stats)
+    _reduce_stats(total, group)
+    return CETTEvaluation(
+        cett=float(cett),
+        dense_loss=_mean_over_ranks(dense, device, group),
+        sparse_loss=_mean_over_ranks(sparse, device, group),
+        ppl_ratio=_mean_over_ranks(ratios, device, group),
+        batch_thresholds=torch.stack(taus),
+        stats=total,
+    )
+
+
+def _reduce_stats(stats: SparseStats, group) -> None:
+    """Sums kept counts and token counts over the data-parallel ranks (token tables stay local)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1):
+        return
+    stats.kept_per_layer = _all_reduce(stats.kept_per_layer.clone(), dist.ReduceOp.SUM, group)
+    if stats.kept_per_neuron is not None:
+        stats.kept_per_neuron = _all_reduce(stats.kept_per_neuron.clone(), dist.ReduceOp.SUM, group)
+    tokens = torch.tensor([stats.tokens], dtype=torch.int64)
+    stats.tokens = int(_all_reduce(tokens, dist.ReduceOp.SUM, group))
+
+
+@dataclass
+class PPLSearchResult:
+    """The CETT value for a target PPL ratio over one or several models."""
+
+    cett: float
+    target_ratio: float
+    ppl_ratio: float  # mean over models at `cett`
+    low: float  # final bracket: mean ratio(low) < target ≤ mean ratio(high) (unless clipped at 0/1)
+    high: float
+    iterations: int
+    evaluations: list[CETTEvaluation] = field(default_factory=list)  # per model, at `cett`
+    history: list[tuple[float, float]] = field(default_factory=list)  # (c, mean ratio) tried
+
+
+def search_cett_for_ppl(models: Sequence[nn.Module], batch_sets: Sequence[Sequence[torch.Tensor]],
+                        p: float = 1.0, tolerance: float = 1e-3, *,
+                        num_candidates: int = NUM_CANDIDATES, group: Optional[dist.ProcessGroup] = None,
+                        on_step: Optional[Callable[[float, float], None]] = None,
+                        final_per_neuron: bool = False) -> PPLSearchResult:
+    """Bisect c ∈ [0, 1] so that the mean PPL ratio over ``models`` reaches ``1 + p/100``.
+
+    ``batch_sets[i]`` are the validation batches of ``models[i]`` (usually the same list).
+    ``on_step(c, ratio)`` is called after every trial (progress bars, logs).
+    """
+    if len(models) == 0 or len(models) != len(batch_sets):
+        raise ValueError(f"need one batch set per model (got {len(models)} models, {len(batch_sets)} sets)")
+    if not tolerance > 0:
+        raise ValueError(f"tolerance must be > 0, got {tolerance}")
+    target = 1.0 + p / 100.0
+
+    def mean_ratio(c: float) -> float:
+        evals = [evaluate_cett(m, b, c, num_candidates=num_candidates, group=group)
+                 for m, b in zip(models, batch_sets)]
+        return sum(e.ppl_ratio for e in evals) / len(evals)
+
+    low, high, iterations, history = 0.0, 1.0, 0, []
+    while high - low > tolerance:
+        mid = (low + high) / 2
+        ratio = mean_ratio(mid)
+        history.append((mid, ratio))
+        iterations += 1
+        if on_step is not None:
+            on_step(mid, ratio)
+        if ratio < target:
+            low = mid
+        else:
+            high = mid
+    cett = (low + high) / 2
+    final = [evaluate_cett(m, b, cett, num_candidates=num_candidates, group=group,
+                           per_neuron=final_per_neuron)
+             for m, b in zip(models, batch_sets)]
+    return PPLSearchResult(cett=cett, target_ratio=target,
+                           ppl_ratio=sum(e.ppl_ratio for e in final) / len(final),
+                           low=low, high=high, iterations=iterations, evaluations=final, history=history)

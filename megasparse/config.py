@@ -143,6 +143,12 @@ class SparsityConfig(_Section):
     counter_impl: Literal["auto", "reference", "triton"] = "auto"
     dead_neuron_frequency: float = Field(0.001, ge=0, le=1)
     histogram_interval: int = Field(0, ge=0)  # 0: histograms at every log window
+    # Live CETT-PPL-p% calibration (DESIGN §4): every `cett_interval` steps (0 = off) on
+    # `cett_batches` fixed held-out micro-batches, PPL rise `cett_target_ppl_increase` percent.
+    cett_interval: int = Field(0, ge=0)
+    cett_target_ppl_increase: float = Field(1.0, gt=0)
+    cett_tolerance: float = Field(1e-3, gt=0, lt=1)
+    cett_batches: int = Field(4, gt=0)
 
 
 class CheckpointConfig(_Section):

@@ -32,16 +32,19 @@ class Attention(nn.Module):
 
     def forward(
         self,
-        x: torch.Tensor,  # [b, s, d]
+        x: torch.Tensor,  # [b, s, d] ([b, s/tp, d] under sequence parallelism)
         cos: torch.Tensor,  # [b or 1, s, hd]
         sin: torch.Tensor,  # [b or 1, s, hd]
         attention_mask: Optional[torch.Tensor] = None,  # bool [b, 1, s, s]; None = plain causal
     ) -> torch.Tensor:
-        b, s, _ = x.shape
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # [b, s, heads·hd] each
+        # b, s from the projections, not x: under sequence parallelism x holds s/tp positions
+        # and the column-parallel projections gather the whole sequence.
+        b, s = q.shape[:2]
         # [b, s, heads·hd] -> [b, heads, s, hd]; heads inferred so a TP shard works unchanged.
-        q = self.q_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        q = q.view(b, s, -1, self.head_dim).transpose(1, 2)
+        k = k.view(b, s, -1, self.head_dim).transpose(1, 2)
+        v = v.view(b, s, -1, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if attention_mask is None:
             # Fast path: lets SDPA pick the flash kernel.

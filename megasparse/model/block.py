@@ -12,7 +12,6 @@ from megasparse.config import ModelConfig
 from megasparse.model.attention import Attention
 from megasparse.model.layers import LayerFactory
 from megasparse.model.mlp import MLP
-from megasparse.model.norm import RMSNorm
 
 
 class Block(nn.Module):
@@ -26,14 +25,14 @@ class Block(nn.Module):
         super().__init__()
         self.layer_index = layer_index
         self.residual_scale = config.scale_depth / math.sqrt(config.num_layers)
-        self.attn_norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.attn_norm = factory.norm(config.hidden_size, config.norm_eps)
         self.attn = Attention(config, factory)
-        self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.mlp_norm = factory.norm(config.hidden_size, config.norm_eps)
         self.mlp = MLP(config, factory, layer_index)
 
     def forward(
         self,
-        x: torch.Tensor,  # [b, s, d]
+        x: torch.Tensor,  # [b, s, d] ([b, s/tp, d] under sequence parallelism)
         cos: torch.Tensor,  # [b or 1, s, hd]
         sin: torch.Tensor,  # [b or 1, s, hd]
         attention_mask: Optional[torch.Tensor] = None,  # bool [b, 1, s, s]

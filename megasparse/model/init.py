@@ -6,8 +6,8 @@ RMSNorm weights = 1 (reference/sparsing-law.md §5.1).
 Each parameter draws from its own CPU ``torch.Generator`` seeded from (seed, parameter name), so
 the initial weights depend neither on construction order nor on the device, nor on which layers
 a pipeline stage holds — the same seed gives the same full model for any layout (DESIGN §5).
-A tensor-parallel layer can draw the full tensor with :func:`parameter_generator` and keep its
-slice.
+A tensor-parallel parameter (marked with a ``TensorPartition``, see layers.py) draws the full
+tensor from the same generator and keeps its slice, so every TP size starts from the same model.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from megasparse.config import ModelConfig
+from megasparse.model.layers import PARTITION_ATTRIBUTE, apply_parameter_tags
 from megasparse.model.roles import Role, parameter_roles
 
 
@@ -41,12 +42,15 @@ def init_std_for(role: Role, config: ModelConfig) -> float:
 @torch.no_grad()
 def init_parameters(model: nn.Module, config: ModelConfig, seed: int) -> None:
     """Initialises every parameter of ``model`` in place from ``seed``."""
+    apply_parameter_tags(model)  # after to_empty the parameters are new objects
     roles = parameter_roles(model)
     for name, param in model.named_parameters():
         role = roles[name]
         if role == "norm":
             param.fill_(1.0)
             continue
-        values = torch.empty(param.shape, dtype=torch.float32)
+        partition = getattr(param, PARTITION_ATTRIBUTE, None)
+        full_shape = param.shape if partition is None else partition.full_shape
+        values = torch.empty(full_shape, dtype=torch.float32)
         values.normal_(0.0, init_std_for(role, config), generator=parameter_generator(seed, name))
-        param.copy_(values)
+        param.copy_(values if partition is None else partition.take(values))

@@ -5,18 +5,57 @@ dimension may later be split across tensor-parallel ranks (q/k/v, gate, up), ``r
 whose input dimension may be split (attention output, down), and ``embedding`` for the token
 table. The default factory builds plain local layers. A tensor-parallel factory can return
 column/row-parallel layers instead without touching the model code (DESIGN §5).
+
+Two more hooks exist for tensor/sequence parallelism: ``norm`` (under sequence parallelism a
+norm sees only part of the sequence, so its weight gradient must be summed over the TP ranks)
+and ``tied_head`` (the tied output head multiplies by this rank's embedding shard, which needs
+the full hidden state on every TP rank).
+
+A layer may declare attributes for its parameters in a module attribute ``parameter_tags``
+(``{param_name: {attribute: value}}``). They live on the module because the model is built on the
+meta device and materialised with ``to_empty``, which replaces the parameter objects (and drops
+their attributes); :func:`apply_parameter_tags` copies them onto the parameters and runs at the
+start of initialisation. A tensor-parallel layer tags each sharded parameter with a
+:class:`TensorPartition` under ``PARTITION_ATTRIBUTE``; initialisation then draws the *full*
+tensor and keeps the slice, so the same seed gives the same full model for any TP size.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 from torch import nn
+
+from megasparse.model.norm import RMSNorm
+
+PARTITION_ATTRIBUTE = "tensor_partition"
+PARAMETER_TAGS = "parameter_tags"
+
+
+@dataclass(frozen=True)
+class TensorPartition:
+    """This rank's equal slice ``rank`` of ``size`` along ``dim`` of a tensor of ``full_shape``."""
+
+    dim: int
+    rank: int
+    size: int
+    full_shape: tuple[int, ...]
+
+    def take(self, full: torch.Tensor) -> torch.Tensor:
+        """The slice of ``full`` (shape ``full_shape``) that this rank holds."""
+        return full.chunk(self.size, dim=self.dim)[self.rank]
 
 
 @dataclass(frozen=True)
 class LayerFactory:
     """Builds the model's linear and embedding layers (no biases anywhere, as in the paper)."""
+
+    @property
+    def tensor_parallel_size(self) -> int:
+        """How many ranks share each layer (the vocabulary is padded to a multiple of it)."""
+        return 1
 
     def column(self, in_features: int, out_features: int) -> nn.Module:
         """A projection whose output features may be sharded (q, k, v, gate, up)."""
@@ -34,5 +73,22 @@ class LayerFactory:
         """The untied output head (only when ``tie_embeddings`` is false)."""
         return nn.Linear(hidden_size, vocab_size, bias=False)
 
+    def norm(self, size: int, eps: float) -> RMSNorm:
+        """An RMSNorm over the hidden dimension (blocks and the final norm)."""
+        return RMSNorm(size, eps)
+
+    def tied_head(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Logits of the tied head: hidden [b, s, d] @ weightᵀ ([V, d]) -> [b, s, V]."""
+        return F.linear(hidden, weight)
+
 
 LOCAL_LAYERS = LayerFactory()
+
+
+def apply_parameter_tags(model: nn.Module) -> None:
+    """Sets every module's declared ``parameter_tags`` as attributes of its parameters."""
+    for module in model.modules():
+        for param_name, attributes in getattr(module, PARAMETER_TAGS, {}).items():
+            param = getattr(module, param_name)
+            for key, value in attributes.items():
+                setattr(param, key, value)

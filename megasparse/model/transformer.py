@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -21,7 +20,6 @@ from megasparse.model.documents import document_causal_mask, document_ids, docum
 from megasparse.model.init import init_parameters
 from megasparse.model.layers import LOCAL_LAYERS, LayerFactory
 from megasparse.model.mlp import MLP
-from megasparse.model.norm import RMSNorm
 from megasparse.model.recompute import checkpoint_context_fn
 from megasparse.model.roles import ROLE_ATTRIBUTE
 from megasparse.model.rotary import rotary_cos_sin
@@ -59,7 +57,9 @@ class Transformer(nn.Module):
         self.config = config
         self.eod_token_id = eod_token_id
         self.activation_checkpointing = activation_checkpointing
-        self.vocab_size = config.padded_vocab_size()
+        self.layer_factory = layer_factory
+        # Padded to a multiple of pad_vocab_to_multiple_of × TP, so every TP rank gets equal rows.
+        self.vocab_size = config.padded_vocab_size(layer_factory.tensor_parallel_size)
         device = torch.device(device if device is not None else "cpu")
 
         # Build on the meta device, then materialise: skips PyTorch's default init, which
@@ -69,7 +69,7 @@ class Transformer(nn.Module):
             self.layers = nn.ModuleList(
                 Block(config, layer_factory, i) for i in range(config.num_layers)
             )
-            self.final_norm = RMSNorm(config.hidden_size, config.norm_eps)
+            self.final_norm = layer_factory.norm(config.hidden_size, config.norm_eps)
             self.lm_head = None
             if not config.tie_embeddings:
                 self.lm_head = layer_factory.head(config.hidden_size, self.vocab_size)
@@ -108,6 +108,8 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """tokens [b, s] -> final-normed hidden state [b, s, d], before the output head.
 
+        Under sequence parallelism the result is this rank's sequence slice [b, s/tp, d].
+
         ``position_ids`` [b, s] overrides the positions; by default they run 0..s-1, or restart
         after every EOD when ``attention_within_document`` is on.
         """
@@ -137,5 +139,13 @@ class Transformer(nn.Module):
         return self.final_norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[b, s, d] final hidden -> [b, s, V]; the µP width scaling is applied here."""
-        return F.linear(hidden / self.config.scale_width, self.head_weight)
+        """[b, s, d] final hidden -> [b, s, V]; the µP width scaling is applied here.
+
+        Under tensor parallelism the logits are this rank's vocabulary shard [b, s, V/tp] (use
+        the vocab-parallel cross-entropy); under sequence parallelism ``hidden`` is [b, s/tp, d]
+        and the head gathers the sequence.
+        """
+        hidden = hidden / self.config.scale_width
+        if self.lm_head is not None:
+            return self.lm_head(hidden)
+        return self.layer_factory.tied_head(hidden, self.embed.weight)

@@ -1,0 +1,124 @@
+"""tools/measure_sparsity.py end to end on checkpoints of a real tiny training run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from megasparse.sparsity.law_data import read_csv_curve, read_json_curve
+from sparse_fixtures import REPO, one_thread, run_env, trained_run  # noqa: F401
+
+TOOL = REPO / "tools" / "measure_sparsity.py"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return trained_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def measured(run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("measured")
+    cmd = [sys.executable, str(TOOL), str(run["ckpt"]), "--data", run["valid"], "--seq-length", "32",
+           "--batches", "2", "--micro-batch", "2", "--last-k", "2", "--tolerance", "1e-2", "--sidecar", "all",
+           "--out", str(out), "--tensorboard", str(out / "tb"), "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_records_per_checkpoint(measured):
+    out, proc = measured
+    records = json.loads((out / "measurements.json").read_text())
+    assert [r["step"] for r in records] == [10, 20]
+    assert [r["tokens"] for r in records] == [10 * 4 * 32, 20 * 4 * 32]  # raw consumed tokens
+    for r in records:
+        assert r["cett"] == records[0]["cett"] and 0 < r["cett"] < 1  # one value for all (stabilising)
+        assert len(r["layer_thresholds"]) == 2 and all(t > 0 for t in r["layer_thresholds"])
+        assert len(r["layer_activation_ratio"]) == 2
+        assert r["activation_ratio"] == pytest.approx(sum(r["layer_activation_ratio"]) / 2)
+        assert 0 < r["activation_ratio"] < 1 and 0 <= r["dead_neuron_ratio"] <= 1
+        assert r["dense_ppl"] == pytest.approx(2.718281828 ** r["dense_loss"], rel=1e-6)
+    summary = json.loads((out / "measurement_summary.json").read_text())
+    assert abs(summary["search"]["ppl_ratio"] - 1.01) < 0.01  # mean over the last 2 reaches +1%
+    assert "step       20" in proc.stdout and "CETT search" in proc.stderr  # tqdm bar
+
+
+def test_fit_tool_reads_the_outputs(measured):
+    out, _ = measured
+    records = json.loads((out / "measurements.json").read_text())
+    for curve in (read_json_curve(out / "measurements.json"), read_csv_curve(out / "measurements.csv")):
+        assert curve.tokens_b.tolist() == pytest.approx([r["tokens"] / 1e9 for r in records])
+        assert curve.activation_ratio.tolist() == pytest.approx([r["activation_ratio"] for r in records])
+
+
+def test_per_checkpoint_files(measured, run):
+    from safetensors.torch import load_file
+
+    from megasparse.sparsity.sidecar import read_sidecar
+
+    out, _ = measured
+    records = {r["step"]: r for r in json.loads((out / "measurements.json").read_text())}
+    for step in (10, 20):
+        t = load_file(str(out / f"neuron_frequency_step{step}.safetensors"))
+        assert tuple(t["frequency"].shape) == (2, 160)
+        dead = float((t["frequency"] < 0.001).double().mean())
+        assert dead == pytest.approx(records[step]["dead_neuron_ratio"])
+        assert float(t["frequency"].mean(1).mean()) == pytest.approx(records[step]["activation_ratio"], rel=1e-5)
+        table = json.loads((out / f"token_activation_step{step}.json").read_text())
+        assert sum(table["count"]) == 2 * 2 * 32 and all(0 <= v <= 1 for v in table["mean_activation_ratio"])
+        car = read_sidecar(out / f"sidecar_step{step}")
+        assert car.layer_thresholds.tolist() == pytest.approx(records[step]["layer_thresholds"])
+        assert car.info["checkpoint"]["step"] == step
+
+
+def test_tensorboard_scalars(measured):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = measured
+    acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"sparsity/cett/value", "sparsity/cett/ppl_ratio", "sparsity/cett/activation_ratio",
+            "sparsity/cett/layer_00/activation_ratio", "sparsity/cett/layer_01/activation_ratio"} <= tags
+    assert [e.step for e in acc.Scalars("sparsity/cett/activation_ratio")] == [10, 20]
+
+
+def test_fat_baseline_in_process(run, tmp_path, capsys):
+    from tools.measure_sparsity import main
+
+    ckpt = run["ckpt"] / "global_step20"
+    assert main([str(ckpt), "--data", run["valid"], "--batches", "1", "--micro-batch", "2", "--method", "fat",
+                 "--arg", "0.05", "--out", str(tmp_path), "--no-progress", "--device", "cpu"]) == 0
+    (r,) = json.loads((tmp_path / "measurements.json").read_text())
+    assert r["method"] == "fat" and r["cett"] is None and r["layer_thresholds"] is None and r["step"] == 20
+    assert not list(tmp_path.glob("sidecar_*"))
+
+
+@pytest.mark.parametrize("case", ["missing_ckpt", "empty_run", "missing_data", "no_arg"])
+def test_bad_inputs_one_line_exit_2(case, run, tmp_path, capsys):
+    from tools.measure_sparsity import main
+
+    ckpt, data, extra = str(run["ckpt"]), run["valid"], []
+    if case == "missing_ckpt":
+        ckpt = str(tmp_path / "nope")
+    elif case == "empty_run":
+        (tmp_path / "empty").mkdir()
+        ckpt = str(tmp_path / "empty")
+    elif case == "missing_data":
+        data = str(tmp_path / "nodata")
+    else:
+        extra = ["--method", "topk"]
+    assert main([ckpt, "--data", data, "--out", str(tmp_path / "o"), "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("measure_sparsity.py: error:")
+    assert {"missing_ckpt": "nope", "empty_run": "no complete checkpoints", "missing_data": "nodata.idx",
+            "no_arg": "--arg"}[case] in err
+
+
+def test_help_has_examples():
+    proc = subprocess.run([sys.executable, str(TOOL), "--help"], capture_output=True, text=True, env=run_env())
+    assert proc.returncode == 0 and "examples:" in proc.stdout and "fit_sparsing_law.py" in proc.stdout

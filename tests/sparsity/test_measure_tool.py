@@ -122,3 +122,19 @@ def test_bad_inputs_one_line_exit_2(case, run, tmp_path, capsys):
 def test_help_has_examples():
     proc = subprocess.run([sys.executable, str(TOOL), "--help"], capture_output=True, text=True, env=run_env())
     assert proc.returncode == 0 and "examples:" in proc.stdout and "fit_sparsing_law.py" in proc.stdout
+
+
+def test_reader_refuses_sharded_layouts(run, tmp_path, capsys):
+    import shutil
+
+    from tools.measure_sparsity import main
+
+    ckpt = tmp_path / "global_step20"
+    shutil.copytree(run["ckpt"] / "global_step20", ckpt)
+    meta = json.loads((ckpt / "megasparse_meta.json").read_text())
+    meta["layout"]["tensor"] = 2
+    (ckpt / "megasparse_meta.json").write_text(json.dumps(meta))
+    assert main([str(ckpt), "--data", run["valid"], "--batches", "1", "--micro-batch", "1", "--out",
+                 str(tmp_path / "o"), "--no-progress", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "tensor=2" in err and "TP=PP=1" in err

@@ -169,11 +169,11 @@ def tile_sweep(activation: str, g, u, thresholds, elem: int, copy_gbs: float, ba
     """Times a few tile shapes of our kernels directly (to choose the defaults)."""
     t, f = g.shape
     dh = torch.randn_like(g)
-    for block_t, block_f, warps in [(16, 256, 4), (32, 256, 8), (64, 128, 8), (32, 128, 4),
-                                    (64, 256, 8), (128, 64, 8), (8, 512, 4)]:
-        for row_tiles, counting in [(1, False), (1, True), (4, True), (8, True), (16, True)]:
+    for block_t, block_f, warps in [(16, 128, 4), (32, 128, 4), (8, 256, 4), (16, 256, 8)]:
+        for row_tiles, counting, unroll in [(1, False, False), (8, False, False), (8, True, False),
+                                            (16, True, False), (8, True, True), (16, True, True)]:
             counts = make_counts(f, t, thresholds, None) if counting else None
-            cfg = (block_t, block_f, warps, row_tiles)
+            cfg = (block_t, block_f, warps, row_tiles, unroll)
             try:
                 ms = bench_ms(lambda: tga._forward(g, u, activation, counts, cfg))
                 emit({**base, "sweep": "fwd", "config": list(cfg), "counting": counting, "ms": ms,

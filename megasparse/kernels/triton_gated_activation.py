@@ -77,6 +77,45 @@ def _to_dtype(x, DTYPE: tl.constexpr, ROUND_BF16: tl.constexpr):
     return x.to(DTYPE)
 
 
+# Both counters share one int32 tally per element: active in the low 16 bits, above-threshold in
+# the high 16 bits. One add per element instead of two, and one cross-warp column reduction per
+# program instead of two. Exact while a program covers < 2**16 rows (checked on the host).
+_ABOVE_SHIFT = 16
+
+
+@triton.jit
+def _fwd_row_tile(G, U, H, ROW_MASK, THR_ROW, tally, row0, cols, col_ok, T, F,
+                  ACTIVATION: tl.constexpr, COUNT: tl.constexpr, HAS_THRESHOLDS: tl.constexpr,
+                  HAS_ROW_MASK: tl.constexpr, PRECISE: tl.constexpr, ROUND_H: tl.constexpr,
+                  BLOCK_T: tl.constexpr):
+    rows = row0 + tl.arange(0, BLOCK_T)  # [BT]
+    row_ok = rows < T
+    offs = rows.to(tl.int64)[:, None] * F + cols[None, :]  # [BT, BF]; int64: T·F may pass 2³¹
+    mask = row_ok[:, None] & col_ok[None, :]
+    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+    # Out-of-range elements get u = NaN, so h = NaN there: never stored, and neither counted as
+    # active (g = 0) nor as above threshold (NaN >= thr is false, even for thr <= 0). This saves a
+    # per-element row-validity select in the counting path.
+    u = tl.load(U + offs, mask=mask, other=float("nan")).to(tl.float32)
+    if ACTIVATION == 0:
+        s = tl.maximum(g, 0.0)
+    else:
+        s = _div(g, 1.0 + _exp(-g, PRECISE), PRECISE)
+    h = _to_dtype(s * u, H.dtype.element_ty, ROUND_H)  # the one rounding to the output dtype
+    tl.store(H + offs, h, mask=mask)
+    if COUNT:
+        # Masked-out columns also load threshold +inf (never above).
+        inc = (g > 0.0).to(tl.int32)
+        if HAS_THRESHOLDS:
+            big = tl.abs(h.to(tl.float32)) >= THR_ROW  # h as stored, not the fp32 product
+            inc += big.to(tl.int32) << 16
+        if HAS_ROW_MASK:  # rows excluded from counting (their h is still computed and stored)
+            keep = tl.load(ROW_MASK + rows, mask=row_ok, other=0) != 0  # [BT]
+            inc = tl.where(keep[:, None], inc, 0)
+        tally += inc
+    return tally
+
+
 @triton.jit
 def _gated_act_fwd_kernel(
     G, U, H,  # [T, F] each, contiguous
@@ -91,6 +130,7 @@ def _gated_act_fwd_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_F: tl.constexpr,
     ROW_TILES: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
     # 1-D grid, column blocks fastest: neighbouring programs touch neighbouring memory, and the
     # row-chunk count is not limited by the 65535 cap of grid axes 1/2.
@@ -101,39 +141,31 @@ def _gated_act_fwd_kernel(
 
     cols = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)  # [BF]
     col_ok = cols < F
-    if COUNT:
-        n_active = tl.zeros([BLOCK_F], dtype=tl.int32)
-        n_above = tl.zeros([BLOCK_F], dtype=tl.int32)
-        if HAS_THRESHOLDS:
-            thr = tl.load(THRESHOLDS + cols, mask=col_ok, other=float("inf"))  # [BF] fp32
+    # Per-element tallies, reduced over rows only once after the loop: the cross-warp column
+    # reduction (shared memory + barriers) is what costs, not the compares and adds.
+    tally = tl.zeros([BLOCK_T, BLOCK_F], dtype=tl.int32)
+    thr_row = tl.zeros([1, BLOCK_F], dtype=tl.float32)
+    if HAS_THRESHOLDS:
+        thr_row = tl.load(THRESHOLDS + cols, mask=col_ok, other=float("inf"))[None, :]  # [1, BF]
 
-    for i in tl.range(0, ROW_TILES):
-        rows = (pid_t * ROW_TILES + i) * BLOCK_T + tl.arange(0, BLOCK_T)  # [BT]
-        row_ok = rows < T
-        offs = rows.to(tl.int64)[:, None] * F + cols[None, :]  # [BT, BF]; int64: T·F may pass 2³¹
-        mask = row_ok[:, None] & col_ok[None, :]
-        g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
-        u = tl.load(U + offs, mask=mask, other=0.0).to(tl.float32)
-        if ACTIVATION == 0:
-            s = tl.maximum(g, 0.0)
-        else:
-            s = _div(g, 1.0 + _exp(-g, PRECISE), PRECISE)
-        h = _to_dtype(s * u, H.dtype.element_ty, ROUND_H)  # the one rounding to the output dtype
-        tl.store(H + offs, h, mask=mask)
-
-        if COUNT:
-            counted = mask
-            if HAS_ROW_MASK:
-                keep = tl.load(ROW_MASK + rows, mask=row_ok, other=0) != 0  # [BT]
-                counted = counted & keep[:, None]
-            n_active += tl.sum((counted & (g > 0.0)).to(tl.int32), axis=0)
-            if HAS_THRESHOLDS:
-                big = tl.abs(h.to(tl.float32)) >= thr[None, :]  # h as stored, not the fp32 product
-                n_above += tl.sum((counted & big).to(tl.int32), axis=0)
+    row_base = pid_t * ROW_TILES * BLOCK_T
+    if UNROLL:
+        for i in tl.static_range(ROW_TILES):
+            tally = _fwd_row_tile(G, U, H, ROW_MASK, thr_row, tally, row_base + i * BLOCK_T, cols,
+                                  col_ok, T, F, ACTIVATION, COUNT, HAS_THRESHOLDS, HAS_ROW_MASK,
+                                  PRECISE, ROUND_H, BLOCK_T)
+    else:
+        for i in tl.range(0, ROW_TILES):
+            tally = _fwd_row_tile(G, U, H, ROW_MASK, thr_row, tally, row_base + i * BLOCK_T, cols,
+                                  col_ok, T, F, ACTIVATION, COUNT, HAS_THRESHOLDS, HAS_ROW_MASK,
+                                  PRECISE, ROUND_H, BLOCK_T)
 
     if COUNT:
+        col_tally = tl.sum(tally, axis=0)  # [BF]
+        n_active = col_tally & 0xFFFF
         tl.atomic_add(ACTIVE + cols, n_active.to(ACTIVE.dtype.element_ty), mask=col_ok, sem="relaxed")
         if HAS_THRESHOLDS:
+            n_above = col_tally >> 16
             tl.atomic_add(ABOVE + cols, n_above.to(ABOVE.dtype.element_ty), mask=col_ok, sem="relaxed")
 
 
@@ -190,21 +222,21 @@ def _round_bf16_by_hand(t: torch.Tensor) -> bool:
 def _tile_config(f: int, interpret: bool) -> Tuple[int, int, int]:
     """(BLOCK_T, BLOCK_F, num_warps) for a [T, f] problem.
 
-    Defaults picked on an H200 for bf16 (see benchmarks/gated_activation_bench.py): 8K-element
-    tiles keep enough bytes in flight per SM. Under the interpreter the tiles are small so that the
-    tiny test shapes still cover several row tiles per program and ragged edges.
+    Measured on an H200 (bf16, T = 32768, f = 1920 and 4480; benchmarks/gated_activation_bench.py
+    --sweep): small 16×128 tiles with 4 warps reach the copy bandwidth for ReLU and SiLU forward
+    and backward; larger tiles lose on SiLU (more live registers). Under the interpreter the same
+    small tiles make the tiny test shapes cover several row tiles per program and ragged edges.
     """
-    block_f = min(256, max(16, triton.next_power_of_2(f)))
-    if interpret:
-        return 16, block_f, 4
-    block_t = max(1, 8192 // block_f)
-    return block_t, block_f, 8
+    block_f = min(128, max(16, triton.next_power_of_2(f)))
+    block_t = max(16, 2048 // block_f)
+    return block_t, block_f, 4
 
 
 def _count_row_tiles(interpret: bool) -> int:
     """Row tiles one counting program covers. BLOCK_T·ROW_TILES rows per program bounds the number
-    of atomics (ceil(T / that) · f) while leaving enough programs to fill the GPU."""
-    return 2 if interpret else 8
+    of atomics (ceil(T / that) · f) and amortises the per-program column reduction, while leaving
+    enough programs to fill the GPU."""
+    return 2 if interpret else 16
 
 
 def _check_counts(counts: CountTarget, f: int, t: int, device: torch.device) -> None:
@@ -233,9 +265,9 @@ def _check_counts(counts: CountTarget, f: int, t: int, device: torch.device) -> 
 
 def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
              counts: Optional[CountTarget],
-             config: Optional[Tuple[int, int, int, int]] = None) -> torch.Tensor:
+             config: Optional[Tuple[int, int, int, int, bool]] = None) -> torch.Tensor:
     """Launches the forward kernel on [T, f] views. ``config`` = (BLOCK_T, BLOCK_F, num_warps,
-    ROW_TILES) overrides the defaults (used by the benchmark's tile sweep)."""
+    ROW_TILES, UNROLL) overrides the defaults (used by the benchmark's tile sweep)."""
     t, f = g2.shape
     h2 = torch.empty((t, f), dtype=g2.dtype, device=g2.device)
     count = counts is not None
@@ -248,8 +280,11 @@ def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
     if config is None:
         block_t, block_f, num_warps = _tile_config(f, interpret)
         row_tiles = _count_row_tiles(interpret) if count else 1
+        unroll = False
     else:
-        block_t, block_f, num_warps, row_tiles = config
+        block_t, block_f, num_warps, row_tiles, unroll = config
+    if block_t * row_tiles >= 1 << _ABOVE_SHIFT:
+        raise ValueError("a program must cover fewer than 65536 rows (packed 16-bit tallies)")
     rows_per_program = block_t * row_tiles
     grid = (triton.cdiv(f, block_f) * triton.cdiv(t, rows_per_program),)
 
@@ -263,7 +298,7 @@ def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
         g2, u2, h2, active, above, thresholds, row_mask, t, f,
         ACTIVATION=_ACTIVATION_CODES[activation], COUNT=count, HAS_THRESHOLDS=has_thr,
         HAS_ROW_MASK=has_mask, PRECISE=_precise_math(), ROUND_H=_round_bf16_by_hand(h2),
-        BLOCK_T=block_t, BLOCK_F=block_f, ROW_TILES=row_tiles, num_warps=num_warps,
+        BLOCK_T=block_t, BLOCK_F=block_f, ROW_TILES=row_tiles, UNROLL=unroll, num_warps=num_warps,
     )
     if count:
         # Device-side add: no host synchronisation.

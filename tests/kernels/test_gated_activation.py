@@ -178,6 +178,20 @@ def test_counts_accumulate_over_calls_and_int32_targets_work():
     assert c64.tokens.item() == 3 * int(mask.sum())
 
 
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_zero_thresholds_count_every_counted_element_and_nothing_past_the_edges(activation):
+    # |h| >= 0 holds for every real element: each column's count must be exactly the counted rows;
+    # the ragged tail rows/columns of the last tiles must not leak in.
+    t, f = 37, 129
+    g, u = _inputs((t, f), torch.bfloat16, seed=21)
+    for row_mask in (None, (torch.arange(t) % 3 != 0).to(g.device)):
+        counts = _count_target(f, t, torch.zeros(f, device=g.device), row_mask)
+        gated_activation_triton(g, u, activation, counts)
+        n = t if row_mask is None else int(row_mask.sum())
+        assert torch.equal(counts.above_threshold, torch.full_like(counts.above_threshold, n))
+        assert counts.tokens.item() == n
+
+
 def test_non_contiguous_inputs_and_dispatch():
     g, u = _inputs((70, 33), torch.float32, seed=5)
     gt, ut = g.t(), u.t()  # [33, 70], non-contiguous

@@ -130,7 +130,7 @@ class TrainConfig(_Section):
     device: Literal["auto", "cuda", "cpu"] = "auto"
     activation_checkpointing: bool = False
     eval_interval: int = Field(0, ge=0)  # 0 disables periodic evaluation
-    eval_steps: int = Field(10, gt=0)
+    eval_steps: int = Field(10, gt=0)  # global batches per evaluation (same samples for any layout)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     # Stop after this many optimizer steps in this process (tests use it to simulate a kill).

@@ -134,7 +134,8 @@ class Trainer:
         self.grad_accum = cfg.grad_accumulation_steps(self.world)
 
         train_samples = cfg.train.steps * cfg.train.global_batch_size
-        valid_samples = cfg.train.eval_steps * cfg.train.micro_batch_size * self.dp_size
+        # An evaluation covers eval_steps global batches: the same samples for every layout.
+        valid_samples = cfg.train.eval_steps * cfg.train.global_batch_size
         self.train_data, self.valid_data = build_datasets(cfg.data, cfg.train.seed, train_samples, valid_samples, eod)
         self.loader = MicroBatchLoader(self.train_data, cfg.train.micro_batch_size, self.dp_rank, self.dp_size)
 
@@ -207,9 +208,10 @@ class Trainer:
         self.eval_counters.reset()
         loader = MicroBatchLoader(self.valid_data, self.cfg.train.micro_batch_size, self.dp_rank, self.dp_size)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        for _ in range(self.cfg.train.eval_steps):
+        micro_steps = self.cfg.train.eval_steps * self.grad_accum
+        for _ in range(micro_steps):
             total += self.engine(next(loader).to(self.device)).double()
-        loss = float(self._all_reduce_mean(total / self.cfg.train.eval_steps))
+        loss = float(self._all_reduce_mean(total / micro_steps))
         snap = reduce_counters(self.eval_counters, self.counter_groups)
         attach_counters(self.model, self.counters if self.cfg.sparsity.counters else None)
         self.engine.train()

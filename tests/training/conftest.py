@@ -15,6 +15,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 
 
+def deepspeed_launcher(nproc: int) -> list[str]:
+    """The real `deepspeed` launcher of this environment, starting `nproc` local processes."""
+    beside_python = Path(sys.executable).with_name("deepspeed")
+    exe = str(beside_python) if beside_python.exists() else "deepspeed"
+    return [exe, "--num_gpus", str(nproc), "--module"]
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> dict:
     """A 512-token BPE tokenizer and train/valid .bin/.idx from a slice of the bundled corpus."""

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Issue-3 baseline on one GPU: the paper's 0.1B and 1.2B shapes, seq 4096, vocab 122,753, bf16,
+# counters on and off (PyTorch reference counters). Writes JSON lines to $OUT/train_baseline.jsonl.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/megasparse-bench}
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import torch, deepspeed, triton; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+python3 benchmarks/train_throughput.py --model 0.1b --micro-batch 8 --steps ${STEPS_SMALL:-20} --log-interval 5 \
+    --workdir /tmp/bench01 --out "$OUT/train_baseline.jsonl"
+python3 benchmarks/train_throughput.py --model 1.2b --micro-batch 4 --steps ${STEPS_LARGE:-15} --log-interval 5 \
+    --workdir /tmp/bench12 --out "$OUT/train_baseline.jsonl"
+cp /tmp/bench01/*/log.txt "$OUT/" 2>/dev/null || true

@@ -123,6 +123,9 @@ def eager_fn(activation: str):
 def variants(activation: str, f: int, t: int, thresholds, row_mask) -> Dict[str, Callable]:
     """name -> fn(g, u) -> h. Counting variants keep accumulating into their own buffers."""
     out: Dict[str, Callable] = {"eager": eager_fn(activation)}
+    # Without a reset, dynamo's per-code-object recompile limit (8) is reached after a few shapes
+    # and torch.compile silently falls back to eager.
+    torch._dynamo.reset()
     out["torch_compile"] = torch.compile(eager_fn(activation), dynamic=False)
     if activation == "silu":
         try:

@@ -12,9 +12,11 @@ Contract (the same as :func:`megasparse.kernels.gated_activation.gated_activatio
 
 How the counters are made cheap:
 * ``COUNT`` is a ``tl.constexpr``: with counting off the compiled kernel has no counting code.
-* Each program owns a column block of ``BLOCK_F`` neurons and ``ROW_TILES`` consecutive row tiles of
-  ``BLOCK_T`` rows. It reduces every tile to per-column int32 sums in registers and issues ONE
-  relaxed atomic add per column at the end — never one atomic per element (the known trap).
+* Each counting program owns a column block of ``BLOCK_F`` neurons and ``ROW_TILES`` consecutive
+  row tiles of ``BLOCK_T`` rows. It keeps a per-element int32 tally in registers (both counters
+  packed in one int32: active in the low, above-threshold in the high 16 bits), reduces it over
+  rows ONCE at the end, and issues ONE relaxed atomic add per column and counter — never one
+  atomic per element (the known trap), and never a cross-warp reduction per tile.
 * The atomics go straight into the int64 target (no int32 partial buffer and second launch):
   after the in-program reduction there are only ``ceil(T / (BLOCK_T·ROW_TILES)) · f`` of them, so
   the lower throughput of 64-bit atomics does not matter and we save a launch and a buffer.

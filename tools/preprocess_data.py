@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-prefix", required=True,
                    help="outputs are {prefix}_{key}_document.bin/.idx and {prefix}_report.json")
     p.add_argument("--tokenizer-model", required=True, help="SentencePiece .model file")
+    p.add_argument("--tokenizer-type", default="SentencePieceTokenizer",
+                   choices=["SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer"],
+                   help="accepted so that Megatron command lines run unchanged; every choice means the "
+                        "SentencePiece model given by --tokenizer-model")
     p.add_argument("--json-keys", nargs="+", default=["text"],
                    help="fields (jsonl keys or parquet/arrow columns) to tokenize, one output each (default: text)")
     p.add_argument("--append-eod", action="store_true",

@@ -196,34 +196,44 @@ def _tokenize_chunk(chunk: RawChunk) -> _ChunkResult:
 # Main side
 
 
-def _ordered_results(chunks: Iterable[RawChunk], workers: int, init_args: tuple,
-                     max_in_flight: int) -> Iterator[_ChunkResult]:
-    """Results in input order with at most ``max_in_flight`` chunks queued or in work.
+class _OrderedChunkMap:
+    """Tokenizes chunks in worker processes and yields the results in input order.
 
-    ``Pool.imap`` would be ordered too, but its feeder thread drains the whole input iterator
-    as fast as it can read, which on a large corpus means unbounded memory; a deque of
-    ``apply_async`` results bounds it.
+    At most ``max_in_flight`` chunks are queued or in work. ``Pool.imap`` would be ordered too,
+    but its feeder thread drains the whole input iterator as fast as it can read, which on a
+    large corpus means unbounded memory; a deque of ``apply_async`` results bounds it.
+    With one worker everything runs in this process (no pickling, no extra process).
     """
-    if workers <= 1:
-        _init_worker(*init_args)
-        for chunk in chunks:
-            yield _tokenize_chunk(chunk)
-        return
-    # fork: workers start instantly and inherit the imported modules; nothing here holds locks.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = multiprocessing.get_context(method).Pool(workers, initializer=_init_worker, initargs=init_args)
-    try:
+
+    def __init__(self, workers: int, init_args: tuple, max_in_flight: int):
+        self.max_in_flight = max_in_flight
+        self.pool = None
+        if workers <= 1:
+            _init_worker(*init_args)
+            return
+        # forkserver, not fork: the parent may hold threads (SentencePiece's encoder pool, Arrow's
+        # I/O pool, tqdm's monitor) whose locks a forked child could inherit mid-use and hang on.
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        self.pool = multiprocessing.get_context(method).Pool(workers, initializer=_init_worker, initargs=init_args)
+
+    def __call__(self, chunks: Iterable[RawChunk]) -> Iterator[_ChunkResult]:
+        if self.pool is None:
+            for chunk in chunks:
+                yield _tokenize_chunk(chunk)
+            return
         pending: deque = deque()
         for chunk in chunks:
-            pending.append(pool.apply_async(_tokenize_chunk, (chunk,)))
-            if len(pending) >= max_in_flight:
+            pending.append(self.pool.apply_async(_tokenize_chunk, (chunk,)))
+            if len(pending) >= self.max_in_flight:
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
-        pool.close()
-    finally:
-        pool.terminate()
-        pool.join()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
 
 
 def preprocess(
@@ -268,12 +278,13 @@ def preprocess(
 
     writers: list[IndexedDatasetWriter] = []
     bar = None
+    chunk_map = _OrderedChunkMap(workers, init_args, in_flight)
     try:
         writers = [IndexedDatasetWriter(report.keys[k].output_prefix, dtype) for k in keys]
         bar = tqdm(unit="doc", disable=not progress, dynamic_ncols=True, desc="preprocess")
         next_log = log_interval
         chunks = iter_raw_chunks(files, keys, chunk_size, allow_text=False)
-        for result in _ordered_results(chunks, workers, init_args, in_flight):
+        for result in chunk_map(chunks):
             _account(report, keys, result, strict)
             for writer, kres in zip(writers, result.keys):
                 writer.add_documents_from_buffer(kres.tokens, kres.lengths)
@@ -292,6 +303,7 @@ def preprocess(
             writer.abort()
         raise
     finally:
+        chunk_map.close()
         if bar is not None:
             bar.close()
     report.seconds = time.perf_counter() - start

@@ -26,7 +26,8 @@ def _read(prefix):
 
 def test_output_equals_direct_tokenization_with_eod(tmp_path, spm_model, capsys):
     path = write_jsonl(tmp_path / "c.jsonl.zst", DOCS)
-    assert _run([path], tmp_path / "out", spm_model, "--append-eod", "--chunk-size", "16") == 0
+    assert _run([path], tmp_path / "out", spm_model, "--append-eod", "--chunk-size", "16",
+                "--tokenizer-type", "GPTSentencePieceTokenizer") == 0
     tok = Tokenizer(spm_model)
     docs, ds = _read(tmp_path / "out_text_document")
     assert ds.dtype == np.uint16
@@ -52,6 +53,7 @@ def test_megatron_core_reads_our_files(tmp_path, spm_model):
         assert np.array_equal(theirs[i], ours[i])
 
 
+@pytest.mark.timeout(120)  # worker pools: a hang must fail, not block the suite
 def test_identical_bytes_for_any_number_of_workers(tmp_path, spm_model):
     # Two files in two formats and a chunk size that leaves ragged chunks: many tasks in flight.
     inputs = [write_jsonl(tmp_path / "a.jsonl.gz", DOCS[:70] + ["", "  "]),
@@ -68,6 +70,7 @@ def test_identical_bytes_for_any_number_of_workers(tmp_path, spm_model):
     assert len(outputs[1][0]) > 1000
 
 
+@pytest.mark.timeout(120)
 def test_bad_input_accounting_per_reason(tmp_path, spm_model, capsys):
     lines = [json.dumps({"text": d}).encode() for d in DOCS[:5]] + [
         b'{"text": "cut',
@@ -95,6 +98,7 @@ def test_bad_input_accounting_per_reason(tmp_path, spm_model, capsys):
     assert "read 14 = written 6 + skipped 8" in out and "invalid_utf8 2" in out
 
 
+@pytest.mark.timeout(120)
 def test_strict_stops_at_first_bad_record_and_leaves_nothing(tmp_path, spm_model, capsys):
     good = [json.dumps({"text": d}) for d in DOCS[:30]]
     path = tmp_path / "s.jsonl"

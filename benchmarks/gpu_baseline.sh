@@ -11,8 +11,8 @@ fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, deepspeed, triton; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
-python3 benchmarks/train_throughput.py --model 0.1b --micro-batch 8 --steps ${STEPS_SMALL:-20} --log-interval 5 \
-    --workdir /tmp/bench01 --out "$OUT/train_baseline.jsonl"
-python3 benchmarks/train_throughput.py --model 1.2b --micro-batch 4 --steps ${STEPS_LARGE:-15} --log-interval 5 \
-    --workdir /tmp/bench12 --out "$OUT/train_baseline.jsonl"
+python3 benchmarks/train_throughput.py --model 0.1b --micro-batch 8 --steps ${STEPS_SMALL:-15} --log-interval 5 \
+    --counters off reference triton --workdir /tmp/bench01 --out "$OUT/train_baseline.jsonl"
+python3 benchmarks/train_throughput.py --model 1.2b --micro-batch 4 --steps ${STEPS_LARGE:-10} --log-interval 5 \
+    --counters off reference triton --workdir /tmp/bench12 --out "$OUT/train_baseline.jsonl"
 cp /tmp/bench01/*/log.txt "$OUT/" 2>/dev/null || true

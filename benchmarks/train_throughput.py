@@ -6,7 +6,7 @@ one JSON line per run (the median of the logged windows after the first, which h
 
 examples:
   python benchmarks/train_throughput.py --model 0.1b --micro-batch 8 --steps 30
-  python benchmarks/train_throughput.py --model 1.2b --micro-batch 4 --counters on off
+  python benchmarks/train_throughput.py --model 1.2b --micro-batch 4 --counters off reference triton
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ def synthetic_tokens(prefix: Path, vocab: int, tokens: int, doc_len: int = 65536
             w.add_document(rng.integers(0, vocab, doc_len, dtype=np.int32))
 
 
-def run_one(args, counters: bool, workdir: Path, data_prefix: Path) -> dict:
-    run_dir = workdir / f"{args.model}-mbs{args.micro_batch}-counters-{'on' if counters else 'off'}"
+def run_one(args, mode: str, workdir: Path, data_prefix: Path) -> dict:
+    """mode: "off" (no counters), "reference" (PyTorch counters) or "triton" (fused kernel)."""
+    counters = mode != "off"
+    run_dir = workdir / f"{args.model}-mbs{args.micro_batch}-counters-{mode}"
     cfg = {
         "base": str(REPO / "configs" / "model" / f"{args.model}.yaml"),
         "model": {"vocab_size": args.vocab, "activation": args.activation},
@@ -48,7 +50,8 @@ def run_one(args, counters: bool, workdir: Path, data_prefix: Path) -> dict:
                   "steps": args.steps, "eval_interval": 0,
                   "activation_checkpointing": args.activation_checkpointing,
                   "schedule": {"kind": "constant", "warmup_steps": 0}},
-        "sparsity": {"counters": counters, "histogram_interval": 1000000},
+        "sparsity": {"counters": counters, "counter_impl": mode if counters else "auto",
+                     "histogram_interval": 1000000},
         "checkpoint": {"dir": None},
         "logging": {"dir": str(run_dir / "tb"), "interval": args.log_interval},
     }
@@ -63,7 +66,7 @@ def run_one(args, counters: bool, workdir: Path, data_prefix: Path) -> dict:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     (run_dir / "log.txt").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
-        return {"model": args.model, "counters": counters, "error": (proc.stdout + proc.stderr)[-3000:]}
+        return {"model": args.model, "counters": mode, "error": (proc.stdout + proc.stderr)[-3000:]}
     s = read_scalars(run_dir / "tb")
 
     def median(tag: str) -> float:
@@ -73,7 +76,7 @@ def run_one(args, counters: bool, workdir: Path, data_prefix: Path) -> dict:
     return {
         "benchmark": "train_throughput", "model": args.model, "activation": args.activation,
         "micro_batch": args.micro_batch, "seq": args.seq, "vocab": args.vocab, "gpus": args.nproc,
-        "counters": counters, "activation_checkpointing": args.activation_checkpointing,
+        "counters": mode, "activation_checkpointing": args.activation_checkpointing,
         "steps": args.steps, "tokens_per_sec": median("perf/tokens_per_sec"),
         "tflops_per_gpu": median("perf/tflops_per_gpu"),
         "mfu": median("perf/mfu") if "perf/mfu" in s else None,
@@ -93,7 +96,8 @@ def main() -> int:
     p.add_argument("--log-interval", type=int, default=5)
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--activation-checkpointing", action="store_true")
-    p.add_argument("--counters", nargs="+", default=["on", "off"], choices=["on", "off"])
+    p.add_argument("--counters", nargs="+", default=["off", "reference"], choices=["off", "reference", "triton"],
+                   help="counter modes to run: off, the PyTorch reference, the fused Triton kernel")
     p.add_argument("--workdir", default=None)
     p.add_argument("--out", default=None, help="append JSON lines here too")
     args = p.parse_args()
@@ -104,7 +108,7 @@ def main() -> int:
         needed = (args.steps + 2) * args.micro_batch * args.nproc * (args.seq + 1)
         synthetic_tokens(data_prefix, args.vocab, needed + 65536)
     for mode in args.counters:
-        result = run_one(args, mode == "on", workdir, data_prefix)
+        result = run_one(args, mode, workdir, data_prefix)
         line = json.dumps(result)
         print(line, flush=True)
         if args.out:

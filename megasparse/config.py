@@ -144,7 +144,8 @@ class SparsityConfig(_Section):
     dead_neuron_frequency: float = Field(0.001, ge=0, le=1)
     histogram_interval: int = Field(0, ge=0)  # 0: histograms at every log window
     # Live CETT-PPL-p% calibration (DESIGN §4): every `cett_interval` steps (0 = off) on
-    # `cett_batches` fixed held-out micro-batches, PPL rise `cett_target_ppl_increase` percent.
+    # `cett_batches` fixed held-out global micro-steps (micro_batch_size × DP samples each; every
+    # rank holds its slice, τ is searched jointly), PPL rise `cett_target_ppl_increase` percent.
     cett_interval: int = Field(0, ge=0)
     cett_target_ppl_increase: float = Field(1.0, gt=0)
     cett_tolerance: float = Field(1e-3, gt=0, lt=1)
@@ -209,6 +210,18 @@ class RunConfig(_Section):
             raise ConfigError(
                 f"train.global_batch_size={t.global_batch_size} is not divisible by "
                 f"train.micro_batch_size × data-parallel size = {t.micro_batch_size} × {dp}"
+            )
+        sp = self.sparsity
+        if sp.cett_interval and p.zero_stage == 3:
+            raise ConfigError(
+                "sparsity.cett_interval with parallel.zero_stage=3: calibration reads whole weights, which "
+                "ZeRO-3 partitions; use ZeRO 0-2, or set sparsity.cett_interval=0 and measure offline "
+                "with tools/measure_sparsity.py"
+            )
+        if sp.cett_interval and sp.cett_interval % self.logging.interval:
+            raise ConfigError(
+                f"sparsity.cett_interval={sp.cett_interval} is not a multiple of logging.interval="
+                f"{self.logging.interval}; calibrate at window boundaries so each logged CETT ratio uses one τ"
             )
         if p.sequence_parallel and self.data.seq_length % p.tensor:
             raise ConfigError(

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megasparse.config import RunConfig
+from megasparse.config import ConfigError, RunConfig
 from megasparse.data.loader import MicroBatchLoader, build_datasets
 from megasparse.data.tokenizer import Tokenizer
 from megasparse.model.flops import flops_per_token
@@ -138,12 +138,38 @@ class Trainer:
         valid_samples = cfg.train.eval_steps * cfg.train.global_batch_size
         self.train_data, self.valid_data = build_datasets(cfg.data, cfg.train.seed, train_samples, valid_samples, eod)
         self.loader = MicroBatchLoader(self.train_data, cfg.train.micro_batch_size, self.dp_rank, self.dp_size)
+        self.calibrator = self._build_calibrator()
 
         self.progress = Progress()
         self.flops_per_token = flops_per_token(cfg.model, self.seq)
         self.peak = cfg.logging.peak_tflops or device_peak_tflops(self.device)
         self.stop = StopSignal()
         self._resume()
+
+    def _build_calibrator(self):
+        """Live CETT-PPL-p% (DESIGN §4): a fixed held-out batch set, calibrated every N steps."""
+        sp = self.cfg.sparsity
+        if not sp.cett_interval:
+            return None
+        if self.valid_data is None:
+            raise ConfigError("sparsity.cett_interval needs held-out data: set data.valid or data.valid_fraction")
+        from megasparse.sparsity.live_calibration import LiveCalibrator, heldout_batches
+
+        batches = heldout_batches(self.valid_data, sp.cett_batches, self.cfg.train.micro_batch_size,
+                                  self.dp_rank, self.dp_size)
+        return LiveCalibrator(batches, p=sp.cett_target_ppl_increase, tolerance=sp.cett_tolerance,
+                              group=dist.group.WORLD if self.world > 1 else None)
+
+    def calibrate_thresholds(self) -> dict:
+        """Searches the CETT value for +p% PPL and hands the per-layer τ to the counters."""
+        res = self.calibrator.calibrate(self.model)
+        self.counters.set_layer_thresholds(res.layer_thresholds)
+        self.eval_counters.set_layer_thresholds(res.layer_thresholds)
+        values = res.scalars()
+        self.log.scalars(values, self.progress.step)
+        self.log.line(f"cett calibration at step {self.progress.step}: cett {res.cett:.4f}, ppl ratio "
+                      f"{res.ppl_ratio:.4f}, activation {100 * res.activation_ratio:.1f}%, {res.seconds:.1f}s")
+        return values
 
     # ----------------------------------------------------------------------------------------
     def _layout(self) -> dict:
@@ -163,6 +189,7 @@ class Trainer:
         self.progress = Progress(**progress)
         self.loader.load_state_dict(rank_state["loader"])
         self.counters.load_state_dict(rank_state["counters"])
+        self.eval_counters.set_layer_thresholds(self.counters.layer_thresholds)
         self.log.line(f"resumed from {Path(ckpt_dir) / tag} at step {self.progress.step}")
 
     def save(self) -> None:
@@ -206,6 +233,8 @@ class Trainer:
         self.engine.eval()
         attach_counters(self.model, self.eval_counters)
         self.eval_counters.reset()
+        if self.eval_counters.layer_thresholds is not None:
+            self.eval_counters.refresh_neuron_thresholds(down_projection_weights(self.model))
         loader = MicroBatchLoader(self.valid_data, self.cfg.train.micro_batch_size, self.dp_rank, self.dp_size)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         micro_steps = self.cfg.train.eval_steps * self.grad_accum
@@ -218,6 +247,9 @@ class Trainer:
         out = {"eval/loss": loss, "eval/ppl": math.exp(min(loss, 50.0))}
         if snap is not None:
             out["eval/activation_ratio"] = snap.activation_ratio()
+            thr = snap.layer_threshold_activation_ratio()
+            if thr is not None:
+                out["eval/cett_activation_ratio"] = float(thr.mean())
         self.log.scalars(out, self.progress.step)
         return out
 
@@ -248,6 +280,8 @@ class Trainer:
                 sp = self.log.sparsity(snap, step, histograms=hist, dead_below=self.cfg.sparsity.dead_neuron_frequency)
                 values.update(sp)
                 line += f" | act {100 * sp['sparsity/activation_ratio']:.1f}%"
+                if "sparsity/cett/activation_ratio" in sp:
+                    line += f" | cett-act {100 * sp['sparsity/cett/activation_ratio']:.1f}%"
         self.log.line(line)
         self.log.flush()
         return values
@@ -278,6 +312,8 @@ class Trainer:
             if step % cfg.logging.interval == 0 or step == cfg.train.steps:
                 summary.update(self._log_window(window, loss))
                 window.reset()
+            if self.calibrator is not None and step % cfg.sparsity.cett_interval == 0:
+                summary.update(self.calibrate_thresholds())
             if cfg.train.eval_interval and (step % cfg.train.eval_interval == 0 or step == cfg.train.steps):
                 summary.update(self.evaluate() or {})
             final = step == cfg.train.steps

@@ -56,6 +56,7 @@ def write_run_config(path: Path, corpus: dict, **sections) -> Path:
         "train": {"micro_batch_size": 2, "global_batch_size": 4, "steps": 20, "seed": 7,
                   "eval_interval": 10, "eval_steps": 2, "precision": "fp32", "device": "cpu",
                   "schedule": {"kind": "wsd", "warmup_steps": 4}},
+        "sparsity": {"cett_interval": 10, "cett_batches": 2},
         "checkpoint": {"dir": str(path.parent / "ckpt"), "interval": 10, "keep_last": 2},
         "logging": {"dir": str(path.parent / "tb"), "interval": 5},
     }

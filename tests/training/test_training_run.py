@@ -18,6 +18,8 @@ CONTRACT_SCALARS = {
     "perf/mfu", "perf/step_time_s", "mem/max_allocated_gb", "eval/loss", "eval/ppl",
     "sparsity/activation_ratio", "sparsity/dead_neuron_ratio",
     "sparsity/layer_00/activation_ratio", "sparsity/layer_01/activation_ratio",
+    "sparsity/cett/value", "sparsity/cett/ppl_ratio", "sparsity/cett/activation_ratio",
+    "sparsity/cett/layer_00/activation_ratio", "sparsity/cett/layer_01/activation_ratio",
 }
 
 
@@ -47,6 +49,12 @@ def test_tensorboard_tags_follow_the_contract(straight_run):
     assert [e.step for e in ratio] == [5, 10, 15, 20]
     assert all(0.0 < e.value < 1.0 for e in ratio)
     assert loss[-1].value < loss[0].value, "the model should learn something in 20 steps"
+    # Live CETT-PPL-1%: calibrated at steps 10 and 20; the window after step 10 counts with τ.
+    assert [e.step for e in acc.Scalars("sparsity/cett/value")] == [10, 20]
+    assert all(abs(e.value - 1.01) < 0.01 for e in acc.Scalars("sparsity/cett/ppl_ratio"))
+    cett_ratio = acc.Scalars("sparsity/cett/activation_ratio")
+    assert [e.step for e in cett_ratio] == [15, 20]
+    assert all(0.0 < e.value < 1.0 for e in cett_ratio)
     summary = json.loads((d / "tb" / "summary.json").read_text())
     assert summary["step"] == 20 and "eval/ppl" in summary
     assert "step     20/20" in proc.stdout
@@ -63,7 +71,8 @@ def test_resume_is_bit_exact(straight_run, tiny_corpus, tmp_path):
 
     a, b = scalars(straight_dir / "tb"), scalars(tmp_path / "tb")
     for tag in ("train/loss", "train/grad_norm", "train/lr", "train/tokens", "sparsity/activation_ratio",
-                "sparsity/layer_01/activation_ratio", "eval/loss"):
+                "sparsity/layer_01/activation_ratio", "eval/loss", "sparsity/cett/value",
+                "sparsity/cett/activation_ratio"):
         assert dict(a[tag]) == dict(b[tag]), f"{tag} differs after resume"
 
 

@@ -27,7 +27,8 @@ from megasparse.model.flops import flops_per_token
 from megasparse.model.mup import mup_param_groups
 from megasparse.model.transformer import Transformer
 from megasparse.sparsity.counters import ActivationCounters, attach_counters, down_projection_weights
-from megasparse.sparsity.reduction import CounterGroups, reduce_counters
+from megasparse.parallel import ParallelGroups, tensor_parallel_layer_factory
+from megasparse.sparsity.reduction import reduce_counters
 from megasparse.training import checkpoint as ckpt
 from megasparse.training.deepspeed_config import build_deepspeed_config
 from megasparse.training.distributed import init_distributed
@@ -96,10 +97,14 @@ class Trainer:
         self.rank_info = init_distributed(self.device)
         self.world = self.rank_info.world_size
         self.rank = self.rank_info.rank
-        cfg.validate_layout(self.world)
+        # Validates the layout (before anything heavy), then builds the TP × PP × DP groups.
+        self.groups = ParallelGroups.from_config(cfg)
+        if cfg.parallel.pipeline > 1:
+            raise ConfigError("parallel.pipeline > 1 is not wired into the trainer yet; use tensor and data "
+                              "parallelism (parallel.pipeline=1)")
         self.bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and self.device.type == "cuda")
-        self.dp_size = cfg.data_parallel_size(self.world)
-        self.dp_rank = self.rank  # TP = PP = 1 in this loop: every rank is its own DP rank.
+        self.dp_size, self.dp_rank = self.groups.dp_size, self.groups.dp_rank
+        tp_group = self.groups.tp_group if self.groups.tp_size > 1 else None
         self.seq = cfg.data.seq_length
         self.log = MetricsWriter(cfg.logging.dir, enabled=self.rank == 0, console=cfg.logging.console)
 
@@ -112,15 +117,17 @@ class Trainer:
 
         # The same seed gives the same initial model on every rank and every layout.
         seed_everything(cfg.train.seed)
+        factory = tensor_parallel_layer_factory(self.groups, cfg.parallel.sequence_parallel)
         self.model = Transformer(cfg.model, seed=cfg.train.seed, device=self.device, eod_token_id=eod,
-                                 activation_checkpointing=cfg.train.activation_checkpointing)
-        self.counters = ActivationCounters(range(cfg.model.num_layers), cfg.model.ffn_size, self.device)
-        self.eval_counters = ActivationCounters(range(cfg.model.num_layers), cfg.model.ffn_size, self.device)
+                                 activation_checkpointing=cfg.train.activation_checkpointing, layer_factory=factory)
+        local_ffn = cfg.model.ffn_size // self.groups.tp_size  # this rank's slice of the neurons
+        self.counters = ActivationCounters(range(cfg.model.num_layers), local_ffn, self.device)
+        self.eval_counters = ActivationCounters(range(cfg.model.num_layers), local_ffn, self.device)
         for mlp in self.model.modules():
             if hasattr(mlp, "counter_impl"):
                 mlp.counter_impl = cfg.sparsity.counter_impl
         attach_counters(self.model, self.counters if cfg.sparsity.counters else None)
-        self.counter_groups = CounterGroups(data=dist.group.WORLD if self.world > 1 else None)
+        self.counter_groups = self.groups.counter_groups()
 
         import deepspeed
 
@@ -128,7 +135,8 @@ class Trainer:
         groups = mup_param_groups(self.model, cfg.model, weight_decay=cfg.train.optimizer.weight_decay,
                                   lr=cfg.train.optimizer.lr)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=CausalLMLoss(self.model), model_parameters=groups, config=ds_config,
+            model=CausalLMLoss(self.model, tp_group), model_parameters=groups, config=ds_config,
+            mpu=self.groups.mpu() if self.world > 1 else None,
             lr_scheduler=lambda opt: build_scheduler(opt, cfg.train.schedule, cfg.train.optimizer, cfg.train.steps),
         )
         self.grad_accum = cfg.grad_accumulation_steps(self.world)
@@ -141,7 +149,7 @@ class Trainer:
         self.calibrator = self._build_calibrator()
 
         self.progress = Progress()
-        self.flops_per_token = flops_per_token(cfg.model, self.seq)
+        self.flops_per_token = flops_per_token(cfg.model, self.seq, cfg.parallel.tensor)
         self.peak = cfg.logging.peak_tflops or device_peak_tflops(self.device)
         self.stop = StopSignal()
         self._resume()
@@ -157,8 +165,11 @@ class Trainer:
 
         batches = heldout_batches(self.valid_data, sp.cett_batches, self.cfg.train.micro_batch_size,
                                   self.dp_rank, self.dp_size)
+        if self.groups.tp_size > 1:
+            raise ConfigError("sparsity.cett_interval with parallel.tensor > 1 is not supported yet (the CETT "
+                              "norms need the whole down projection); set sparsity.cett_interval=0")
         return LiveCalibrator(batches, p=sp.cett_target_ppl_increase, tolerance=sp.cett_tolerance,
-                              group=dist.group.WORLD if self.world > 1 else None)
+                              group=self.groups.dp_group if self.dp_size > 1 else None)
 
     def calibrate_thresholds(self) -> dict:
         """Searches the CETT value for +p% PPL and hands the per-layer τ to the counters."""

@@ -96,3 +96,11 @@ def test_srun_two_tasks(single_process_run, tiny_corpus, tmp_path):
     cfg = _config(tmp_path, tiny_corpus, "slurm")
     run_train(cfg, launcher=["srun", "-n", "2", "--overcommit", "--export=ALL", sys.executable, "-m"])
     _assert_same_training(single_process_run, scalars(tmp_path / "slurm" / "tb"))
+
+
+@pytest.mark.parametrize("sequence_parallel", [False, True], ids=["tp2", "tp2-sp"])
+def test_tensor_parallel_two_processes(single_process_run, tiny_corpus, tmp_path, sequence_parallel):
+    name = "sp" if sequence_parallel else "tp"
+    cfg = _config(tmp_path, tiny_corpus, name, cett_interval=0, tensor=2, sequence_parallel=sequence_parallel)
+    run_train(cfg, launcher=deepspeed_launcher(2))
+    _assert_same_training(single_process_run, scalars(tmp_path / name / "tb"))

@@ -211,9 +211,11 @@ class _OrderedChunkMap:
         if workers <= 1:
             _init_worker(*init_args)
             return
-        # forkserver, not fork: the parent may hold threads (SentencePiece's encoder pool, Arrow's
-        # I/O pool, tqdm's monitor) whose locks a forked child could inherit mid-use and hang on.
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        # fork: workers start at once and need no importable __main__ (spawn/forkserver re-run the
+        # caller's script, and a pool whose workers die at start-up hangs). The pool is made before
+        # this module starts any thread (progress bar, Arrow reader), so the children inherit no
+        # lock held by another thread.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         self.pool = multiprocessing.get_context(method).Pool(workers, initializer=_init_worker, initargs=init_args)
 
     def __call__(self, chunks: Iterable[RawChunk]) -> Iterator[_ChunkResult]:
@@ -229,9 +231,13 @@ class _OrderedChunkMap:
         while pending:
             yield pending.popleft().get()
 
-    def close(self) -> None:
+    def close(self, finished: bool) -> None:
+        """``finished``: all results were consumed, so the workers may exit on their own."""
         if self.pool is not None:
-            self.pool.terminate()
+            if finished:
+                self.pool.close()
+            else:
+                self.pool.terminate()
             self.pool.join()
             self.pool = None
 
@@ -279,6 +285,7 @@ def preprocess(
     writers: list[IndexedDatasetWriter] = []
     bar = None
     chunk_map = _OrderedChunkMap(workers, init_args, in_flight)
+    finished = False
     try:
         writers = [IndexedDatasetWriter(report.keys[k].output_prefix, dtype) for k in keys]
         bar = tqdm(unit="doc", disable=not progress, dynamic_ncols=True, desc="preprocess")
@@ -298,12 +305,13 @@ def preprocess(
                 next_log = (report.documents_read // log_interval + 1) * log_interval
         for writer in writers:
             writer.finalize()
+        finished = True
     except BaseException:
         for writer in writers:
             writer.abort()
         raise
     finally:
-        chunk_map.close()
+        chunk_map.close(finished)
         if bar is not None:
             bar.close()
     report.seconds = time.perf_counter() - start

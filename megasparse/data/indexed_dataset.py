@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import struct
+from array import array
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
@@ -74,8 +75,10 @@ class IndexedDatasetWriter:
         Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
         self._bin_tmp = data_file_path(self.prefix) + ".tmp"
         self._bin = open(self._bin_tmp, "wb")
-        self._lengths: list[int] = []
-        self._doc_indices: list[int] = [0]
+        # Compact typed arrays (4 + 8 bytes per document), not Python lists (~70 bytes each):
+        # a 100M-document corpus keeps its index in ~1.2 GB instead of ~7 GB.
+        self._lengths = array("i")
+        self._doc_indices = array("q", [0])
         self._finalized = False
 
     def add_document(self, tokens: Union[np.ndarray, Iterable[int]]) -> None:
@@ -99,8 +102,8 @@ class IndexedDatasetWriter:
             raise ValueError("lengths do not add up to the buffer size")
         self._bin.write(flat.tobytes(order="C"))
         start = len(self._lengths)
-        self._lengths.extend(int(n) for n in lengths)
-        self._doc_indices.extend(range(start + 1, start + 1 + lengths.size))
+        self._lengths.frombytes(lengths.astype(np.int32).tobytes())
+        self._doc_indices.frombytes(np.arange(start + 1, start + 1 + lengths.size, dtype=np.int64).tobytes())
 
     def add_index(self, other_prefix: Union[str, Path]) -> None:
         """Appends every document of another dataset (used to merge shards)."""
@@ -111,8 +114,8 @@ class IndexedDatasetWriter:
                 "merge only datasets written with the same tokenizer"
             )
         start = len(self._lengths)
-        self._lengths.extend(int(n) for n in other.sequence_lengths)
-        self._doc_indices.extend(int(d) + start for d in other.document_indices[1:])
+        self._lengths.frombytes(np.asarray(other.sequence_lengths, dtype=np.int32).tobytes())
+        self._doc_indices.frombytes((np.asarray(other.document_indices[1:], dtype=np.int64) + start).tobytes())
         with open(data_file_path(other_prefix), "rb") as src:
             while chunk := src.read(1 << 24):
                 self._bin.write(chunk)
@@ -125,8 +128,8 @@ class IndexedDatasetWriter:
         if self._finalized:
             return
         self._bin.close()
-        write_index(index_file_path(self.prefix), self.dtype, np.asarray(self._lengths, dtype=np.int32),
-                    np.asarray(self._doc_indices, dtype=np.int64))
+        write_index(index_file_path(self.prefix), self.dtype, np.frombuffer(self._lengths, dtype=np.int32),
+                    np.frombuffer(self._doc_indices, dtype=np.int64))
         os.replace(self._bin_tmp, data_file_path(self.prefix))
         self._finalized = True
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from megasparse.config import ConfigError
+from megasparse.data.gpt_dataset import DatasetBuildError
 from megasparse.data.indexed_dataset import IndexedDatasetError
+from megasparse.data.tokenizer import TokenizerError
 from megasparse.training.checkpoint import CheckpointError
 
-UserFacingError = (ConfigError, IndexedDatasetError, CheckpointError, FileNotFoundError)
+UserFacingError = (ConfigError, IndexedDatasetError, DatasetBuildError, TokenizerError, CheckpointError,
+                   FileNotFoundError)
 
 
 def user_error_message(exc: BaseException) -> str:

@@ -90,9 +90,28 @@ class StopSignal:
         self.received = signum
 
 
+def check_inputs(cfg: RunConfig) -> None:
+    """Fails in seconds, before any process group or model exists, on missing input files."""
+    from megasparse.data.indexed_dataset import dataset_exists
+    from megasparse.data.loader import parse_blend
+
+    if not cfg.data.train:
+        raise ConfigError("data.train is empty; give a .bin/.idx prefix, e.g. data.train=[out/corpus_text_document]")
+    for field in ("train", "valid"):
+        prefixes, _ = parse_blend(getattr(cfg.data, field), f"data.{field}")
+        for prefix in prefixes:
+            if not dataset_exists(prefix):
+                raise ConfigError(f"data.{field}: {prefix}.bin/.idx not found; fix the prefix or create the "
+                                  "files with tools/preprocess_data.py")
+    if cfg.data.tokenizer_model and not Path(cfg.data.tokenizer_model).is_file():
+        raise ConfigError(f"data.tokenizer_model: {cfg.data.tokenizer_model} not found; train one with "
+                          "tools/train_tokenizer.py or fix the path")
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
+        check_inputs(cfg)
         self.device = resolve_device(cfg)
         self.rank_info = init_distributed(self.device)
         self.world = self.rank_info.world_size

@@ -1,0 +1,272 @@
+"""Pipeline-parallel checks, run as a script in 2 processes by the real ``deepspeed`` launcher.
+
+    deepspeed --num_gpus 2 --master_port P tests/parallel/pp_checks.py --out DIR
+
+Every rank trains the model split into 2 pipeline stages with DeepSpeed's PipelineEngine and,
+on its own, the plain one-process reference: the Transformer with ``CausalLMLoss``, a torch
+AdamW configured like DeepSpeed's (µP groups, gradient clipping, the run's LR schedule) and the
+same micro-batches. The checks compare the two; each rank writes ``rank{R}.json`` mapping every
+check name to None (passed) or the failure text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megasparse.config import config_from_dict
+from megasparse.data.loader import MicroBatchLoader
+from megasparse.model.mup import mup_param_groups
+from megasparse.model.recompute import in_recompute
+from megasparse.model.transformer import Transformer
+from megasparse.parallel import ParallelGroups
+from megasparse.parallel.pipeline_model import build_pipeline_module, plain_parameter_names
+from megasparse.sparsity.counters import ActivationCounters, attach_counters
+from megasparse.sparsity.reduction import reduce_counters
+from megasparse.training import checkpoint as ckpt
+from megasparse.training.deepspeed_config import build_deepspeed_config
+from megasparse.training.lm_loss import CausalLMLoss
+from megasparse.training.pipeline_steps import PipelineSteps, stage_layer_ids
+from megasparse.training.schedule import build_scheduler
+
+MODEL = dict(hidden_size=64, num_layers=4, head_dim=16, ffn_size=160, vocab_size=100, pad_vocab_to_multiple_of=64)
+SEQ, MBS, GLOBAL_BATCH, STEPS, SEED, EOD = 16, 2, 4, 6, 5, 3
+WORLD = 2
+
+
+def run_config(**model):
+    # A moderate lr: much higher (0.02) and Adam's first updates, ≈ lr·sign(g), turn fp32
+    # summation-order differences in near-zero gradients into visible loss differences by step 6.
+    return config_from_dict({
+        "model": {**MODEL, **model},
+        "parallel": {"pipeline": WORLD, "zero_stage": 1},
+        "train": {"micro_batch_size": MBS, "global_batch_size": GLOBAL_BATCH, "steps": STEPS, "seed": SEED,
+                  "precision": "fp32", "device": "cpu",
+                  "optimizer": {"lr": 0.005, "weight_decay": 0.1, "grad_clip": 0.5},
+                  "schedule": {"kind": "wsd", "warmup_steps": 3}},
+    })
+
+
+def token_samples(n: int, with_eod: bool) -> list[np.ndarray]:
+    """Random samples of SEQ + 1 tokens (never constant), the same on every rank."""
+    g = np.random.default_rng(17)
+    samples = g.integers(4, MODEL["vocab_size"], size=(n, SEQ + 1))
+    if with_eod:  # documents of random length inside each sample
+        samples[g.random(samples.shape) < 0.15] = EOD
+    return list(samples.astype(np.int64))
+
+
+def loader(samples) -> MicroBatchLoader:
+    return MicroBatchLoader(samples, MBS, dp_rank=0, dp_size=1)  # PP=2 on 2 ranks: DP=1
+
+
+# ---------------------------------------------------------------------------------- reference
+class Reference:
+    """The plain model trained in this process alone, step by step."""
+
+    def __init__(self, cfg, samples):
+        self.cfg = cfg
+        self.model = Transformer(cfg.model, seed=cfg.train.seed, eod_token_id=EOD)
+        o = cfg.train.optimizer
+        groups = mup_param_groups(self.model, cfg.model, weight_decay=o.weight_decay, lr=o.lr)
+        self.opt = torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
+        self.sched = build_scheduler(self.opt, cfg.train.schedule, o, cfg.train.steps)
+        self.loss = CausalLMLoss(self.model)
+        self.loader = loader(samples)
+        self.gas = GLOBAL_BATCH // MBS  # one process: all micro-batches here
+
+    def step(self) -> float:
+        total = 0.0
+        for _ in range(self.gas):
+            loss = self.loss(next(self.loader))
+            (loss / self.gas).backward()
+            total += float(loss)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.optimizer.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return total / self.gas
+
+    @torch.no_grad()
+    def eval_loss(self, samples, micro_steps: int) -> float:
+        it = loader(samples)
+        return sum(float(self.loss(next(it))) for _ in range(micro_steps)) / micro_steps
+
+
+def pipeline_engine(cfg, groups, activation_checkpointing: bool):
+    import deepspeed
+
+    module = build_pipeline_module(cfg, groups, device="cpu", eod_token_id=EOD,
+                                   activation_checkpointing=activation_checkpointing)
+    o = cfg.train.optimizer
+    engine, _, _, _ = deepspeed.initialize(
+        model=module, model_parameters=mup_param_groups(module, cfg.model, weight_decay=o.weight_decay, lr=o.lr),
+        config=build_deepspeed_config(cfg, WORLD, bf16=False, on_cuda=False),
+        lr_scheduler=lambda opt: build_scheduler(opt, cfg.train.schedule, o, cfg.train.steps),
+    )
+    return module, engine
+
+
+def close(a: float, b: float, rtol: float, what: str) -> None:
+    assert abs(a - b) <= rtol * max(1.0, abs(b)), f"{what}: pipeline {a!r} vs plain {b!r}"
+
+
+# ------------------------------------------------------------------------------------- checks
+class Checks:
+    """Runs in order; each method is one check. Shared state is built lazily by earlier ones."""
+
+    def __init__(self, groups: ParallelGroups, workdir: Path):
+        self.g, self.workdir = groups, workdir
+
+    def check_initial_parameters_equal_plain_model(self) -> None:
+        cfg = run_config()
+        self.cfg, self.samples = cfg, token_samples(64, with_eod=False)
+        self.module, self.engine = pipeline_engine(cfg, self.g, activation_checkpointing=False)
+        plain = dict(Transformer(cfg.model, seed=SEED).named_parameters())
+        names = plain_parameter_names(self.module)
+        assert set(names) == {n for n, _ in self.module.named_parameters()}, "unmapped stage parameters"
+        for pipe_name, param in self.module.named_parameters():
+            assert torch.equal(param.detach(), plain[names[pipe_name]].detach()), f"{pipe_name} differs"
+        # The stages together hold every plain parameter (the tied embedding on both ends).
+        held = [None] * WORLD
+        dist.all_gather_object(held, sorted(set(names.values())))
+        assert set().union(*map(set, held)) == set(plain), "parameters missing from every stage"
+        assert "embed.weight" in held[0] and "embed.weight" in held[-1]
+
+    def check_uniform_partition_splits_blocks_evenly(self) -> None:
+        ids = stage_layer_ids(self.module)
+        assert ids == [[0, 1], [2, 3]][self.g.pp_rank], f"stage {self.g.pp_rank} owns layers {ids}"
+
+    def check_first_step_loss_and_counts_equal_plain_model(self) -> None:
+        self.reference = Reference(self.cfg, self.samples)
+        ref_counters = ActivationCounters(range(MODEL["num_layers"]), MODEL["ffn_size"])
+        attach_counters(self.reference.model, ref_counters)
+        self.ref_losses = [self.reference.step()]
+        attach_counters(self.reference.model, None)
+
+        counters = ActivationCounters(stage_layer_ids(self.module), MODEL["ffn_size"])
+        attach_counters(self.module, counters)
+        self.pp_loader = loader(self.samples)
+        self.steps = PipelineSteps(self.engine, self.pp_loader, self.cfg.grad_accumulation_steps(WORLD))
+        self.pp_losses = [self.steps.train_step()]
+        attach_counters(self.module, None)
+        close(self.pp_losses[0], self.ref_losses[0], 1e-6, "step 1 loss")
+        # Each stage counted only its own layers...
+        assert int(counters.tokens.min()) == GLOBAL_BATCH * SEQ, f"stage tokens {counters.tokens.tolist()}"
+        snap = reduce_counters(counters, self.g.counter_groups())
+        if self.g.rank == 0:  # ...and gathered over stages they are the plain model's counts.
+            assert snap.layer_ids == list(range(MODEL["num_layers"]))
+            assert torch.equal(snap.tokens, ref_counters.tokens), f"{snap.tokens} vs {ref_counters.tokens}"
+            assert torch.equal(snap.active, ref_counters.active), "per-neuron counts differ from the plain model"
+            assert 0 < int(snap.active.sum()) < snap.active.numel() * GLOBAL_BATCH * SEQ
+
+    def check_loss_curve_matches_plain_model(self) -> None:
+        for _ in range(STEPS - 1):
+            self.ref_losses.append(self.reference.step())
+            self.pp_losses.append(self.steps.train_step())
+        for step, (a, b) in enumerate(zip(self.pp_losses, self.ref_losses), 1):
+            close(a, b, 1e-4, f"step {step} loss")
+        assert self.ref_losses[-1] < self.ref_losses[0], f"no learning: {self.ref_losses}"
+        # Every rank reports the same loss (the middle of the pipeline included).
+        mine = torch.tensor(self.pp_losses, dtype=torch.float64)
+        other = mine.clone()
+        dist.broadcast(other, src=0)
+        assert torch.equal(mine, other)
+        # Stages that read no data still move their loader like the others.
+        assert self.pp_loader.consumed_samples == STEPS * GLOBAL_BATCH
+
+    def check_eval_loss_matches_plain_model(self) -> None:
+        valid = token_samples(8, with_eod=False)[::-1]
+        micro_steps = 3
+        got = self.steps.eval_loss(loader(valid), micro_steps)
+        close(got, self.reference.eval_loss(valid, micro_steps), 1e-4, "eval loss")
+
+    def check_checkpoint_round_trip(self) -> None:
+        """Our checkpoint flow on the pipeline engine: save, step, load, the same step again."""
+        ckpt_dir = self.workdir / "ckpt"
+        rank_state = {"loader": self.pp_loader.state_dict()}
+        tag = ckpt.save_checkpoint(self.engine, str(ckpt_dir), STEPS, {"step": STEPS}, rank_state,
+                                   {"layout": {"pipeline": WORLD}}, keep_last=1)
+        files = sorted(p.name for p in (ckpt_dir / tag).iterdir())
+        assert any(f.startswith("layer_") for f in files), f"no layer-wise model files: {files}"
+        after = self.steps.train_step()
+        progress, state = ckpt.load_checkpoint(self.engine, str(ckpt_dir), tag)
+        assert progress == {"step": STEPS}
+        self.pp_loader.load_state_dict(state["loader"])
+        again = self.steps.train_step()
+        assert after == again, f"step after resume: {again!r}, without stopping: {after!r}"
+
+    def check_activation_checkpointing_counts_once(self) -> None:
+        """Recompute per block, within-document attention, 'parameters' partition: same as plain."""
+        cfg = run_config(attention_within_document=True)
+        cfg.parallel.pipeline_partition = "parameters"
+        samples = token_samples(32, with_eod=True)
+        module, engine = pipeline_engine(cfg, self.g, activation_checkpointing=True)
+        assert module.activation_checkpoint_interval == 1
+        ids = stage_layer_ids(module)
+        every = [None] * WORLD
+        dist.all_gather_object(every, ids)
+        assert sorted(sum(every, [])) == list(range(MODEL["num_layers"])) and all(every), f"stages own {every}"
+
+        reference = Reference(cfg, samples)
+        ref_counters = ActivationCounters(range(MODEL["num_layers"]), MODEL["ffn_size"])
+        attach_counters(reference.model, ref_counters)
+        counters = ActivationCounters(ids, MODEL["ffn_size"])
+        attach_counters(module, counters)
+        steps = PipelineSteps(engine, loader(samples), cfg.grad_accumulation_steps(WORLD))
+        # The MLP runs twice per micro-batch: forward, then recomputation in backward (a pre-hook:
+        # recomputation stops early, once the tensors backward needs exist, before post-hooks).
+        runs: list[bool] = []
+        mlp = module.get_submodule(str(1 + ids[0])).mlp
+        mlp.register_forward_pre_hook(lambda *_: runs.append(in_recompute()))
+        losses = [(steps.train_step(), reference.step())]
+        assert sorted(runs) == [False] * steps.grad_accum + [True] * steps.grad_accum, f"MLP runs (in recompute?): {runs}"
+        snap = reduce_counters(counters, self.g.counter_groups())
+        if self.g.rank == 0:
+            assert torch.equal(snap.tokens, ref_counters.tokens), f"{snap.tokens} vs {ref_counters.tokens}"
+            assert torch.equal(snap.active, ref_counters.active), "recomputation changed the counts"
+        losses += [(steps.train_step(), reference.step()) for _ in range(2)]
+        for step, (a, b) in enumerate(losses, 1):
+            close(a, b, 1e-4 if step > 1 else 1e-6, f"step {step} loss (activation checkpointing)")
+
+
+CHECKS = [name for name in vars(Checks) if name.startswith("check_")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", required=True)
+    args, _ = parser.parse_known_args()  # the launcher may append --local_rank
+    torch.manual_seed(0)
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    groups = ParallelGroups.build(pipeline=WORLD)
+    results: dict = {}
+    checks = Checks(groups, Path(args.out) / "work")  # a folder both ranks see (the checkpoint)
+    failed = torch.zeros(1)
+    for name in CHECKS:
+        if failed.item():  # later checks build on earlier ones' state
+            results[name] = "skipped: an earlier check failed"
+            continue
+        try:
+            getattr(checks, name)()
+            results[name] = None
+        except Exception:
+            results[name] = traceback.format_exc()
+            failed.fill_(1)
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX)  # both ranks stop together
+    Path(args.out, f"rank{dist.get_rank()}.json").write_text(json.dumps(results))
+    dist.barrier()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()

@@ -1,0 +1,145 @@
+"""Loss agreement and throughput of parallel layouts on one multi-GPU host.
+
+Trains the same model from the same seed on the same data with the same global batch in several
+TP × PP × DP layouts and prints one JSON line per layout: tokens/s, TFLOP/s per GPU, MFU, peak
+memory, the loss curve, its largest relative deviation from the 1-GPU curve, and for pure DP the
+weak-scaling efficiency (tokens/s ÷ (GPUs × 1-GPU tokens/s)).
+
+examples:
+  python benchmarks/parallel_layouts.py --model 0.4b --layouts 1 dp2 tp2 tp2-sp dp4 tp2xdp2
+  python benchmarks/parallel_layouts.py --data out/corpus_text_document --tokenizer out/tok.model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from megasparse.training.run_summary import read_scalars  # noqa: E402
+
+LAYOUT = re.compile(r"^(?:(?P<one>1)|(?:(?:tp(?P<tp>\d+))?(?:x?pp(?P<pp>\d+))?(?:x?dp(?P<dp>\d+))?)(?P<sp>-sp)?)(?P<weak>-weak)?$")
+
+
+def parse_layout(name: str) -> dict:
+    m = LAYOUT.match(name)
+    if not m or name == "":
+        raise SystemExit(f"error: layout {name!r} is not like 1, dp2, tp2, pp2, tp2xdp2, tp2-sp")
+    tp, pp, dp = (int(m.group(k) or 1) for k in ("tp", "pp", "dp"))
+    # "-weak": the global batch grows with DP (per-GPU work constant) — weak scaling; otherwise
+    # every layout trains on the same global batch, so loss curves are comparable.
+    return {"name": name, "tensor": tp, "pipeline": pp, "data": dp, "gpus": tp * pp * dp,
+            "sequence_parallel": bool(m.group("sp")), "weak": bool(m.group("weak"))}
+
+
+def prepare_data(workdir: Path, vocab: int) -> tuple[str, str]:
+    """Tokenizer + token files from the bundled corpus (real text, so loss curves mean something)."""
+    from megasparse.data.bundled import bundled_corpus_files
+    from megasparse.data.preprocess import preprocess
+    from megasparse.data.tokenizer_training import TokenizerTrainingConfig, train_tokenizer
+
+    files = bundled_corpus_files()
+    tok = workdir / "tok"
+    if not (workdir / "tok.model").exists():
+        train_tokenizer([str(files["train"])], str(tok),
+                        config=TokenizerTrainingConfig(vocab_size=vocab, num_threads=os.cpu_count() or 1))
+        preprocess([str(files["train"])], str(workdir / "corpus"), str(workdir / "tok.model"), append_eod=True,
+                   workers=min(8, os.cpu_count() or 1), progress=False, log=lambda s: None)
+    return str(workdir / "corpus_text_document"), str(workdir / "tok.model")
+
+
+def run_layout(args, layout: dict, data: str, tokenizer: str, workdir: Path) -> dict:
+    run_dir = workdir / layout["name"]
+    cfg = {
+        "base": str(REPO / "configs" / "model" / f"{args.model}.yaml"),
+        "model": {"vocab_size": None},
+        "parallel": {"tensor": layout["tensor"], "pipeline": layout["pipeline"], "zero_stage": 1,
+                     "sequence_parallel": layout["sequence_parallel"]},
+        "data": {"train": [data], "tokenizer_model": tokenizer, "seq_length": args.seq},
+        "train": {"micro_batch_size": args.micro_batch,
+                  "global_batch_size": args.global_batch * (layout["data"] if layout["weak"] else 1),
+                  "steps": args.steps, "eval_interval": 0, "seed": 1234,
+                  "schedule": {"kind": "wsd", "warmup_steps": 5}},
+        "sparsity": {"counters": True, "histogram_interval": 1000000},
+        "checkpoint": {"dir": None},
+        "logging": {"dir": str(run_dir / "tb"), "interval": args.log_interval},
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(layout["gpus"]),
+           "--master_port", str(29500 + hash(layout["name"]) % 1000), "--module", "megasparse.train",
+           "--config", str(run_dir / "run.yaml")]
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    (run_dir / "log.txt").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        return {"layout": layout["name"], "error": (proc.stdout + proc.stderr)[-2500:]}
+    s = read_scalars(run_dir / "tb")
+
+    def median_after_first(tag: str) -> float:
+        values = [v for _, v in s[tag]]
+        return statistics.median(values[1:] or values)
+
+    return {
+        "benchmark": "parallel_layouts", "model": args.model, **layout, "seq": args.seq,
+        "micro_batch": args.micro_batch, "global_batch": args.global_batch, "steps": args.steps,
+        "tokens_per_sec": median_after_first("perf/tokens_per_sec"),
+        "tflops_per_gpu": median_after_first("perf/tflops_per_gpu"),
+        "mfu": median_after_first("perf/mfu") if "perf/mfu" in s else None,
+        "max_allocated_gb": max(v for _, v in s["mem/max_allocated_gb"]),
+        "loss": [v for _, v in s["train/loss"]],
+        "activation_ratio_step1": s["sparsity/activation_ratio"][0][1] if s.get("sparsity/activation_ratio") else None,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="0.4b")
+    p.add_argument("--layouts", nargs="+", default=["1", "dp2", "tp2", "tp2-sp", "dp4", "tp2xdp2"])
+    p.add_argument("--seq", type=int, default=2048)
+    p.add_argument("--micro-batch", type=int, default=4)
+    p.add_argument("--global-batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--log-interval", type=int, default=1)
+    p.add_argument("--vocab", type=int, default=16000, help="tokenizer trained on the bundled corpus")
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="megasparse-layouts-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    data, tokenizer = prepare_data(workdir, args.vocab)
+    base = None
+    for name in args.layouts:
+        layout = parse_layout(name)
+        r = run_layout(args, layout, data, tokenizer, workdir)
+        if "error" not in r:
+            if base is None and layout["gpus"] == 1:
+                base = r
+            if base is not None and base is not r:
+                if not layout["weak"]:
+                    r["max_rel_loss_dev_vs_1gpu"] = max(abs(a - b) / abs(b) for a, b in zip(r["loss"], base["loss"]))
+                    r["step1_activation_ratio_equal"] = r["activation_ratio_step1"] == base["activation_ratio_step1"]
+                if layout["tensor"] == layout["pipeline"] == 1:
+                    r["dp_weak_scaling_efficiency"] = r["tokens_per_sec"] / (layout["gpus"] * base["tokens_per_sec"])
+        line = json.dumps(r)
+        print(line, flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -88,6 +88,9 @@ def _split(x: Activation) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
 
 
 def _join(hidden: torch.Tensor, doc_ids: Optional[torch.Tensor]) -> Activation:
+    # Point-to-point sends need contiguous tensors; a sequence-parallel shard can be a strided
+    # view ([b, s/tp, d] cut from [b, s, d]). A no-op otherwise.
+    hidden = hidden.contiguous()
     return hidden if doc_ids is None else (hidden, doc_ids)
 
 
@@ -110,9 +113,10 @@ class EmbeddingPipe(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> Activation:  # [b, s] -> [b, s, d] (+ doc ids)
         hidden = self.embed(tokens) * self.config.scale_emb  # [b, s, d] ([b, s/tp, d] under SP)
+        doc_ids = None
         if self.config.attention_within_document:
-            return hidden, document_ids(tokens, self.eod_token_id)  # ids [b, s] int64
-        return hidden
+            doc_ids = document_ids(tokens, self.eod_token_id)  # [b, s] int64
+        return _join(hidden, doc_ids)
 
     def tied_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final-normed hidden [b, s, d] -> logits [b, s, V] ([b, s, V/tp] under TP)."""
@@ -292,6 +296,24 @@ def build_pipeline_module(cfg: "RunConfig", groups: "ParallelGroups", *, device:
         activation_checkpoint_func=recompute_in_backward,
         checkpointable_layers=[BLOCK_CLASS_NAME],
     )
+
+
+def pipeline_engine_config(cfg: "RunConfig") -> dict:
+    """DeepSpeed config keys the pipeline engine needs for this run (merge into the DS config).
+
+    With TP > 1 the engine by default sends each stage's first output split over the TP ranks
+    and all-gathers it on arrival, assuming it is replicated over TP. Under sequence
+    parallelism every TP rank holds a different sequence slice, so that would mix the slices:
+    the split must be off.
+    """
+    if cfg.parallel.sequence_parallel and cfg.parallel.tensor > 1:
+        return {"pipeline": {"pipe_partitioned": False, "grad_partitioned": False}}
+    return {}
+
+
+def uses_sequence_parallel(pipe_module: nn.Module) -> bool:
+    """True when this stage's blocks hold sequence slices (sequence parallelism over TP > 1)."""
+    return any(getattr(m, "sequence_split", 1) > 1 for m in pipe_module.modules())
 
 
 def pipeline_batches(micro_batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,6 +1,7 @@
-"""Pipeline-parallel checks, run as a script in 2 processes by the real ``deepspeed`` launcher.
+"""Pipeline-parallel checks, run as a script in 2 (or 4) processes by the real ``deepspeed`` launcher.
 
-    deepspeed --num_gpus 2 --master_port P tests/parallel/pp_checks.py --out DIR
+    deepspeed --num_gpus 2 --master_port P tests/parallel/pp_checks.py --out DIR              # PP=2
+    deepspeed --num_gpus 4 --master_port P tests/parallel/pp_checks.py --out DIR --tensor 2   # TP=2 x PP=2
 
 Every rank trains the model split into 2 pipeline stages with DeepSpeed's PipelineEngine and,
 on its own, the plain one-process reference: the Transformer with ``CausalLMLoss``, a torch
@@ -27,7 +28,7 @@ from megasparse.model.mup import mup_param_groups
 from megasparse.model.recompute import in_recompute
 from megasparse.model.transformer import Transformer
 from megasparse.parallel import ParallelGroups
-from megasparse.parallel.pipeline_model import build_pipeline_module, plain_parameter_names
+from megasparse.parallel.pipeline_model import build_pipeline_module, pipeline_engine_config, plain_parameter_names
 from megasparse.sparsity.counters import ActivationCounters, attach_counters
 from megasparse.sparsity.reduction import reduce_counters
 from megasparse.training import checkpoint as ckpt
@@ -41,15 +42,15 @@ SEQ, MBS, GLOBAL_BATCH, STEPS, SEED, EOD = 16, 2, 4, 6, 5, 3
 WORLD = 2
 
 
-def run_config(**model):
-    # A moderate lr: much higher (0.02) and Adam's first updates, ≈ lr·sign(g), turn fp32
+def run_config(tensor: int = 1, sequence_parallel: bool = False, lr: float = 0.005, **model):
+    # A moderate lr: much higher (0.02; 0.005 with TP) and Adam's first updates, ≈ lr·sign(g), turn fp32
     # summation-order differences in near-zero gradients into visible loss differences by step 6.
     return config_from_dict({
         "model": {**MODEL, **model},
-        "parallel": {"pipeline": WORLD, "zero_stage": 1},
+        "parallel": {"pipeline": 2, "tensor": tensor, "sequence_parallel": sequence_parallel, "zero_stage": 1},
         "train": {"micro_batch_size": MBS, "global_batch_size": GLOBAL_BATCH, "steps": STEPS, "seed": SEED,
                   "precision": "fp32", "device": "cpu",
-                  "optimizer": {"lr": 0.005, "weight_decay": 0.1, "grad_clip": 0.5},
+                  "optimizer": {"lr": lr, "weight_decay": 0.1, "grad_clip": 0.5},
                   "schedule": {"kind": "wsd", "warmup_steps": 3}},
     })
 
@@ -106,9 +107,11 @@ def pipeline_engine(cfg, groups, activation_checkpointing: bool):
     module = build_pipeline_module(cfg, groups, device="cpu", eod_token_id=EOD,
                                    activation_checkpointing=activation_checkpointing)
     o = cfg.train.optimizer
+    world = cfg.parallel.pipeline * cfg.parallel.tensor
+    ds_config = {**build_deepspeed_config(cfg, world, bf16=False, on_cuda=False), **pipeline_engine_config(cfg)}
     engine, _, _, _ = deepspeed.initialize(
         model=module, model_parameters=mup_param_groups(module, cfg.model, weight_decay=o.weight_decay, lr=o.lr),
-        config=build_deepspeed_config(cfg, WORLD, bf16=False, on_cuda=False),
+        config=ds_config,
         lr_scheduler=lambda opt: build_scheduler(opt, cfg.train.schedule, o, cfg.train.steps),
     )
     return module, engine
@@ -237,22 +240,53 @@ class Checks:
             close(a, b, 1e-4 if step > 1 else 1e-6, f"step {step} loss (activation checkpointing)")
 
 
+class TensorPipelineChecks:
+    """TP=2 × PP=2 on 4 ranks, with sequence parallelism and activation checkpointing."""
+
+    def __init__(self, groups: ParallelGroups, workdir: Path):
+        self.g = groups
+
+    def check_tp_pp_sequence_parallel_matches_plain_model(self) -> None:
+        cfg = run_config(tensor=2, sequence_parallel=True, lr=0.001)
+        samples = token_samples(32, with_eod=False)
+        module, engine = pipeline_engine(cfg, self.g, activation_checkpointing=True)
+        assert engine.is_pipe_partitioned is False, "SP needs the engine's activation split off"
+        reference = Reference(cfg, samples)
+        ref_counters = ActivationCounters(range(MODEL["num_layers"]), MODEL["ffn_size"])
+        attach_counters(reference.model, ref_counters)
+        # Each TP rank counts its slice of the neurons of its stage's layers.
+        counters = ActivationCounters(stage_layer_ids(module), MODEL["ffn_size"] // 2)
+        attach_counters(module, counters)
+        steps = PipelineSteps(engine, loader(samples), cfg.grad_accumulation_steps(4))
+        losses = [(steps.train_step(), reference.step())]
+        snap = reduce_counters(counters, self.g.counter_groups())
+        if self.g.rank == 0:
+            assert torch.equal(snap.tokens, ref_counters.tokens), f"{snap.tokens} vs {ref_counters.tokens}"
+            assert torch.equal(snap.active, ref_counters.active), "TP x PP counts differ from the plain model"
+        losses += [(steps.train_step(), reference.step()) for _ in range(2)]
+        for step, (a, b) in enumerate(losses, 1):
+            close(a, b, 1e-4 if step > 1 else 1e-6, f"step {step} loss (TP x PP)")
+
+
 CHECKS = [name for name in vars(Checks) if name.startswith("check_")]
+TP_CHECKS = [name for name in vars(TensorPipelineChecks) if name.startswith("check_")]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--tensor", type=int, default=1, help="1: the PP=2 checks; 2: the TP=2 x PP=2 checks")
     args, _ = parser.parse_known_args()  # the launcher may append --local_rank
     torch.manual_seed(0)
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
-    groups = ParallelGroups.build(pipeline=WORLD)
+    groups = ParallelGroups.build(tensor=args.tensor, pipeline=2)
     results: dict = {}
-    checks = Checks(groups, Path(args.out) / "work")  # a folder both ranks see (the checkpoint)
+    suite, names = (Checks, CHECKS) if args.tensor == 1 else (TensorPipelineChecks, TP_CHECKS)
+    checks = suite(groups, Path(args.out) / "work")  # a folder every rank sees (the checkpoint)
     failed = torch.zeros(1)
-    for name in CHECKS:
+    for name in names:
         if failed.item():  # later checks build on earlier ones' state
             results[name] = "skipped: an earlier check failed"
             continue

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
 import subprocess
 import sys
@@ -69,23 +67,10 @@ def trained_run(tmp_path_factory) -> dict:
     """A real 20-step training run of the tiny config (checkpoints at steps 10 and 20), built once."""
     if _RUN:
         return _RUN
-    from megasparse.data.bundled import iter_bundled_documents
-    from megasparse.data.preprocess import preprocess
-    from megasparse.data.tokenizer_training import TokenizerTrainingConfig, train_tokenizer
+    from tiny_data import build_tiny_corpus
 
     root = tmp_path_factory.mktemp("measure_run")
-    paths = {}
-    for split, n in (("train", 200), ("valid", 30)):
-        path = root / f"{split}.jsonl"
-        with path.open("w") as f:
-            for doc in itertools.islice(iter_bundled_documents(split), n):
-                f.write(json.dumps({"text": doc["text"]}) + "\n")
-        paths[split] = path
-    train_tokenizer([str(paths["train"])], str(root / "tok"),
-                    config=TokenizerTrainingConfig(vocab_size=512, input_sentence_size=0))
-    for split, path in paths.items():
-        preprocess([str(path)], str(root / split), str(root / "tok.model"), append_eod=True, progress=False,
-                   log=lambda s: None)
+    build_tiny_corpus(root, train_docs=200, valid_docs=30, vocab_size=512)
     cfg = {
         "base": str(REPO / "configs" / "model" / "tiny.yaml"),
         "data": {"train": [str(root / "train_text_document")], "tokenizer_model": str(root / "tok.model"),

@@ -1,9 +1,7 @@
-"""Shared fixtures for training tests: a tiny tokenizer and token files from the bundled corpus."""
+"""Helpers for training tests: run configs, launching megasparse.train, reading TensorBoard back."""
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
 import subprocess
 import sys
@@ -20,31 +18,6 @@ def deepspeed_launcher(nproc: int) -> list[str]:
     beside_python = Path(sys.executable).with_name("deepspeed")
     exe = str(beside_python) if beside_python.exists() else "deepspeed"
     return [exe, "--num_gpus", str(nproc), "--module"]
-
-
-@pytest.fixture(scope="session")
-def tiny_corpus(tmp_path_factory) -> dict:
-    """A 512-token BPE tokenizer and train/valid .bin/.idx from a slice of the bundled corpus."""
-    from megasparse.data.bundled import iter_bundled_documents
-    from megasparse.data.preprocess import preprocess
-    from megasparse.data.tokenizer_training import TokenizerTrainingConfig, train_tokenizer
-
-    root = tmp_path_factory.mktemp("corpus")
-    paths = {}
-    for split, n in (("train", 300), ("valid", 40)):
-        path = root / f"{split}.jsonl"
-        with path.open("w") as f:
-            for doc in itertools.islice(iter_bundled_documents(split), n):
-                f.write(json.dumps({"text": doc["text"]}) + "\n")
-        paths[split] = path
-    train_tokenizer([str(paths["train"])], str(root / "tok"),
-                    config=TokenizerTrainingConfig(vocab_size=512, input_sentence_size=0))
-    out = {"tokenizer": str(root / "tok.model")}
-    for split, path in paths.items():
-        preprocess([str(path)], str(root / split), str(root / "tok.model"), append_eod=True, progress=False,
-                   log=lambda s: None)
-        out[split] = str(root / f"{split}_text_document")
-    return out
 
 
 def write_run_config(path: Path, corpus: dict, **sections) -> Path:

@@ -129,6 +129,9 @@ class TrainConfig(_Section):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     device: Literal["auto", "cuda", "cpu"] = "auto"
     activation_checkpointing: bool = False
+    # Output head + cross-entropy in chunks of this many tokens, never materialising the full
+    # [tokens, vocab] logits (megasparse/kernels/linear_cross_entropy.py); 0 = all logits at once.
+    loss_chunk_tokens: int = Field(0, ge=0)
     eval_interval: int = Field(0, ge=0)  # 0 disables periodic evaluation
     eval_steps: int = Field(10, gt=0)  # global batches per evaluation (same samples for any layout)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
@@ -211,7 +214,23 @@ class RunConfig(_Section):
                 f"train.global_batch_size={t.global_batch_size} is not divisible by "
                 f"train.micro_batch_size × data-parallel size = {t.micro_batch_size} × {dp}"
             )
+        if t.loss_chunk_tokens and p.tensor > 1:
+            raise ConfigError(
+                f"train.loss_chunk_tokens={t.loss_chunk_tokens} with parallel.tensor={p.tensor}: the chunked "
+                "loss is for runs without tensor parallelism (the vocab-parallel loss already avoids full "
+                "logits); set train.loss_chunk_tokens=0"
+            )
+        if t.loss_chunk_tokens and p.pipeline > 1:
+            raise ConfigError(
+                f"train.loss_chunk_tokens={t.loss_chunk_tokens} with parallel.pipeline={p.pipeline}: the "
+                "pipeline's last stage computes the plain full-logits loss; set train.loss_chunk_tokens=0"
+            )
         sp = self.sparsity
+        if sp.cett_interval and p.pipeline > 1:
+            raise ConfigError(
+                "sparsity.cett_interval with parallel.pipeline > 1: live calibration runs the whole model in "
+                "each process; set sparsity.cett_interval=0 and measure checkpoints offline"
+            )
         if sp.cett_interval and p.zero_stage == 3:
             raise ConfigError(
                 "sparsity.cett_interval with parallel.zero_stage=3: calibration reads whole weights, which "

@@ -14,10 +14,27 @@ then a binary search for the first candidate whose CETT exceeds c; the answer is
 before it, i.e. the largest candidate with CETT ≤ c (CETT is monotone in τ up to noise). The
 sparse forward then zeroes ``h_i`` where ``norm_i < τ``.
 
-Distributed: ``group`` is the data-parallel group whose ranks hold different tokens of the same
-neurons; min/q99 of the grid and the CETT sums are all-reduced over it, so every rank takes the
-same search path and ends at the same τ. ``group=None`` with torch.distributed initialised means
-the default (world) group; without torch.distributed everything is local.
+Distributed (DESIGN §5): two groups take part.
+
+* ``group`` — the data-parallel group: its ranks hold different tokens of the same neurons.
+  ``None`` with torch.distributed initialised means the default (world) group, as in
+  torch.distributed; without torch.distributed everything is local.
+* ``tp_group`` — the tensor-parallel group: its ranks hold the same tokens and a slice
+  ``[r·f/tp, (r+1)·f/tp)`` of every layer's neurons (h ``[T, f/tp]``, W_down ``[d, f/tp]``).
+  ``None`` (or one rank) means no tensor parallelism, as in ``megasparse.parallel``. Under TP
+  the data group must be passed explicitly (``None`` would mean the world, TP ranks included).
+
+What is reduced where:
+
+* neuron norms are local (each column of W_down lives on one rank);
+* grid minimum: MIN over TP and DP; q99: the quantile of ONE strided subsample of the GLOBAL
+  ``[T_global, f]`` norm matrix, gathered from the ranks that hold its entries (see
+  :func:`candidate_thresholds`), so the grid is a function of the global matrix only;
+* dense output and tail error: the partial products ``h_local · W_localᵀ`` ([T, d]) are SUMMED
+  over TP before the per-token norm; the per-token relative errors are summed over DP, tokens
+  counted over DP only (every TP rank sees the same tokens).
+
+Every rank of both groups then takes the same search path and ends at the same τ.
 """
 
 from __future__ import annotations
@@ -28,12 +45,17 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from megasparse.parallel.collectives import group_rank, group_size
+
 NUM_CANDIDATES = 65536  # the authors' grid size
 SUBSAMPLE = 65536  # values in the strided subsample that gives q99
 GRID_QUANTILE = 0.99
 
+Group = Optional[dist.ProcessGroup]
+
 
 def _distributed(group) -> bool:
+    """Data-parallel group semantics: ``None`` is the world when torch.distributed is up."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 
 
@@ -41,6 +63,48 @@ def _all_reduce(t: torch.Tensor, op, group) -> torch.Tensor:
     if _distributed(group):
         dist.all_reduce(t, op=op, group=group)
     return t
+
+
+def _tp_all_reduce(t: torch.Tensor, op, tp_group: Group) -> torch.Tensor:
+    """Tensor-parallel group semantics: ``None`` or one rank means no TP (a no-op)."""
+    if group_size(tp_group) > 1:
+        dist.all_reduce(t, op=op, group=tp_group)
+    return t
+
+
+def check_groups(group: Group, tp_group: Group) -> None:
+    """Refuses ``group=None`` under TP: it would mean the world, and sum the TP ranks' tokens."""
+    if group_size(tp_group) > 1 and group is None:
+        raise ValueError("CETT calibration under tensor parallelism needs the data-parallel group "
+                         "(e.g. ParallelGroups.dp_group), not None: None would mean the whole world, "
+                         "which also holds the tensor-parallel ranks")
+
+
+def _gather_values(values: torch.Tensor, group: Group, distributed: bool) -> torch.Tensor:
+    """Concatenation (rank order) of every rank's 1-D ``values``, whatever their lengths."""
+    if not distributed:
+        return values
+    n = dist.get_world_size(group)
+    lengths = torch.tensor([values.numel()], dtype=torch.int64, device=values.device)
+    all_lengths = [torch.empty_like(lengths) for _ in range(n)]
+    dist.all_gather(all_lengths, lengths, group=group)
+    sizes = [int(x) for x in all_lengths]
+    padded = torch.zeros(max(sizes), dtype=values.dtype, device=values.device)
+    padded[:values.numel()] = values
+    parts = [torch.empty_like(padded) for _ in range(n)]
+    dist.all_gather(parts, padded, group=group)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+
+def _token_offset(tokens: int, group: Group, device) -> tuple[int, int]:
+    """(tokens of the DP ranks before this one, tokens of all DP ranks)."""
+    if not _distributed(group):
+        return 0, tokens
+    mine = torch.tensor([tokens], dtype=torch.int64, device=device)
+    every = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(every, mine, group=group)
+    counts = [int(x) for x in every]
+    return sum(counts[:dist.get_rank(group)]), sum(counts)
 
 
 def down_column_norms(w_down: torch.Tensor) -> torch.Tensor:
@@ -53,16 +117,53 @@ def neuron_output_norms(h: torch.Tensor, column_norms: torch.Tensor) -> torch.Te
     return h.float().abs() * column_norms
 
 
+def strided_entries(norms: torch.Tensor, stride: int, first_index: int, row_length: int) -> torch.Tensor:
+    """Entries of ``norms`` [T, f_local] whose GLOBAL flat index is a multiple of ``stride``.
+
+    Entry (t, j) has global index ``first_index + t·row_length + j`` in the global row-major
+    [T_global, f] matrix (``first_index`` = token offset · f + neuron offset). Row-major order.
+    """
+    rows, cols = norms.shape
+    if rows == 0 or cols == 0:
+        return norms.new_zeros(0)
+    device = norms.device
+    starts = first_index + torch.arange(rows, device=device, dtype=torch.int64) * row_length  # [T]
+    first_col = (-starts) % stride  # [T], the first picked column of each row
+    picks = (cols + stride - 1) // stride  # at most this many picks per row
+    columns = first_col[:, None] + torch.arange(picks, device=device, dtype=torch.int64) * stride  # [T, K]
+    inside = columns < cols
+    values = norms.gather(1, columns.clamp_max(cols - 1))  # [T, K]
+    return values[inside]
+
+
 def candidate_thresholds(norms: torch.Tensor, num_candidates: int = NUM_CANDIDATES,
-                         group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
-    """``linspace(min(norm), q99, num_candidates)`` with min and q99 all-reduced (MIN / MAX)."""
-    flat = norms.reshape(-1)
-    stride = max(1, flat.numel() // SUBSAMPLE)
-    sub = flat[::stride].float()
-    lo = flat.min().float().reshape(1)
-    hi = torch.quantile(sub, GRID_QUANTILE).reshape(1)
+                         group: Group = None, tp_group: Group = None) -> torch.Tensor:
+    """``linspace(min(norm), q99, num_candidates)`` of one layer's GLOBAL [T_global, f] norm matrix.
+
+    ``norms`` is this rank's block ``[T, f/tp]`` (or ``[..., f/tp]``). The minimum is all-reduced
+    (MIN) over TP and DP. q99 is the 0.99-quantile of the entries whose global flat index is a
+    multiple of ``stride = max(1, T_global·f // SUBSAMPLE)``; global order = DP ranks in rank order
+    (each rank's tokens in order), then neurons in TP rank order, i.e. the matrix one process
+    would build from the DP ranks' batches concatenated along the batch dimension. Each rank
+    picks the entries of its block and the picks are gathered over TP and DP. With one process
+    this is exactly ``flat[::stride]``.
+
+    Invariant: the SET of subsampled values, hence min, q99 and the grid, depend only on the
+    global matrix, not on TP or DP sizes (rounding of h itself may differ between layouts).
+    """
+    check_groups(group, tp_group)
+    block = norms.reshape(-1, norms.shape[-1]).float()  # [T, f/tp]
+    tp, tp_rank = group_size(tp_group), group_rank(tp_group)
+    full_f = block.shape[1] * tp
+    token_offset, global_tokens = _token_offset(block.shape[0], group, block.device)
+    stride = max(1, global_tokens * full_f // SUBSAMPLE)
+    sub = strided_entries(block, stride, token_offset * full_f + tp_rank * block.shape[1], full_f)
+    sub = _gather_values(sub, tp_group, tp > 1)
+    sub = _gather_values(sub, group, _distributed(group))
+    lo = (block.min() if block.numel() else block.new_tensor(float("inf"))).reshape(1)
+    _tp_all_reduce(lo, dist.ReduceOp.MIN, tp_group)
     _all_reduce(lo, dist.ReduceOp.MIN, group)
-    _all_reduce(hi, dist.ReduceOp.MAX, group)
+    hi = torch.quantile(sub, GRID_QUANTILE).reshape(1)
     hi = torch.maximum(hi, lo)  # a layer with >99% exact zeros: a degenerate (constant) grid
     return torch.linspace(float(lo), float(hi), num_candidates, device=norms.device)
 
@@ -71,23 +172,30 @@ class LayerCETT:
     """CETT(τ) of one layer on fixed tokens: caches norms and the dense output norms.
 
     Args:
-        h: ``[T, f]`` intermediate values of the tokens with a target (any float dtype).
-        w_down: ``[d, f]`` down projection weight.
+        h: ``[T, f/tp]`` intermediate values of the tokens with a target (any float dtype).
+        w_down: ``[d, f/tp]`` down projection weight (this rank's columns under TP).
+        group: data-parallel group (see the module docstring); tp_group: tensor-parallel group.
     """
 
-    def __init__(self, h: torch.Tensor, w_down: torch.Tensor, group: Optional[dist.ProcessGroup] = None):
-        self.h = h.float()  # [T, f]
-        self.w = w_down.detach().float()  # [d, f]
-        self.group = group
-        self.norms = neuron_output_norms(self.h, down_column_norms(self.w))  # [T, f]
-        self.y_norm = F.linear(self.h, self.w).norm(dim=-1)  # [T]
+    def __init__(self, h: torch.Tensor, w_down: torch.Tensor, group: Group = None, tp_group: Group = None):
+        check_groups(group, tp_group)
+        self.h = h.float()  # [T, f/tp]
+        self.w = w_down.detach().float()  # [d, f/tp]
+        self.group, self.tp_group = group, tp_group
+        self.norms = neuron_output_norms(self.h, down_column_norms(self.w))  # [T, f/tp]
+        self.y_norm = self._full_output(self.h).norm(dim=-1)  # [T]
+        # Tokens over DP only: the TP ranks of one group see the same tokens.
         self.tokens = torch.tensor([float(self.h.shape[0])], device=self.h.device, dtype=torch.float64)
         _all_reduce(self.tokens, dist.ReduceOp.SUM, group)
 
+    def _full_output(self, h: torch.Tensor) -> torch.Tensor:
+        """``h · W_downᵀ`` over ALL neurons [T, d]: the TP ranks' partial products summed."""
+        return _tp_all_reduce(F.linear(h, self.w), dist.ReduceOp.SUM, self.tp_group)
+
     def __call__(self, tau: float) -> float:
         """Token-mean relative error of dropping every neuron with norm ≤ τ."""
-        tail = torch.where(self.norms <= tau, self.h, torch.zeros_like(self.h))  # [T, f]
-        err = F.linear(tail, self.w).norm(dim=-1)  # [T]
+        tail = torch.where(self.norms <= tau, self.h, torch.zeros_like(self.h))  # [T, f/tp]
+        err = self._full_output(tail).norm(dim=-1)  # [T]
         # A token whose dense output is exactly zero has nothing to lose: relative error 0.
         rel = torch.where(self.y_norm > 0, err / self.y_norm.clamp_min(1e-30), torch.zeros_like(err))
         total = rel.double().sum().reshape(1)
@@ -113,30 +221,32 @@ def search_grid(cett_of: "LayerCETT", candidates: torch.Tensor, target: float) -
 
 
 def layer_threshold_for_cett(h: torch.Tensor, w_down: torch.Tensor, cett: float,
-                             num_candidates: int = NUM_CANDIDATES,
-                             group: Optional[dist.ProcessGroup] = None) -> float:
-    """τ_l for CETT value ``cett`` on one layer (h [T, f] of valid tokens, w_down [d, f])."""
-    layer = LayerCETT(h, w_down, group)
-    return search_grid(layer, candidate_thresholds(layer.norms, num_candidates, group), cett)
+                             num_candidates: int = NUM_CANDIDATES, group: Group = None,
+                             tp_group: Group = None) -> float:
+    """τ_l for CETT value ``cett`` on one layer (h [T, f/tp] of valid tokens, w_down [d, f/tp])."""
+    layer = LayerCETT(h, w_down, group, tp_group)
+    return search_grid(layer, candidate_thresholds(layer.norms, num_candidates, group, tp_group), cett)
 
 
 def layer_thresholds_for_cett(hs: list[torch.Tensor], down_weights: list[torch.Tensor], cett: float,
-                              num_candidates: int = NUM_CANDIDATES,
-                              group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
-    """τ per layer (float32 [L]) for one shared CETT value; hs[l] is [T, f] (or [b, s, f])."""
-    taus = [layer_threshold_for_cett(h.reshape(-1, h.shape[-1]), w, cett, num_candidates, group)
+                              num_candidates: int = NUM_CANDIDATES, group: Group = None,
+                              tp_group: Group = None) -> torch.Tensor:
+    """τ per layer (float32 [L]) for one shared CETT value; hs[l] is [T, f/tp] (or [b, s, f/tp])."""
+    taus = [layer_threshold_for_cett(h.reshape(-1, h.shape[-1]), w, cett, num_candidates, group, tp_group)
             for h, w in zip(hs, down_weights)]
     return torch.tensor(taus, dtype=torch.float32)
 
 
-def cett_of_threshold(h: torch.Tensor, w_down: torch.Tensor, tau: float,
-                      group: Optional[dist.ProcessGroup] = None) -> float:
+def cett_of_threshold(h: torch.Tensor, w_down: torch.Tensor, tau: float, group: Group = None,
+                      tp_group: Group = None) -> float:
     """Token-averaged CETT of one layer when neurons with norm ≤ τ are dropped."""
-    return LayerCETT(h.reshape(-1, h.shape[-1]), w_down, group)(tau)
+    return LayerCETT(h.reshape(-1, h.shape[-1]), w_down, group, tp_group)(tau)
 
 
 def neuron_thresholds(layer_thresholds: torch.Tensor, down_weights: list[torch.Tensor]) -> torch.Tensor:
     """τ_l / ‖W_down[:, i]‖ per (layer, neuron), float32 [L, f]: the per-neuron bound on |h_i|.
+
+    Under TP pass this rank's W_down shards: the result is this rank's columns [L, f/tp].
 
     A zero column never contributes, so its bound is +inf (never kept) — same rule as the
     training counters.

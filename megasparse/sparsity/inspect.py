@@ -9,6 +9,11 @@
 
 Loss = mean next-token cross-entropy over ``tokens[:, 1:]`` (as the training loss), in fp32.
 Every position of our packed samples has a target, so every position is "valid".
+
+Tensor parallelism: pass ``tp_group``. The model then returns vocabulary-sharded logits
+[b, s, V/tp] and the loss is the vocab-parallel cross-entropy (the same full loss on every TP
+rank); h is this rank's neuron slice [b, s, f/tp] and masks act on it locally. The statistics a
+sparse pass returns are this rank's (local neurons); ``ppl_search`` reduces them over TP and DP.
 The model's count slots are detached for the duration (measurements never touch counters).
 """
 
@@ -23,16 +28,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from megasparse.kernels.gated_activation import activation_fn
+from megasparse.parallel.collectives import group_size
+from megasparse.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megasparse.sparsity.counters import counted_mlps
 
 # keep(layer_position, h [b, s, f], s_or_None [b, s, f]) -> bool keep-mask [b, s, f]
 KeepFn = Callable[[int, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
 
-def lm_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """tokens [b, s+1] → mean next-token cross-entropy (fp32 scalar)."""
-    logits = model(tokens[:, :-1])  # [b, s, V]
+def lm_loss(model: nn.Module, tokens: torch.Tensor, tp_group=None) -> torch.Tensor:
+    """tokens [b, s+1] → mean next-token cross-entropy (fp32 scalar); vocab-parallel under TP."""
+    logits = model(tokens[:, :-1])  # [b, s, V], or [b, s, V/tp] under TP
     labels = tokens[:, 1:]  # [b, s]
+    if group_size(tp_group) > 1:
+        return vocab_parallel_cross_entropy(logits, labels, tp_group).mean()
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
 
@@ -61,7 +70,8 @@ class DensePass:
     gates: list[Optional[torch.Tensor]]  # per layer σ(g) [b, s, f] when asked for, else None
 
 
-def dense_pass(model: nn.Module, mlps: list[nn.Module], tokens: torch.Tensor, want_gates: bool = False) -> DensePass:
+def dense_pass(model: nn.Module, mlps: list[nn.Module], tokens: torch.Tensor, want_gates: bool = False,
+               tp_group=None) -> DensePass:
     """One dense forward that caches h (and optionally σ(g)) of every layer."""
     hs: list = [None] * len(mlps)
     gates: list = [None] * len(mlps)
@@ -73,7 +83,7 @@ def dense_pass(model: nn.Module, mlps: list[nn.Module], tokens: torch.Tensor, wa
         if want_gates:
             handles.append(_gate_hook(mlp, lambda s, pos=pos: gates.__setitem__(pos, s)))
     try:
-        loss = float(lm_loss(model, tokens))
+        loss = float(lm_loss(model, tokens, tp_group))
     finally:
         for h in handles:
             h.remove()
@@ -122,9 +132,13 @@ class SparseStats:
 
 
 def sparse_pass(model: nn.Module, mlps: list[nn.Module], tokens: torch.Tensor, keep: KeepFn,
-                want_gates: bool = False, per_neuron: bool = False, per_token: bool = False
-                ) -> tuple[float, SparseStats]:
-    """One forward with ``h`` masked by ``keep`` in every layer → (loss, statistics)."""
+                want_gates: bool = False, per_neuron: bool = False, per_token: bool = False,
+                tp_group=None) -> tuple[float, SparseStats]:
+    """One forward with ``h`` masked by ``keep`` in every layer → (loss, statistics).
+
+    Under TP (``tp_group``) the statistics cover this rank's neurons only: ``ffn_size`` and the
+    per-neuron counts are local, a token's ratio is over the local neurons.
+    """
     f = mlps[0].down_proj.weight.shape[1]
     n_layers = len(mlps)
     stats = SparseStats(n_layers, f)
@@ -149,7 +163,7 @@ def sparse_pass(model: nn.Module, mlps: list[nn.Module], tokens: torch.Tensor, k
             return (h * mask.to(h.dtype),)
         handles.append(mlp.down_proj.register_forward_pre_hook(apply_mask))
     try:
-        loss = float(lm_loss(model, tokens))
+        loss = float(lm_loss(model, tokens, tp_group))
     finally:
         for h in handles:
             h.remove()

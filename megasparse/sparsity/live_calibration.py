@@ -10,13 +10,17 @@ gradients are off, no RNG is drawn, so training counters and a bit-exact resume 
 
 Trainer wiring (sketch)::
 
-    calib = LiveCalibrator(heldout_batches(valid_dataset, cfg.sparsity.cett_batches, mbs),
-                           p=cfg.sparsity.cett_target_ppl_increase, tolerance=cfg.sparsity.cett_tolerance,
-                           group=data_parallel_group)
+    calib = LiveCalibrator.for_groups(
+        heldout_batches(valid_dataset, cfg.sparsity.cett_batches, mbs, groups.dp_rank, groups.dp_size),
+        groups, p=cfg.sparsity.cett_target_ppl_increase, tolerance=cfg.sparsity.cett_tolerance)
     if cfg.sparsity.cett_interval and step % cfg.sparsity.cett_interval == 0:
         res = calib.calibrate(model)
         counters.set_layer_thresholds(res.layer_thresholds)   # refreshed per step from W_down
         log.scalars(res.scalars(), step)
+
+Under tensor parallelism every rank of a TP group calibrates together on the same batches and
+gets the same τ per layer (whole-layer thresholds, as one process would find on the same global
+batches); the counters of each rank divide it by its own W_down columns' norms.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from megasparse.sparsity.cett import NUM_CANDIDATES
+from megasparse.sparsity.cett import NUM_CANDIDATES, check_groups
 from megasparse.sparsity.counters import counted_mlps
 from megasparse.sparsity.ppl_search import search_cett_for_ppl
 
@@ -68,17 +72,37 @@ class LiveCalibrator:
         p: target PPL increase in percent (1.0 → ratio 1.01).
         tolerance: width of the final CETT bracket.
         group: data-parallel process group (None: world, if initialised).
+        tp_group: tensor-parallel process group (None: no tensor parallelism); with it, pass the
+            data-parallel ``group`` explicitly. :meth:`for_groups` picks both from ParallelGroups.
     """
 
     def __init__(self, batches: Sequence[torch.Tensor], p: float = 1.0, tolerance: float = 1e-3,
-                 num_candidates: int = NUM_CANDIDATES, group: Optional[dist.ProcessGroup] = None):
+                 num_candidates: int = NUM_CANDIDATES, group: Optional[dist.ProcessGroup] = None,
+                 tp_group: Optional[dist.ProcessGroup] = None):
         if not batches:
             raise ValueError("LiveCalibrator needs at least one held-out batch")
+        check_groups(group, tp_group)
         self.batches = [b.detach().cpu() for b in batches]
         self.p = float(p)
         self.tolerance = float(tolerance)
         self.num_candidates = int(num_candidates)
         self.group = group
+        self.tp_group = tp_group
+
+    @classmethod
+    def for_groups(cls, batches: Sequence[torch.Tensor], groups, **kwargs) -> "LiveCalibrator":
+        """A calibrator over a :class:`megasparse.parallel.ParallelGroups` layout (TP × DP).
+
+        ``batches`` are this rank's: its DP rank's share of the held-out set (the same on every
+        TP rank of a TP group). Pipeline parallelism is not supported yet: each stage holds other
+        layers and only the last stage has the loss, so the dense/sparse passes would have to
+        run through the pipeline schedule.
+        """
+        if groups.pp_size > 1:
+            raise ValueError("live CETT calibration does not support pipeline parallelism yet "
+                             "(parallel.pipeline > 1); set sparsity.cett_interval=0")
+        return cls(batches, group=groups.dp_group, tp_group=groups.tp_group if groups.tp_size > 1 else None,
+                   **kwargs)
 
     def calibrate(self, model: nn.Module) -> CalibrationResult:
         start = time.perf_counter()
@@ -89,7 +113,8 @@ class LiveCalibrator:
             for m in mlps:  # belt and braces: measurement_mode detaches them too
                 m.count_slot = None
             result = search_cett_for_ppl([model], [self.batches], self.p, self.tolerance,
-                                         num_candidates=self.num_candidates, group=self.group)
+                                         num_candidates=self.num_candidates, group=self.group,
+                                         tp_group=self.tp_group)
         finally:
             for m, slot in zip(mlps, slots):
                 m.count_slot = slot

@@ -9,8 +9,15 @@ The outer search bisects c ∈ [0, 1] until ``r − l ≤ tolerance``: mean rati
 → ``l = mid`` else ``r = mid``; the answer is ``(l + r)/2``, then evaluated once more so that
 the reported τ, ratios and activation ratio belong to the returned value.
 
-Distributed: pass the data-parallel ``group``; every rank gives its own batches, thresholds
-use all ranks' tokens (cett.py) and ratios are averaged over all ranks' batches.
+Distributed: pass the data-parallel ``group`` and, under tensor parallelism, ``tp_group``
+(cett.py's conventions). Batch i of the evaluation is the GLOBAL batch made of every DP rank's
+i-th micro-batch (every rank must give the same number of batches; the TP ranks of one DP rank
+give the same batches): its τ come from all its tokens (cett.py), its dense and sparse losses
+are token means over all DP ranks, and its ratio is ``exp(sparse − dense)`` of those. So the
+result depends only on the global batches, not on the DP or TP sizes (up to float rounding).
+Under TP the losses are the vocab-parallel cross-entropy; kept counts are summed over the
+neurons of the TP ranks and the tokens of the DP ranks, tokens counted once per TP group;
+per-neuron counts are gathered over TP into the full [L, f].
 """
 
 from __future__ import annotations
@@ -23,7 +30,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from megasparse.sparsity.cett import NUM_CANDIDATES, _all_reduce, down_column_norms, layer_thresholds_for_cett
+from megasparse.parallel.collectives import group_size
+from megasparse.sparsity.cett import (
+    NUM_CANDIDATES,
+    Group,
+    _all_reduce,
+    _distributed,
+    _tp_all_reduce,
+    check_groups,
+    down_column_norms,
+    layer_thresholds_for_cett,
+)
 from megasparse.sparsity.inspect import SparseStats, dense_pass, measurement_mode, sparse_pass
 
 
@@ -48,61 +65,87 @@ class CETTEvaluation:
         return self.stats.activation_ratio()
 
 
-def _mean_over_ranks(values: list[float], device, group) -> float:
-    packed = torch.tensor([sum(values), float(len(values))], dtype=torch.float64, device=device)
+def _global_batch_losses(dense: float, sparse: float, tokens: int, device, group: Group) -> tuple[float, float]:
+    """(dense, sparse) token-mean losses of the global batch: this rank's, weighted over DP ranks."""
+    if not _distributed(group):
+        return dense, sparse
+    packed = torch.tensor([dense * tokens, sparse * tokens, float(tokens)], dtype=torch.float64, device=device)
     _all_reduce(packed, dist.ReduceOp.SUM, group)
-    return float(packed[0] / packed[1].clamp_min(1))
+    return float(packed[0] / packed[2]), float(packed[1] / packed[2])
 
 
 @torch.no_grad()
 def evaluate_cett(model: nn.Module, batches: Sequence[torch.Tensor], cett: float, *,
                   per_neuron: bool = False, per_token: bool = False,
                   num_candidates: int = NUM_CANDIDATES,
-                  group: Optional[dist.ProcessGroup] = None) -> CETTEvaluation:
+                  group: Group = None, tp_group: Group = None) -> CETTEvaluation:
     """Per batch: dense → τ_l(c) → sparse. Batches are [b, s+1] token tensors on any device."""
+    check_groups(group, tp_group)
     device = next(model.parameters()).device
     dense, sparse, ratios, taus = [], [], [], []
     total: Optional[SparseStats] = None
     with measurement_mode(model) as mlps:
-        col_norms = [down_column_norms(m.down_proj.weight) for m in mlps]  # [f] each
+        col_norms = [down_column_norms(m.down_proj.weight) for m in mlps]  # [f/tp] each
         weights = [m.down_proj.weight for m in mlps]
         for tokens in batches:
             tokens = tokens.to(device)
-            d = dense_pass(model, mlps, tokens)
-            tau = layer_thresholds_for_cett(d.hs, weights, cett, num_candidates, group)  # [L]
+            d = dense_pass(model, mlps, tokens, tp_group=tp_group)
+            tau = layer_thresholds_for_cett(d.hs, weights, cett, num_candidates, group, tp_group)  # [L]
             bounds = [tau[i].item() / torch.where(n > 0, n, torch.full_like(n, float("nan")))
                       for i, n in enumerate(col_norms)]
             # norm ≥ τ  ⇔  |h| ≥ τ/‖W[:, i]‖; a zero column (nan bound) is never kept.
             keep = (lambda pos, h, _s: (h.float().abs() >= bounds[pos]) & ~bounds[pos].isnan())
             del d.hs
-            loss_s, stats = sparse_pass(model, mlps, tokens, keep, per_neuron=per_neuron, per_token=per_token)
-            dense.append(d.loss)
+            loss_s, stats = sparse_pass(model, mlps, tokens, keep, per_neuron=per_neuron, per_token=per_token,
+                                        tp_group=tp_group)
+            loss_d, loss_s = _global_batch_losses(d.loss, loss_s, stats.tokens, device, group)
+            dense.append(loss_d)
             sparse.append(loss_s)
-            ratios.append(math.exp(loss_s - d.loss))
+            ratios.append(math.exp(loss_s - loss_d))
             taus.append(tau)
             if total is None:
                 total = stats
             else:
                 total.merge(stats)
-    _reduce_stats(total, group)
+    _reduce_stats(total, device, group, tp_group)
+    n = len(batches)
     return CETTEvaluation(
         cett=float(cett),
-        dense_loss=_mean_over_ranks(dense, device, group),
-        sparse_loss=_mean_over_ranks(sparse, device, group),
-        ppl_ratio=_mean_over_ranks(ratios, device, group),
+        dense_loss=sum(dense) / n,
+        sparse_loss=sum(sparse) / n,
+        ppl_ratio=sum(ratios) / n,
         batch_thresholds=torch.stack(taus),
         stats=total,
     )
 
 
-def _reduce_stats(stats: SparseStats, group) -> None:
-    """Sums kept counts and token counts over the data-parallel ranks (token tables stay local)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1):
+def _reduce_stats(stats: SparseStats, device, group: Group, tp_group: Group) -> None:
+    """Whole-model statistics from this rank's (DESIGN §4): kept counts summed over TP neurons and
+    DP tokens; tokens summed over DP only; per-neuron counts gathered over TP, summed over DP;
+    per-token ratios (local rows, kept local) averaged over the TP ranks' equal neuron slices.
+    Collectives run on ``device`` (NCCL cannot reduce CPU tensors); results come back to the CPU.
+    """
+    tp, dp = group_size(tp_group), _distributed(group)
+    if tp == 1 and not dp:
         return
-    stats.kept_per_layer = _all_reduce(stats.kept_per_layer.clone(), dist.ReduceOp.SUM, group)
+
+    def reduce_sum(t: torch.Tensor) -> torch.Tensor:
+        t = _tp_all_reduce(t.to(device, copy=True), dist.ReduceOp.SUM, tp_group)
+        return _all_reduce(t, dist.ReduceOp.SUM, group).cpu()
+
+    stats.kept_per_layer = reduce_sum(stats.kept_per_layer)
     if stats.kept_per_neuron is not None:
-        stats.kept_per_neuron = _all_reduce(stats.kept_per_neuron.clone(), dist.ReduceOp.SUM, group)
-    tokens = torch.tensor([stats.tokens], dtype=torch.int64)
+        local = stats.kept_per_neuron.to(device).contiguous()  # [L, f/tp]
+        if tp > 1:
+            parts = [torch.empty_like(local) for _ in range(tp)]
+            dist.all_gather(parts, local, group=tp_group)
+            local = torch.cat(parts, dim=1)  # [L, f], neurons in TP rank order
+        stats.kept_per_neuron = _all_reduce(local, dist.ReduceOp.SUM, group).cpu()
+    if tp > 1:
+        stats.token_ratio = [(_tp_all_reduce(r.to(device, copy=True), dist.ReduceOp.SUM, tp_group) / tp).cpu()
+                             for r in stats.token_ratio]
+    stats.ffn_size *= tp
+    tokens = torch.tensor([stats.tokens], dtype=torch.int64, device=device)
     stats.tokens = int(_all_reduce(tokens, dist.ReduceOp.SUM, group))
 
 
@@ -122,7 +165,7 @@ class PPLSearchResult:
 
 def search_cett_for_ppl(models: Sequence[nn.Module], batch_sets: Sequence[Sequence[torch.Tensor]],
                         p: float = 1.0, tolerance: float = 1e-3, *,
-                        num_candidates: int = NUM_CANDIDATES, group: Optional[dist.ProcessGroup] = None,
+                        num_candidates: int = NUM_CANDIDATES, group: Group = None, tp_group: Group = None,
                         on_step: Optional[Callable[[float, float], None]] = None,
                         final_per_neuron: bool = False) -> PPLSearchResult:
     """Bisect c ∈ [0, 1] so that the mean PPL ratio over ``models`` reaches ``1 + p/100``.
@@ -137,7 +180,7 @@ def search_cett_for_ppl(models: Sequence[nn.Module], batch_sets: Sequence[Sequen
     target = 1.0 + p / 100.0
 
     def mean_ratio(c: float) -> float:
-        evals = [evaluate_cett(m, b, c, num_candidates=num_candidates, group=group)
+        evals = [evaluate_cett(m, b, c, num_candidates=num_candidates, group=group, tp_group=tp_group)
                  for m, b in zip(models, batch_sets)]
         return sum(e.ppl_ratio for e in evals) / len(evals)
 
@@ -154,7 +197,7 @@ def search_cett_for_ppl(models: Sequence[nn.Module], batch_sets: Sequence[Sequen
         else:
             high = mid
     cett = (low + high) / 2
-    final = [evaluate_cett(m, b, cett, num_candidates=num_candidates, group=group,
+    final = [evaluate_cett(m, b, cett, num_candidates=num_candidates, group=group, tp_group=tp_group,
                            per_neuron=final_per_neuron)
              for m, b in zip(models, batch_sets)]
     return PPLSearchResult(cett=cett, target_ratio=target,

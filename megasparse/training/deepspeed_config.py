@@ -7,10 +7,11 @@ from typing import Any
 from megasparse.config import RunConfig
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge_config(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` over ``base``, recursively for nested sections."""
     out = dict(base)
     for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merge_config(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
@@ -39,4 +40,4 @@ def build_deepspeed_config(cfg: RunConfig, world_size: int, bf16: bool, on_cuda:
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
-    return _merge(ds, cfg.deepspeed)
+    return merge_config(ds, cfg.deepspeed)

@@ -9,6 +9,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from megasparse.kernels.linear_cross_entropy import linear_cross_entropy
 from megasparse.parallel.cross_entropy import vocab_parallel_cross_entropy
 
 
@@ -17,15 +18,32 @@ class CausalLMLoss(nn.Module):
 
     With tensor parallelism the model's logits are this rank's vocabulary shard [b, s, V/tp];
     the vocab-parallel cross-entropy then never gathers the full logits.
+
+    Without it, ``chunk_tokens > 0`` runs the output head and the loss together
+    ``chunk_tokens`` tokens at a time (megasparse/kernels/linear_cross_entropy.py), so the full
+    fp32 logits [b·s, V] never exist; 0 computes all logits and then the loss.
     """
 
-    def __init__(self, model: nn.Module, tp_group: Optional[dist.ProcessGroup] = None):
+    def __init__(self, model: nn.Module, tp_group: Optional[dist.ProcessGroup] = None, chunk_tokens: int = 0):
         super().__init__()
+        if chunk_tokens < 0:
+            raise ValueError(f"chunk_tokens must be >= 0 (got {chunk_tokens})")
+        if chunk_tokens and tp_group is not None:
+            # The vocab-parallel path already avoids the full logits; the chunked head is local-only.
+            raise ValueError("the chunked loss (train.loss_chunk_tokens > 0) does not support tensor parallelism")
         self.model = model
         self.tp_group = tp_group
+        self.chunk_tokens = chunk_tokens
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         inputs, labels = tokens[:, :-1], tokens[:, 1:]  # [b, s] each
+        if self.chunk_tokens:
+            hidden = self.model.forward_hidden(inputs)  # [b, s, d]
+            # µP's logits = (h / scale_width) @ Embᵀ, as Transformer.logits.
+            return linear_cross_entropy(
+                hidden.reshape(-1, hidden.shape[-1]), self.model.head_weight, labels.reshape(-1),
+                scale=1.0 / self.model.config.scale_width, chunk_tokens=self.chunk_tokens,
+            )
         logits = self.model(inputs)  # [b, s, V] or [b, s, V/tp]
         if self.tp_group is not None:
             return vocab_parallel_cross_entropy(logits, labels, self.tp_group).mean()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 LOSS, EVAL_PPL, ACT, TOKENS = "train/loss", "eval/ppl", "sparsity/activation_ratio", "train/tokens"
+CETT_ACT = "sparsity/cett/activation_ratio"
 
 
 def read_scalars(logdir: str | Path) -> dict[str, list[tuple[int, float]]]:
@@ -37,13 +38,18 @@ class RunSummary:
     final_loss: Optional[float]
     eval_ppl: Optional[float]
     activation_ratio: Optional[float]
+    cett_activation_ratio: Optional[float]
     curve: list[tuple[float, float]]  # (tokens, activation ratio)
+    cett_curve: list[tuple[float, float]]  # (tokens, CETT-threshold activation ratio)
 
 
 def summarize(name: str, logdir: str | Path) -> RunSummary:
     s = read_scalars(logdir)
     tokens_at = dict(s.get(TOKENS, []))
-    curve = [(tokens_at[step], value) for step, value in s.get(ACT, []) if step in tokens_at]
+
+    def against_tokens(tag: str) -> list[tuple[float, float]]:
+        return [(tokens_at[step], value) for step, value in s.get(tag, []) if step in tokens_at]
+
     return RunSummary(
         name=name,
         steps=s[LOSS][-1][0] if LOSS in s else 0,
@@ -51,7 +57,9 @@ def summarize(name: str, logdir: str | Path) -> RunSummary:
         final_loss=last(s, LOSS),
         eval_ppl=last(s, EVAL_PPL),
         activation_ratio=last(s, ACT),
-        curve=curve,
+        cett_activation_ratio=last(s, CETT_ACT),
+        curve=against_tokens(ACT),
+        cett_curve=against_tokens(CETT_ACT),
     )
 
 
@@ -59,10 +67,13 @@ def format_table(runs: list[RunSummary]) -> str:
     def fmt(v: Optional[float], spec: str) -> str:
         return "-" if v is None else format(v, spec)
 
-    rows = [("run", "steps", "tokens", "final loss", "eval PPL", "activation ratio")]
+    def pct(v: Optional[float]) -> str:
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    rows = [("run", "steps", "tokens", "final loss", "eval PPL", "activation ratio (σ>0)",
+             "activation ratio (CETT-PPL-1%)")]
     rows += [(r.name, str(r.steps), f"{r.tokens:,.0f}", fmt(r.final_loss, ".4f"), fmt(r.eval_ppl, ".2f"),
-              fmt(None if r.activation_ratio is None else 100 * r.activation_ratio, ".2f") + "%")
-             for r in runs]
+              pct(r.activation_ratio), pct(r.cett_activation_ratio)) for r in runs]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
@@ -75,13 +86,18 @@ def plot_activation_ratio(runs: list[RunSummary], out_png: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for r in runs:
+    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
+    for i, r in enumerate(runs):
+        color = f"C{i}"
         if r.curve:
             xs, ys = zip(*r.curve)
-            ax.plot(xs, [100 * y for y in ys], marker="o", markersize=3, label=r.name)
+            ax.plot(xs, [100 * y for y in ys], marker="o", markersize=3, color=color, label=f"{r.name}: σ(gate) > 0")
+        if r.cett_curve:
+            xs, ys = zip(*r.cett_curve)
+            ax.plot(xs, [100 * y for y in ys], marker="s", markersize=3, linestyle="--", color=color,
+                    label=f"{r.name}: CETT-PPL-1%")
     ax.set_xlabel("training tokens")
-    ax.set_ylabel("activation ratio (%, zero threshold)")
+    ax.set_ylabel("activation ratio (%)")
     ax.set_title("Activation ratio during training")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -28,9 +28,11 @@ from megasparse.model.mup import mup_param_groups
 from megasparse.model.transformer import Transformer
 from megasparse.sparsity.counters import ActivationCounters, attach_counters, down_projection_weights
 from megasparse.parallel import ParallelGroups, tensor_parallel_layer_factory
+from megasparse.parallel.pipeline_model import build_pipeline_module, pipeline_engine_config
+from megasparse.training.pipeline_steps import PipelineSteps, stage_layer_ids
 from megasparse.sparsity.reduction import reduce_counters
 from megasparse.training import checkpoint as ckpt
-from megasparse.training.deepspeed_config import build_deepspeed_config
+from megasparse.training.deepspeed_config import build_deepspeed_config, merge_config
 from megasparse.training.distributed import init_distributed
 from megasparse.training.lm_loss import CausalLMLoss
 from megasparse.training.metrics import MetricsWriter, device_peak_tflops, max_memory_gb
@@ -118,9 +120,7 @@ class Trainer:
         self.rank = self.rank_info.rank
         # Validates the layout (before anything heavy), then builds the TP × PP × DP groups.
         self.groups = ParallelGroups.from_config(cfg)
-        if cfg.parallel.pipeline > 1:
-            raise ConfigError("parallel.pipeline > 1 is not wired into the trainer yet; use tensor and data "
-                              "parallelism (parallel.pipeline=1)")
+        self.pipeline = cfg.parallel.pipeline > 1
         self.bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and self.device.type == "cuda")
         self.dp_size, self.dp_rank = self.groups.dp_size, self.groups.dp_rank
         tp_group = self.groups.tp_group if self.groups.tp_size > 1 else None
@@ -136,12 +136,21 @@ class Trainer:
 
         # The same seed gives the same initial model on every rank and every layout.
         seed_everything(cfg.train.seed)
-        factory = tensor_parallel_layer_factory(self.groups, cfg.parallel.sequence_parallel)
-        self.model = Transformer(cfg.model, seed=cfg.train.seed, device=self.device, eod_token_id=eod,
-                                 activation_checkpointing=cfg.train.activation_checkpointing, layer_factory=factory)
+        if self.pipeline:
+            # Each stage builds (and initialises, under the plain model's names) only its layers.
+            self.model = build_pipeline_module(cfg, self.groups, device=self.device, eod_token_id=eod)
+            layer_ids = stage_layer_ids(self.model)
+            trained = self.model
+        else:
+            factory = tensor_parallel_layer_factory(self.groups, cfg.parallel.sequence_parallel)
+            self.model = Transformer(cfg.model, seed=cfg.train.seed, device=self.device, eod_token_id=eod,
+                                     activation_checkpointing=cfg.train.activation_checkpointing,
+                                     layer_factory=factory)
+            layer_ids = list(range(cfg.model.num_layers))
+            trained = CausalLMLoss(self.model, tp_group, cfg.train.loss_chunk_tokens)
         local_ffn = cfg.model.ffn_size // self.groups.tp_size  # this rank's slice of the neurons
-        self.counters = ActivationCounters(range(cfg.model.num_layers), local_ffn, self.device)
-        self.eval_counters = ActivationCounters(range(cfg.model.num_layers), local_ffn, self.device)
+        self.counters = ActivationCounters(layer_ids, local_ffn, self.device)
+        self.eval_counters = ActivationCounters(layer_ids, local_ffn, self.device)
         for mlp in self.model.modules():
             if hasattr(mlp, "counter_impl"):
                 mlp.counter_impl = cfg.sparsity.counter_impl
@@ -151,11 +160,14 @@ class Trainer:
         import deepspeed
 
         ds_config = build_deepspeed_config(cfg, self.world, self.bf16, self.device.type == "cuda")
+        if self.pipeline:
+            ds_config = merge_config(ds_config, pipeline_engine_config(cfg))
         groups = mup_param_groups(self.model, cfg.model, weight_decay=cfg.train.optimizer.weight_decay,
                                   lr=cfg.train.optimizer.lr)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=CausalLMLoss(self.model, tp_group), model_parameters=groups, config=ds_config,
-            mpu=self.groups.mpu() if self.world > 1 else None,
+            model=trained, model_parameters=groups, config=ds_config,
+            # A pipeline module brings its own grid (built from the same topology as our groups).
+            mpu=self.groups.mpu() if self.world > 1 and not self.pipeline else None,
             lr_scheduler=lambda opt: build_scheduler(opt, cfg.train.schedule, cfg.train.optimizer, cfg.train.steps),
         )
         self.grad_accum = cfg.grad_accumulation_steps(self.world)
@@ -165,6 +177,7 @@ class Trainer:
         valid_samples = cfg.train.eval_steps * cfg.train.global_batch_size
         self.train_data, self.valid_data = build_datasets(cfg.data, cfg.train.seed, train_samples, valid_samples, eod)
         self.loader = MicroBatchLoader(self.train_data, cfg.train.micro_batch_size, self.dp_rank, self.dp_size)
+        self.pipe_steps = PipelineSteps(self.engine, self.loader, self.grad_accum) if self.pipeline else None
         self.calibrator = self._build_calibrator()
 
         self.progress = Progress()
@@ -243,6 +256,13 @@ class Trainer:
         """One optimizer step; returns (loss averaged over micro-batches and DP ranks, stop flag)."""
         if self.counters.layer_thresholds is not None:
             self.counters.refresh_neuron_thresholds(down_projection_weights(self.model))
+        stop = torch.tensor(1.0 if self.stop.received is not None else 0.0, device=self.device)
+        if self.pipe_steps is not None:
+            # The engine runs the 1F1B schedule; the loss comes back the same on every rank.
+            loss = self.pipe_steps.train_step()
+            if self.world > 1:
+                dist.all_reduce(stop, op=dist.ReduceOp.SUM)
+            return loss, float(stop)
         loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
         for _ in range(self.grad_accum):
             batch = next(self.loader).to(self.device, non_blocking=True)  # [mbs, s+1]
@@ -250,8 +270,7 @@ class Trainer:
             self.engine.backward(loss)
             self.engine.step()
             loss_sum += loss.detach().float()
-        stop = 1.0 if self.stop.received is not None else 0.0
-        packed = torch.stack([loss_sum / self.grad_accum, torch.tensor(stop, device=self.device)])
+        packed = torch.stack([loss_sum / self.grad_accum, stop])
         if self.world > 1:
             dist.all_reduce(packed, op=dist.ReduceOp.SUM)
         return float(packed[0]) / self.world, float(packed[1])
@@ -266,11 +285,14 @@ class Trainer:
         if self.eval_counters.layer_thresholds is not None:
             self.eval_counters.refresh_neuron_thresholds(down_projection_weights(self.model))
         loader = MicroBatchLoader(self.valid_data, self.cfg.train.micro_batch_size, self.dp_rank, self.dp_size)
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
         micro_steps = self.cfg.train.eval_steps * self.grad_accum
-        for _ in range(micro_steps):
-            total += self.engine(next(loader).to(self.device)).double()
-        loss = float(self._all_reduce_mean(total / micro_steps))
+        if self.pipe_steps is not None:
+            loss = self.pipe_steps.eval_loss(loader, micro_steps)
+        else:
+            total = torch.zeros((), dtype=torch.float64, device=self.device)
+            for _ in range(micro_steps):
+                total += self.engine(next(loader).to(self.device)).double()
+            loss = float(self._all_reduce_mean(total / micro_steps))
         snap = reduce_counters(self.eval_counters, self.counter_groups)
         attach_counters(self.model, self.counters if self.cfg.sparsity.counters else None)
         self.engine.train()

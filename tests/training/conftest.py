@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +14,18 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def deepspeed_launcher(nproc: int) -> list[str]:
     """The real `deepspeed` launcher of this environment, starting `nproc` local processes."""
     beside_python = Path(sys.executable).with_name("deepspeed")
     exe = str(beside_python) if beside_python.exists() else "deepspeed"
-    return [exe, "--num_gpus", str(nproc), "--module"]
+    # A free port, not DeepSpeed's fixed default: other jobs on the machine may hold 29500.
+    return [exe, "--num_gpus", str(nproc), "--master_port", str(free_port()), "--module"]
 
 
 def write_run_config(path: Path, corpus: dict, **sections) -> Path:

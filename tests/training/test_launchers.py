@@ -104,3 +104,19 @@ def test_tensor_parallel_two_processes(single_process_run, tiny_corpus, tmp_path
     cfg = _config(tmp_path, tiny_corpus, name, cett_interval=0, tensor=2, sequence_parallel=sequence_parallel)
     run_train(cfg, launcher=deepspeed_launcher(2))
     _assert_same_training(single_process_run, scalars(tmp_path / name / "tb"))
+
+
+def test_pipeline_parallel_two_processes(single_process_run, tiny_corpus, tmp_path):
+    cfg = _config(tmp_path, tiny_corpus, "pp", cett_interval=0, pipeline=2)
+    run_train(cfg, launcher=deepspeed_launcher(2))
+    _assert_same_training(single_process_run, scalars(tmp_path / "pp" / "tb"))
+
+
+def test_tp2_pp2_four_processes_resume(single_process_run, tiny_corpus, tmp_path):
+    """TP2 × PP2 on 4 ranks, killed after 3 steps and resumed in the same layout."""
+    cfg = _config(tmp_path, tiny_corpus, "tp2pp2", cett_interval=0, tensor=2, pipeline=2)
+    first = run_train(cfg, "--set", "train.exit_after_steps=3", launcher=deepspeed_launcher(4))
+    assert "exit_after_steps=3 reached at step 3" in first.stdout
+    second = run_train(cfg, launcher=deepspeed_launcher(4))
+    assert "resumed from" in second.stdout and "at step 3" in second.stdout
+    _assert_same_training(single_process_run, scalars(tmp_path / "tp2pp2" / "tb"))

@@ -1,0 +1,73 @@
+"""CausalLMLoss with the chunked head + loss trains exactly like the full-logits loss (CPU, fp32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from megasparse.config import ConfigError, config_from_dict
+from megasparse.model.mup import mup_param_groups
+from megasparse.model.transformer import Transformer
+from megasparse.training.lm_loss import CausalLMLoss
+
+VOCAB = 203  # padded to 256 rows: the padded rows take part in the softmax on both paths
+TINY = dict(hidden_size=64, num_layers=2, head_dim=16, ffn_size=160, vocab_size=VOCAB)
+
+
+def _train(chunk_tokens: int, tie_embeddings: bool, steps: int = 4) -> tuple[list[float], list[float], Transformer]:
+    """A few AdamW steps (µP groups, as the trainer) on fixed random batches; returns losses per step."""
+    cfg = config_from_dict({"model": {**TINY, "tie_embeddings": tie_embeddings}}).model
+    model = Transformer(cfg, seed=3, device="cpu")
+    loss_fn = CausalLMLoss(model, chunk_tokens=chunk_tokens)
+    groups = mup_param_groups(model, cfg, weight_decay=0.1, lr=1e-3)
+    opt = torch.optim.AdamW(groups, lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    losses, eval_losses = [], []
+    for _ in range(steps):
+        tokens = torch.randint(0, VOCAB, (3, 17), generator=gen)  # 3 × 16 = 48 predicted tokens
+        loss = loss_fn(tokens)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        with torch.no_grad():  # the evaluation path: loss only
+            eval_losses.append(float(loss_fn(tokens)))
+    return losses, eval_losses, model
+
+
+@pytest.mark.parametrize("tie_embeddings", [True, False], ids=["tied", "untied"])
+def test_chunked_loss_trains_like_full_logits(tie_embeddings):
+    full, full_eval, full_model = _train(0, tie_embeddings)
+    chunked, chunked_eval, chunked_model = _train(10, tie_embeddings)  # 48 tokens: chunks 10,10,10,10,8
+    assert len(set(full)) == len(full)  # the model really trains: the loss moves every step
+    for a, b in zip(full + full_eval, chunked + chunked_eval):
+        assert abs(a - b) <= 1e-5 * abs(a)
+    # Weights agree to round-off as a whole (element-wise, Adam turns a near-zero gradient's
+    # round-off into a full-size step, so single entries may differ more).
+    with torch.no_grad():
+        for (name, p), q in zip(full_model.named_parameters(), chunked_model.parameters()):
+            assert float((p - q).norm() / p.norm()) < 1e-5, name
+
+
+def test_chunked_loss_refuses_tensor_parallelism():
+    with pytest.raises(ValueError, match="tensor parallelism"):
+        CausalLMLoss(torch.nn.Linear(2, 2), tp_group=object(), chunk_tokens=8)
+    cfg = config_from_dict({"train": {"loss_chunk_tokens": 4096}, "parallel": {"tensor": 2},
+                            "model": {"vocab_size": VOCAB}})
+    with pytest.raises(ConfigError, match="train.loss_chunk_tokens=4096 with parallel.tensor=2"):
+        cfg.validate_layout(world_size=2)
+    cfg.train.loss_chunk_tokens = 0
+    cfg.validate_layout(world_size=2)  # fine without the chunked loss
+
+
+def test_chunked_loss_refuses_pipeline_parallelism():
+    cfg = config_from_dict({"train": {"loss_chunk_tokens": 512}, "parallel": {"pipeline": 2},
+                            "model": {"vocab_size": VOCAB, "num_layers": 2}})
+    with pytest.raises(ConfigError, match="train.loss_chunk_tokens=512 with parallel.pipeline=2"):
+        cfg.validate_layout(world_size=2)
+
+
+def test_loss_chunk_tokens_must_not_be_negative():
+    with pytest.raises(ConfigError, match="train.loss_chunk_tokens"):
+        config_from_dict({"train": {"loss_chunk_tokens": -1}})

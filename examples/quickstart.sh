@@ -26,7 +26,7 @@ for act in relu silu; do
   echo "== 3/4 training the $act model: deepspeed --num_gpus $NPROC --module megasparse.train"
   rm -rf "$OUT/$act"
   deepspeed --num_gpus "$NPROC" --module megasparse.train --config "configs/runs/quickstart-$act.yaml" 2>&1 \
-    | grep -vE "^\[[0-9-]+ [0-9:,]+\] \[(INFO|WARNING)\]|real_accelerator|shm_comm_op|FutureWarning|return func"
+    | grep --line-buffered -vE "^\[[0-9-]+ [0-9:,]+\] \[(INFO|WARNING)\]|real_accelerator|shm_comm_op|FutureWarning|return func"
 done
 
 echo "== 4/4 summary"

@@ -4,6 +4,9 @@ Every rank builds the unsharded reference model from the same seed and evaluates
 one-rank groups (no collective reaches another process: exactly the single-process code path),
 then the same computation split over the two ranks. ``worker`` writes, per check, None or the
 failure text, plus the measured differences (reported by the test).
+
+``MEGASPARSE_CETT_CHECK_DEVICE=cuda`` runs the same checks over NCCL, one GPU per rank (the
+collectives then must work on GPU tensors); the default is CPU and gloo.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from megasparse.sparsity.ppl_search import evaluate_cett, search_cett_for_ppl
 TINY = dict(hidden_size=64, num_layers=2, head_dim=16, ffn_size=160, vocab_size=100,
             pad_vocab_to_multiple_of=64)
 SEED = 11
+DEVICE = os.environ.get("MEGASPARSE_CETT_CHECK_DEVICE", "cpu")  # "cpu" (gloo) or "cuda" (NCCL)
 CETT_VALUES = (0.05, 0.15, 0.3)
 TOLERANCE = 1e-3  # CETT search bracket
 
@@ -46,8 +50,9 @@ def greedy_batches(model: Transformer, n: int, b: int, s: int = 32, seed: int = 
     """[b, s+1] batches the dense model continues greedily: sparsifying can only raise the PPL."""
     g = torch.Generator().manual_seed(seed)
     out = []
+    device = next(model.parameters()).device
     for _ in range(n):
-        toks = torch.randint(0, TINY["vocab_size"], (b, 4), generator=g)
+        toks = torch.randint(0, TINY["vocab_size"], (b, 4), generator=g).to(device)
         while toks.shape[1] < s + 1:
             toks = torch.cat([toks, model(toks)[:, -1].argmax(-1, keepdim=True)], dim=1)
         out.append(toks)
@@ -62,6 +67,7 @@ class Setup:
         self.dp2 = ParallelGroups.build(tensor=1)  # DP group of 2, TP group of 1
         self.alone = self.tp2.dp_group  # one rank: every reduction is skipped
         self.rank = dist.get_rank()
+        self.device = torch.device(f"cuda:{self.rank}" if DEVICE == "cuda" else "cpu")
 
 
 def _grid_step(h: torch.Tensor, w: torch.Tensor, group) -> float:
@@ -126,8 +132,9 @@ def _compare_evaluations(ref_model, ref_batches, ev_ref, ev, alone, what: str) -
 def _check_tp(s: Setup, activation: str, sequence_parallel: bool) -> dict:
     g = s.tp2
     cfg = model_config(activation=activation)
-    ref = Transformer(cfg, seed=SEED).eval()
-    tp_model = Transformer(cfg, seed=SEED, layer_factory=tensor_parallel_layer_factory(g, sequence_parallel)).eval()
+    ref = Transformer(cfg, seed=SEED, device=s.device).eval()
+    tp_model = Transformer(cfg, seed=SEED, device=s.device,
+                           layer_factory=tensor_parallel_layer_factory(g, sequence_parallel)).eval()
     batches = greedy_batches(ref, 2, b=2)
     out = {}
     for c in CETT_VALUES:
@@ -184,7 +191,7 @@ def check_tp2_silu_sequence_parallel(s: Setup) -> dict:
 def check_dp2(s: Setup) -> dict:
     """DP=2, each rank half of every global batch, against one process on the whole batches."""
     g = s.dp2
-    ref = Transformer(model_config(), seed=SEED).eval()
+    ref = Transformer(model_config(), seed=SEED, device=s.device).eval()
     global_batches = greedy_batches(ref, 2, b=4, seed=1)  # [4, 33]: rows 2r, 2r+1 go to DP rank r
     mine = [b[2 * g.dp_rank:2 * g.dp_rank + 2] for b in global_batches]
     out = {}
@@ -204,7 +211,7 @@ def check_dp2(s: Setup) -> dict:
 def check_grid_is_layout_invariant(s: Setup) -> dict:
     """Random norms split over TP (neurons) and DP (tokens): the grid of the whole matrix, bit for bit."""
     torch.manual_seed(3)
-    full = torch.rand(700, 200) * torch.rand(700, 1)  # 140k values: subsample stride 2
+    full = (torch.rand(700, 200) * torch.rand(700, 1)).to(s.device)  # 140k values: subsample stride 2
     expected = candidate_thresholds(full, 1025, group=s.alone)
     r = s.rank
     by_tp = candidate_thresholds(full[:, 100 * r:100 * (r + 1)], 1025, group=s.tp2.dp_group, tp_group=s.tp2.tp_group)
@@ -216,7 +223,7 @@ def check_grid_is_layout_invariant(s: Setup) -> dict:
 
 
 def check_tp_needs_the_data_group(s: Setup) -> dict:
-    h, w = torch.rand(4, 80), torch.randn(8, 80)
+    h, w = torch.rand(4, 80, device=s.device), torch.randn(8, 80, device=s.device)
     try:
         LayerCETT(h, w, group=None, tp_group=s.tp2.tp_group)
     except ValueError as e:
@@ -237,7 +244,9 @@ CHECKS = [
 
 def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+    if DEVICE == "cuda":
+        torch.cuda.set_device(rank)
+    dist.init_process_group("nccl" if DEVICE == "cuda" else "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=60))
     results, numbers = {}, {}
     try:

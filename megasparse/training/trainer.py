@@ -197,11 +197,10 @@ class Trainer:
 
         batches = heldout_batches(self.valid_data, sp.cett_batches, self.cfg.train.micro_batch_size,
                                   self.dp_rank, self.dp_size)
-        if self.groups.tp_size > 1:
-            raise ConfigError("sparsity.cett_interval with parallel.tensor > 1 is not supported yet (the CETT "
-                              "norms need the whole down projection); set sparsity.cett_interval=0")
-        return LiveCalibrator(batches, p=sp.cett_target_ppl_increase, tolerance=sp.cett_tolerance,
-                              group=self.groups.dp_group if self.dp_size > 1 else None)
+        # τ is searched jointly over the data-parallel ranks' tokens and the tensor-parallel
+        # ranks' neuron slices, so every rank ends with the same thresholds.
+        return LiveCalibrator.for_groups(batches, self.groups, p=sp.cett_target_ppl_increase,
+                                         tolerance=sp.cett_tolerance)
 
     def calibrate_thresholds(self) -> dict:
         """Searches the CETT value for +p% PPL and hands the per-layer τ to the counters."""

@@ -220,12 +220,43 @@ def search_grid(cett_of: "LayerCETT", candidates: torch.Tensor, target: float) -
     return float(candidates[left - 1]) if left > 0 else 0.0
 
 
+class LayerThresholdSearch:
+    """One layer on fixed tokens, searched for many CETT targets: the grid is built once and every
+    CETT(candidate) evaluated is remembered. The PPL-p% bisection asks ~10 targets of the same
+    tokens, and their binary searches over the same grid share most of their probes.
+
+    Every rank probes the same indices in the same order (the values are global), so the
+    collectives inside CETT(τ) stay matched across ranks.
+    """
+
+    def __init__(self, h: torch.Tensor, w_down: torch.Tensor, num_candidates: int = NUM_CANDIDATES,
+                 group: Group = None, tp_group: Group = None):
+        self.layer = LayerCETT(h.reshape(-1, h.shape[-1]), w_down, group, tp_group)
+        self.candidates = candidate_thresholds(self.layer.norms, num_candidates, group, tp_group)
+        self._cett_at: dict[int, float] = {}
+
+    def cett_at(self, index: int) -> float:
+        if index not in self._cett_at:
+            self._cett_at[index] = self.layer(float(self.candidates[index]))
+        return self._cett_at[index]
+
+    def threshold_for(self, cett: float) -> float:
+        """The same answer as :func:`search_grid` on this layer's grid."""
+        left, right = 0, self.candidates.numel()
+        while left < right:
+            mid = (left + right) // 2
+            if self.cett_at(mid) > cett:
+                right = mid
+            else:
+                left = mid + 1
+        return float(self.candidates[left - 1]) if left > 0 else 0.0
+
+
 def layer_threshold_for_cett(h: torch.Tensor, w_down: torch.Tensor, cett: float,
                              num_candidates: int = NUM_CANDIDATES, group: Group = None,
                              tp_group: Group = None) -> float:
     """τ_l for CETT value ``cett`` on one layer (h [T, f/tp] of valid tokens, w_down [d, f/tp])."""
-    layer = LayerCETT(h, w_down, group, tp_group)
-    return search_grid(layer, candidate_thresholds(layer.norms, num_candidates, group, tp_group), cett)
+    return LayerThresholdSearch(h, w_down, num_candidates, group, tp_group).threshold_for(cett)
 
 
 def layer_thresholds_for_cett(hs: list[torch.Tensor], down_weights: list[torch.Tensor], cett: float,

@@ -33,6 +33,7 @@ from torch import nn
 from megasparse.parallel.collectives import group_size
 from megasparse.sparsity.cett import (
     NUM_CANDIDATES,
+    LayerThresholdSearch,
     Group,
     _all_reduce,
     _distributed,
@@ -78,8 +79,12 @@ def _global_batch_losses(dense: float, sparse: float, tokens: int, device, group
 def evaluate_cett(model: nn.Module, batches: Sequence[torch.Tensor], cett: float, *,
                   per_neuron: bool = False, per_token: bool = False,
                   num_candidates: int = NUM_CANDIDATES,
-                  group: Group = None, tp_group: Group = None) -> CETTEvaluation:
-    """Per batch: dense → τ_l(c) → sparse. Batches are [b, s+1] token tensors on any device."""
+                  group: Group = None, tp_group: Group = None,
+                  dense_cache: Optional["DenseCache"] = None) -> CETTEvaluation:
+    """Per batch: dense → τ_l(c) → sparse. Batches are [b, s+1] token tensors on any device.
+
+    ``dense_cache`` keeps dense passes (they do not depend on c) across calls of one search.
+    """
     check_groups(group, tp_group)
     device = next(model.parameters()).device
     dense, sparse, ratios, taus = [], [], [], []
@@ -87,18 +92,30 @@ def evaluate_cett(model: nn.Module, batches: Sequence[torch.Tensor], cett: float
     with measurement_mode(model) as mlps:
         col_norms = [down_column_norms(m.down_proj.weight) for m in mlps]  # [f/tp] each
         weights = [m.down_proj.weight for m in mlps]
-        for tokens in batches:
+        for index, tokens in enumerate(batches):
             tokens = tokens.to(device)
-            d = dense_pass(model, mlps, tokens, tp_group=tp_group)
-            tau = layer_thresholds_for_cett(d.hs, weights, cett, num_candidates, group, tp_group)  # [L]
+            cached = dense_cache.get(index) if dense_cache is not None else None
+            if cached is not None:
+                d, searches = cached
+                tau = torch.tensor([s.threshold_for(cett) for s in searches], dtype=torch.float32)  # [L]
+            else:
+                d = dense_pass(model, mlps, tokens, tp_group=tp_group)
+                if dense_cache is not None and dense_cache.fits(d):
+                    searches = [LayerThresholdSearch(h, w, num_candidates, group, tp_group)
+                                for h, w in zip(d.hs, weights)]
+                    dense_cache.keep(index, d, searches)
+                    tau = torch.tensor([s.threshold_for(cett) for s in searches], dtype=torch.float32)
+                else:
+                    tau = layer_thresholds_for_cett(d.hs, weights, cett, num_candidates, group, tp_group)  # [L]
             bounds = [tau[i].item() / torch.where(n > 0, n, torch.full_like(n, float("nan")))
                       for i, n in enumerate(col_norms)]
             # norm ≥ τ  ⇔  |h| ≥ τ/‖W[:, i]‖; a zero column (nan bound) is never kept.
             keep = (lambda pos, h, _s: (h.float().abs() >= bounds[pos]) & ~bounds[pos].isnan())
-            del d.hs
+            dense_loss = d.loss
+            d = None  # drop this batch's h unless the cache holds it
             loss_s, stats = sparse_pass(model, mlps, tokens, keep, per_neuron=per_neuron, per_token=per_token,
                                         tp_group=tp_group)
-            loss_d, loss_s = _global_batch_losses(d.loss, loss_s, stats.tokens, device, group)
+            loss_d, loss_s = _global_batch_losses(dense_loss, loss_s, stats.tokens, device, group)
             dense.append(loss_d)
             sparse.append(loss_s)
             ratios.append(math.exp(loss_s - loss_d))
@@ -163,15 +180,46 @@ class PPLSearchResult:
     history: list[tuple[float, float]] = field(default_factory=list)  # (c, mean ratio) tried
 
 
+class DenseCache:
+    """Dense passes of one model's batches, kept across the bisection while they fit a budget.
+
+    A dense pass (h of every layer and the dense loss) and each layer's candidate grid do not
+    depend on the CETT value, so a search of ~10 trials needs them once per batch, not ten times;
+    the per-layer searches also remember every CETT(τ) they evaluated. Whether a batch is kept
+    depends only on tensor sizes, which every rank shares, so ranks never diverge in what they
+    recompute (a recomputation runs collectives under tensor parallelism).
+    """
+
+    def __init__(self, budget_bytes: int):
+        self.budget = int(budget_bytes)
+        self.entries: dict = {}
+
+    def get(self, index: int):
+        return self.entries.get(index)
+
+    @staticmethod
+    def _cost(dense) -> int:
+        # h itself, its fp32 copy and the [T, f] neuron norms of the per-layer searches.
+        return 3 * sum(h.numel() * 4 for h in dense.hs)
+
+    def fits(self, dense) -> bool:
+        return self._cost(dense) <= self.budget
+
+    def keep(self, index: int, dense, searches: list) -> None:
+        self.budget -= self._cost(dense)
+        self.entries[index] = (dense, searches)
+
+
 def search_cett_for_ppl(models: Sequence[nn.Module], batch_sets: Sequence[Sequence[torch.Tensor]],
                         p: float = 1.0, tolerance: float = 1e-3, *,
                         num_candidates: int = NUM_CANDIDATES, group: Group = None, tp_group: Group = None,
                         on_step: Optional[Callable[[float, float], None]] = None,
-                        final_per_neuron: bool = False) -> PPLSearchResult:
+                        final_per_neuron: bool = False, dense_cache_bytes: int = 1 << 30) -> PPLSearchResult:
     """Bisect c ∈ [0, 1] so that the mean PPL ratio over ``models`` reaches ``1 + p/100``.
 
     ``batch_sets[i]`` are the validation batches of ``models[i]`` (usually the same list).
     ``on_step(c, ratio)`` is called after every trial (progress bars, logs).
+    ``dense_cache_bytes`` bounds the memory spent keeping dense passes between trials (per model).
     """
     if len(models) == 0 or len(models) != len(batch_sets):
         raise ValueError(f"need one batch set per model (got {len(models)} models, {len(batch_sets)} sets)")
@@ -179,9 +227,12 @@ def search_cett_for_ppl(models: Sequence[nn.Module], batch_sets: Sequence[Sequen
         raise ValueError(f"tolerance must be > 0, got {tolerance}")
     target = 1.0 + p / 100.0
 
+    caches = [DenseCache(dense_cache_bytes) for _ in models]
+
     def mean_ratio(c: float) -> float:
-        evals = [evaluate_cett(m, b, c, num_candidates=num_candidates, group=group, tp_group=tp_group)
-                 for m, b in zip(models, batch_sets)]
+        evals = [evaluate_cett(m, b, c, num_candidates=num_candidates, group=group, tp_group=tp_group,
+                               dense_cache=cache)
+                 for m, b, cache in zip(models, batch_sets, caches)]
         return sum(e.ppl_ratio for e in evals) / len(evals)
 
     low, high, iterations, history = 0.0, 1.0, 0, []
@@ -198,8 +249,8 @@ def search_cett_for_ppl(models: Sequence[nn.Module], batch_sets: Sequence[Sequen
             high = mid
     cett = (low + high) / 2
     final = [evaluate_cett(m, b, cett, num_candidates=num_candidates, group=group, tp_group=tp_group,
-                           per_neuron=final_per_neuron)
-             for m, b in zip(models, batch_sets)]
+                           per_neuron=final_per_neuron, dense_cache=cache)
+             for m, b, cache in zip(models, batch_sets, caches)]
     return PPLSearchResult(cett=cett, target_ratio=target,
                            ppl_ratio=sum(e.ppl_ratio for e in final) / len(final),
                            low=low, high=high, iterations=iterations, evaluations=final, history=history)

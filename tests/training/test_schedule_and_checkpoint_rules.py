@@ -1,0 +1,67 @@
+"""Learning-rate schedules, the DeepSpeed config derivation and the checkpoint `latest` rules."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from megasparse.config import OptimizerConfig, ScheduleConfig, config_from_dict
+from megasparse.training import checkpoint as ckpt
+from megasparse.training.deepspeed_config import build_deepspeed_config
+from megasparse.training.schedule import lr_multiplier
+
+
+def test_wsd_warmup_stable_then_paper_exponential_decay():
+    f = lr_multiplier(ScheduleConfig(kind="wsd", warmup_steps=4, decay_start=10, decay_half_life=5),
+                      OptimizerConfig(lr=0.01, min_lr=0.001), total_steps=100)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == f(9) == 1.0
+    assert f(10) == 1.0 and math.isclose(f(15), 0.5) and math.isclose(f(20), 0.25)
+    assert f(1000) == pytest.approx(0.1)  # floored at min_lr / lr
+
+
+def test_cosine_reaches_min_lr_at_the_end():
+    f = lr_multiplier(ScheduleConfig(kind="cosine", warmup_steps=2), OptimizerConfig(lr=1.0, min_lr=0.1), 12)
+    assert f(0) == 0.5 and f(1) == 1.0
+    assert f(2) == pytest.approx(1.0) and f(7) == pytest.approx(0.55) and f(12) == pytest.approx(0.1)
+    assert all(f(s) >= f(s + 1) for s in range(2, 12))
+
+
+def test_deepspeed_config_follows_the_run_config():
+    cfg = config_from_dict({"train": {"micro_batch_size": 2, "global_batch_size": 16,
+                                      "optimizer": {"lr": 0.02, "grad_clip": 0.5, "beta2": 0.98}},
+                            "parallel": {"zero_stage": 2}, "deepspeed": {"zero_optimization": {"overlap_comm": True}}})
+    ds = build_deepspeed_config(cfg, world_size=4, bf16=True, on_cuda=False)
+    assert ds["train_batch_size"] == 16 and ds["train_micro_batch_size_per_gpu"] == 2
+    assert ds["gradient_accumulation_steps"] == 2  # 16 / (2 × 4)
+    assert ds["gradient_clipping"] == 0.5 and ds["bf16"] == {"enabled": True}
+    assert ds["optimizer"]["params"]["betas"] == [0.9, 0.98] and ds["optimizer"]["params"]["lr"] == 0.02
+    # user keys merge into the derived sections instead of replacing them
+    assert ds["zero_optimization"] == {"stage": 2, "overlap_comm": True}
+
+
+def test_incomplete_checkpoint_never_becomes_the_resume_point(tmp_path):
+    done = tmp_path / "global_step10"
+    done.mkdir()
+    (done / ckpt.META_FILE).write_text(json.dumps({"step": 10}))
+    half = tmp_path / "global_step20"  # a save interrupted before its metadata was written
+    half.mkdir()
+    (tmp_path / ckpt.LATEST_FILE).write_text("global_step10")
+    assert ckpt.complete_tags(tmp_path) == ["global_step10"]
+    assert ckpt.resolve_resume("auto", str(tmp_path)) == (str(tmp_path), "global_step10")
+    # `latest` pointing at an incomplete folder is refused with one clear message
+    (tmp_path / ckpt.LATEST_FILE).write_text("global_step20")
+    with pytest.raises(ckpt.CheckpointError, match="missing or incomplete"):
+        ckpt.resolve_resume("auto", str(tmp_path))
+    assert ckpt.resolve_resume("none", str(tmp_path)) is None
+    assert ckpt.resolve_resume("auto", str(tmp_path / "absent")) is None
+    with pytest.raises(ckpt.CheckpointError, match="not a megasparse checkpoint"):
+        ckpt.resolve_resume(str(tmp_path / "absent"), None)
+
+
+def test_layout_mismatch_is_refused():
+    meta = {"layout": {"world_size": 2, "tensor": 2, "pipeline": 1, "data": 1, "zero_stage": 1}}
+    with pytest.raises(ckpt.CheckpointError, match="saved with tensor=2, this run has tensor=1"):
+        ckpt.check_layout(meta, {"world_size": 2, "tensor": 1, "pipeline": 1, "data": 2, "zero_stage": 1}, "ck")

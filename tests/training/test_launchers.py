@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import deepspeed_launcher, run_train, scalars, write_run_config
+from conftest import deepspeed_launcher, run_env, run_train, scalars, write_run_config
 
 STEPS = 6
 
@@ -125,3 +125,23 @@ def test_tp2_pp2_four_processes_resume(single_process_run, tiny_corpus, tmp_path
     second = run_train(cfg, launcher=deepspeed_launcher(4))
     assert "resumed from" in second.stdout and "at step 3" in second.stdout
     _assert_same_training(single_process_run, scalars(tmp_path / "tp2pp2" / "tb"))
+
+
+def test_sbatch_example_script(single_process_run, tiny_corpus, tmp_path):
+    """examples/slurm/train.sbatch as users submit it (2 tasks on the one-node test cluster)."""
+    if not _slurm_up():
+        if os.environ.get("MEGASPARSE_REQUIRE_SLURM") == "1":
+            pytest.fail("MEGASPARSE_REQUIRE_SLURM=1 but no SLURM controller answers")
+        pytest.skip("no SLURM controller answers (tools/ci/start_slurm.sh starts one)")
+    from conftest import REPO
+
+    cfg = _config(tmp_path, tiny_corpus, "sbatch")
+    out = tmp_path / "job.out"
+    proc = subprocess.run(
+        ["sbatch", "--wait", "--ntasks=2", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", "--overcommit",
+         f"--output={out}", "--export=ALL", str(REPO / "examples" / "slurm" / "train.sbatch"), str(cfg)],
+        cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=600)
+    log = out.read_text() if out.exists() else ""
+    assert proc.returncode == 0, proc.stderr + log[-3000:]
+    assert "step      6/6" in log
+    _assert_same_training(single_process_run, scalars(tmp_path / "sbatch" / "tb"))

@@ -3,11 +3,10 @@
 ``list_checkpoints(path)`` accepts one checkpoint folder (``.../global_stepN`` with
 ``megasparse_meta.json``) or a checkpoint directory holding several; it returns them in step
 order with the tokens consumed at each (from the meta's ``progress``).
-``load_model(info)`` builds a :class:`Transformer` from the saved model config and loads the
-weights from DeepSpeed's ``mp_rank_00_model_states.pt`` (key ``module``: the state dict of
-``CausalLMLoss``, whose parameters are prefixed ``model.``).
-
-Only TP = PP = 1 checkpoints are read here; sharded layouts must be consolidated first.
+``load_model(info)`` builds a plain :class:`Transformer` from the saved model config and loads
+the weights, whatever TP × PP layout (and ZeRO stage 0–2) saved them: tensor-parallel shards are
+joined and pipeline pieces renamed by checkpoint_shards.py. ZeRO-3 checkpoints are refused with
+a pointer to DeepSpeed's ``zero_to_fp32.py``.
 """
 
 from __future__ import annotations
@@ -20,11 +19,12 @@ from typing import Any, Optional, Union
 import torch
 
 from megasparse.config import ModelConfig
+from megasparse.model.layers import LOCAL_LAYERS, LayerFactory
 from megasparse.model.transformer import Transformer
 from megasparse.training.checkpoint import META_FILE, TAG_PATTERN, CheckpointError
+from megasparse.training.checkpoint_shards import consolidated_state_dict, model_states_file
 
-MODEL_STATES_FILE = "mp_rank_00_model_states.pt"
-MODULE_PREFIX = "model."
+MODEL_STATES_FILE = model_states_file(0)
 
 
 @dataclass
@@ -75,14 +75,19 @@ def list_checkpoints(path: Union[str, Path]) -> list[CheckpointInfo]:
     return sorted((read_checkpoint_info(f) for f in folders), key=lambda c: c.step)
 
 
-def _check_layout(info: CheckpointInfo) -> None:
-    layout = info.meta.get("layout", {})
-    tp, pp = int(layout.get("tensor", 1)), int(layout.get("pipeline", 1))
-    if tp != 1 or pp != 1:
-        raise CheckpointError(
-            f"{info.path}: saved with tensor={tp}, pipeline={pp}; this reader handles TP=PP=1 checkpoints only; "
-            "consolidate it first (tools/convert_checkpoint.py)"
-        )
+@dataclass(frozen=True)
+class _LocalLayersPaddedForTP(LayerFactory):
+    """Plain local layers, with the vocabulary padded as the saved TP size padded it."""
+
+    saved_tensor_parallel: int = 1
+
+    @property
+    def tensor_parallel_size(self) -> int:
+        return self.saved_tensor_parallel
+
+
+def saved_tensor_parallel(info: CheckpointInfo) -> int:
+    return int(info.meta.get("layout", {}).get("tensor", 1))
 
 
 def _eod_for(info: CheckpointInfo, config: ModelConfig, eod_token_id: Optional[int]) -> Optional[int]:
@@ -98,21 +103,11 @@ def _eod_for(info: CheckpointInfo, config: ModelConfig, eod_token_id: Optional[i
 
 
 def load_state_dict(info: CheckpointInfo) -> dict[str, torch.Tensor]:
-    """The Transformer's state dict (``model.`` prefix stripped), on the CPU."""
-    _check_layout(info)
-    path = info.path / MODEL_STATES_FILE
-    if not path.exists():
-        raise CheckpointError(f"{path}: missing; the checkpoint holds no TP=PP=1 model states")
-    # DeepSpeed's model-states file holds tensors, plain containers and strings only (checked on
-    # deepspeed 0.19), so the safe unpickler reads it: no arbitrary code runs on load.
-    try:
-        states = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 — any unpickling failure means the same thing to the user
-        raise CheckpointError(f"{path}: cannot be read safely ({str(e).splitlines()[0][:200]})") from None
-    module = states.get("module") if isinstance(states, dict) else None
-    if not isinstance(module, dict):
-        raise CheckpointError(f"{path}: no 'module' state dict inside")
-    return {k[len(MODULE_PREFIX):] if k.startswith(MODULE_PREFIX) else k: v for k, v in module.items()}
+    """The plain Transformer's state dict (``model.`` prefix stripped, TP shards joined), on the CPU.
+
+    The embedding keeps the vocabulary padding of the saved TP size (a multiple of 128·TP rows).
+    """
+    return consolidated_state_dict(info.path, info.meta, info.model_config)
 
 
 def load_model(checkpoint: Union[CheckpointInfo, str, Path], device: Union[str, torch.device] = "cpu",
@@ -121,7 +116,12 @@ def load_model(checkpoint: Union[CheckpointInfo, str, Path], device: Union[str, 
     info = checkpoint if isinstance(checkpoint, CheckpointInfo) else read_checkpoint_info(checkpoint)
     config = info.model_config
     state = load_state_dict(info)
-    model = Transformer(config, device="meta", eod_token_id=_eod_for(info, config, eod_token_id))
+    # Built for the saved TP size's vocabulary padding: the padded rows took part in training's
+    # softmax, so keeping them gives exactly the trained model's probabilities.
+    tp = saved_tensor_parallel(info)
+    factory = LOCAL_LAYERS if tp == 1 else _LocalLayersPaddedForTP(tp)
+    model = Transformer(config, device="meta", eod_token_id=_eod_for(info, config, eod_token_id),
+                        layer_factory=factory)
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:

@@ -5,7 +5,7 @@ deepspeed launcher (same seed, fp32, same data), checkpointing after the step. T
 from the same full model and see the same samples, so after one step their weights agree with
 the one-process run up to float rounding — except where Adam's first step, ≈ lr·sign(g),
 flips on a gradient that is ≈ 0 and differs in rounding. A tiny learning rate bounds those
-flips, so the consolidated models' logits must match the one-process model's within 1e-5.
+flips, so the consolidated models' logits must match the one-process model's within ~1e-5.
 A wrong shard order or dimension would move whole rows by the init scale (~0.2).
 """
 
@@ -89,7 +89,8 @@ def test_consolidated_model_matches_one_process(checkpoints, reference, layout):
     with torch.no_grad():
         expected, got = reference(tokens), model(tokens)  # [b, s, V]
     assert got.shape == expected.shape
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    # Measured: TP layouts 6.7e-6 (logits up to ~13, a few ulps), PP2 exactly equal.
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5)
 
 
 def test_tp_shards_are_joined_along_the_partition_dim(checkpoints):

@@ -9,7 +9,8 @@ Where DeepSpeed puts the weights (checked on deepspeed 0.19; ``XX`` = TP rank, t
                      0 = embedding (``embed.weight``, written by stage 0 only: the last stage's
                      tied copy is the same tensor), 1..L = block NN-1, L+1 = final norm (and
                      the untied ``lm_head.weight``); the tied head piece holds no state
-    ZeRO-3           the module weights are partitioned over data-parallel ranks: refused
+    ZeRO-3           the module weights are partitioned over data-parallel ranks: refused,
+                     pointing at DeepSpeed's zero_to_fp32.py
 
 Tensor-parallel shards are joined along the dimension the TP layers split them on, read from
 the real layers (``partition_dim`` tags of megasparse/parallel/tensor_parallel.py) so this file
@@ -32,8 +33,16 @@ from megasparse.training.checkpoint import CheckpointError
 
 MODULE_PREFIX = "model."
 LAYER_FILE = re.compile(r"^layer_(\d+)(?:-model_(\d+))?-model_states\.pt$")
-ZERO3_HINT = ("its module weights are partitioned over data-parallel ranks (ZeRO-3); consolidate them "
-              "first with the zero_to_fp32.py script DeepSpeed writes into the checkpoint directory")
+
+
+def _zero3_error(folder: Path) -> CheckpointError:
+    # DeepSpeed's own consolidation unpickles the optimizer files with arbitrary code allowed
+    # (they are not weights_only-loadable), so this reader leaves it to the user, explicitly.
+    return CheckpointError(
+        f"{folder}: saved with ZeRO-3, whose module weights are partitioned over data-parallel ranks "
+        f"and cannot be read here; consolidate them with the zero_to_fp32.py script DeepSpeed wrote beside "
+        f"it (python {folder.parent / 'zero_to_fp32.py'} {folder.parent} OUT_DIR --tag {folder.name}), "
+        "or train with zero_stage 0-2 to get directly readable checkpoints")
 
 
 def model_states_file(tp_rank: int) -> str:
@@ -112,12 +121,12 @@ def consolidated_state_dict(folder: Path, meta: dict[str, Any], config: ModelCon
     layout = meta.get("layout", {})
     tp, pp = int(layout.get("tensor", 1)), int(layout.get("pipeline", 1))
     if int(layout.get("zero_stage", 0)) == 3:
-        raise CheckpointError(f"{folder}: {ZERO3_HINT}")
+        raise _zero3_error(folder)
     if pp > 1:
         shards = _pipeline_shards(folder, config.num_layers, tp)
     else:
         if not (folder / model_states_file(0)).exists() and any(folder.glob("zero_pp_rank_*_model_states.pt")):
-            raise CheckpointError(f"{folder}: {ZERO3_HINT}")
+            raise _zero3_error(folder)
         shards = {r: _module_shard(folder, r) for r in range(tp)}
     if tp == 1:
         return shards[0]

@@ -125,3 +125,37 @@ def test_measure_tool_runs_on_a_tp2_checkpoint_dir(checkpoints, tmp_path):
     r = records[0]
     assert 0 < r["cett"] < 1 and len(r["layer_activation_ratio"]) == 2
     assert 0 < r["activation_ratio"] < 1
+
+
+def test_measure_tool_refuses_zero3_in_one_line(checkpoints, tmp_path):
+    cmd = [sys.executable, str(REPO / "tools" / "measure_sparsity.py"), str(checkpoints["zero3"]),
+           "--data", str(checkpoints["corpus_valid"]), "--seq-length", "32", "--batches", "1",
+           "--micro-batch", "1", "--out", str(tmp_path / "m"), "--device", "cpu", "--no-progress"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_launch_helpers().run_env(), capture_output=True, text=True, timeout=300)
+    err = [line for line in proc.stderr.splitlines() if "measure_sparsity.py: error" in line]
+    assert proc.returncode == 2 and len(err) == 1 and "zero_to_fp32.py" in err[0] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_partition_dims_come_from_the_tensor_parallel_layers(tied):
+    from megasparse.config import ModelConfig
+    from megasparse.training.checkpoint_shards import partition_dims
+
+    cfg = ModelConfig(hidden_size=64, num_layers=2, ffn_size=160, head_dim=16, vocab_size=300, tie_embeddings=tied)
+    dims = partition_dims(cfg)
+    expected = {"embed.weight": 0}
+    for i in range(2):
+        expected.update({f"layers.{i}.attn.{p}_proj.weight": 0 for p in "qkv"})
+        expected.update({f"layers.{i}.mlp.gate_proj.weight": 0, f"layers.{i}.mlp.up_proj.weight": 0,
+                         f"layers.{i}.attn.o_proj.weight": 1, f"layers.{i}.mlp.down_proj.weight": 1})
+    if not tied:
+        expected["lm_head.weight"] = 0  # column-parallel over the vocabulary
+    assert dims == expected  # norms are replicated: absent
+
+
+def test_pipeline_pieces_map_to_plain_prefixes():
+    from megasparse.training.checkpoint_shards import pipeline_piece_prefix
+
+    assert [pipeline_piece_prefix(i, 3) for i in range(5)] == ["", "layers.0.", "layers.1.", "layers.2.", ""]
+    with pytest.raises(CheckpointError, match="pieces 0..4"):
+        pipeline_piece_prefix(5, 3)

@@ -87,6 +87,7 @@ class _LocalLayersPaddedForTP(LayerFactory):
 
 
 def saved_tensor_parallel(info: CheckpointInfo) -> int:
+    """The TP size the checkpoint was saved with (1 for metadata without a layout)."""
     return int(info.meta.get("layout", {}).get("tensor", 1))
 
 

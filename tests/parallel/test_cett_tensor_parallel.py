@@ -9,14 +9,12 @@ norm matrix only, so τ agree up to float rounding of h (at most one grid step; 
 from __future__ import annotations
 
 import json
-import os
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import cett_tp_checks
+from spawned_checks import merge_failures, spawn_and_collect
 from megasparse.sparsity.cett import candidate_thresholds, strided_entries
 
 WORLD = 2
@@ -25,36 +23,11 @@ DEADLINE_S = 180
 
 @pytest.fixture(scope="module")
 def cett_results(tmp_path_factory) -> dict:
-    tmp = tmp_path_factory.mktemp("cett_tp2")
-    init_file, out_dir = tmp / "init", tmp / "out"
-    out_dir.mkdir()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    ctx = mp.start_processes(cett_tp_checks.worker, args=(WORLD, str(init_file), str(out_dir)),
-                             nprocs=WORLD, start_method="spawn", join=False)
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        try:
-            if ctx.join(timeout=5):
-                break
-        except Exception:  # a rank died; its missing result file reports it below
-            break
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.terminate()
-            break
-    results: dict = {name: None for name, _ in cett_tp_checks.CHECKS}
-    numbers: dict = {}
-    for rank in range(WORLD):
-        path = out_dir / f"rank{rank}.json"
-        if not path.exists():
-            return {name: f"rank {rank} wrote no results (crashed or timed out)" for name in results}
-        doc = json.loads(path.read_text())
-        numbers[rank] = doc["numbers"]
-        for name, error in doc["results"].items():
-            if error is not None:
-                results[name] = (results[name] or "") + f"\n[rank {rank}] {error}"
-    print(json.dumps(numbers[0], indent=1))  # the measured gaps, visible with pytest -s
+    docs = spawn_and_collect(cett_tp_checks.worker, WORLD, tmp_path_factory.mktemp("cett_tp2"), DEADLINE_S)
+    results = merge_failures([name for name, _ in cett_tp_checks.CHECKS],
+                             [None if d is None else d["results"] for d in docs])
+    if docs[0] is not None:
+        print(json.dumps(docs[0]["numbers"], indent=1))  # the measured gaps, visible with pytest -s
     return results
 
 

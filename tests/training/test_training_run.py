@@ -122,7 +122,8 @@ def test_zero_stages_and_activation_checkpointing_train_the_same(straight_run, t
                                                                   zero_stage, checkpointing):
     """ZeRO stage and activation checkpointing change memory, not the computed trajectory."""
     straight_dir, _ = straight_run
-    cfg = write_run_config(tmp_path / "run.yaml", tiny_corpus, train={"steps": 4, "eval_interval": 0,
+    # Same steps (so the same sample order), stopped after 4 of them.
+    cfg = write_run_config(tmp_path / "run.yaml", tiny_corpus, train={"exit_after_steps": 4, "eval_interval": 0,
                            "activation_checkpointing": checkpointing},
                            parallel={"zero_stage": zero_stage}, sparsity={"cett_interval": 0},
                            logging={"dir": str(tmp_path / "tb"), "interval": 1})

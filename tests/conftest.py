@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
+
+# Triton decides interpreted-or-compiled when it is first imported, and some test modules import
+# it indirectly (megatron-core, torch's compiler) while pytest collects the whole tree. So this
+# is the one place early enough: without a GPU the kernels run in Triton's CPU interpreter.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from tiny_data import build_tiny_corpus
 

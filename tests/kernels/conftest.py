@@ -3,8 +3,8 @@ interpreter (``TRITON_INTERPRET=1``).
 
 Triton fixes interpreted-or-compiled when a function is *decorated*, and that includes its own
 standard library (``tl.sum``...), which is decorated when ``triton`` is first imported. So the
-variable must be set before anything imports triton: pytest imports this file while collecting
-``tests/kernels``, before our test modules (and, today, no other test module imports triton).
+variable must be set before anything imports triton: ``tests/conftest.py`` sets it, since pytest
+imports it before any test module; this file repeats it for runs rooted in ``tests/kernels``.
 
 Without a GPU we set it for the rest of the pytest process and leave it set: restoring it would
 not undo anything already imported, and on a machine without a GPU compiled Triton cannot run at

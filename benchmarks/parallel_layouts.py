@@ -13,20 +13,17 @@ examples:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_common import emit, median_after_first, run_training  # noqa: E402
 from megasparse.training.run_summary import read_scalars  # noqa: E402
 
 LAYOUT = re.compile(r"^(?:(?P<one>1)|(?:(?:tp(?P<tp>\d+))?(?:x?pp(?P<pp>\d+))?(?:x?dp(?P<dp>\d+))?)(?P<sp>-sp)?)(?P<weak>-weak)?$")
@@ -75,28 +72,17 @@ def run_layout(args, layout: dict, data: str, tokenizer: str, workdir: Path) -> 
         "checkpoint": {"dir": None},
         "logging": {"dir": str(run_dir / "tb"), "interval": args.log_interval},
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.yaml").write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(layout["gpus"]),
-           "--master_port", str(29500 + hash(layout["name"]) % 1000), "--module", "megasparse.train",
-           "--config", str(run_dir / "run.yaml")]
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    (run_dir / "log.txt").write_text(proc.stdout + proc.stderr)
+    proc = run_training(run_dir, cfg, layout["gpus"])
     if proc.returncode != 0:
         return {"layout": layout["name"], "error": (proc.stdout + proc.stderr)[-2500:]}
     s = read_scalars(run_dir / "tb")
 
-    def median_after_first(tag: str) -> float:
-        values = [v for _, v in s[tag]]
-        return statistics.median(values[1:] or values)
-
     return {
         "benchmark": "parallel_layouts", "model": args.model, **layout, "seq": args.seq,
         "micro_batch": args.micro_batch, "global_batch": args.global_batch, "steps": args.steps,
-        "tokens_per_sec": median_after_first("perf/tokens_per_sec"),
-        "tflops_per_gpu": median_after_first("perf/tflops_per_gpu"),
-        "mfu": median_after_first("perf/mfu") if "perf/mfu" in s else None,
+        "tokens_per_sec": median_after_first(s, "perf/tokens_per_sec"),
+        "tflops_per_gpu": median_after_first(s, "perf/tflops_per_gpu"),
+        "mfu": median_after_first(s, "perf/mfu") if "perf/mfu" in s else None,
         "max_allocated_gb": max(v for _, v in s["mem/max_allocated_gb"]),
         "loss": [v for _, v in s["train/loss"]],
         "activation_ratio_step1": s["sparsity/activation_ratio"][0][1] if s.get("sparsity/activation_ratio") else None,
@@ -133,11 +119,7 @@ def main() -> int:
                     r["step1_activation_ratio_equal"] = r["activation_ratio_step1"] == base["activation_ratio_step1"]
                 if layout["tensor"] == layout["pipeline"] == 1:
                     r["dp_weak_scaling_efficiency"] = r["tokens_per_sec"] / (layout["gpus"] * base["tokens_per_sec"])
-        line = json.dumps(r)
-        print(line, flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(line + "\n")
+        emit(r, args.out)
     return 0
 
 

@@ -12,21 +12,17 @@ examples:
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from megasparse.data.indexed_dataset import IndexedDatasetWriter  # noqa: E402
+from bench_common import emit, median_after_first, run_training  # noqa: E402
 from megasparse.training.run_summary import read_scalars  # noqa: E402
 
 
@@ -55,23 +51,13 @@ def run_one(args, mode: str, workdir: Path, data_prefix: Path) -> dict:
         "checkpoint": {"dir": None},
         "logging": {"dir": str(run_dir / "tb"), "interval": args.log_interval},
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.yaml").write_text(yaml.safe_dump(cfg))
-    if args.nproc > 1:
-        launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(args.nproc), "--module"]
-    else:
-        launcher = [sys.executable, "-m"]
-    cmd = launcher + ["megasparse.train", "--config", str(run_dir / "run.yaml")]
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    (run_dir / "log.txt").write_text(proc.stdout + proc.stderr)
+    proc = run_training(run_dir, cfg, args.nproc)
     if proc.returncode != 0:
         return {"model": args.model, "counters": mode, "error": (proc.stdout + proc.stderr)[-3000:]}
     s = read_scalars(run_dir / "tb")
 
     def median(tag: str) -> float:
-        values = [v for _, v in s[tag]][1:] or [v for _, v in s[tag]]
-        return statistics.median(values)
+        return median_after_first(s, tag)
 
     return {
         "benchmark": "train_throughput", "model": args.model, "activation": args.activation,
@@ -108,12 +94,7 @@ def main() -> int:
         needed = (args.steps + 2) * args.micro_batch * args.nproc * (args.seq + 1)
         synthetic_tokens(data_prefix, args.vocab, needed + 65536)
     for mode in args.counters:
-        result = run_one(args, mode, workdir, data_prefix)
-        line = json.dumps(result)
-        print(line, flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(line + "\n")
+        emit(run_one(args, mode, workdir, data_prefix), args.out)
     return 0
 
 

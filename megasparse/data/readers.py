@@ -22,7 +22,7 @@ import io
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence, Union
+from typing import Any, Iterator, NamedTuple, Sequence, Union
 
 # Why a record was skipped. These names are an interface: reports and tests use them.
 MALFORMED_JSON = "malformed_json"

@@ -99,11 +99,11 @@ def check_inputs(cfg: RunConfig) -> None:
 
     if not cfg.data.train:
         raise ConfigError("data.train is empty; give a .bin/.idx prefix, e.g. data.train=[out/corpus_text_document]")
-    for field in ("train", "valid"):
-        prefixes, _ = parse_blend(getattr(cfg.data, field), f"data.{field}")
+    for section in ("train", "valid"):
+        prefixes, _ = parse_blend(getattr(cfg.data, section), f"data.{section}")
         for prefix in prefixes:
             if not dataset_exists(prefix):
-                raise ConfigError(f"data.{field}: {prefix}.bin/.idx not found; fix the prefix or create the "
+                raise ConfigError(f"data.{section}: {prefix}.bin/.idx not found; fix the prefix or create the "
                                   "files with tools/preprocess_data.py")
     if cfg.data.tokenizer_model and not Path(cfg.data.tokenizer_model).is_file():
         raise ConfigError(f"data.tokenizer_model: {cfg.data.tokenizer_model} not found; train one with "

@@ -32,10 +32,7 @@ from megasparse.sparsity.inspect import SparseStats, dense_pass, measurement_mod
 from megasparse.sparsity.live_calibration import LiveCalibrator
 from megasparse.sparsity.ppl_search import evaluate_cett, search_cett_for_ppl
 
-# Padded vocab 128 for TP=1 and TP=2 alike, so the full models match (as tp_checks.TINY).
-TINY = dict(hidden_size=64, num_layers=2, head_dim=16, ffn_size=160, vocab_size=100,
-            pad_vocab_to_multiple_of=64)
-SEED = 11
+from tp_checks import SEED, TINY  # the same tiny model as the TP layer checks
 DEVICE = os.environ.get("MEGASPARSE_CETT_CHECK_DEVICE", "cpu")  # "cpu" (gloo) or "cuda" (NCCL)
 CETT_VALUES = (0.05, 0.15, 0.3)
 TOLERANCE = 1e-3  # CETT search bracket

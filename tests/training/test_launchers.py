@@ -67,11 +67,18 @@ def test_zero3_two_processes(single_process_run, tiny_corpus, tmp_path):
     _assert_same_training(single_process_run, scalars(tmp_path / "z3" / "tb"))
 
 
+def require(available: bool, what: str) -> None:
+    """Skips when a system component is missing, except in CI (which installs and starts it and
+    sets MEGASPARSE_REQUIRE_SLURM=1): there a missing component fails the test instead."""
+    if available:
+        return
+    if os.environ.get("MEGASPARSE_REQUIRE_SLURM") == "1":
+        pytest.fail(f"{what}, although CI installs and starts it (tools/ci/)")
+    pytest.skip(f"{what} (tools/ci/install_system_packages.sh and start_slurm.sh provide it)")
+
+
 def test_mpirun_two_processes(single_process_run, tiny_corpus, tmp_path):
-    if shutil.which("mpirun") is None:
-        if os.environ.get("MEGASPARSE_REQUIRE_SLURM") == "1":
-            pytest.fail("mpirun is missing although CI installs OpenMPI")
-        pytest.skip("OpenMPI is not installed (tools/ci/install_system_packages.sh)")
+    require(shutil.which("mpirun") is not None, "OpenMPI's mpirun is not installed")
     cfg = _config(tmp_path, tiny_corpus, "mpi")
     run_train(cfg, launcher=["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", "PYTHONPATH",
                              "-x", "OMP_NUM_THREADS", sys.executable, "-m"])
@@ -88,11 +95,7 @@ def _slurm_up() -> bool:
 
 
 def test_srun_two_tasks(single_process_run, tiny_corpus, tmp_path):
-    if not _slurm_up():
-        # CI starts SLURM (tools/ci/start_slurm.sh) and sets this, so there it fails instead.
-        if os.environ.get("MEGASPARSE_REQUIRE_SLURM") == "1":
-            pytest.fail("MEGASPARSE_REQUIRE_SLURM=1 but no SLURM controller answers")
-        pytest.skip("no SLURM controller answers (tools/ci/start_slurm.sh starts one)")
+    require(_slurm_up(), "no SLURM controller answers")
     cfg = _config(tmp_path, tiny_corpus, "slurm")
     run_train(cfg, launcher=["srun", "-n", "2", "--overcommit", "--export=ALL", sys.executable, "-m"])
     _assert_same_training(single_process_run, scalars(tmp_path / "slurm" / "tb"))
@@ -129,10 +132,7 @@ def test_tp2_pp2_four_processes_resume(single_process_run, tiny_corpus, tmp_path
 
 def test_sbatch_example_script(single_process_run, tiny_corpus, tmp_path):
     """examples/slurm/train.sbatch as users submit it (2 tasks on the one-node test cluster)."""
-    if not _slurm_up():
-        if os.environ.get("MEGASPARSE_REQUIRE_SLURM") == "1":
-            pytest.fail("MEGASPARSE_REQUIRE_SLURM=1 but no SLURM controller answers")
-        pytest.skip("no SLURM controller answers (tools/ci/start_slurm.sh starts one)")
+    require(_slurm_up(), "no SLURM controller answers")
     from conftest import REPO
 
     cfg = _config(tmp_path, tiny_corpus, "sbatch")

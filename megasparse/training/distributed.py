@@ -90,7 +90,28 @@ def init_distributed(device: torch.device, timeout_minutes: float = 10.0) -> Ran
     backend = "nccl" if device.type == "cuda" else "gloo"
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
                                timeout=timedelta(minutes=timeout_minutes))
+    release_cpu_allreduce_buffer()
     return info
+
+
+def release_cpu_allreduce_buffer() -> None:
+    """Removes the name of DeepSpeed's CPU shared-memory all-reduce buffer once all ranks hold it.
+
+    On the CPU, DeepSpeed's comm start-up creates one 66 MB POSIX shared-memory segment per rank
+    (``/dev/shm/deepspeed_allreduce_buffer_{uid}_{addr}_{port}_{rank}``) that every peer maps,
+    and never unlinks it: each run leaks world_size x 66 MB of RAM-backed tmpfs until reboot.
+    Once every rank has mapped its peers' segments (the barrier), unlinking the name is safe:
+    the mappings live on until the processes exit, and then the memory is returned.
+    """
+    if not dist.is_initialized() or dist.get_backend() != "gloo":
+        return
+    dist.barrier()
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{dist.get_rank()}")
+    try:
+        os.unlink(os.path.join("/dev/shm", name))
+    except FileNotFoundError:  # no shm op built (no compiler) or not Linux: nothing was leaked
+        pass
 
 
 def is_rank0() -> bool:

@@ -33,6 +33,7 @@ from megasparse.sparsity.counters import ActivationCounters, attach_counters
 from megasparse.sparsity.reduction import reduce_counters
 from megasparse.training import checkpoint as ckpt
 from megasparse.training.deepspeed_config import build_deepspeed_config
+from megasparse.training.distributed import release_cpu_allreduce_buffer
 from megasparse.training.lm_loss import CausalLMLoss
 from megasparse.training.pipeline_steps import PipelineSteps, stage_layer_ids
 from megasparse.training.schedule import build_scheduler
@@ -281,6 +282,7 @@ def main() -> None:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    release_cpu_allreduce_buffer()
     groups = ParallelGroups.build(tensor=args.tensor, pipeline=2)
     results: dict = {}
     suite, names = (Checks, CHECKS) if args.tensor == 1 else (TensorPipelineChecks, TP_CHECKS)

@@ -33,6 +33,7 @@ from megasparse.parallel import (
 )
 from megasparse.sparsity.counters import ActivationCounters, attach_counters
 from megasparse.sparsity.reduction import reduce_counters
+from megasparse.training.distributed import release_cpu_allreduce_buffer
 
 # Padded vocab 128 for TP=1 and TP=2 alike (multiple of 64·tp), so the full models match.
 TINY = dict(hidden_size=64, num_layers=2, head_dim=16, ffn_size=160, vocab_size=100,
@@ -244,6 +245,7 @@ def check_transformer_matches_tp1(g: ParallelGroups) -> None:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="gloo")  # adopts the existing process group
+    release_cpu_allreduce_buffer()
     saved, ds_groups.mpu = ds_groups.mpu, g.mpu()
     try:
         tp_norm = clip_grad_norm_(list(tp_model.parameters()), max_norm=1e9, mpu=g.mpu())

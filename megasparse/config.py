@@ -226,11 +226,6 @@ class RunConfig(_Section):
                 "pipeline's last stage computes the plain full-logits loss; set train.loss_chunk_tokens=0"
             )
         sp = self.sparsity
-        if sp.cett_interval and p.pipeline > 1:
-            raise ConfigError(
-                "sparsity.cett_interval with parallel.pipeline > 1: live calibration runs the whole model in "
-                "each process; set sparsity.cett_interval=0 and measure checkpoints offline"
-            )
         if sp.cett_interval and p.zero_stage == 3:
             raise ConfigError(
                 "sparsity.cett_interval with parallel.zero_stage=3: calibration reads whole weights, which "

@@ -80,7 +80,7 @@ def check_groups(group: Group, tp_group: Group) -> None:
                          "which also holds the tensor-parallel ranks")
 
 
-def _gather_values(values: torch.Tensor, group: Group, distributed: bool) -> torch.Tensor:
+def gather_values(values: torch.Tensor, group: Group, distributed: bool) -> torch.Tensor:
     """Concatenation (rank order) of every rank's 1-D ``values``, whatever their lengths."""
     if not distributed:
         return values
@@ -158,8 +158,8 @@ def candidate_thresholds(norms: torch.Tensor, num_candidates: int = NUM_CANDIDAT
     token_offset, global_tokens = _token_offset(block.shape[0], group, block.device)
     stride = max(1, global_tokens * full_f // SUBSAMPLE)
     sub = strided_entries(block, stride, token_offset * full_f + tp_rank * block.shape[1], full_f)
-    sub = _gather_values(sub, tp_group, tp > 1)
-    sub = _gather_values(sub, group, _distributed(group))
+    sub = gather_values(sub, tp_group, tp > 1)
+    sub = gather_values(sub, group, _distributed(group))
     lo = (block.min() if block.numel() else block.new_tensor(float("inf"))).reshape(1)
     _tp_all_reduce(lo, dist.ReduceOp.MIN, tp_group)
     _all_reduce(lo, dist.ReduceOp.MIN, group)

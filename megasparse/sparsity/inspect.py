@@ -15,6 +15,10 @@ Tensor parallelism: pass ``tp_group``. The model then returns vocabulary-sharded
 rank); h is this rank's neuron slice [b, s, f/tp] and masks act on it locally. The statistics a
 sparse pass returns are this rank's (local neurons); ``ppl_search`` reduces them over TP and DP.
 The model's count slots are detached for the duration (measurements never touch counters).
+
+Pipeline parallelism: ``model`` is this rank's stage; every stage calls the same pass on the
+same tokens. h, masks and statistics are those of the stage's own layers; the loss is the
+whole model's, the same on every stage.
 """
 
 from __future__ import annotations
@@ -31,13 +35,20 @@ from megasparse.kernels.gated_activation import activation_fn
 from megasparse.parallel.collectives import group_size
 from megasparse.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megasparse.sparsity.counters import counted_mlps
+from megasparse.sparsity.pipeline_forward import is_pipeline_stage, pipeline_lm_loss
 
 # keep(layer_position, h [b, s, f], s_or_None [b, s, f]) -> bool keep-mask [b, s, f]
 KeepFn = Callable[[int, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
 
 def lm_loss(model: nn.Module, tokens: torch.Tensor, tp_group=None) -> torch.Tensor:
-    """tokens [b, s+1] → mean next-token cross-entropy (fp32 scalar); vocab-parallel under TP."""
+    """tokens [b, s+1] → mean next-token cross-entropy (fp32 scalar); vocab-parallel under TP.
+
+    ``model`` may be one stage of a pipeline: the stages then pass activations on and all
+    return the last stage's loss (pipeline_forward.py); each stage's hooks see its own MLPs.
+    """
+    if is_pipeline_stage(model):
+        return pipeline_lm_loss(model, tokens)
     logits = model(tokens[:, :-1])  # [b, s, V], or [b, s, V/tp] under TP
     labels = tokens[:, 1:]  # [b, s]
     if group_size(tp_group) > 1:

@@ -21,6 +21,11 @@ Trainer wiring (sketch)::
 Under tensor parallelism every rank of a TP group calibrates together on the same batches and
 gets the same τ per layer (whole-layer thresholds, as one process would find on the same global
 batches); the counters of each rank divide it by its own W_down columns' norms.
+
+Under pipeline parallelism every stage calibrates its own layers while the batches flow
+through the whole pipeline (pipeline_forward.py): the PPL ratio is the whole model's, each
+stage finds τ for its layers, and the stages take every search decision together. The result
+is the one a single process finds on the same model and batches (tested).
 """
 
 from __future__ import annotations
@@ -33,18 +38,19 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from megasparse.sparsity.cett import NUM_CANDIDATES, check_groups
+from megasparse.sparsity.cett import NUM_CANDIDATES, gather_values, check_groups
 from megasparse.sparsity.counters import counted_mlps
+from megasparse.sparsity.pipeline_forward import StageAgreement
 from megasparse.sparsity.ppl_search import search_cett_for_ppl
 
 
 @dataclass
 class CalibrationResult:
     cett: float
-    layer_thresholds: torch.Tensor  # float32 [L] on the CPU, τ averaged over the batches
+    layer_thresholds: torch.Tensor  # float32 [L] ([L_stage] under PP) on the CPU, τ averaged over the batches
     ppl_ratio: float
-    activation_ratio: float
-    layer_activation_ratio: list[float]
+    activation_ratio: float  # whole model, all stages
+    layer_activation_ratio: list[float]  # [L], all stages
     seconds: float
 
     def scalars(self) -> dict[str, float]:
@@ -88,43 +94,50 @@ class LiveCalibrator:
         self.num_candidates = int(num_candidates)
         self.group = group
         self.tp_group = tp_group
+        self.pp_group: Optional[dist.ProcessGroup] = None  # set by for_groups under PP
+        self.pp_last_rank = -1
 
     @classmethod
     def for_groups(cls, batches: Sequence[torch.Tensor], groups, **kwargs) -> "LiveCalibrator":
-        """A calibrator over a :class:`megasparse.parallel.ParallelGroups` layout (TP × DP).
+        """A calibrator over a :class:`megasparse.parallel.ParallelGroups` layout (TP × PP × DP).
 
         ``batches`` are this rank's: its DP rank's share of the held-out set (the same on every
-        TP rank of a TP group). Pipeline parallelism is not supported yet: each stage holds other
-        layers and only the last stage has the loss, so the dense/sparse passes would have to
-        run through the pipeline schedule.
+        TP rank of a TP group and every stage of a pipeline).
         """
+        calibrator = cls(batches, group=groups.dp_group, tp_group=groups.tp_group if groups.tp_size > 1 else None,
+                         **kwargs)
         if groups.pp_size > 1:
-            raise ValueError("live CETT calibration does not support pipeline parallelism yet "
-                             "(parallel.pipeline > 1); set sparsity.cett_interval=0")
-        return cls(batches, group=groups.dp_group, tp_group=groups.tp_group if groups.tp_size > 1 else None,
-                   **kwargs)
+            calibrator.pp_group, calibrator.pp_last_rank = groups.pp_group, groups.pp_ranks[-1]
+        return calibrator
 
     def calibrate(self, model: nn.Module) -> CalibrationResult:
         start = time.perf_counter()
         mlps = counted_mlps(model)
         slots = [m.count_slot for m in mlps]
         was_training = model.training
+        device = next(model.parameters()).device
+        stages = None
+        if self.pp_group is not None:
+            stages = StageAgreement(self.pp_group, self.pp_last_rank, device)
         try:
             for m in mlps:  # belt and braces: measurement_mode detaches them too
                 m.count_slot = None
             result = search_cett_for_ppl([model], [self.batches], self.p, self.tolerance,
                                          num_candidates=self.num_candidates, group=self.group,
-                                         tp_group=self.tp_group)
+                                         tp_group=self.tp_group, stages=stages)
         finally:
             for m, slot in zip(mlps, slots):
                 m.count_slot = slot
             model.train(was_training)
         ev = result.evaluations[0]
+        layer_ratio = ev.stats.layer_activation_ratio()  # [L], or [L_stage] under PP
+        if self.pp_group is not None:  # the whole model's layers, in stage order
+            layer_ratio = gather_values(layer_ratio.to(device), self.pp_group, distributed=True).cpu()
         return CalibrationResult(
             cett=result.cett,
             layer_thresholds=ev.layer_thresholds.float().cpu(),
             ppl_ratio=result.ppl_ratio,
-            activation_ratio=ev.activation_ratio,
-            layer_activation_ratio=[float(r) for r in ev.stats.layer_activation_ratio()],
+            activation_ratio=float(layer_ratio.mean()),
+            layer_activation_ratio=[float(r) for r in layer_ratio],
             seconds=time.perf_counter() - start,
         )

@@ -18,6 +18,9 @@ result depends only on the global batches, not on the DP or TP sizes (up to floa
 Under TP the losses are the vocab-parallel cross-entropy; kept counts are summed over the
 neurons of the TP ranks and the tokens of the DP ranks, tokens counted once per TP group;
 per-neuron counts are gathered over TP into the full [L, f].
+Under pipeline parallelism each model is this rank's stage: thresholds and statistics cover
+the stage's layers ([L_stage]), losses and ratios are the whole model's (inspect.py), and
+``stages`` keeps the stages' decisions in step.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from megasparse.sparsity.cett import (
     layer_thresholds_for_cett,
 )
 from megasparse.sparsity.inspect import SparseStats, dense_pass, measurement_mode, sparse_pass
+from megasparse.sparsity.pipeline_forward import StageAgreement
 
 
 @dataclass
@@ -190,9 +194,12 @@ class DenseCache:
     recompute (a recomputation runs collectives under tensor parallelism).
     """
 
-    def __init__(self, budget_bytes: int):
+    def __init__(self, budget_bytes: int, stages: Optional[StageAgreement] = None):
         self.budget = int(budget_bytes)
         self.entries: dict = {}
+        # Under pipeline parallelism a dense pass runs through every stage, so all stages must
+        # keep (or recompute) the same batches although their layers' sizes differ.
+        self.stages = stages
 
     def get(self, index: int):
         return self.entries.get(index)
@@ -203,7 +210,8 @@ class DenseCache:
         return 3 * sum(h.numel() * 4 for h in dense.hs)
 
     def fits(self, dense) -> bool:
-        return self._cost(dense) <= self.budget
+        fits = self._cost(dense) <= self.budget
+        return fits if self.stages is None else self.stages.all(fits)
 
     def keep(self, index: int, dense, searches: list) -> None:
         self.budget -= self._cost(dense)
@@ -214,12 +222,15 @@ def search_cett_for_ppl(models: Sequence[nn.Module], batch_sets: Sequence[Sequen
                         p: float = 1.0, tolerance: float = 1e-3, *,
                         num_candidates: int = NUM_CANDIDATES, group: Group = None, tp_group: Group = None,
                         on_step: Optional[Callable[[float, float], None]] = None,
-                        final_per_neuron: bool = False, dense_cache_bytes: int = 1 << 30) -> PPLSearchResult:
+                        final_per_neuron: bool = False, dense_cache_bytes: int = 1 << 30,
+                        stages: Optional[StageAgreement] = None) -> PPLSearchResult:
     """Bisect c ∈ [0, 1] so that the mean PPL ratio over ``models`` reaches ``1 + p/100``.
 
     ``batch_sets[i]`` are the validation batches of ``models[i]`` (usually the same list).
     ``on_step(c, ratio)`` is called after every trial (progress bars, logs).
     ``dense_cache_bytes`` bounds the memory spent keeping dense passes between trials (per model).
+    ``stages``: under pipeline parallelism (each model a stage), keeps the stages' bisection
+    and caching decisions identical.
     """
     if len(models) == 0 or len(models) != len(batch_sets):
         raise ValueError(f"need one batch set per model (got {len(models)} models, {len(batch_sets)} sets)")
@@ -227,13 +238,14 @@ def search_cett_for_ppl(models: Sequence[nn.Module], batch_sets: Sequence[Sequen
         raise ValueError(f"tolerance must be > 0, got {tolerance}")
     target = 1.0 + p / 100.0
 
-    caches = [DenseCache(dense_cache_bytes) for _ in models]
+    caches = [DenseCache(dense_cache_bytes, stages) for _ in models]
 
     def mean_ratio(c: float) -> float:
         evals = [evaluate_cett(m, b, c, num_candidates=num_candidates, group=group, tp_group=tp_group,
                                dense_cache=cache)
                  for m, b, cache in zip(models, batch_sets, caches)]
-        return sum(e.ppl_ratio for e in evals) / len(evals)
+        ratio = sum(e.ppl_ratio for e in evals) / len(evals)
+        return ratio if stages is None else stages.value(ratio)
 
     low, high, iterations, history = 0.0, 1.0, 0, []
     while high - low > tolerance:

@@ -30,6 +30,7 @@ from megasparse.model.transformer import Transformer
 from megasparse.parallel import ParallelGroups
 from megasparse.parallel.pipeline_model import build_pipeline_module, pipeline_engine_config, plain_parameter_names
 from megasparse.sparsity.counters import ActivationCounters, attach_counters
+from megasparse.sparsity.live_calibration import LiveCalibrator
 from megasparse.sparsity.reduction import reduce_counters
 from megasparse.training import checkpoint as ckpt
 from megasparse.training.deepspeed_config import build_deepspeed_config
@@ -120,6 +121,31 @@ def pipeline_engine(cfg, groups, activation_checkpointing: bool):
 
 def close(a: float, b: float, rtol: float, what: str) -> None:
     assert abs(a - b) <= rtol * max(1.0, abs(b)), f"{what}: pipeline {a!r} vs plain {b!r}"
+
+
+def compare_live_calibration(cfg, groups: ParallelGroups, p: float) -> None:
+    """Live CETT-PPL-p% on this rank's pipeline stage equals the plain model's, run alone.
+
+    Both are built fresh from the same seed (identical weights, see the first check); the plain
+    model is calibrated by this process alone (the DP group has one rank here), the stages
+    together, batches flowing through the pipeline.
+    """
+    batches = [torch.from_numpy(np.stack(token_samples(8, with_eod=True)[i:i + MBS])) for i in (0, MBS, 2 * MBS)]
+    module = build_pipeline_module(cfg, groups, device="cpu", eod_token_id=EOD, activation_checkpointing=False)
+    staged = LiveCalibrator.for_groups(batches, groups, p=p, tolerance=1e-3, num_candidates=4096).calibrate(module)
+    plain = Transformer(cfg.model, seed=SEED, eod_token_id=EOD)
+    alone = LiveCalibrator(batches, p=p, tolerance=1e-3, num_candidates=4096, group=groups.dp_group).calibrate(plain)
+    assert 0.01 < alone.cett < 0.99, f"search pinned at an end ({alone.cett}): the comparison would be weak"
+    # Same model, same batches, same operations: the same bisection path and the same values.
+    assert staged.cett == alone.cett, f"CETT {staged.cett} vs plain {alone.cett}"
+    close(staged.ppl_ratio, alone.ppl_ratio, 1e-6, "PPL ratio")
+    ids = stage_layer_ids(module)
+    assert torch.allclose(staged.layer_thresholds, alone.layer_thresholds[ids], rtol=1e-5, atol=0), \
+        f"stage layers {ids}: tau {staged.layer_thresholds.tolist()} vs plain {alone.layer_thresholds[ids].tolist()}"
+    assert len(staged.layer_activation_ratio) == MODEL["num_layers"], "activation ratios of every stage's layers"
+    for layer, (a, b) in enumerate(zip(staged.layer_activation_ratio, alone.layer_activation_ratio)):
+        close(a, b, 1e-6, f"layer {layer} activation ratio")
+    close(staged.activation_ratio, alone.activation_ratio, 1e-6, "activation ratio")
 
 
 # ------------------------------------------------------------------------------------- checks
@@ -240,6 +266,10 @@ class Checks:
         for step, (a, b) in enumerate(losses, 1):
             close(a, b, 1e-4 if step > 1 else 1e-6, f"step {step} loss (activation checkpointing)")
 
+    def check_live_calibration_matches_plain_model(self) -> None:
+        """Within-document attention: (hidden, document ids) tuples cross the stage boundary."""
+        compare_live_calibration(run_config(attention_within_document=True), self.g, p=1.0)
+
 
 class TensorPipelineChecks:
     """TP=2 × PP=2 on 4 ranks, with sequence parallelism and activation checkpointing."""
@@ -267,6 +297,10 @@ class TensorPipelineChecks:
         losses += [(steps.train_step(), reference.step()) for _ in range(2)]
         for step, (a, b) in enumerate(losses, 1):
             close(a, b, 1e-4 if step > 1 else 1e-6, f"step {step} loss (TP x PP)")
+
+    def check_live_calibration_matches_plain_model(self) -> None:
+        """Each TP rank of a stage passes its own sequence slice on (sequence parallelism)."""
+        compare_live_calibration(run_config(tensor=2, sequence_parallel=True), self.g, p=1.0)
 
 
 CHECKS = [name for name in vars(Checks) if name.startswith("check_")]

@@ -120,26 +120,37 @@ def test_tensor_parallel_two_processes(single_process_run, tiny_corpus, tmp_path
     run_train(cfg, launcher=deepspeed_launcher(2))
     tp = scalars(tmp_path / name / "tb")
     _assert_same_training(single_process_run, tp)
-    # Live CETT under TP (DP=1: the same held-out batches as one process): the same search
-    # result up to the bisection tolerance (1e-3) — τ may move by one grid step.
-    for (s1, a), (s2, b) in zip(single_process_run["sparsity/cett/value"], tp["sparsity/cett/value"]):
-        assert s1 == s2 and abs(a - b) <= 2e-3, f"CETT value at step {s1}: {a} vs {b}"
+    _assert_same_calibration(single_process_run, tp)
+
+
+def _assert_same_calibration(reference, other):
+    """Live CETT with DP=1 (the same held-out batches as one process): the same search result up
+    to the bisection tolerance (1e-3), since τ may move by one grid step between layouts."""
+    assert [s for s, _ in other["sparsity/cett/value"]] == [3, 6]
+    for tag in ("sparsity/cett/value", "sparsity/cett/calibration_activation_ratio"):
+        for (s1, a), (s2, b) in zip(reference[tag], other[tag]):
+            assert s1 == s2 and abs(a - b) <= 2e-3, f"{tag} at step {s1}: {a} vs {b}"
 
 
 def test_pipeline_parallel_two_processes(single_process_run, tiny_corpus, tmp_path):
-    cfg = _config(tmp_path, tiny_corpus, "pp", cett_interval=0, pipeline=2)
-    run_train(cfg, launcher=deepspeed_launcher(2))
-    _assert_same_training(single_process_run, scalars(tmp_path / "pp" / "tb"))
+    cfg = _config(tmp_path, tiny_corpus, "pp", pipeline=2)
+    proc = run_train(cfg, launcher=deepspeed_launcher(2))
+    assert "cett calibration at step 3" in proc.stdout
+    pp = scalars(tmp_path / "pp" / "tb")
+    _assert_same_training(single_process_run, pp)
+    _assert_same_calibration(single_process_run, pp)
 
 
 def test_tp2_pp2_four_processes_resume(single_process_run, tiny_corpus, tmp_path):
-    """TP2 × PP2 on 4 ranks, killed after 3 steps and resumed in the same layout."""
-    cfg = _config(tmp_path, tiny_corpus, "tp2pp2", cett_interval=0, tensor=2, pipeline=2)
+    """TP2 × PP2 on 4 ranks with live CETT, killed after 3 steps and resumed in the same layout."""
+    cfg = _config(tmp_path, tiny_corpus, "tp2pp2", tensor=2, pipeline=2)
     first = run_train(cfg, "--set", "train.exit_after_steps=3", launcher=deepspeed_launcher(4))
     assert "exit_after_steps=3 reached at step 3" in first.stdout
     second = run_train(cfg, launcher=deepspeed_launcher(4))
     assert "resumed from" in second.stdout and "at step 3" in second.stdout
-    _assert_same_training(single_process_run, scalars(tmp_path / "tp2pp2" / "tb"))
+    tp2pp2 = scalars(tmp_path / "tp2pp2" / "tb")
+    _assert_same_training(single_process_run, tp2pp2)
+    _assert_same_calibration(single_process_run, tp2pp2)
 
 
 def test_sbatch_example_script(single_process_run, tiny_corpus, tmp_path):

@@ -68,8 +68,9 @@ def list_checkpoints(path: Union[str, Path]) -> list[CheckpointInfo]:
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a directory; give a checkpoint folder or a run's checkpoint directory")
     folders = [c for c in path.iterdir() if TAG_PATTERN.match(c.name) and (c / META_FILE).exists()]
-    if not folders and (path / "ckpt").is_dir():  # a run folder whose checkpoints live in ckpt/
-        return list_checkpoints(path / "ckpt")
+    for sub in ("checkpoints", "ckpt"):  # a run folder whose checkpoints live one level down
+        if not folders and (path / sub).is_dir():
+            return list_checkpoints(path / sub)
     if not folders:
         raise CheckpointError(f"{path}: no complete checkpoints (global_stepN folders with {META_FILE}) found")
     return sorted((read_checkpoint_info(f) for f in folders), key=lambda c: c.step)

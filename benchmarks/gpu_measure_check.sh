@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# On a GPU machine: tools/measure_sparsity.py on CUDA against the same command on the CPU's
+# recorded output, then the kernel tests (their GPU-only cases included).
+#
+#   bash benchmarks/gpu_measure_check.sh CARRY OUT
+#
+# CARRY holds relu/checkpoints/global_step{100,150} (model states + megasparse files of the
+# quickstart ReLU run) and data/bundled-valid_text_document.{bin,idx}; OUT receives the
+# measurement folder and logs. Wheels for DeepSpeed and pydantic come from .whl/ (see README).
+set -u
+CARRY=${1:?carry folder}
+OUT=${2:?output folder}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+start=$(date +%s%N)
+python3 tools/measure_sparsity.py "$CARRY/relu" --data "$CARRY/data/bundled-valid_text_document" \
+    --batches 4 --micro-batch 4 --last-k 2 --device cuda --no-progress --out "$OUT/measure_gpu" \
+    > "$OUT/measure_gpu.log" 2>&1
+rc=$?; echo "measure_sparsity rc=$rc ms=$(( ($(date +%s%N) - start) / 1000000 ))" | tee -a "$OUT/measure_gpu.log"
+tail -4 "$OUT/measure_gpu.log"
+timeout 75 python3 -m pytest -q -p no:cacheprovider tests/kernels > "$OUT/kernel_tests.log" 2>&1
+echo "kernel tests rc=$?"; tail -3 "$OUT/kernel_tests.log"

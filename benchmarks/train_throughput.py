@@ -7,6 +7,7 @@ one JSON line per run (the median of the logged windows after the first, which h
 examples:
   python benchmarks/train_throughput.py --model 0.1b --micro-batch 8 --steps 30
   python benchmarks/train_throughput.py --model 1.2b --micro-batch 4 --counters off reference triton
+  python benchmarks/train_throughput.py --model 0.1b --micro-batch 16 --loss-chunk-tokens 8192 --compile
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def synthetic_tokens(prefix: Path, vocab: int, tokens: int, doc_len: int = 65536
 def run_one(args, mode: str, workdir: Path, data_prefix: Path) -> dict:
     """mode: "off" (no counters), "reference" (PyTorch counters) or "triton" (fused kernel)."""
     counters = mode != "off"
-    run_dir = workdir / f"{args.model}-mbs{args.micro_batch}-counters-{mode}"
+    variant = (f"-chunk{args.loss_chunk_tokens}" if args.loss_chunk_tokens else "") + ("-compiled" if args.compile else "")
+    run_dir = workdir / f"{args.model}-mbs{args.micro_batch}-counters-{mode}{variant}"
     cfg = {
         "base": str(REPO / "configs" / "model" / f"{args.model}.yaml"),
         "model": {"vocab_size": args.vocab, "activation": args.activation},
@@ -45,6 +47,7 @@ def run_one(args, mode: str, workdir: Path, data_prefix: Path) -> dict:
         "train": {"micro_batch_size": args.micro_batch, "global_batch_size": args.micro_batch * args.nproc,
                   "steps": args.steps, "eval_interval": 0,
                   "activation_checkpointing": args.activation_checkpointing,
+                  "loss_chunk_tokens": args.loss_chunk_tokens, "compile": args.compile,
                   "schedule": {"kind": "constant", "warmup_steps": 0}},
         "sparsity": {"counters": counters, "counter_impl": mode if counters else "auto",
                      "histogram_interval": 1000000},
@@ -63,6 +66,7 @@ def run_one(args, mode: str, workdir: Path, data_prefix: Path) -> dict:
         "benchmark": "train_throughput", "model": args.model, "activation": args.activation,
         "micro_batch": args.micro_batch, "seq": args.seq, "vocab": args.vocab, "gpus": args.nproc,
         "counters": mode, "activation_checkpointing": args.activation_checkpointing,
+        "loss_chunk_tokens": args.loss_chunk_tokens, "compile": args.compile,
         "steps": args.steps, "tokens_per_sec": median("perf/tokens_per_sec"),
         "tflops_per_gpu": median("perf/tflops_per_gpu"),
         "mfu": median("perf/mfu") if "perf/mfu" in s else None,
@@ -82,6 +86,9 @@ def main() -> int:
     p.add_argument("--log-interval", type=int, default=5)
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--loss-chunk-tokens", type=int, default=0,
+                   help="train.loss_chunk_tokens: head + cross-entropy in chunks of this many tokens (0: off)")
+    p.add_argument("--compile", action="store_true", help="train.compile: torch.compile RMSNorm and rotary")
     p.add_argument("--counters", nargs="+", default=["off", "reference"], choices=["off", "reference", "triton"],
                    help="counter modes to run: off, the PyTorch reference, the fused Triton kernel")
     p.add_argument("--workdir", default=None)

@@ -132,6 +132,9 @@ class TrainConfig(_Section):
     # Output head + cross-entropy in chunks of this many tokens, never materialising the full
     # [tokens, vocab] logits (megasparse/kernels/linear_cross_entropy.py); 0 = all logits at once.
     loss_chunk_tokens: int = Field(0, ge=0)
+    # torch.compile the elementwise regions (every RMSNorm, the rotary embedding) into fused
+    # kernels (megasparse/model/compile_regions.py); the first steps pay the compilation.
+    compile: bool = False
     eval_interval: int = Field(0, ge=0)  # 0 disables periodic evaluation
     eval_steps: int = Field(10, gt=0)  # global batches per evaluation (same samples for any layout)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)

@@ -29,6 +29,8 @@ class Attention(nn.Module):
         self.k_proj = factory.column(d, a)
         self.v_proj = factory.column(d, a)
         self.o_proj = factory.row(a, d)
+        # A plain attribute (not a submodule) so compile_regions.py can swap in a compiled copy.
+        self.rotary = apply_rotary
 
     def forward(
         self,
@@ -45,7 +47,7 @@ class Attention(nn.Module):
         q = q.view(b, s, -1, self.head_dim).transpose(1, 2)
         k = k.view(b, s, -1, self.head_dim).transpose(1, 2)
         v = v.view(b, s, -1, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = self.rotary(q, cos, sin), self.rotary(k, cos, sin)
         if attention_mask is None:
             # Fast path: lets SDPA pick the flash kernel.
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)

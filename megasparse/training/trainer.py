@@ -23,6 +23,7 @@ import torch.distributed as dist
 from megasparse.config import ConfigError, RunConfig
 from megasparse.data.loader import MicroBatchLoader, build_datasets
 from megasparse.data.tokenizer import Tokenizer
+from megasparse.model.compile_regions import compile_regions
 from megasparse.model.flops import flops_per_token
 from megasparse.model.mup import mup_param_groups
 from megasparse.model.transformer import Transformer
@@ -155,6 +156,9 @@ class Trainer:
             if hasattr(mlp, "counter_impl"):
                 mlp.counter_impl = cfg.sparsity.counter_impl
         attach_counters(self.model, self.counters if cfg.sparsity.counters else None)
+        if cfg.train.compile:
+            compiled = compile_regions(self.model)
+            self.log.line(f"compiled regions: {compiled['rms_norm']} RMSNorm, {compiled['rotary']} rotary")
         self.counter_groups = self.groups.counter_groups()
 
         import deepspeed

@@ -16,6 +16,8 @@ fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 J="$OUT/mfu_sweep.jsonl"
+# The elementwise kernels first (their raw JSON was not kept from the first run).
+python3 benchmarks/gated_activation_bench.py > "$OUT/gated_activation.jsonl" 2> "$OUT/gated_activation.err" || true
 ours() {  # model micro-batch extra-flags...
   local model=$1 mbs=$2; shift 2
   python3 benchmarks/train_throughput.py --model "$model" --micro-batch "$mbs" --steps 15 --log-interval 5 \

@@ -229,12 +229,6 @@ class RunConfig(_Section):
                 "pipeline's last stage computes the plain full-logits loss; set train.loss_chunk_tokens=0"
             )
         sp = self.sparsity
-        if sp.cett_interval and p.zero_stage == 3:
-            raise ConfigError(
-                "sparsity.cett_interval with parallel.zero_stage=3: calibration reads whole weights, which "
-                "ZeRO-3 partitions; use ZeRO 0-2, or set sparsity.cett_interval=0 and measure offline "
-                "with tools/measure_sparsity.py"
-            )
         if sp.cett_interval and sp.cett_interval % self.logging.interval:
             raise ConfigError(
                 f"sparsity.cett_interval={sp.cett_interval} is not a multiple of logging.interval="

@@ -22,6 +22,7 @@ from torch import nn
 
 from megasparse.kernels.gated_activation import CountTarget
 from megasparse.model.recompute import in_recompute
+from megasparse.sparsity.full_weights import full_copies
 
 
 class ActivationCounters:
@@ -125,5 +126,9 @@ def attach_counters(model: nn.Module, counters: Optional[ActivationCounters]) ->
 
 
 def down_projection_weights(model: nn.Module) -> list[torch.Tensor]:
-    """W_down of each counted MLP, [d, f_local], in layer order."""
-    return [m.down_proj.weight for m in counted_mlps(model)]
+    """W_down of each counted MLP, [d, f_local], in layer order.
+
+    Under ZeRO-3 these are whole copies gathered from the data-parallel ranks (a collective:
+    every rank calls it), since the parameters themselves are empty outside their forward.
+    """
+    return full_copies([m.down_proj.weight for m in counted_mlps(model)])

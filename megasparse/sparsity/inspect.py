@@ -35,6 +35,7 @@ from megasparse.kernels.gated_activation import activation_fn
 from megasparse.parallel.collectives import group_size
 from megasparse.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megasparse.sparsity.counters import counted_mlps
+from megasparse.sparsity.full_weights import full_shape
 from megasparse.sparsity.pipeline_forward import is_pipeline_stage, pipeline_lm_loss
 
 # keep(layer_position, h [b, s, f], s_or_None [b, s, f]) -> bool keep-mask [b, s, f]
@@ -150,7 +151,7 @@ def sparse_pass(model: nn.Module, mlps: list[nn.Module], tokens: torch.Tensor, k
     Under TP (``tp_group``) the statistics cover this rank's neurons only: ``ffn_size`` and the
     per-neuron counts are local, a token's ratio is over the local neurons.
     """
-    f = mlps[0].down_proj.weight.shape[1]
+    f = full_shape(mlps[0].down_proj.weight)[1]
     n_layers = len(mlps)
     stats = SparseStats(n_layers, f)
     kept_layer = torch.zeros(n_layers, dtype=torch.int64)

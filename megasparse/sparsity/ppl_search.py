@@ -45,6 +45,7 @@ from megasparse.sparsity.cett import (
     down_column_norms,
     layer_thresholds_for_cett,
 )
+from megasparse.sparsity.full_weights import full_copies
 from megasparse.sparsity.inspect import SparseStats, dense_pass, measurement_mode, sparse_pass
 from megasparse.sparsity.pipeline_forward import StageAgreement
 
@@ -94,8 +95,8 @@ def evaluate_cett(model: nn.Module, batches: Sequence[torch.Tensor], cett: float
     dense, sparse, ratios, taus = [], [], [], []
     total: Optional[SparseStats] = None
     with measurement_mode(model) as mlps:
-        col_norms = [down_column_norms(m.down_proj.weight) for m in mlps]  # [f/tp] each
-        weights = [m.down_proj.weight for m in mlps]
+        weights = full_copies([m.down_proj.weight for m in mlps])  # [d, f/tp] each (gathered under ZeRO-3)
+        col_norms = [down_column_norms(w) for w in weights]  # [f/tp] each
         for index, tokens in enumerate(batches):
             tokens = tokens.to(device)
             cached = dense_cache.get(index) if dense_cache is not None else None

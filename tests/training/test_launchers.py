@@ -57,26 +57,43 @@ def _leaked_cpu_allreduce_buffers(launcher: list[str]) -> list[str]:
             if n.startswith("deepspeed_allreduce_buffer_") and f"_{port}_" in n]
 
 
-def test_deepspeed_launcher_two_processes(single_process_run, tiny_corpus, tmp_path):
-    cfg = _config(tmp_path, tiny_corpus, "ds")
+@pytest.fixture(scope="module")
+def dp2_run(tiny_corpus, tmp_path_factory):
+    """DP2 under the deepspeed launcher (ZeRO-1): the reference for other DP2 layouts."""
+    d = tmp_path_factory.mktemp("dp2")
+    cfg = _config(d, tiny_corpus, "ds")
     launcher = deepspeed_launcher(2)
     proc = run_train(cfg, launcher=launcher)
+    return cfg, launcher, proc, scalars(d / "ds" / "tb")
+
+
+def test_deepspeed_launcher_two_processes(single_process_run, dp2_run):
+    cfg, launcher, proc, dp2 = dp2_run
     assert "step      6/6" in proc.stdout
     # DeepSpeed's CPU shared-memory all-reduce leaves a 66 MB tmpfs segment per rank behind
     # unless the trainer unlinks it; a test suite of launches used to fill the RAM that way.
     if "shm_comm" in proc.stdout:
         assert _leaked_cpu_allreduce_buffers(launcher) == []
     assert "cett calibration at step 3" in proc.stdout
-    _assert_same_training(single_process_run, scalars(tmp_path / "ds" / "tb"))
+    _assert_same_training(single_process_run, dp2)
     # Resume in the same layout picks up the last checkpoint and has nothing left to do.
     again = run_train(cfg, launcher=deepspeed_launcher(2))
     assert "resumed from" in again.stdout and "at step 6" in again.stdout
 
 
-def test_zero3_two_processes(single_process_run, tiny_corpus, tmp_path):
-    cfg = _config(tmp_path, tiny_corpus, "z3", cett_interval=0, zero_stage=3)
-    run_train(cfg, launcher=deepspeed_launcher(2))
-    _assert_same_training(single_process_run, scalars(tmp_path / "z3" / "tb"))
+def test_zero3_two_processes(single_process_run, dp2_run, tiny_corpus, tmp_path):
+    """ZeRO-3 partitions every weight; live CETT gathers W_down and finds what ZeRO-1 finds."""
+    cfg = _config(tmp_path, tiny_corpus, "z3", zero_stage=3)
+    proc = run_train(cfg, launcher=deepspeed_launcher(2))
+    assert "cett calibration at step 3" in proc.stdout
+    z3 = scalars(tmp_path / "z3" / "tb")
+    _assert_same_training(single_process_run, z3)
+    # The same DP2 layout holds the same held-out batches: the same calibration, and the
+    # threshold counts (refreshed from the gathered W_down every step) match too.
+    _assert_same_calibration(dp2_run[3], z3)
+    assert len(z3["sparsity/cett/activation_ratio"]) >= 3, "threshold counts logged after the first calibration"
+    for (s1, a), (s2, b) in zip(dp2_run[3]["sparsity/cett/activation_ratio"], z3["sparsity/cett/activation_ratio"]):
+        assert s1 == s2 and abs(a - b) <= 2e-3, f"CETT-threshold activation at step {s1}: {a} vs {b}"
 
 
 def require(available: bool, what: str) -> None:
@@ -124,8 +141,8 @@ def test_tensor_parallel_two_processes(single_process_run, tiny_corpus, tmp_path
 
 
 def _assert_same_calibration(reference, other):
-    """Live CETT with DP=1 (the same held-out batches as one process): the same search result up
-    to the bisection tolerance (1e-3), since τ may move by one grid step between layouts."""
+    """Live CETT on the same held-out batches (the same DP size): the same search result up to
+    the bisection tolerance (1e-3), since τ may move by one grid step between layouts."""
     assert [s for s, _ in other["sparsity/cett/value"]] == [3, 6]
     for tag in ("sparsity/cett/value", "sparsity/cett/calibration_activation_ratio"):
         for (s1, a), (s2, b) in zip(reference[tag], other[tag]):

@@ -170,6 +170,19 @@ def test_tp2_pp2_four_processes_resume(single_process_run, tiny_corpus, tmp_path
     _assert_same_calibration(single_process_run, tp2pp2)
 
 
+def test_tp2_dp2_zero2_and_zero3_four_processes(single_process_run, tiny_corpus, tmp_path):
+    """TP2 × DP2 under ZeRO-2 (gradients sharded over DP) and ZeRO-3 (weights too), live CETT on."""
+    runs = {}
+    for zero_stage in (2, 3):
+        name = f"tp2dp2z{zero_stage}"
+        cfg = _config(tmp_path, tiny_corpus, name, tensor=2, zero_stage=zero_stage)
+        run_train(cfg, launcher=deepspeed_launcher(4))
+        runs[zero_stage] = scalars(tmp_path / name / "tb")
+        _assert_same_training(single_process_run, runs[zero_stage])
+    # Both hold the same held-out batches (DP2), so they calibrate alike.
+    _assert_same_calibration(runs[2], runs[3])
+
+
 def test_sbatch_example_script(single_process_run, tiny_corpus, tmp_path):
     """examples/slurm/train.sbatch as users submit it (2 tasks on the one-node test cluster)."""
     require(_slurm_up(), "no SLURM controller answers")

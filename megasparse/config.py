@@ -82,7 +82,9 @@ class ParallelConfig(_Section):
     sequence_parallel: bool = False
     zero_stage: int = Field(1, ge=0, le=3)
     # Pipeline: number of micro-batches in flight is the gradient-accumulation count.
-    pipeline_partition: Literal["uniform", "parameters"] = "parameters"
+    # "uniform": the same number of transformer blocks per stage; "parameters": balanced
+    # parameter counts (can leave an end stage with only the embedding or head: refused).
+    pipeline_partition: Literal["uniform", "parameters"] = "uniform"
 
 
 BlendEntry = Union[str, tuple[float, str]]

@@ -17,23 +17,26 @@ import torch
 from torch import nn
 
 from megasparse.model.attention import Attention
-from megasparse.model.norm import RMSNorm
+from megasparse.model.norm import RMSNorm, rms_norm
 from megasparse.model.rotary import apply_rotary
 
 
 def compile_regions(model: nn.Module) -> dict[str, int]:
-    """Compiles every RMSNorm and every attention's rotary embedding of ``model`` in place.
+    """Points every RMSNorm and every attention of ``model`` at compiled functions, in place.
 
-    Parameter names, state dicts and checkpoints are unchanged (``nn.Module.compile`` wraps the
-    call, not the module). Returns how many regions of each kind were compiled.
+    The modules keep their parameters, names and hooks; only the function their forward calls
+    changes. Each function is compiled once for all layers (weights are its inputs, so layers
+    share one graph), and module hooks — ZeRO-3's parameter gathering among them — run outside
+    the compiled code. Returns how many modules of each kind now use compiled code.
     """
-    rotary = torch.compile(apply_rotary, dynamic=False)  # one compiled function for all layers
+    # One compiled function each for all layers.
+    norm, rotary = torch.compile(rms_norm, dynamic=False), torch.compile(apply_rotary, dynamic=False)
     compiled = {"rms_norm": 0, "rotary": 0}
     for module in model.modules():
         # Exactly RMSNorm: the sequence-parallel subclass all-reduces its weight gradient in
         # an autograd function, a collective that stays out of compiled regions.
         if type(module) is RMSNorm:
-            module.compile(dynamic=False)
+            module.norm_fn = norm
             compiled["rms_norm"] += 1
         elif isinstance(module, Attention):
             module.rotary = rotary

@@ -19,7 +19,8 @@ from torch import nn
 from megasparse.config import ModelConfig
 from megasparse.model.roles import parameter_roles
 
-_GROUP_OF_ROLE = {"embedding": "embedding", "head": "embedding", "norm": "norm", "matrix": "matrix"}
+# Two groups, by hyperparameters: the roles of one group share lr scale and weight decay.
+_GROUP_OF_ROLE = {"embedding": "unscaled", "head": "unscaled", "norm": "unscaled", "matrix": "matrix"}
 
 
 def mup_param_groups(
@@ -32,16 +33,22 @@ def mup_param_groups(
 ) -> list[dict[str, Any]]:
     """Groups ``model``'s trainable parameters for a torch optimizer.
 
-    Returns dicts with keys ``name`` ("embedding" | "norm" | "matrix"), ``params``,
-    ``lr_scale``, ``weight_decay`` and, when ``lr`` is given, ``lr`` = lr · lr_scale.
-    Empty groups (e.g. a pipeline stage without the embedding) are left out.
+    Returns dicts with keys ``name`` ("unscaled": embeddings, norms, an untied head; "matrix":
+    every other matrix), ``params``, ``lr_scale``, ``weight_decay`` and, when ``lr`` is given,
+    ``lr`` = lr · lr_scale. An empty group is left out.
+
+    Why two groups and not one per role: DeepSpeed's ZeRO optimizer all-reduces the gradient
+    norm once per group over the whole model-parallel group, pipeline stages included, so every
+    stage must hold the same number of groups. Every stage with a transformer block holds norms
+    and matrices, but only the first and last hold embeddings: one group per role would give a
+    middle stage one group fewer, and the pipeline would deadlock in the first optimizer step.
     """
     roles = parameter_roles(model)
-    params: dict[str, list[nn.Parameter]] = {"embedding": [], "norm": [], "matrix": []}
+    params: dict[str, list[nn.Parameter]] = {"unscaled": [], "matrix": []}
     for name, param in model.named_parameters():
         if param.requires_grad:
             params[_GROUP_OF_ROLE[roles[name]]].append(param)
-    lr_scale = {"embedding": 1.0, "norm": 1.0, "matrix": 1.0 / config.scale_width}
+    lr_scale = {"unscaled": 1.0, "matrix": 1.0 / config.scale_width}
     groups = []
     for group_name, group_params in params.items():
         if not group_params:

@@ -6,6 +6,13 @@ import torch
 from torch import nn
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``weight ⊙ x / sqrt(mean(x²) + eps)`` over the last dimension: [..., d] -> [..., d]."""
+    x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # fp32 (or fp64 if given)
+    inv_rms = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return weight * (x32 * inv_rms).to(x.dtype)
+
+
 class RMSNorm(nn.Module):
     """``weight ⊙ x / sqrt(mean(x²) + eps)`` over the last dimension.
 
@@ -18,11 +25,11 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(size))
+        # A plain attribute (not a submodule) so compile_regions.py can swap in a compiled copy.
+        self.norm_fn = rms_norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., d] -> [..., d]
-        x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # fp32 (or fp64 if given)
-        inv_rms = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return self.weight * (x32 * inv_rms).to(x.dtype)
+        return self.norm_fn(x, self.weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from megasparse.config import ModelConfig
+from megasparse.config import ConfigError, ModelConfig
 from megasparse.model.block import Block
 from megasparse.model.documents import document_causal_mask, document_ids, document_position_ids
 from megasparse.model.init import init_parameters
@@ -287,7 +287,7 @@ def build_pipeline_module(cfg: "RunConfig", groups: "ParallelGroups", *, device:
     factory = tensor_parallel_layer_factory(groups, cfg.parallel.sequence_parallel)
     specs = layer_specs(model_cfg, factory, seed=cfg.train.seed, device=device, eod_token_id=eod_token_id)
     module_class = _pipeline_module_class()
-    return module_class(
+    module = module_class(
         layers=specs,
         topology=groups.deepspeed_topology(),
         loss_fn=NextTokenLoss(groups.tp_group if groups.tp_size > 1 else None),
@@ -296,6 +296,29 @@ def build_pipeline_module(cfg: "RunConfig", groups: "ParallelGroups", *, device:
         activation_checkpoint_func=recompute_in_backward,
         checkpointable_layers=[BLOCK_CLASS_NAME],
     )
+    _check_every_stage_has_blocks(module, groups, cfg.parallel.pipeline_partition, device)
+    return module
+
+
+def _check_every_stage_has_blocks(module: nn.Module, groups: "ParallelGroups", partition: str, device: Device) -> None:
+    """Refuses a partition that leaves a stage without transformer blocks (collective).
+
+    Such a stage holds only the embedding or the head, hence different optimizer parameter
+    groups from the others, and DeepSpeed's per-group gradient-norm reduction over the stages
+    would deadlock; it would also do almost no work.
+    """
+    import torch.distributed as dist
+
+    mine = torch.tensor([sum(isinstance(m, TransformerBlockPipe) for m in module.children())],
+                        dtype=torch.int64, device=device)
+    counts = [torch.zeros_like(mine) for _ in range(groups.pp_size)]
+    dist.all_gather(counts, mine, group=groups.pp_group)
+    empty = [stage for stage, n in enumerate(counts) if int(n) == 0]
+    if empty:
+        raise ConfigError(
+            f"parallel.pipeline_partition={partition} leaves pipeline stage(s) {', '.join(map(str, empty))} "
+            f"without a transformer block (blocks per stage: {[int(n) for n in counts]}); "
+            "use parallel.pipeline_partition=uniform or fewer stages")
 
 
 def pipeline_engine_config(cfg: "RunConfig") -> dict:

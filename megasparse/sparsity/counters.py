@@ -22,7 +22,7 @@ from torch import nn
 
 from megasparse.kernels.gated_activation import CountTarget
 from megasparse.model.recompute import in_recompute
-from megasparse.sparsity.full_weights import full_copies
+from megasparse.sparsity.full_weights import column_norms
 
 
 class ActivationCounters:
@@ -57,11 +57,15 @@ class ActivationCounters:
         self.neuron_thresholds = None
 
     @torch.no_grad()
-    def refresh_neuron_thresholds(self, down_weights: list[torch.Tensor]) -> None:
-        """Recomputes τ_l / ‖W_down[:, i]‖₂ from the down projections (one [d, f_local] per local layer)."""
+    def refresh_neuron_thresholds(self, column_norms: list[torch.Tensor]) -> None:
+        """Recomputes τ_l / ‖W_down[:, i]‖₂ from the down projections' column norms (one
+        [f_local] per local layer, from :func:`down_projection_column_norms`)."""
         if self.layer_thresholds is None:
             return
-        norms = torch.stack([w.detach().float().norm(dim=0) for w in down_weights])  # [L_local, f_local]
+        if not column_norms:  # a pipeline stage without transformer blocks
+            self.neuron_thresholds = torch.empty(0, self.ffn_size, device=self.active.device)
+            return
+        norms = torch.stack([n.float().to(self.active.device) for n in column_norms])  # [L_local, f_local]
         # A zero column contributes nothing however large h is: it can never be active.
         self.neuron_thresholds = torch.where(norms > 0, self.layer_thresholds[:, None] / norms,
                                              torch.full_like(norms, float("inf")))
@@ -125,10 +129,10 @@ def attach_counters(model: nn.Module, counters: Optional[ActivationCounters]) ->
         mlp.count_slot = counters.slot(counters.layer_ids.index(mlp.layer_index))
 
 
-def down_projection_weights(model: nn.Module) -> list[torch.Tensor]:
-    """W_down of each counted MLP, [d, f_local], in layer order.
+def down_projection_column_norms(model: nn.Module) -> list[torch.Tensor]:
+    """‖W_down[:, i]‖₂ of each counted MLP, float32 [f_local] each, in layer order.
 
-    Under ZeRO-3 these are whole copies gathered from the data-parallel ranks (a collective:
+    Under ZeRO-3 each W_down is gathered from the data-parallel ranks in turn (a collective:
     every rank calls it), since the parameters themselves are empty outside their forward.
     """
-    return full_copies([m.down_proj.weight for m in counted_mlps(model)])
+    return column_norms([m.down_proj.weight for m in counted_mlps(model)])

@@ -3,10 +3,12 @@
 Under ZeRO-3 a parameter outside its module's forward is an empty placeholder: each rank holds a
 flat 1/DP slice (``ds_tensor``), and DeepSpeed gathers the whole tensor only while the owning
 module runs. The measurements read W_down directly (column norms for thresholds, the tail error
-of CETT), so they need it gathered. Without ZeRO-3 every function here is a no-op.
+of CETT), so they need it gathered. Without ZeRO-3 nothing is gathered or copied.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -21,16 +23,33 @@ def full_shape(param: torch.Tensor) -> torch.Size:
     return torch.Size(param.ds_shape) if is_partitioned(param) else param.shape
 
 
+def whole(param: torch.Tensor):
+    """A context in which ``param`` holds its whole tensor: a no-op, or a ZeRO-3 gather (collective)."""
+    if not is_partitioned(param):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([param], modifier_rank=None)
+
+
 def full_copies(params: list[torch.Tensor]) -> list[torch.Tensor]:
     """The parameters themselves, or, under ZeRO-3, detached whole copies gathered from all ranks.
 
     Collective under ZeRO-3: every rank of the data-parallel group must call it with the same
-    parameters. The copies stay valid after DeepSpeed partitions the parameters again (they
-    cost the memory of the gathered tensors until dropped).
+    parameters. One parameter is gathered at a time, so the peak is the copies plus one
+    gathered tensor; the copies stay valid after DeepSpeed partitions the parameters again.
     """
-    if not any(is_partitioned(p) for p in params):
-        return list(params)
-    import deepspeed
+    copies = []
+    for p in params:
+        with whole(p):
+            copies.append(p.detach().clone() if is_partitioned(p) else p)
+    return copies
 
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-        return [p.detach().clone() for p in params]
+
+def column_norms(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """‖W[:, i]‖₂ per column of each 2-D parameter, float32 [f] each (gathered one by one under ZeRO-3)."""
+    norms = []
+    for p in params:
+        with whole(p):
+            norms.append(p.detach().float().norm(dim=0))
+    return norms

@@ -95,7 +95,11 @@ def evaluate_cett(model: nn.Module, batches: Sequence[torch.Tensor], cett: float
     dense, sparse, ratios, taus = [], [], [], []
     total: Optional[SparseStats] = None
     with measurement_mode(model) as mlps:
-        weights = full_copies([m.down_proj.weight for m in mlps])  # [d, f/tp] each (gathered under ZeRO-3)
+        weights = dense_cache.weights if dense_cache is not None else None
+        if weights is None:  # [d, f/tp] each; whole copies under ZeRO-3, gathered once per search
+            weights = full_copies([m.down_proj.weight for m in mlps])
+            if dense_cache is not None:
+                dense_cache.weights = weights
         col_norms = [down_column_norms(w) for w in weights]  # [f/tp] each
         for index, tokens in enumerate(batches):
             tokens = tokens.to(device)
@@ -198,6 +202,7 @@ class DenseCache:
     def __init__(self, budget_bytes: int, stages: Optional[StageAgreement] = None):
         self.budget = int(budget_bytes)
         self.entries: dict = {}
+        self.weights: Optional[list] = None  # W_down of every layer (whole copies under ZeRO-3)
         # Under pipeline parallelism a dense pass runs through every stage, so all stages must
         # keep (or recompute) the same batches although their layers' sizes differ.
         self.stages = stages

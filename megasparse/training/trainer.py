@@ -27,7 +27,7 @@ from megasparse.model.compile_regions import compile_regions
 from megasparse.model.flops import flops_per_token
 from megasparse.model.mup import mup_param_groups
 from megasparse.model.transformer import Transformer
-from megasparse.sparsity.counters import ActivationCounters, attach_counters, down_projection_weights
+from megasparse.sparsity.counters import ActivationCounters, attach_counters, down_projection_column_norms
 from megasparse.parallel import ParallelGroups, tensor_parallel_layer_factory
 from megasparse.parallel.pipeline_model import build_pipeline_module, pipeline_engine_config
 from megasparse.training.pipeline_steps import PipelineSteps, stage_layer_ids
@@ -258,7 +258,7 @@ class Trainer:
     def train_step(self) -> tuple[float, float]:
         """One optimizer step; returns (loss averaged over micro-batches and DP ranks, stop flag)."""
         if self.counters.layer_thresholds is not None:
-            self.counters.refresh_neuron_thresholds(down_projection_weights(self.model))
+            self.counters.refresh_neuron_thresholds(down_projection_column_norms(self.model))
         stop = torch.tensor(1.0 if self.stop.received is not None else 0.0, device=self.device)
         if self.pipe_steps is not None:
             # The engine runs the 1F1B schedule; the loss comes back the same on every rank.
@@ -286,7 +286,7 @@ class Trainer:
         attach_counters(self.model, self.eval_counters)
         self.eval_counters.reset()
         if self.eval_counters.layer_thresholds is not None:
-            self.eval_counters.refresh_neuron_thresholds(down_projection_weights(self.model))
+            self.eval_counters.refresh_neuron_thresholds(down_projection_column_norms(self.model))
         loader = MicroBatchLoader(self.valid_data, self.cfg.train.micro_batch_size, self.dp_rank, self.dp_size)
         micro_steps = self.cfg.train.eval_steps * self.grad_accum
         if self.pipe_steps is not None:

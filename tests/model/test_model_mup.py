@@ -82,18 +82,18 @@ def test_param_groups_scale_matrix_lr(make_config):
     config = make_config(hidden_size=128, head_dim=32, ffn_size=320)  # scale_width = 0.5
     model = Transformer(config)
     groups = {g["name"]: g for g in mup_param_groups(model, config, weight_decay=0.1, lr=0.01)}
-    assert set(groups) == {"embedding", "norm", "matrix"}
-    assert groups["embedding"]["params"] == [model.embed.weight]
-    assert len(groups["norm"]["params"]) == 2 * 2 + 1
+    assert set(groups) == {"unscaled", "matrix"}
+    assert groups["unscaled"]["params"][0] is model.embed.weight
+    assert len(groups["unscaled"]["params"]) == 1 + 2 * 2 + 1  # the embedding and every norm
     assert len(groups["matrix"]["params"]) == 2 * 7  # q, k, v, o, gate, up, down per layer
     assert groups["matrix"]["lr_scale"] == 2.0 and groups["matrix"]["lr"] == 0.02
-    assert groups["embedding"]["lr"] == groups["norm"]["lr"] == 0.01
+    assert groups["unscaled"]["lr"] == 0.01
     assert all(g["weight_decay"] == 0.1 for g in groups.values())  # the paper decays all groups
     # Every parameter in exactly one group, and torch's optimizer accepts the groups as they are.
     grouped = [p for g in groups.values() for p in g["params"]]
     assert len(grouped) == len({id(p) for p in grouped}) == len(list(model.parameters()))
     optimizer = torch.optim.AdamW(list(groups.values()), lr=1.0)
-    assert sorted(g["lr"] for g in optimizer.param_groups) == [0.01, 0.01, 0.02]
+    assert sorted(g["lr"] for g in optimizer.param_groups) == [0.01, 0.02]
 
 
 def test_param_groups_untied_head_and_no_decay_option(make_config):
@@ -102,7 +102,8 @@ def test_param_groups_untied_head_and_no_decay_option(make_config):
     found = mup_param_groups(model, config, weight_decay=0.1, decay_norms_and_embeddings=False)
     groups = {g["name"]: g for g in found}
     embedding_like = {id(model.embed.weight), id(model.lm_head.weight)}
-    assert {id(p) for p in groups["embedding"]["params"]} == embedding_like
-    assert groups["embedding"]["weight_decay"] == groups["norm"]["weight_decay"] == 0.0
+    unscaled = {id(p) for p in groups["unscaled"]["params"]}
+    assert embedding_like < unscaled and len(unscaled) == 2 + 2 * 2 + 1  # and every norm
+    assert groups["unscaled"]["weight_decay"] == 0.0
     assert groups["matrix"]["weight_decay"] == 0.1
     assert "lr" not in groups["matrix"]

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 from megasparse.config import ModelConfig
 from megasparse.model.transformer import Transformer
-from megasparse.sparsity.counters import ActivationCounters, attach_counters, down_projection_weights
+from megasparse.sparsity.counters import ActivationCounters, attach_counters, down_projection_column_norms
 from megasparse.sparsity.reduction import CounterGroups, reduce_counters
 
 
@@ -53,7 +53,7 @@ def test_counts_equal_brute_force(activation):
     # τ in the middle of each layer's |h|·‖w‖ range, so both outcomes occur.
     tau = torch.tensor([0.02, 0.03, 0.025])
     counters.set_layer_thresholds(tau)
-    counters.refresh_neuron_thresholds(down_projection_weights(model))
+    counters.refresh_neuron_thresholds(down_projection_column_norms(model))
     attach_counters(model, counters)
     with torch.no_grad():
         model(tokens)

@@ -52,7 +52,7 @@ def test_training_counters_and_mode_are_untouched():
     assert [m.count_slot for m in model.mlps()] == slots
     # The trainer then counts with the calibrated τ.
     counters.set_layer_thresholds(result.layer_thresholds)
-    counters.refresh_neuron_thresholds([m.down_proj.weight for m in model.mlps()])
+    counters.refresh_neuron_thresholds([m.down_proj.weight.norm(dim=0) for m in model.mlps()])
     with torch.no_grad():
         model(batch[:, :-1])
     assert int(counters.tokens[0]) == 2 * before["t"][0]

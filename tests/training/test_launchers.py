@@ -19,7 +19,7 @@ from conftest import deepspeed_launcher, run_env, run_train, scalars, write_run_
 STEPS = 6
 
 
-def _config(tmp_path, corpus, name: str, cett_interval: int = 3, **parallel):
+def _config(tmp_path, corpus, name: str, cett_interval: int = 3, model: dict | None = None, **parallel):
     return write_run_config(
         tmp_path / f"{name}.yaml", corpus,
         train={"steps": STEPS, "eval_interval": 3, "eval_steps": 2},
@@ -27,6 +27,7 @@ def _config(tmp_path, corpus, name: str, cett_interval: int = 3, **parallel):
         parallel={"zero_stage": 1, **parallel},
         checkpoint={"dir": str(tmp_path / name / "ckpt"), "interval": 3, "keep_last": 1},
         logging={"dir": str(tmp_path / name / "tb"), "interval": 1},
+        model=model or {},
     )
 
 
@@ -156,6 +157,28 @@ def test_pipeline_parallel_two_processes(single_process_run, tiny_corpus, tmp_pa
     pp = scalars(tmp_path / "pp" / "tb")
     _assert_same_training(single_process_run, pp)
     _assert_same_calibration(single_process_run, pp)
+
+
+def test_pp4_four_processes(tiny_corpus, tmp_path):
+    """PP4: the middle stages hold no embedding (other optimizer groups than the ends would, if
+    groups were per role); training and live CETT still equal one process."""
+    model = {"num_layers": 4}
+    single = _config(tmp_path, tiny_corpus, "pp4-single", model=model)
+    run_train(single)
+    cfg = _config(tmp_path, tiny_corpus, "pp4", model=model, pipeline=4)
+    proc = run_train(cfg, launcher=deepspeed_launcher(4), timeout=300)
+    assert "cett calibration at step 3" in proc.stdout
+    reference, pp4 = scalars(tmp_path / "pp4-single" / "tb"), scalars(tmp_path / "pp4" / "tb")
+    _assert_same_training(reference, pp4)
+    _assert_same_calibration(reference, pp4)
+    # Balancing parameters puts the 512×32 embedding and the tied head alone on the end stages:
+    # refused in one line, not a deadlock.
+    small = {"num_layers": 4, "hidden_size": 32, "ffn_size": 80, "head_dim": 16}
+    cfg = _config(tmp_path, tiny_corpus, "pp4-param", model=small, pipeline=4, pipeline_partition="parameters")
+    refused = run_train(cfg, launcher=deepspeed_launcher(4), timeout=300, check=False)
+    assert refused.returncode != 0
+    assert ("error: parallel.pipeline_partition=parameters leaves pipeline stage(s) 0, 3 without a transformer "
+            "block (blocks per stage: [0, 2, 2, 0])") in refused.stderr, refused.stderr[-3000:]
 
 
 def test_tp2_pp2_four_processes_resume(single_process_run, tiny_corpus, tmp_path):

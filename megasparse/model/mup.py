@@ -20,6 +20,7 @@ from megasparse.config import ModelConfig
 from megasparse.model.roles import parameter_roles
 
 # Two groups, by hyperparameters: the roles of one group share lr scale and weight decay.
+GROUP_NAMES = ("unscaled", "matrix")  # recorded in checkpoints: optimizer state follows them
 _GROUP_OF_ROLE = {"embedding": "unscaled", "head": "unscaled", "norm": "unscaled", "matrix": "matrix"}
 
 
@@ -44,7 +45,7 @@ def mup_param_groups(
     middle stage one group fewer, and the pipeline would deadlock in the first optimizer step.
     """
     roles = parameter_roles(model)
-    params: dict[str, list[nn.Parameter]] = {"unscaled": [], "matrix": []}
+    params: dict[str, list[nn.Parameter]] = {name: [] for name in GROUP_NAMES}
     for name, param in model.named_parameters():
         if param.requires_grad:
             params[_GROUP_OF_ROLE[roles[name]]].append(param)

@@ -141,6 +141,21 @@ def check_layout(meta: dict[str, Any], expected: dict[str, Any], where: str) -> 
             )
 
 
+# Checkpoints written before the groups were recorded used one group per parameter role.
+_UNRECORDED_GROUPS = ["embedding", "norm", "matrix"]
+
+
+def check_optimizer_groups(meta: dict[str, Any], expected: list[str], where: str) -> None:
+    """Refuses optimizer state saved with other parameter groups than this version trains with."""
+    saved = meta.get("optimizer_groups", _UNRECORDED_GROUPS)
+    if list(saved) != expected:
+        raise CheckpointError(
+            f"{where}: its optimizer state has parameter groups {saved}, this version trains with {expected}; "
+            "it cannot be resumed: start a new run in another checkpoint.dir "
+            "(tools/measure_sparsity.py still reads its weights)"
+        )
+
+
 def load_checkpoint(engine, ckpt_dir: str, tag: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Loads DeepSpeed state into the engine; returns (progress, this rank's state)."""
     path, client = engine.load_checkpoint(ckpt_dir, tag=tag, load_optimizer_states=True,

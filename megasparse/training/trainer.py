@@ -25,7 +25,7 @@ from megasparse.data.loader import MicroBatchLoader, build_datasets
 from megasparse.data.tokenizer import Tokenizer
 from megasparse.model.compile_regions import compile_regions
 from megasparse.model.flops import flops_per_token
-from megasparse.model.mup import mup_param_groups
+from megasparse.model.mup import GROUP_NAMES, mup_param_groups
 from megasparse.model.transformer import Transformer
 from megasparse.sparsity.counters import ActivationCounters, attach_counters, down_projection_column_norms
 from megasparse.parallel import ParallelGroups, tensor_parallel_layer_factory
@@ -231,6 +231,7 @@ class Trainer:
         ckpt_dir, tag = found
         meta = ckpt.read_meta(ckpt_dir, tag)
         ckpt.check_layout(meta, self._layout(), str(Path(ckpt_dir) / tag))
+        ckpt.check_optimizer_groups(meta, list(GROUP_NAMES), str(Path(ckpt_dir) / tag))
         progress, rank_state = ckpt.load_checkpoint(self.engine, ckpt_dir, tag)
         self.progress = Progress(**progress)
         self.loader.load_state_dict(rank_state["loader"])
@@ -242,7 +243,8 @@ class Trainer:
         c = self.cfg.checkpoint
         if not c.dir:
             return
-        meta = {"model": self.cfg.model.model_dump(), "layout": self._layout(), "run": self.cfg.model_dump(mode="json")}
+        meta = {"model": self.cfg.model.model_dump(), "layout": self._layout(), "run": self.cfg.model_dump(mode="json"),
+                "optimizer_groups": list(GROUP_NAMES)}
         rank_state = {"loader": self.loader.state_dict(), "counters": self.counters.state_dict()}
         tag = ckpt.save_checkpoint(self.engine, c.dir, self.progress.step, self.progress.as_dict(), rank_state,
                                    meta, c.keep_last)

@@ -65,3 +65,13 @@ def test_layout_mismatch_is_refused():
     meta = {"layout": {"world_size": 2, "tensor": 2, "pipeline": 1, "data": 1, "zero_stage": 1}}
     with pytest.raises(ckpt.CheckpointError, match="saved with tensor=2, this run has tensor=1"):
         ckpt.check_layout(meta, {"world_size": 2, "tensor": 1, "pipeline": 1, "data": 2, "zero_stage": 1}, "ck")
+
+
+def test_optimizer_state_with_other_parameter_groups_is_refused():
+    from megasparse.model.mup import GROUP_NAMES
+
+    ckpt.check_optimizer_groups({"optimizer_groups": list(GROUP_NAMES)}, list(GROUP_NAMES), "ck")
+    # Checkpoints from before the groups were recorded had one group per role.
+    with pytest.raises(ckpt.CheckpointError,
+                       match=r"ck: its optimizer state has parameter groups \['embedding', 'norm', 'matrix'\]"):
+        ckpt.check_optimizer_groups({}, list(GROUP_NAMES), "ck")

@@ -27,6 +27,12 @@ def whole(param: torch.Tensor):
     """A context in which ``param`` holds its whole tensor: a no-op, or a ZeRO-3 gather (collective)."""
     if not is_partitioned(param):
         return contextlib.nullcontext()
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    if getattr(param, "ds_persist", False) and param.ds_status is ZeroParamStatus.AVAILABLE:
+        # A persistent parameter (ZeRO-3 keeps small ones whole on every rank for good):
+        # gathering would partition it on exit, and the next forward would gather it back.
+        return contextlib.nullcontext()
     import deepspeed
 
     return deepspeed.zero.GatheredParameters([param], modifier_rank=None)

@@ -19,7 +19,8 @@ from conftest import deepspeed_launcher, run_env, run_train, scalars, write_run_
 STEPS = 6
 
 
-def _config(tmp_path, corpus, name: str, cett_interval: int = 3, model: dict | None = None, **parallel):
+def _config(tmp_path, corpus, name: str, cett_interval: int = 3, model: dict | None = None,
+            deepspeed: dict | None = None, **parallel):
     return write_run_config(
         tmp_path / f"{name}.yaml", corpus,
         train={"steps": STEPS, "eval_interval": 3, "eval_steps": 2},
@@ -28,6 +29,7 @@ def _config(tmp_path, corpus, name: str, cett_interval: int = 3, model: dict | N
         checkpoint={"dir": str(tmp_path / name / "ckpt"), "interval": 3, "keep_last": 1},
         logging={"dir": str(tmp_path / name / "tb"), "interval": 1},
         model=model or {},
+        deepspeed=deepspeed or {},
     )
 
 
@@ -84,7 +86,10 @@ def test_deepspeed_launcher_two_processes(single_process_run, dp2_run):
 
 def test_zero3_two_processes(single_process_run, dp2_run, tiny_corpus, tmp_path):
     """ZeRO-3 partitions every weight; live CETT gathers W_down and finds what ZeRO-1 finds."""
-    cfg = _config(tmp_path, tiny_corpus, "z3", zero_stage=3)
+    # No persistent parameters: the tiny model's would all stay whole, and W_down would never
+    # need gathering (TP2×DP2 below keeps the default and covers that path).
+    no_persistence = {"zero_optimization": {"stage3_param_persistence_threshold": 0}}
+    cfg = _config(tmp_path, tiny_corpus, "z3", zero_stage=3, deepspeed=no_persistence)
     proc = run_train(cfg, launcher=deepspeed_launcher(2))
     assert "cett calibration at step 3" in proc.stdout
     z3 = scalars(tmp_path / "z3" / "tb")

@@ -164,6 +164,16 @@ def test_pipeline_parallel_two_processes(single_process_run, tiny_corpus, tmp_pa
     _assert_same_calibration(single_process_run, pp)
 
 
+def test_pp2_dp2_four_processes(single_process_run, dp2_run, tiny_corpus, tmp_path):
+    """PP2 × DP2: live CETT reduces over the DP ranks of each stage while batches flow through
+    the pipeline; the same held-out set as the DP2 run, hence the same calibration."""
+    cfg = _config(tmp_path, tiny_corpus, "pp2dp2", pipeline=2)
+    run_train(cfg, launcher=deepspeed_launcher(4))
+    pp2dp2 = scalars(tmp_path / "pp2dp2" / "tb")
+    _assert_same_training(single_process_run, pp2dp2)
+    _assert_same_calibration(dp2_run[3], pp2dp2)
+
+
 def test_pp4_four_processes(tiny_corpus, tmp_path):
     """PP4: the middle stages hold no embedding (other optimizer groups than the ends would, if
     groups were per role); training and live CETT still equal one process."""

@@ -33,3 +33,8 @@ ours 1.2b 8 --loss-chunk-tokens 8192 --compile
 python3 benchmarks/peers_hf.py --model 0.1b --sweep-micro-batch 8 16 --out "$J" || true
 python3 benchmarks/peers_hf.py --model 0.1b --sweep-micro-batch 8 16 --liger --out "$J" || true
 python3 benchmarks/peers_hf.py --model 1.2b --sweep-micro-batch 4 8 --liger --out "$J" || true
+# Where the time goes (the issue asks for a profile wherever a target is missed).
+python3 benchmarks/profile_step.py --model 0.1b --micro-batch 8 --counters triton --out "$OUT/profile-0.1b" \
+    >> "$J" 2> "$OUT/profile-0.1b.txt" || true
+python3 benchmarks/profile_step.py --model 1.2b --micro-batch 4 --counters triton --out "$OUT/profile-1.2b" \
+    >> "$J" 2> "$OUT/profile-1.2b.txt" || true

@@ -35,12 +35,23 @@ def synthetic_tokens(prefix: Path, vocab: int, tokens: int, doc_len: int = 65536
             w.add_document(rng.integers(0, vocab, doc_len, dtype=np.int32))
 
 
-def run_one(args, mode: str, workdir: Path, data_prefix: Path) -> dict:
-    """mode: "off" (no counters), "reference" (PyTorch counters) or "triton" (fused kernel)."""
-    counters = mode != "off"
+def prepare_synthetic_data(workdir: Path, vocab: int, tokens: int) -> Path:
+    """The synthetic token file in ``workdir`` (made once); returns its prefix."""
+    prefix = workdir / "synthetic_text_document"
+    if not (workdir / "synthetic_text_document.idx").exists():
+        synthetic_tokens(prefix, vocab, tokens + 65536)
+    return prefix
+
+
+def run_dir_name(args, mode: str) -> str:
     variant = (f"-chunk{args.loss_chunk_tokens}" if args.loss_chunk_tokens else "") + ("-compiled" if args.compile else "")
-    run_dir = workdir / f"{args.model}-mbs{args.micro_batch}-counters-{mode}{variant}"
-    cfg = {
+    return f"{args.model}-mbs{args.micro_batch}-counters-{mode}{variant}"
+
+
+def benchmark_config(args, mode: str, data_prefix: Path, run_dir: Path) -> dict:
+    """The run config of one benchmark variant (also used by profile_step.py)."""
+    counters = mode != "off"
+    return {
         "base": str(REPO / "configs" / "model" / f"{args.model}.yaml"),
         "model": {"vocab_size": args.vocab, "activation": args.activation},
         "data": {"train": [str(data_prefix)], "seq_length": args.seq},
@@ -54,6 +65,25 @@ def run_one(args, mode: str, workdir: Path, data_prefix: Path) -> dict:
         "checkpoint": {"dir": None},
         "logging": {"dir": str(run_dir / "tb"), "interval": args.log_interval},
     }
+
+
+def add_variant_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that pick a model shape and training variant (shared with profile_step.py)."""
+    p.add_argument("--model", default="0.1b", help="a configs/model/*.yaml name")
+    p.add_argument("--activation", default="relu", choices=["relu", "silu"])
+    p.add_argument("--micro-batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=4096)
+    p.add_argument("--vocab", type=int, default=122753)
+    p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--loss-chunk-tokens", type=int, default=0,
+                   help="train.loss_chunk_tokens: head + cross-entropy in chunks of this many tokens (0: off)")
+    p.add_argument("--compile", action="store_true", help="train.compile: torch.compile RMSNorm and rotary")
+
+
+def run_one(args, mode: str, workdir: Path, data_prefix: Path) -> dict:
+    """mode: "off" (no counters), "reference" (PyTorch counters) or "triton" (fused kernel)."""
+    run_dir = workdir / run_dir_name(args, mode)
+    cfg = benchmark_config(args, mode, data_prefix, run_dir)
     proc = run_training(run_dir, cfg, args.nproc)
     if proc.returncode != 0:
         return {"model": args.model, "counters": mode, "error": (proc.stdout + proc.stderr)[-3000:]}
@@ -77,18 +107,10 @@ def run_one(args, mode: str, workdir: Path, data_prefix: Path) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="0.1b", help="a configs/model/*.yaml name")
-    p.add_argument("--activation", default="relu", choices=["relu", "silu"])
-    p.add_argument("--micro-batch", type=int, default=8)
-    p.add_argument("--seq", type=int, default=4096)
-    p.add_argument("--vocab", type=int, default=122753)
+    add_variant_arguments(p)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--log-interval", type=int, default=5)
     p.add_argument("--nproc", type=int, default=1)
-    p.add_argument("--activation-checkpointing", action="store_true")
-    p.add_argument("--loss-chunk-tokens", type=int, default=0,
-                   help="train.loss_chunk_tokens: head + cross-entropy in chunks of this many tokens (0: off)")
-    p.add_argument("--compile", action="store_true", help="train.compile: torch.compile RMSNorm and rotary")
     p.add_argument("--counters", nargs="+", default=["off", "reference"], choices=["off", "reference", "triton"],
                    help="counter modes to run: off, the PyTorch reference, the fused Triton kernel")
     p.add_argument("--workdir", default=None)
@@ -96,10 +118,8 @@ def main() -> int:
     args = p.parse_args()
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="megasparse-bench-"))
-    data_prefix = workdir / "synthetic_text_document"
-    if not (workdir / "synthetic_text_document.idx").exists():
-        needed = (args.steps + 2) * args.micro_batch * args.nproc * (args.seq + 1)
-        synthetic_tokens(data_prefix, args.vocab, needed + 65536)
+    needed = (args.steps + 2) * args.micro_batch * args.nproc * (args.seq + 1)
+    data_prefix = prepare_synthetic_data(workdir, args.vocab, needed)
     for mode in args.counters:
         emit(run_one(args, mode, workdir, data_prefix), args.out)
     return 0

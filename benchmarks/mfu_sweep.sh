@@ -3,7 +3,8 @@
 # The paper's 0.1B and 1.2B shapes, seq 4096, vocab 122,753, bf16, fused Triton counters on
 # every step; each row adds one option (chunked loss, then a larger micro-batch it allows,
 # then regional torch.compile), then the peers (Hugging Face Llama + DeepSpeed, plain and Liger).
-# Writes JSON lines to $OUT/mfu_sweep.jsonl. Sized to fit one 10-minute device call (not yet run).
+# Writes JSON lines to $OUT/mfu_sweep.jsonl. Not yet run: it may exceed one 10-minute device
+# call; then run the part before the peers and the rest in two calls.
 #
 #   OUT=/tmp/out bash benchmarks/mfu_sweep.sh
 set -uo pipefail

@@ -5,11 +5,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/megasparse-bench}
 mkdir -p "$OUT"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+source benchmarks/gpu_env.sh
 python3 -c "import torch, deepspeed, triton; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 python3 benchmarks/train_throughput.py --model 0.1b --micro-batch 8 --steps ${STEPS_SMALL:-15} --log-interval 5 \
     --counters off reference triton --workdir /tmp/bench01 --out "$OUT/train_baseline.jsonl"

@@ -8,11 +8,11 @@
 # quickstart ReLU run) and data/bundled-valid_text_document.{bin,idx}; OUT receives the
 # measurement folder and logs. Wheels for DeepSpeed and pydantic come from .whl/ (see README).
 set -u
-CARRY=${1:?carry folder}
-OUT=${2:?output folder}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+CARRY=$(realpath "${1:?carry folder}")
+OUT=$(realpath -m "${2:?output folder}")
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+source benchmarks/gpu_env.sh
 start=$(date +%s%N)
 python3 tools/measure_sparsity.py "$CARRY/relu" --data "$CARRY/data/bundled-valid_text_document" \
     --batches 4 --micro-batch 4 --last-k 2 --device cuda --no-progress --out "$OUT/measure_gpu" \

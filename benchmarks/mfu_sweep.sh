@@ -11,11 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/megasparse-bench}
 mkdir -p "$OUT"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+source benchmarks/gpu_env.sh
 J="$OUT/mfu_sweep.jsonl"
 # The elementwise kernels first (their raw JSON was not kept from the first run).
 python3 benchmarks/gated_activation_bench.py > "$OUT/gated_activation.jsonl" 2> "$OUT/gated_activation.err" || true

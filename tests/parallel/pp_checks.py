@@ -123,6 +123,21 @@ def close(a: float, b: float, rtol: float, what: str) -> None:
     assert abs(a - b) <= rtol * max(1.0, abs(b)), f"{what}: pipeline {a!r} vs plain {b!r}"
 
 
+def assert_counts_equal_plain(groups: ParallelGroups, counters, ref_counters, what: str):
+    """The stages' counters, gathered to rank 0, equal the plain model's exactly; returns the snapshot."""
+    snap = reduce_counters(counters, groups.counter_groups())
+    if groups.rank == 0:
+        assert torch.equal(snap.tokens, ref_counters.tokens), f"{snap.tokens} vs {ref_counters.tokens}"
+        assert torch.equal(snap.active, ref_counters.active), f"per-neuron counts differ from the plain model ({what})"
+    return snap
+
+
+def assert_losses_close(losses: list[tuple[float, float]], what: str) -> None:
+    """(pipeline, plain) losses per step: step 1 to 1e-6, later steps to 1e-4 (summation order)."""
+    for step, (a, b) in enumerate(losses, 1):
+        close(a, b, 1e-4 if step > 1 else 1e-6, f"step {step} loss ({what})")
+
+
 def compare_live_calibration(cfg, groups: ParallelGroups, p: float) -> None:
     """Live CETT-PPL-p% on this rank's pipeline stage equals the plain model's, run alone.
 
@@ -190,11 +205,10 @@ class Checks:
         close(self.pp_losses[0], self.ref_losses[0], 1e-6, "step 1 loss")
         # Each stage counted only its own layers...
         assert int(counters.tokens.min()) == GLOBAL_BATCH * SEQ, f"stage tokens {counters.tokens.tolist()}"
-        snap = reduce_counters(counters, self.g.counter_groups())
-        if self.g.rank == 0:  # ...and gathered over stages they are the plain model's counts.
+        # ...and gathered over stages they are the plain model's counts.
+        snap = assert_counts_equal_plain(self.g, counters, ref_counters, "first step")
+        if self.g.rank == 0:
             assert snap.layer_ids == list(range(MODEL["num_layers"]))
-            assert torch.equal(snap.tokens, ref_counters.tokens), f"{snap.tokens} vs {ref_counters.tokens}"
-            assert torch.equal(snap.active, ref_counters.active), "per-neuron counts differ from the plain model"
             assert 0 < int(snap.active.sum()) < snap.active.numel() * GLOBAL_BATCH * SEQ
 
     def check_loss_curve_matches_plain_model(self) -> None:
@@ -258,13 +272,9 @@ class Checks:
         mlp.register_forward_pre_hook(lambda *_: runs.append(in_recompute()))
         losses = [(steps.train_step(), reference.step())]
         assert sorted(runs) == [False] * steps.grad_accum + [True] * steps.grad_accum, f"MLP runs (in recompute?): {runs}"
-        snap = reduce_counters(counters, self.g.counter_groups())
-        if self.g.rank == 0:
-            assert torch.equal(snap.tokens, ref_counters.tokens), f"{snap.tokens} vs {ref_counters.tokens}"
-            assert torch.equal(snap.active, ref_counters.active), "recomputation changed the counts"
+        assert_counts_equal_plain(self.g, counters, ref_counters, "recomputation must not count again")
         losses += [(steps.train_step(), reference.step()) for _ in range(2)]
-        for step, (a, b) in enumerate(losses, 1):
-            close(a, b, 1e-4 if step > 1 else 1e-6, f"step {step} loss (activation checkpointing)")
+        assert_losses_close(losses, "activation checkpointing")
 
     def check_live_calibration_matches_plain_model(self) -> None:
         """Within-document attention: (hidden, document ids) tuples cross the stage boundary."""
@@ -290,13 +300,9 @@ class TensorPipelineChecks:
         attach_counters(module, counters)
         steps = PipelineSteps(engine, loader(samples), cfg.grad_accumulation_steps(4))
         losses = [(steps.train_step(), reference.step())]
-        snap = reduce_counters(counters, self.g.counter_groups())
-        if self.g.rank == 0:
-            assert torch.equal(snap.tokens, ref_counters.tokens), f"{snap.tokens} vs {ref_counters.tokens}"
-            assert torch.equal(snap.active, ref_counters.active), "TP x PP counts differ from the plain model"
+        assert_counts_equal_plain(self.g, counters, ref_counters, "TP x PP")
         losses += [(steps.train_step(), reference.step()) for _ in range(2)]
-        for step, (a, b) in enumerate(losses, 1):
-            close(a, b, 1e-4 if step > 1 else 1e-6, f"step {step} loss (TP x PP)")
+        assert_losses_close(losses, "TP x PP")
 
     def check_live_calibration_matches_plain_model(self) -> None:
         """Each TP rank of a stage passes its own sequence slice on (sequence parallelism)."""

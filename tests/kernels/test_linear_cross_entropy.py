@@ -141,3 +141,102 @@ def test_gpu_bf16_peak_memory_stays_below_full_logits():
     ref_loss, ref_dh, ref_dw = _run(_reference, hidden.detach(), weight.detach(), labels)
     assert math.isclose(float(loss), float(ref_loss), rel_tol=5e-3)
     assert _rel(hidden.grad, ref_dh) < 2e-2 and _rel(weight.grad, ref_dw) < 2e-2
+
+
+# --- The fused Triton path (compiled on a GPU, interpreted on the CPU: see conftest.py) ---
+
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _row_reference(z: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100):
+    """Per-row loss and (softmax − onehot)/n_valid in float64, 0 on ignored rows."""
+    z64 = z.double()
+    valid = labels != ignore_index
+    safe = labels.masked_fill(~valid, 0)
+    lse = torch.logsumexp(z64, dim=-1)
+    loss = (lse - z64.gather(1, safe[:, None]).squeeze(1)).masked_fill(~valid, 0.0)
+    grad = torch.softmax(z64, dim=-1)
+    grad[torch.arange(len(labels)), safe] -= 1.0
+    grad *= (valid.double() / valid.sum()).unsqueeze(1)
+    return loss, grad
+
+
+# Vocabulary sizes: below one block, a power of two, and several blocks with a ragged last one
+# (the interpreter's block is ≤ 1024; on the GPU it is 4096, so 9001 is ragged there).
+@pytest.mark.parametrize("vocab", [7, 257, 1024, 2500, 9001])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_fused_rows_kernel_matches_float64_softmax(vocab, dtype):
+    from megasparse.kernels.triton_cross_entropy import cross_entropy_rows_
+
+    g = torch.Generator().manual_seed(vocab)
+    rows = 13
+    # A wide spread of logits (σ = 6) so the running max really moves between blocks.
+    z = (torch.randn(rows, vocab, generator=g) * 6).to(dtype).to(KERNEL_DEVICE)
+    labels = torch.randint(0, vocab, (rows,), generator=g)
+    labels[[2, 7]] = -100
+    labels = labels.to(KERNEL_DEVICE)
+    ref_loss, ref_grad = _row_reference(z, labels)
+    inv_n = (1.0 / (labels != -100).sum().float()).reshape(1)
+
+    loss_only = cross_entropy_rows_(z.clone(), labels, inv_n, -100, with_grad=False)
+    dz = z.clone()
+    loss = cross_entropy_rows_(dz, labels, inv_n, -100, with_grad=True)
+
+    assert torch.equal(loss, loss_only)
+    assert torch.allclose(loss.double(), ref_loss, rtol=1e-5, atol=1e-5)
+    assert torch.all(loss[[2, 7]] == 0) and torch.all(dz[[2, 7]] == 0)
+    # dz is rounded once to the logits' dtype: within half an ulp of that dtype, plus fp32 exp error.
+    ulp = {torch.float32: 1e-6, torch.bfloat16: 8e-3}[dtype]
+    assert torch.allclose(dz.double(), ref_grad, rtol=ulp, atol=ulp * ref_grad.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("n,chunk", [(37, 8), (50, 128)])
+def test_fused_linear_cross_entropy_matches_reference_impl(dtype, n, chunk):
+    hidden, weight, labels = _inputs(n, 48, 1500, dtype, seed=n + chunk, ignore_every=5)
+    hidden, weight, labels = hidden.to(KERNEL_DEVICE), weight.to(KERNEL_DEVICE), labels.to(KERNEL_DEVICE)
+
+    def run(impl):
+        return _run(lambda h, w, y: linear_cross_entropy(h, w, y, scale=SCALE, chunk_tokens=chunk, impl=impl),
+                    hidden, weight, labels, grad_scale=1.7)
+
+    (loss, dh, dw), (ref_loss, ref_dh, ref_dw) = run("triton"), run("reference")
+    # bf16: dz may round to the neighbouring bf16 value (exp(z − lse) vs exp(z − m)/Σ), ~0.4% apart.
+    tol = {torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+    assert math.isclose(float(loss), float(ref_loss), rel_tol=1e-5)
+    assert _rel(dh, ref_dh) < tol and _rel(dw, ref_dw) < tol
+    assert torch.all(dh[labels == -100] == 0)
+    with torch.no_grad():
+        no_grad_loss = linear_cross_entropy(hidden, weight, labels, scale=SCALE, chunk_tokens=chunk, impl="triton")
+    assert math.isclose(float(no_grad_loss), float(ref_loss), rel_tol=1e-5)
+
+
+def test_fused_rejects_strided_logits():
+    from megasparse.kernels.triton_cross_entropy import cross_entropy_rows_
+
+    z = torch.randn(8, 6).t()  # [6, 8] with column stride 6
+    with pytest.raises(ValueError, match="contiguous rows"):
+        cross_entropy_rows_(z, torch.zeros(6, dtype=torch.long), torch.ones(1), -100, with_grad=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_fused_at_training_vocabulary():
+    """bf16, the paper's padded vocabulary: the fused path against the PyTorch path, and its memory."""
+    n, d, v, chunk = 8192, 768, 122880, 8192
+    hidden, weight, labels = (t.cuda() for t in _inputs(n, d, v, torch.bfloat16, seed=3, ignore_every=9))
+    results = {}
+    for impl in ("reference", "triton"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        results[impl] = _run(lambda h, w, y: linear_cross_entropy(h, w, y, scale=SCALE, chunk_tokens=chunk, impl=impl),
+                             hidden, weight, labels)
+        results[impl + "_extra"] = torch.cuda.max_memory_allocated() - base
+    (loss, dh, dw), (ref_loss, ref_dh, ref_dw) = results["triton"], results["reference"]
+    assert math.isclose(float(loss), float(ref_loss), rel_tol=1e-5), (float(loss), float(ref_loss))
+    # As in the CPU test: bf16 dz may round to the neighbouring value.
+    assert _rel(dh, ref_dh) < 1e-2 and _rel(dw, ref_dw) < 1e-2, (_rel(dh, ref_dh), _rel(dw, ref_dw))
+    # The reference holds a chunk's logits as fp32 plus a bf16 copy (6 bytes each), the fused path
+    # only the bf16 logits (2 bytes): at this chunk size its extra memory is well under half.
+    assert results["triton_extra"] < results["reference_extra"] / 2, (results["triton_extra"], results["reference_extra"])

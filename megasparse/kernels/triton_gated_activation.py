@@ -133,6 +133,7 @@ def _gated_act_fwd_kernel(
     BLOCK_F: tl.constexpr,
     ROW_TILES: tl.constexpr,
     UNROLL: tl.constexpr,
+    STAGES: tl.constexpr,  # software-pipelining depth of the row-tile loop
 ):
     # 1-D grid, column blocks fastest: neighbouring programs touch neighbouring memory, and the
     # row-chunk count is not limited by the 65535 cap of grid axes 1/2.
@@ -157,7 +158,7 @@ def _gated_act_fwd_kernel(
                                   col_ok, T, F, ACTIVATION, COUNT, HAS_THRESHOLDS, HAS_ROW_MASK,
                                   PRECISE, ROUND_H, BLOCK_T)
     else:
-        for i in tl.range(0, ROW_TILES):
+        for i in tl.range(0, ROW_TILES, num_stages=STAGES):
             tally = _fwd_row_tile(G, U, H, ROW_MASK, thr_row, tally, row_base + i * BLOCK_T, cols,
                                   col_ok, T, F, ACTIVATION, COUNT, HAS_THRESHOLDS, HAS_ROW_MASK,
                                   PRECISE, ROUND_H, BLOCK_T)
@@ -234,11 +235,23 @@ def _tile_config(f: int, interpret: bool) -> Tuple[int, int, int]:
     return block_t, block_f, 4
 
 
-def _count_row_tiles(interpret: bool) -> int:
-    """Row tiles one counting program covers. BLOCK_T·ROW_TILES rows per program bounds the number
-    of atomics (ceil(T / that) · f) and amortises the per-program column reduction, while leaving
-    enough programs to fill the GPU."""
-    return 2 if interpret else 16
+# Triton's own default for loops (what the kernel used before STAGES was a parameter).
+_DEFAULT_STAGES = 3
+
+
+def _count_rows(activation: Activation, block_t: int, interpret: bool) -> Tuple[int, int]:
+    """(BLOCK_T, ROW_TILES) of a counting program. BLOCK_T·ROW_TILES rows per program bounds the
+    number of atomics (ceil(T / that) · f) and amortises the per-program column reduction, while
+    leaving enough programs to fill the GPU.
+
+    Measured on an H200 (benchmarks/count_tile_sweep.py, bf16, T = 32768, thresholds on): ReLU
+    moves most bytes with 32-row tiles, 4 per program (87% / 95% of copy bandwidth at f = 1920 /
+    4480, against 82% / 92% with 16 × 16); SiLU, whose exact exp and division make it
+    compute-heavier, is best with 16-row tiles, 16 per program (76% / 84%) and loses with more.
+    """
+    if interpret:
+        return block_t, 2
+    return (32, 4) if activation == "relu" else (block_t, 16)
 
 
 def _check_counts(counts: CountTarget, f: int, t: int, device: torch.device) -> None:
@@ -267,9 +280,9 @@ def _check_counts(counts: CountTarget, f: int, t: int, device: torch.device) -> 
 
 def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
              counts: Optional[CountTarget],
-             config: Optional[Tuple[int, int, int, int, bool]] = None) -> torch.Tensor:
+             config: Optional[Tuple[int, ...]] = None) -> torch.Tensor:
     """Launches the forward kernel on [T, f] views. ``config`` = (BLOCK_T, BLOCK_F, num_warps,
-    ROW_TILES, UNROLL) overrides the defaults (used by the benchmark's tile sweep)."""
+    ROW_TILES, UNROLL[, STAGES]) overrides the defaults (used by the benchmark's tile sweeps)."""
     t, f = g2.shape
     h2 = torch.empty((t, f), dtype=g2.dtype, device=g2.device)
     count = counts is not None
@@ -281,10 +294,13 @@ def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
     interpret = _INTERPRETED
     if config is None:
         block_t, block_f, num_warps = _tile_config(f, interpret)
-        row_tiles = _count_row_tiles(interpret) if count else 1
-        unroll = False
+        row_tiles = 1
+        if count:
+            block_t, row_tiles = _count_rows(activation, block_t, interpret)
+        unroll, stages = False, _DEFAULT_STAGES
     else:
-        block_t, block_f, num_warps, row_tiles, unroll = config
+        block_t, block_f, num_warps, row_tiles, unroll = config[:5]
+        stages = config[5] if len(config) > 5 else _DEFAULT_STAGES
     if block_t * row_tiles >= 1 << _ABOVE_SHIFT:
         raise ValueError("a program must cover fewer than 65536 rows (packed 16-bit tallies)")
     rows_per_program = block_t * row_tiles
@@ -300,7 +316,8 @@ def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
         g2, u2, h2, active, above, thresholds, row_mask, t, f,
         ACTIVATION=_ACTIVATION_CODES[activation], COUNT=count, HAS_THRESHOLDS=has_thr,
         HAS_ROW_MASK=has_mask, PRECISE=_precise_math(), ROUND_H=_round_bf16_by_hand(h2),
-        BLOCK_T=block_t, BLOCK_F=block_f, ROW_TILES=row_tiles, UNROLL=unroll, num_warps=num_warps,
+        BLOCK_T=block_t, BLOCK_F=block_f, ROW_TILES=row_tiles, UNROLL=unroll, STAGES=stages,
+        num_warps=num_warps,
     )
     if count:
         # Device-side add: no host synchronisation.

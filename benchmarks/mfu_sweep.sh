@@ -1,37 +1,63 @@
 #!/usr/bin/env bash
-# Issue-5 sweep on one GPU, in one call: which of the training-speed options pays, per size.
-# The paper's 0.1B and 1.2B shapes, seq 4096, vocab 122,753, bf16, fused Triton counters on
-# every step; each row adds one option (chunked loss, then a larger micro-batch it allows,
-# then regional torch.compile), then the peers (Hugging Face Llama + DeepSpeed, plain and Liger).
-# Writes JSON lines to $OUT/mfu_sweep.jsonl. Not yet run: it may exceed one 10-minute device
-# call; then run the part before the peers and the rest in two calls.
+# Issue-5 measurements on one GPU, in parts that each fit one 10-minute device call:
+#   kernels   the kernel tests compiled on the GPU; the loss and elementwise kernels' bandwidth
+#   ours      end-to-end tokens/s, MFU, memory at both paper sizes with the fast options (fused
+#             chunked loss, regional compile) at each size's micro-batch, counters off and on
+#   liger     the strongest peer, HF Llama + Liger-Kernel + DeepSpeed ZeRO-1, at its best micro-batch
+#   plain     plain HF Llama + DeepSpeed ZeRO-1 at its best micro-batch
+#   counters  the counters' cost, off/on blocks alternating in one process (counter_cost.py)
+#   profiles  where the step time goes, both sizes, with the same options
+# The peers' micro-batches are those the issue reports as their best on this hardware (Liger:
+# 16 at 0.1B, 8 at 1.2B; plain: 8 and 4); PEER_SWEEP="8 16" etc. would re-sweep them.
+# JSON lines go to $OUT/mfu_sweep.jsonl.
 #
-#   OUT=/tmp/out bash benchmarks/mfu_sweep.sh
+#   OUT=/tmp/out bash benchmarks/mfu_sweep.sh ours liger
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/megasparse-bench}
 mkdir -p "$OUT"
 source benchmarks/gpu_env.sh
 J="$OUT/mfu_sweep.jsonl"
-# The elementwise kernels first (their raw JSON was not kept from the first run).
-python3 benchmarks/gated_activation_bench.py > "$OUT/gated_activation.jsonl" 2> "$OUT/gated_activation.err" || true
+FAST="--loss-chunk-tokens ${CHUNK:-8192} --compile"
+MBS_SMALL=${MBS_SMALL:-16} MBS_LARGE=${MBS_LARGE:-8}
 ours() {  # model micro-batch extra-flags...
   local model=$1 mbs=$2; shift 2
-  python3 benchmarks/train_throughput.py --model "$model" --micro-batch "$mbs" --steps 15 --log-interval 5 \
-      --counters triton --workdir "/tmp/sweep-$model" --out "$J" "$@"
+  timeout 300 python3 benchmarks/train_throughput.py --model "$model" --micro-batch "$mbs" --steps ${STEPS:-20} \
+      --log-interval 5 --workdir "/tmp/sweep-$model" --out "$J" "$@" | cut -c1-400
 }
-ours 0.1b 8
-ours 0.1b 8 --loss-chunk-tokens 8192
-ours 0.1b 16 --loss-chunk-tokens 8192
-ours 0.1b 16 --loss-chunk-tokens 8192 --compile
-ours 1.2b 4
-ours 1.2b 4 --loss-chunk-tokens 8192
-ours 1.2b 8 --loss-chunk-tokens 8192 --compile
-python3 benchmarks/peers_hf.py --model 0.1b --sweep-micro-batch 8 16 --out "$J" || true
-python3 benchmarks/peers_hf.py --model 0.1b --sweep-micro-batch 8 16 --liger --out "$J" || true
-python3 benchmarks/peers_hf.py --model 1.2b --sweep-micro-batch 4 8 --liger --out "$J" || true
-# Where the time goes (the issue asks for a profile wherever a target is missed).
-python3 benchmarks/profile_step.py --model 0.1b --micro-batch 8 --counters triton --out "$OUT/profile-0.1b" \
-    >> "$J" 2> "$OUT/profile-0.1b.txt" || true
-python3 benchmarks/profile_step.py --model 1.2b --micro-batch 4 --counters triton --out "$OUT/profile-1.2b" \
-    >> "$J" 2> "$OUT/profile-1.2b.txt" || true
+peer() {  # model micro-batch(es) extra-flags...
+  local model=$1 mbs=$2; shift 2
+  timeout 300 python3 benchmarks/peers_hf.py --model "$model" --sweep-micro-batch $mbs --out "$J" "$@" \
+      2>> "$OUT/errors.txt" | cut -c1-400
+}
+for part in "$@"; do
+  case $part in
+    kernels)
+      timeout 200 python3 -m pytest -q tests/kernels > "$OUT/kernel_tests.txt" 2>&1; tail -1 "$OUT/kernel_tests.txt"
+      timeout 120 python3 benchmarks/cross_entropy_bench.py --out "$J" 2>> "$OUT/errors.txt"
+      timeout 120 python3 benchmarks/cross_entropy_bench.py --tokens 16384 --hidden 1792 --out "$J" 2>> "$OUT/errors.txt"
+      timeout 150 python3 benchmarks/gated_activation_bench.py > "$OUT/gated_activation.jsonl" 2>> "$OUT/errors.txt"
+      tail -12 "$OUT/gated_activation.jsonl" ;;
+    ours)
+      ours 0.1b "$MBS_SMALL" $FAST --counters off triton
+      ours 1.2b "$MBS_LARGE" $FAST --counters off triton ;;
+    liger)
+      peer 0.1b "${PEER_SWEEP:-16}" --liger
+      peer 1.2b "${PEER_SWEEP:-8}" --liger ;;
+    plain)
+      peer 0.1b "${PEER_SWEEP:-8}"
+      peer 1.2b "${PEER_SWEEP:-4}" ;;
+    counters)
+      timeout 200 python3 benchmarks/counter_cost.py --model 0.1b --micro-batch "$MBS_SMALL" $FAST --blocks 8 \
+          --block-steps 4 --out "$J" 2>> "$OUT/errors.txt" | cut -c1-600
+      timeout 250 python3 benchmarks/counter_cost.py --model 1.2b --micro-batch "$MBS_LARGE" $FAST --blocks 5 \
+          --block-steps 4 --out "$J" 2>> "$OUT/errors.txt" | cut -c1-600 ;;
+    profiles)
+      for spec in "0.1b $MBS_SMALL" "1.2b $MBS_LARGE"; do
+        set -- $spec
+        timeout 200 python3 benchmarks/profile_step.py --model "$1" --micro-batch "$2" --counters triton $FAST \
+            --out "$OUT/profile-$1" 2> "$OUT/profile-$1.txt" | grep '^{' >> "$J"
+      done ;;
+    *) echo "mfu_sweep.sh: unknown part '$part' (kernels, ours, liger, plain, counters, profiles)" >&2; exit 2 ;;
+  esac
+done

@@ -6,6 +6,9 @@
 #   liger     the strongest peer, HF Llama + Liger-Kernel + DeepSpeed ZeRO-1, at its best micro-batch
 #   plain     plain HF Llama + DeepSpeed ZeRO-1 at its best micro-batch
 #   counters  the counters' cost, off/on blocks alternating in one process (counter_cost.py)
+#   ablation  each option alone at each size (fused loss only, compile only, both + activation
+#             checkpointing), counters on, so every option's share is measured separately (compile
+#             alone keeps the full fp32 logits: at 0.1B micro-batch 16 it may not fit)
 #   profiles  where the step time goes, both sizes, with the same options
 # The peers' micro-batches are those the issue reports as their best on this hardware (Liger:
 # 16 at 0.1B, 8 at 1.2B; plain: 8 and 4); PEER_SWEEP="8 16" etc. would re-sweep them.
@@ -52,12 +55,19 @@ for part in "$@"; do
           --block-steps 4 --out "$J" 2>> "$OUT/errors.txt" | cut -c1-600
       timeout 250 python3 benchmarks/counter_cost.py --model 1.2b --micro-batch "$MBS_LARGE" $FAST --blocks 5 \
           --block-steps 4 --out "$J" 2>> "$OUT/errors.txt" | cut -c1-600 ;;
+    ablation)
+      for spec in "0.1b $MBS_SMALL" "1.2b $MBS_LARGE"; do
+        set -- $spec
+        ours "$1" "$2" --loss-chunk-tokens "${CHUNK:-8192}" --counters triton
+        ours "$1" "$2" --compile --counters triton
+        ours "$1" "$2" $FAST --activation-checkpointing --counters triton
+      done ;;
     profiles)
       for spec in "0.1b $MBS_SMALL" "1.2b $MBS_LARGE"; do
         set -- $spec
         timeout 200 python3 benchmarks/profile_step.py --model "$1" --micro-batch "$2" --counters triton $FAST \
             --out "$OUT/profile-$1" 2> "$OUT/profile-$1.txt" | grep '^{' >> "$J"
       done ;;
-    *) echo "mfu_sweep.sh: unknown part '$part' (kernels, ours, liger, plain, counters, profiles)" >&2; exit 2 ;;
+    *) echo "mfu_sweep.sh: unknown part '$part' (kernels, ours, liger, plain, counters, ablation, profiles)" >&2; exit 2 ;;
   esac
 done

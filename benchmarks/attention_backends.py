@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import emit  # noqa: E402
+from bench_common import emit, timed  # noqa: E402
 
 BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,
@@ -31,21 +31,6 @@ BACKENDS = {
 }
 # (batch, heads, seq, head_dim): 0.1B at micro-batch 8 and 16, 1.2B at micro-batch 4 and 8.
 DEFAULT_SHAPES = ["8x6x4096x128", "16x6x4096x128", "4x14x4096x128", "8x14x4096x128"]
-
-
-def timed(fn, repeats: int) -> float:
-    """Median milliseconds of ``fn`` over ``repeats`` CUDA-event-timed calls after two warm-ups."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""Shared by the training benchmarks: run megasparse.train on a config, read back, print."""
+"""Shared by the benchmarks: run megasparse.train on a config, read back, time GPU work, print."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,3 +45,18 @@ def emit(record: dict, out: Optional[str]) -> None:
     if out:
         with open(out, "a") as f:
             f.write(line + "\n")
+
+
+def timed(fn, repeats: int) -> float:
+    """Median milliseconds of ``fn`` over ``repeats`` CUDA-event-timed calls after two warm-ups."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]

@@ -14,7 +14,7 @@ Prints one JSON line: median step time, tokens/s and MFU of each mode, and the c
 
 examples:
   python benchmarks/counter_cost.py --model 0.1b --micro-batch 8 --loss-chunk-tokens 8192 --compile
-  python benchmarks/counter_cost.py --model tiny --seq 128 --vocab 512 --micro-batch 2 --blocks 4 --block-steps 2
+  python benchmarks/counter_cost.py --model tiny --seq 128 --vocab 512 --micro-batch 2 --blocks 4 --block-steps 2 --counter-impl reference  # CPU
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_common import emit  # noqa: E402
-from train_throughput import add_variant_arguments, benchmark_config, prepare_synthetic_data, run_dir_name  # noqa: E402
+from train_throughput import add_variant_arguments, build_trainer  # noqa: E402
 
 
 def block_order(blocks: int) -> list[bool]:
@@ -56,25 +56,15 @@ def main() -> int:
     p.add_argument("--out", default=None, help="append the JSON line here too")
     args = p.parse_args()
     args.nproc, args.log_interval = 1, 1000000
-    args.steps = 0  # set below, once the block count is known
+    args.steps = 0  # build_trainer sets the step count, once the block count is known
 
-    import yaml
-
-    from megasparse.config import load_config
     from megasparse.sparsity.counters import attach_counters
     from megasparse.sparsity.reduction import reduce_counters
-    from megasparse.training.trainer import Trainer
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="megasparse-counter-cost-"))
     order = block_order(args.blocks)
-    total_steps = args.warmup + len(order) * args.block_steps
-    data_prefix = prepare_synthetic_data(workdir, args.vocab, (total_steps + 2) * args.micro_batch * (args.seq + 1))
-    run_dir = workdir / run_dir_name(args, args.counter_impl)
-    cfg_dict = benchmark_config(args, args.counter_impl, data_prefix, run_dir)
-    cfg_dict["train"]["steps"] = total_steps
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.yaml").write_text(yaml.safe_dump(cfg_dict))
-    trainer = Trainer(load_config(run_dir / "run.yaml", []))
+    off_warmup = 2
+    trainer = build_trainer(args, args.counter_impl, workdir, args.warmup + off_warmup + len(order) * args.block_steps)
     counters = trainer.counters
     counters.set_layer_thresholds(torch.full((len(counters.layer_ids),), args.tau))
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
@@ -82,7 +72,7 @@ def main() -> int:
     for _ in range(args.warmup):  # both modes, so each has compiled and allocated before timing
         trainer.train_step()
     attach_counters(trainer.model, None)
-    for _ in range(2):
+    for _ in range(off_warmup):
         trainer.train_step()
     counters.reset()
 

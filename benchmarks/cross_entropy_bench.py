@@ -26,8 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from attention_backends import timed  # noqa: E402
-from bench_common import emit  # noqa: E402
+from bench_common import emit, timed  # noqa: E402
 from megasparse.kernels.linear_cross_entropy import linear_cross_entropy  # noqa: E402
 from megasparse.kernels.triton_cross_entropy import cross_entropy_rows_  # noqa: E402
 

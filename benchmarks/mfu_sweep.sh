@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue-5 measurements on one GPU, in parts that each fit one 10-minute device call:
-#   kernels   the kernel tests compiled on the GPU; the loss and elementwise kernels' bandwidth
+#   kernels   the kernel tests compiled on the GPU; SDPA's backends at the training shapes; the
+#             loss and elementwise kernels' bandwidth
 #   ours      end-to-end tokens/s, MFU, memory at both paper sizes with the fast options (fused
 #             chunked loss, regional compile) at each size's micro-batch, counters off and on
 #   liger     the strongest peer, HF Llama + Liger-Kernel + DeepSpeed ZeRO-1, at its best micro-batch
@@ -37,6 +38,7 @@ for part in "$@"; do
   case $part in
     kernels)
       timeout 200 python3 -m pytest -q tests/kernels > "$OUT/kernel_tests.txt" 2>&1; tail -1 "$OUT/kernel_tests.txt"
+      timeout 90 python3 benchmarks/attention_backends.py --out "$J" 2>> "$OUT/errors.txt"
       timeout 120 python3 benchmarks/cross_entropy_bench.py --out "$J" 2>> "$OUT/errors.txt"
       timeout 120 python3 benchmarks/cross_entropy_bench.py --tokens 16384 --hidden 1792 --out "$J" 2>> "$OUT/errors.txt"
       timeout 150 python3 benchmarks/gated_activation_bench.py > "$OUT/gated_activation.jsonl" 2>> "$OUT/errors.txt"

@@ -10,7 +10,7 @@ table (and optionally a Chrome trace) into ``--out``.
 examples:
   python benchmarks/profile_step.py --model 0.1b --micro-batch 8 --counters triton --out /tmp/prof
   python benchmarks/profile_step.py --model 1.2b --micro-batch 4 --loss-chunk-tokens 8192 --compile --trace
-  python benchmarks/profile_step.py --model tiny --seq 128 --vocab 512 --micro-batch 2 --steps 1   # CPU smoke
+  python benchmarks/profile_step.py --model tiny --seq 128 --vocab 512 --micro-batch 2 --steps 1 --counters reference  # CPU
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_common import emit  # noqa: E402
-from train_throughput import add_variant_arguments, benchmark_config, prepare_synthetic_data, run_dir_name  # noqa: E402
+from train_throughput import add_variant_arguments, build_trainer  # noqa: E402
 
 # First match wins; lower-cased names of CPU operators (on the CPU) or of GPU kernels (on a GPU).
 CATEGORIES = [
@@ -86,22 +86,10 @@ def main() -> int:
     args = p.parse_args()
     args.nproc, args.log_interval = 1, 1000000
 
-    import yaml
-
-    from megasparse.config import load_config
-    from megasparse.training.trainer import Trainer
-
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="megasparse-profile-"))
     out = Path(args.out or workdir)
     out.mkdir(parents=True, exist_ok=True)
-    total_steps = args.warmup + args.steps
-    data_prefix = prepare_synthetic_data(workdir, args.vocab, (total_steps + 2) * args.micro_batch * (args.seq + 1))
-    run_dir = workdir / run_dir_name(args, args.counters)
-    cfg_dict = benchmark_config(args, args.counters, data_prefix, run_dir)
-    cfg_dict["train"]["steps"] = total_steps
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.yaml").write_text(yaml.safe_dump(cfg_dict))
-    trainer = Trainer(load_config(run_dir / "run.yaml", []))
+    trainer = build_trainer(args, args.counters, workdir, args.warmup + args.steps)
     on_gpu = trainer.device.type == "cuda"
 
     for _ in range(args.warmup):

@@ -67,6 +67,23 @@ def benchmark_config(args, mode: str, data_prefix: Path, run_dir: Path) -> dict:
     }
 
 
+def build_trainer(args, mode: str, workdir: Path, total_steps: int):
+    """A Trainer in this process for one benchmark variant, on synthetic data for ``total_steps``
+    steps (used by profile_step.py and counter_cost.py, which drive its steps themselves)."""
+    import yaml
+
+    from megasparse.config import load_config
+    from megasparse.training.trainer import Trainer
+
+    data_prefix = prepare_synthetic_data(workdir, args.vocab, (total_steps + 2) * args.micro_batch * (args.seq + 1))
+    run_dir = workdir / run_dir_name(args, mode)
+    cfg_dict = benchmark_config(args, mode, data_prefix, run_dir)
+    cfg_dict["train"]["steps"] = total_steps
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.yaml").write_text(yaml.safe_dump(cfg_dict))
+    return Trainer(load_config(run_dir / "run.yaml", []))
+
+
 def add_variant_arguments(p: argparse.ArgumentParser) -> None:
     """The options that pick a model shape and training variant (shared with profile_step.py)."""
     p.add_argument("--model", default="0.1b", help="a configs/model/*.yaml name")

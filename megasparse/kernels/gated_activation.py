@@ -22,6 +22,8 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 
+from megasparse.kernels.availability import triton_kernels_usable
+
 Activation = Literal["relu", "silu"]
 
 
@@ -71,16 +73,6 @@ def gated_activation_reference(
     return h
 
 
-def _triton_available(t: torch.Tensor) -> bool:
-    if not t.is_cuda:
-        return False
-    try:
-        from megasparse.kernels import triton_gated_activation  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def gated_activation(
     g: torch.Tensor,
     u: torch.Tensor,
@@ -91,7 +83,7 @@ def gated_activation(
     """``σ(g) ⊙ u`` for g, u of shape [..., f]; counts into ``counts`` when given."""
     if g.shape != u.shape:
         raise ValueError(f"gate and up shapes differ: {tuple(g.shape)} vs {tuple(u.shape)}")
-    use_triton = impl == "triton" or (impl == "auto" and _triton_available(g))
+    use_triton = impl == "triton" or (impl == "auto" and triton_kernels_usable(g, "triton_gated_activation"))
     if use_triton:
         from megasparse.kernels.triton_gated_activation import gated_activation_triton
 

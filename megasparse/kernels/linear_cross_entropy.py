@@ -26,6 +26,8 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 
+from megasparse.kernels.availability import triton_kernels_usable
+
 IGNORE_INDEX = -100
 
 
@@ -45,16 +47,6 @@ def _chunk_loss_and_softmax(z: torch.Tensor, labels: torch.Tensor, valid: torch.
     loss = (sum_exp.log() - target).masked_fill(~valid, 0.0)  # [c]
     z.div_(sum_exp.unsqueeze(1))
     return loss, safe
-
-
-def _fused_available(t: torch.Tensor) -> bool:
-    if not t.is_cuda:
-        return False
-    try:
-        from megasparse.kernels import triton_cross_entropy  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _chunk_loss_and_grad_fused(hs: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
@@ -177,7 +169,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
         raise ValueError(f"impl must be 'auto', 'reference' or 'triton' (got {impl!r})")
     ignore = IGNORE_INDEX if ignore_index is None else ignore_index
     fused = impl == "triton" or (impl == "auto" and hidden.dtype in (torch.bfloat16, torch.float16)
-                                 and _fused_available(hidden))
+                                 and triton_kernels_usable(hidden, "triton_cross_entropy"))
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(hidden, weight, labels, float(scale), int(chunk_tokens), ignore, fused)
     return _loss_only(hidden, weight, labels, float(scale), int(chunk_tokens), ignore, fused)

@@ -51,6 +51,18 @@ def resolve_device(cfg: RunConfig) -> torch.device:
     return torch.device("cpu")
 
 
+def check_counter_impl(cfg: RunConfig, device: torch.device) -> None:
+    """The fused Triton counters need a CUDA device, or Triton's CPU interpreter switched on."""
+    import os
+
+    if (cfg.sparsity.counter_impl == "triton" and device.type != "cuda"
+            and os.environ.get("TRITON_INTERPRET") != "1"):
+        raise ConfigError(
+            f"sparsity.counter_impl: 'triton' needs a CUDA device, but this run is on {device.type}; "
+            "use 'auto' (the PyTorch reference off the GPU) or 'reference', or set TRITON_INTERPRET=1 "
+            "to run the kernel in Triton's CPU interpreter")
+
+
 def seed_everything(seed: int) -> None:
     import random
 
@@ -116,6 +128,7 @@ class Trainer:
         self.cfg = cfg
         check_inputs(cfg)
         self.device = resolve_device(cfg)
+        check_counter_impl(cfg, self.device)
         self.rank_info = init_distributed(self.device)
         self.world = self.rank_info.world_size
         self.rank = self.rank_info.rank

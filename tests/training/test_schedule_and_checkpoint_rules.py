@@ -75,3 +75,19 @@ def test_optimizer_state_with_other_parameter_groups_is_refused():
     with pytest.raises(ckpt.CheckpointError,
                        match=r"ck: its optimizer state has parameter groups \['embedding', 'norm', 'matrix'\]"):
         ckpt.check_optimizer_groups({}, list(GROUP_NAMES), "ck")
+
+
+def test_triton_counters_on_cpu_need_the_interpreter(monkeypatch):
+    import torch
+
+    from megasparse.config import ConfigError
+    from megasparse.training.trainer import check_counter_impl
+
+    cfg = config_from_dict({"sparsity": {"counter_impl": "triton"}})
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ConfigError, match="sparsity.counter_impl: 'triton' needs a CUDA device"):
+        check_counter_impl(cfg, torch.device("cpu"))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    check_counter_impl(cfg, torch.device("cpu"))  # the interpreter runs it
+    monkeypatch.delenv("TRITON_INTERPRET")
+    check_counter_impl(config_from_dict({"sparsity": {"counter_impl": "auto"}}), torch.device("cpu"))

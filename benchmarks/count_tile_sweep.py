@@ -1,14 +1,19 @@
-"""Tile sweep of the counting forward kernel: which (BLOCK_T, BLOCK_F, warps, row tiles, pipeline
-stages) moves the bytes fastest while counting, for ReLU and SiLU at the paper's FFN widths.
+"""Sweep of the counting forward kernel: which tiles (BLOCK_T, BLOCK_F, warps, row tiles, pipeline
+stages) and which counting code (integer or fp32 tallies; threshold compare on the stored h or on
+the fp32 product) move the bytes fastest, for ReLU and SiLU at the paper's FFN widths.
 
 Each configuration's counts are checked against the default configuration's (they must be equal:
-integer atomics, any launch shape). Times with triton.testing.do_bench; bandwidth counts reading
-g, u and writing h (3·T·f·2 bytes in bf16) against a large copy's read + write bandwidth.
-One JSON line per configuration.
+integer atomics, any launch shape, any code variant), and its h against the uncounted h. Times
+with triton.testing.do_bench; bandwidth counts reading g, u and writing h (3·T·f·2 bytes in bf16)
+against a large copy's read + write bandwidth. One JSON line per configuration.
+
+Counting modes: "thresholds" (g > 0 and |h| >= τ, what training counts), "zero" (g > 0 only) and
+"thresholds+mask" (both, with a row mask excluding 30% of the rows).
 
 examples:
   python benchmarks/count_tile_sweep.py
-  python benchmarks/count_tile_sweep.py --activations silu --widths 4480 --no-thresholds
+  python benchmarks/count_tile_sweep.py --activations silu --widths 4480 --modes zero
+  python benchmarks/count_tile_sweep.py --tiles 16x128x8,8x128x4 --row-tiles 16,32 --loops pipelined prefetch
 """
 
 from __future__ import annotations
@@ -28,10 +33,14 @@ from bench_common import emit  # noqa: E402
 from megasparse.kernels import triton_gated_activation as tga  # noqa: E402
 from megasparse.kernels.gated_activation import CountTarget  # noqa: E402
 
-# (BLOCK_T, BLOCK_F, num_warps) x ROW_TILES x STAGES
-TILES = [(16, 128, 4), (32, 128, 4), (32, 128, 8), (64, 128, 8), (16, 256, 8)]
+# (BLOCK_T, BLOCK_F, num_warps) x ROW_TILES x STAGES; stages 1 and 2, 8 warps, and tiles of 64
+# rows or 256 columns lost everywhere in the first sweep (results/count_tile_sweep_h200.jsonl).
+TILES = [(16, 128, 4), (32, 128, 4)]
 ROW_TILES = [4, 8, 16]
-STAGES = [1, 2, 3, 4]
+STAGES = [3, 4]  # both for "thresholds"; the other modes use 3 (Triton's default)
+# (float_tally, thr_on_product)
+CODES = [(False, False), (True, False), (False, True), (True, True)]
+MODES = ["thresholds", "zero", "thresholds+mask"]
 
 
 def main() -> int:
@@ -39,7 +48,14 @@ def main() -> int:
     p.add_argument("--tokens", type=int, default=32768)
     p.add_argument("--widths", type=lambda s: [int(x) for x in s.split(",")], default=[1920, 4480])
     p.add_argument("--activations", nargs="+", default=["relu", "silu"])
-    p.add_argument("--no-thresholds", action="store_true", help="count g > 0 only (no CETT thresholds)")
+    p.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
+    p.add_argument("--tiles", default=",".join("x".join(map(str, t)) for t in TILES),
+                   help="BLOCK_TxBLOCK_FxWARPS list (default: %(default)s)")
+    p.add_argument("--row-tiles", default=",".join(map(str, ROW_TILES)), help="(default: %(default)s)")
+    p.add_argument("--stages", default=",".join(map(str, STAGES)),
+                   help="for mode 'thresholds'; the others use the first (default: %(default)s)")
+    p.add_argument("--loops", nargs="+", default=["pipelined"], choices=["pipelined", "prefetch"],
+                   help="row-tile loop: Triton's pipeliner (STAGES) or register double buffering")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     import triton.testing
@@ -49,37 +65,52 @@ def main() -> int:
     copy_gbs = 2 * src.numel() / (triton.testing.do_bench(lambda: dst.copy_(src)) * 1e-3) / 1e9
     del src, dst
     gen = torch.Generator(device="cuda").manual_seed(0)
-    for activation, f in itertools.product(args.activations, args.widths):
+    for activation, f, mode in itertools.product(args.activations, args.widths, args.modes):
         g = torch.randn(args.tokens, f, device="cuda", dtype=torch.bfloat16, generator=gen)
         u = torch.randn(args.tokens, f, device="cuda", dtype=torch.bfloat16, generator=gen)
-        thresholds = None if args.no_thresholds else torch.rand(f, device="cuda", generator=gen) * 0.5
+        thresholds = None if mode == "zero" else torch.rand(f, device="cuda", generator=gen) * 0.5
+        row_mask = (torch.rand(args.tokens, device="cuda", generator=gen) > 0.3) if "mask" in mode else None
 
         def counts() -> CountTarget:
             z = torch.zeros(f, dtype=torch.int64, device="cuda")
             return CountTarget(active=z, tokens=torch.zeros((), dtype=torch.int64, device="cuda"),
-                               above_threshold=None if thresholds is None else z.clone(), thresholds=thresholds)
+                               above_threshold=None if thresholds is None else z.clone(),
+                               thresholds=thresholds, row_mask=row_mask)
 
         expected = counts()
-        tga._forward(g, u, activation, expected)
+        h_expected = tga._forward(g, u, activation, expected)
         base = {"benchmark": "count_tile_sweep", "activation": activation, "tokens": args.tokens, "f": f,
-                "thresholds": thresholds is not None, "copy_gbs": round(copy_gbs)}
+                "mode": mode, "copy_gbs": round(copy_gbs)}
+
+        def frac(ms: float) -> float:
+            return round(3 * g.numel() * 2 / (ms * 1e-3) / 1e9 / copy_gbs, 3)
+
         nocount_ms = triton.testing.do_bench(lambda: tga._forward(g, u, activation, None))
         emit({**base, "config": "no counting (default tiles)", "ms": round(nocount_ms, 4),
-              "frac_of_copy": round(3 * g.numel() * 2 / (nocount_ms * 1e-3) / 1e9 / copy_gbs, 3)}, args.out)
-        for (block_t, block_f, warps), row_tiles, stages in itertools.product(TILES, ROW_TILES, STAGES):
-            cfg = (block_t, block_f, warps, row_tiles, False, stages)
+              "frac_of_copy": frac(nocount_ms)}, args.out)
+        codes = CODES if thresholds is not None else [c for c in CODES if not c[1]]
+        tiles = [tuple(int(x) for x in t.split("x")) for t in args.tiles.split(",")]
+        row_tiles_swept = [int(x) for x in args.row_tiles.split(",")]
+        stages_swept = [int(x) for x in args.stages.split(",")]
+        stages_swept = stages_swept if mode == "thresholds" else stages_swept[:1]
+        loops = [(loop, st) for loop in args.loops for st in (stages_swept if loop == "pipelined" else [1])]
+        for (block_t, block_f, warps), row_tiles, (loop, stages), (float_tally, on_product) in itertools.product(
+                tiles, row_tiles_swept, loops, codes):
+            cfg = dict(block_t=block_t, block_f=block_f, num_warps=warps, row_tiles=row_tiles,
+                       stages=stages, prefetch=loop == "prefetch", float_tally=float_tally,
+                       thr_on_product=on_product)
             got = counts()
             try:
-                tga._forward(g, u, activation, got, cfg)
-                equal = torch.equal(got.active, expected.active) and (
+                h = tga._forward(g, u, activation, got, cfg)
+                equal = torch.equal(h, h_expected) and torch.equal(got.active, expected.active) and (
                     thresholds is None or torch.equal(got.above_threshold, expected.above_threshold))
                 target = counts()
                 ms = triton.testing.do_bench(lambda: tga._forward(g, u, activation, target, cfg))
             except Exception as err:  # a tile shape the compiler rejects (registers, shared memory)
-                emit({**base, "config": list(cfg), "error": str(err).splitlines()[0][:200]}, args.out)
+                emit({**base, "config": cfg, "error": str(err).splitlines()[0][:200]}, args.out)
                 continue
-            emit({**base, "config": list(cfg), "counts_equal": equal, "ms": round(ms, 4),
-                  "frac_of_copy": round(3 * g.numel() * 2 / (ms * 1e-3) / 1e9 / copy_gbs, 3)}, args.out)
+            emit({**base, "config": cfg, "counts_equal": equal, "ms": round(ms, 4), "frac_of_copy": frac(ms)},
+                 args.out)
     return 0
 
 

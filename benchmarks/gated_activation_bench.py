@@ -180,13 +180,13 @@ def tile_sweep(activation: str, g, u, thresholds, elem: int, copy_gbs: float, ba
         for row_tiles, counting, unroll in [(1, False, False), (8, False, False), (8, True, False),
                                             (16, True, False), (32, True, False)]:
             counts = make_counts(f, t, thresholds, None) if counting else None
-            cfg = (block_t, block_f, warps, row_tiles, unroll)
+            cfg = dict(block_t=block_t, block_f=block_f, num_warps=warps, row_tiles=row_tiles, unroll=unroll)
             try:
                 ms = bench_ms(lambda: tga._forward(g, u, activation, counts, cfg))
-                emit({**base, "sweep": "fwd", "config": list(cfg), "counting": counting, "ms": ms,
+                emit({**base, "sweep": "fwd", "config": cfg, "counting": counting, "ms": ms,
                       "frac_of_copy": 3 * t * f * elem / (ms * 1e-3) / 1e9 / copy_gbs})
             except Exception as e:
-                emit({**base, "sweep": "fwd", "config": list(cfg), "error": str(e)[:200]})
+                emit({**base, "sweep": "fwd", "config": cfg, "error": str(e)[:200]})
         try:
             ms = bench_ms(lambda: tga._backward(dh, g, u, activation, (block_t, block_f, warps)))
             emit({**base, "sweep": "bwd", "config": [block_t, block_f, warps], "ms": ms,

@@ -31,7 +31,7 @@ used instead because the interpreter has no libdevice.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import triton
@@ -79,41 +79,99 @@ def _to_dtype(x, DTYPE: tl.constexpr, ROUND_BF16: tl.constexpr):
     return x.to(DTYPE)
 
 
-# Both counters share one int32 tally per element: active in the low 16 bits, above-threshold in
-# the high 16 bits. One add per element instead of two, and one cross-warp column reduction per
-# program instead of two. Exact while a program covers < 2**16 rows (checked on the host).
+# Both counters share one tally per element, so that each element costs one add and each program
+# one cross-warp column reduction. Integer tallies: active in the low 16 bits, above-threshold in
+# the high 16 bits, exact while a program covers < 2**16 rows. Float tallies: active + 2048·above,
+# exact while a program covers < 2048 rows (then every partial sum stays below 2**23, where fp32
+# holds every integer). Both bounds are checked on the host.
 _ABOVE_SHIFT = 16
+_FLOAT_ABOVE_WEIGHT = tl.constexpr(2048.0)
+
+
+@triton.jit
+def _bf16_count_boundary(thr):
+    """Per column, the fp32 value b such that, for every fp32 product p,
+    ``|round_bf16(p)| >= thr``  ⇔  ``|p| >= b``  (thr: [BF] fp32; b: [BF] fp32).
+
+    This lets the threshold counter compare the fp32 product it already holds instead of
+    unpacking the stored bf16 value again. For thr > 0: let t be the smallest bf16 value >= thr
+    (thr rounded up to bf16's 16-bit mantissa grid). p rounds to >= t exactly when |p| lies at or
+    above the midpoint between t and the bf16 value below it; at the midpoint itself
+    round-to-nearest-even picks t only if t's mantissa is even, so an odd t moves the boundary one
+    fp32 step up. thr <= 0 counts every non-NaN value and a NaN thr counts none: both are kept as
+    they are. thr = +inf gives the midpoint between bf16's largest finite value and inf, which is
+    where rounding overflows to inf.
+    """
+    bits = thr.to(tl.int32, bitcast=True)
+    up = tl.where((bits & 0xFFFF) == 0, bits, (bits | 0xFFFF) + 1)  # t, as fp32 bits
+    mid = up - 0x8000 + ((up >> 16) & 1)
+    return tl.where(thr > 0.0, mid.to(tl.float32, bitcast=True), thr)
+
+
+@triton.jit
+def _load_row_tile(G, U, row0, cols, col_ok, T, F, BLOCK_T: tl.constexpr):
+    rows = row0 + tl.arange(0, BLOCK_T)  # [BT]
+    offs = rows.to(tl.int64)[:, None] * F + cols[None, :]  # [BT, BF]; int64: T·F may pass 2³¹
+    mask = (rows < T)[:, None] & col_ok[None, :]
+    g = tl.load(G + offs, mask=mask, other=0.0)
+    # Out-of-range elements get u = NaN, so h = NaN there: never stored, and neither counted as
+    # active (g = 0) nor as above threshold (NaN >= thr is false, even for thr <= 0). This saves a
+    # per-element row-validity select in the counting path.
+    u = tl.load(U + offs, mask=mask, other=float("nan"))
+    return g, u
 
 
 @triton.jit
 def _fwd_row_tile(G, U, H, ROW_MASK, THR_ROW, tally, row0, cols, col_ok, T, F,
                   ACTIVATION: tl.constexpr, COUNT: tl.constexpr, HAS_THRESHOLDS: tl.constexpr,
                   HAS_ROW_MASK: tl.constexpr, PRECISE: tl.constexpr, ROUND_H: tl.constexpr,
-                  BLOCK_T: tl.constexpr):
+                  FLOAT_TALLY: tl.constexpr, THR_ON_PRODUCT: tl.constexpr, BLOCK_T: tl.constexpr):
+    g, u = _load_row_tile(G, U, row0, cols, col_ok, T, F, BLOCK_T)
+    return _fwd_loaded_tile(H, ROW_MASK, THR_ROW, tally, g, u, row0, cols, col_ok, T, F, ACTIVATION,
+                            COUNT, HAS_THRESHOLDS, HAS_ROW_MASK, PRECISE, ROUND_H, FLOAT_TALLY,
+                            THR_ON_PRODUCT, BLOCK_T)
+
+
+@triton.jit
+def _fwd_loaded_tile(H, ROW_MASK, THR_ROW, tally, g, u, row0, cols, col_ok, T, F,
+                     ACTIVATION: tl.constexpr, COUNT: tl.constexpr, HAS_THRESHOLDS: tl.constexpr,
+                     HAS_ROW_MASK: tl.constexpr, PRECISE: tl.constexpr, ROUND_H: tl.constexpr,
+                     FLOAT_TALLY: tl.constexpr, THR_ON_PRODUCT: tl.constexpr, BLOCK_T: tl.constexpr):
     rows = row0 + tl.arange(0, BLOCK_T)  # [BT]
     row_ok = rows < T
-    offs = rows.to(tl.int64)[:, None] * F + cols[None, :]  # [BT, BF]; int64: T·F may pass 2³¹
+    offs = rows.to(tl.int64)[:, None] * F + cols[None, :]  # [BT, BF]
     mask = row_ok[:, None] & col_ok[None, :]
-    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
-    # Out-of-range elements get u = NaN, so h = NaN there: never stored, and neither counted as
-    # active (g = 0) nor as above threshold (NaN >= thr is false, even for thr <= 0). This saves a
-    # per-element row-validity select in the counting path.
-    u = tl.load(U + offs, mask=mask, other=float("nan")).to(tl.float32)
+    g = g.to(tl.float32)
+    u = u.to(tl.float32)
     if ACTIVATION == 0:
         s = tl.maximum(g, 0.0)
     else:
         s = _div(g, 1.0 + _exp(-g, PRECISE), PRECISE)
-    h = _to_dtype(s * u, H.dtype.element_ty, ROUND_H)  # the one rounding to the output dtype
+    p = s * u  # [BT, BF] fp32
+    h = _to_dtype(p, H.dtype.element_ty, ROUND_H)  # the one rounding to the output dtype
     tl.store(H + offs, h, mask=mask)
     if COUNT:
         # Masked-out columns also load threshold +inf (never above).
-        inc = (g > 0.0).to(tl.int32)
         if HAS_THRESHOLDS:
-            big = tl.abs(h.to(tl.float32)) >= THR_ROW  # h as stored, not the fp32 product
-            inc += big.to(tl.int32) << 16
-        if HAS_ROW_MASK:  # rows excluded from counting (their h is still computed and stored)
-            keep = tl.load(ROW_MASK + rows, mask=row_ok, other=0) != 0  # [BT]
-            inc = tl.where(keep[:, None], inc, 0)
+            if THR_ON_PRODUCT:  # THR_ROW holds _bf16_count_boundary(thresholds)
+                big = tl.abs(p) >= THR_ROW
+            else:
+                big = tl.abs(h.to(tl.float32)) >= THR_ROW  # h as stored, not the fp32 product
+        if FLOAT_TALLY:
+            # fp32 selects and adds run on the full-rate FP32 pipe; integer ops get half of it.
+            inc = tl.where(g > 0.0, 1.0, 0.0)
+            if HAS_THRESHOLDS:
+                inc += tl.where(big, _FLOAT_ABOVE_WEIGHT, 0.0)
+            if HAS_ROW_MASK:  # rows excluded from counting (their h is still computed and stored)
+                keep = tl.load(ROW_MASK + rows, mask=row_ok, other=0).to(tl.float32)  # [BT]
+                inc *= keep[:, None]
+        else:
+            inc = (g > 0.0).to(tl.int32)
+            if HAS_THRESHOLDS:
+                inc += big.to(tl.int32) << 16
+            if HAS_ROW_MASK:
+                keep = tl.load(ROW_MASK + rows, mask=row_ok, other=0) != 0  # [BT]
+                inc = tl.where(keep[:, None], inc, 0)
         tally += inc
     return tally
 
@@ -129,10 +187,13 @@ def _gated_act_fwd_kernel(
     HAS_ROW_MASK: tl.constexpr,
     PRECISE: tl.constexpr,
     ROUND_H: tl.constexpr,
+    FLOAT_TALLY: tl.constexpr,  # fp32 tallies (see _FLOAT_ABOVE_WEIGHT) instead of packed int32
+    THR_ON_PRODUCT: tl.constexpr,  # bf16 output: compare the fp32 product to a rounded boundary
     BLOCK_T: tl.constexpr,
     BLOCK_F: tl.constexpr,
     ROW_TILES: tl.constexpr,
     UNROLL: tl.constexpr,
+    PREFETCH: tl.constexpr,  # register double buffering of the row-tile loop (instead of STAGES)
     STAGES: tl.constexpr,  # software-pipelining depth of the row-tile loop
 ):
     # 1-D grid, column blocks fastest: neighbouring programs touch neighbouring memory, and the
@@ -146,29 +207,53 @@ def _gated_act_fwd_kernel(
     col_ok = cols < F
     # Per-element tallies, reduced over rows only once after the loop: the cross-warp column
     # reduction (shared memory + barriers) is what costs, not the compares and adds.
-    tally = tl.zeros([BLOCK_T, BLOCK_F], dtype=tl.int32)
+    if FLOAT_TALLY:
+        tally = tl.zeros([BLOCK_T, BLOCK_F], dtype=tl.float32)
+    else:
+        tally = tl.zeros([BLOCK_T, BLOCK_F], dtype=tl.int32)
     thr_row = tl.zeros([1, BLOCK_F], dtype=tl.float32)
     if HAS_THRESHOLDS:
-        thr_row = tl.load(THRESHOLDS + cols, mask=col_ok, other=float("inf"))[None, :]  # [1, BF]
+        thr = tl.load(THRESHOLDS + cols, mask=col_ok, other=float("inf"))  # [BF]
+        if THR_ON_PRODUCT:
+            thr = _bf16_count_boundary(thr)
+        thr_row = thr[None, :]  # [1, BF]
 
     row_base = pid_t * ROW_TILES * BLOCK_T
-    if UNROLL:
+    if PREFETCH:
+        # Register double buffering instead of Triton's shared-memory pipeliner: tile i+1's loads
+        # are in flight while tile i is computed (the last prefetch is masked off).
+        g_next, u_next = _load_row_tile(G, U, row_base, cols, col_ok, T, F, BLOCK_T)
+        for i in tl.range(0, ROW_TILES, num_stages=1):
+            g_cur, u_cur = g_next, u_next
+            row_next = row_base + (i + 1) * BLOCK_T
+            g_next, u_next = _load_row_tile(G, U, row_next, cols, col_ok,
+                                            tl.where(i + 1 < ROW_TILES, T, 0), F, BLOCK_T)
+            tally = _fwd_loaded_tile(H, ROW_MASK, thr_row, tally, g_cur, u_cur, row_base + i * BLOCK_T,
+                                     cols, col_ok, T, F, ACTIVATION, COUNT, HAS_THRESHOLDS,
+                                     HAS_ROW_MASK, PRECISE, ROUND_H, FLOAT_TALLY, THR_ON_PRODUCT,
+                                     BLOCK_T)
+    elif UNROLL:
         for i in tl.static_range(ROW_TILES):
             tally = _fwd_row_tile(G, U, H, ROW_MASK, thr_row, tally, row_base + i * BLOCK_T, cols,
                                   col_ok, T, F, ACTIVATION, COUNT, HAS_THRESHOLDS, HAS_ROW_MASK,
-                                  PRECISE, ROUND_H, BLOCK_T)
+                                  PRECISE, ROUND_H, FLOAT_TALLY, THR_ON_PRODUCT, BLOCK_T)
     else:
         for i in tl.range(0, ROW_TILES, num_stages=STAGES):
             tally = _fwd_row_tile(G, U, H, ROW_MASK, thr_row, tally, row_base + i * BLOCK_T, cols,
                                   col_ok, T, F, ACTIVATION, COUNT, HAS_THRESHOLDS, HAS_ROW_MASK,
-                                  PRECISE, ROUND_H, BLOCK_T)
+                                  PRECISE, ROUND_H, FLOAT_TALLY, THR_ON_PRODUCT, BLOCK_T)
 
     if COUNT:
         col_tally = tl.sum(tally, axis=0)  # [BF]
-        n_active = col_tally & 0xFFFF
+        if FLOAT_TALLY:
+            packed = col_tally.to(tl.int32)  # exact: an integer below 2**23
+            n_active = packed & 2047
+            n_above = packed >> 11
+        else:
+            n_active = col_tally & 0xFFFF
+            n_above = col_tally >> 16
         tl.atomic_add(ACTIVE + cols, n_active.to(ACTIVE.dtype.element_ty), mask=col_ok, sem="relaxed")
         if HAS_THRESHOLDS:
-            n_above = col_tally >> 16
             tl.atomic_add(ABOVE + cols, n_above.to(ABOVE.dtype.element_ty), mask=col_ok, sem="relaxed")
 
 
@@ -278,11 +363,35 @@ def _check_counts(counts: CountTarget, f: int, t: int, device: torch.device) -> 
             )
 
 
+def _forward_config(f: int, activation: Activation, count: bool, h_dtype: torch.dtype,
+                    overrides: Optional[Dict[str, int]] = None) -> Dict[str, int]:
+    """The forward launch's tile and code choices; ``overrides`` (used by the benchmarks' sweeps)
+    replaces any of them: block_t, block_f, num_warps, row_tiles, unroll, stages, prefetch,
+    float_tally, thr_on_product."""
+    block_t, block_f, num_warps = _tile_config(f, _INTERPRETED)
+    row_tiles = 1
+    if count:
+        block_t, row_tiles = _count_rows(activation, block_t, _INTERPRETED)
+    config = dict(block_t=block_t, block_f=block_f, num_warps=num_warps, row_tiles=row_tiles,
+                  unroll=False, stages=_DEFAULT_STAGES, prefetch=False, float_tally=False,
+                  thr_on_product=False)
+    unknown = set(overrides or {}) - set(config)
+    if unknown:
+        raise ValueError(f"unknown forward config keys {sorted(unknown)} (known: {sorted(config)})")
+    config.update(overrides or {})
+    rows = config["block_t"] * config["row_tiles"]
+    if rows >= (2048 if config["float_tally"] else 1 << _ABOVE_SHIFT):
+        raise ValueError(f"a counting program covers {rows} rows, more than its packed tallies hold")
+    if config["thr_on_product"] and h_dtype != torch.bfloat16:
+        raise ValueError("thr_on_product needs a bf16 output (its boundary is bf16's rounding)")
+    return config
+
+
 def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
              counts: Optional[CountTarget],
-             config: Optional[Tuple[int, ...]] = None) -> torch.Tensor:
-    """Launches the forward kernel on [T, f] views. ``config`` = (BLOCK_T, BLOCK_F, num_warps,
-    ROW_TILES, UNROLL[, STAGES]) overrides the defaults (used by the benchmark's tile sweeps)."""
+             config: Optional[Dict[str, int]] = None) -> torch.Tensor:
+    """Launches the forward kernel on [T, f] views; ``config`` overrides :func:`_forward_config`'s
+    choices (the benchmarks' sweeps)."""
     t, f = g2.shape
     h2 = torch.empty((t, f), dtype=g2.dtype, device=g2.device)
     count = counts is not None
@@ -290,21 +399,8 @@ def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
         _check_counts(counts, f, t, g2.device)
     if t == 0 or f == 0:
         return h2
-
-    interpret = _INTERPRETED
-    if config is None:
-        block_t, block_f, num_warps = _tile_config(f, interpret)
-        row_tiles = 1
-        if count:
-            block_t, row_tiles = _count_rows(activation, block_t, interpret)
-        unroll, stages = False, _DEFAULT_STAGES
-    else:
-        block_t, block_f, num_warps, row_tiles, unroll = config[:5]
-        stages = config[5] if len(config) > 5 else _DEFAULT_STAGES
-    if block_t * row_tiles >= 1 << _ABOVE_SHIFT:
-        raise ValueError("a program must cover fewer than 65536 rows (packed 16-bit tallies)")
-    rows_per_program = block_t * row_tiles
-    grid = (triton.cdiv(f, block_f) * triton.cdiv(t, rows_per_program),)
+    cfg = _forward_config(f, activation, count, h2.dtype, config)
+    grid = (triton.cdiv(f, cfg["block_f"]) * triton.cdiv(t, cfg["block_t"] * cfg["row_tiles"]),)
 
     has_thr = count and counts.above_threshold is not None
     has_mask = count and counts.row_mask is not None
@@ -316,8 +412,10 @@ def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
         g2, u2, h2, active, above, thresholds, row_mask, t, f,
         ACTIVATION=_ACTIVATION_CODES[activation], COUNT=count, HAS_THRESHOLDS=has_thr,
         HAS_ROW_MASK=has_mask, PRECISE=_precise_math(), ROUND_H=_round_bf16_by_hand(h2),
-        BLOCK_T=block_t, BLOCK_F=block_f, ROW_TILES=row_tiles, UNROLL=unroll, STAGES=stages,
-        num_warps=num_warps,
+        FLOAT_TALLY=cfg["float_tally"], THR_ON_PRODUCT=cfg["thr_on_product"] and has_thr,
+        BLOCK_T=cfg["block_t"], BLOCK_F=cfg["block_f"], ROW_TILES=cfg["row_tiles"],
+        UNROLL=cfg["unroll"], PREFETCH=cfg["prefetch"], STAGES=cfg["stages"],
+        num_warps=cfg["num_warps"],
     )
     if count:
         # Device-side add: no host synchronisation.

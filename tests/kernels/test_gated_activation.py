@@ -234,6 +234,92 @@ def test_bad_count_targets_are_rejected():
         gated_activation_triton(g, u, "gelu", None)
 
 
+def _boundary_thresholds(h: torch.Tensor, seed: int) -> torch.Tensor:
+    """Per column, a threshold on or next to a bf16 rounding boundary of one of its real |h|
+    values: the value itself (a tie), one fp32 step above / below it, the midpoints to its bf16
+    neighbours, or one of 0, -1, +inf, NaN. Counting the fp32 product against a precomputed
+    boundary must give the same answer as counting the stored bf16 h in every one of these."""
+    f = h.shape[-1]
+    gen = torch.Generator().manual_seed(seed)
+    rows = h.reshape(-1, f).float().abs()
+    base = rows[torch.randint(0, rows.shape[0], (f,), generator=gen), torch.arange(f)].cpu()
+    step = torch.tensor(2.0 ** -8) * base  # about half a bf16 ulp of base
+    candidates = torch.stack([
+        base,
+        torch.nextafter(base, torch.tensor(float("inf"))),
+        torch.nextafter(base, torch.tensor(0.0)),
+        base + step.to(torch.bfloat16).float(),
+        base - step.to(torch.bfloat16).float(),
+        torch.zeros(f), torch.full((f,), -1.0), torch.full((f,), float("inf")), torch.full((f,), float("nan")),
+    ])  # [9, f]
+    pick = torch.randint(0, 5, (f,), generator=gen)
+    pick[: 4 * (f // 9)] = torch.arange(4 * (f // 9)) % 9  # every kind appears in wide tiles
+    return candidates[pick, torch.arange(f)].contiguous().to(h.device)
+
+
+@pytest.mark.parametrize("float_tally", [False, True])
+@pytest.mark.parametrize("thr_on_product", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_forward_code_variants_count_exactly(float_tally, thr_on_product, activation, with_mask, prefetch):
+    # Every forward code path the benchmarks may choose (integer or float tallies; threshold
+    # compare on the stored h or on the fp32 product; pipelined or prefetching loop) counts exactly what the reference counts on
+    # the kernel's own stored h, with thresholds placed on bf16 rounding boundaries.
+    t, f = 45, 137
+    seed = _seed(float_tally, thr_on_product, activation, with_mask, prefetch)
+    g, u = _inputs((t, f), torch.bfloat16, seed)
+    h_plain = gated_activation_triton(g, u, activation, None)
+    thr = _boundary_thresholds(h_plain, seed)
+    mask = (torch.rand(t, generator=torch.Generator().manual_seed(seed)) > 0.3).to(g.device) if with_mask else None
+    counts = _count_target(f, t, thr, mask)
+    h = tga._forward(g, u, activation, counts,
+                     dict(float_tally=float_tally, thr_on_product=thr_on_product, prefetch=prefetch))
+    assert torch.equal(h, h_plain)
+    own = _count_target(f, t, thr, mask)
+    count_activations_reference(g, h, own)
+    assert torch.equal(counts.active, own.active)
+    assert torch.equal(counts.above_threshold, own.above_threshold)
+    assert counts.tokens.item() == own.tokens.item()
+    assert 0 < counts.above_threshold.sum() < counts.tokens.item() * f  # a real mix of counts
+
+
+@pytest.mark.parametrize("thr_on_product", [False, True])
+def test_threshold_count_at_exact_rounding_ties(thr_on_product):
+    # ReLU products of bf16 values are exact in fp32, so some land exactly halfway between two
+    # bf16 values. Each column gets such a product in its first row and, as threshold, the bf16
+    # value just above it: round-to-nearest-even reaches that value only when its mantissa is
+    # even, so about half the columns must count the tie and half must not.
+    gen = torch.Generator().manual_seed(17)
+    g = torch.rand(20000, generator=gen).add(1).to(torch.bfloat16)
+    u = torch.rand(20000, generator=gen).add(1).to(torch.bfloat16)
+    bits = (g.float() * u.float()).view(torch.int32)
+    ties = torch.nonzero((bits & 0xFFFF) == 0x8000).flatten()[:96]
+    f = ties.numel()
+    assert f >= 64
+    g2, u2 = _inputs((33, f), torch.bfloat16, seed=4)
+    g2[0], u2[0] = g[ties].to(g2.device), u[ties].to(u2.device)
+    upper = (bits[ties] + 0x8000).view(torch.float32)  # the bf16 value just above the tie
+    counts = _count_target(f, 33, upper.to(g2.device).contiguous(), None)
+    h = tga._forward(g2, u2, "relu", counts, dict(thr_on_product=thr_on_product))
+    counted_tie = (h[0].float() >= upper.to(h.device)).cpu()
+    assert 0 < int(counted_tie.sum()) < f  # both parities occur
+    own = _count_target(f, 33, upper.to(g2.device).contiguous(), None)
+    count_activations_reference(g2, h, own)
+    assert torch.equal(counts.above_threshold, own.above_threshold)
+
+
+def test_forward_config_rejects_what_its_tallies_cannot_hold():
+    g, u = _inputs((8, 16), torch.float32, seed=2)
+    counts = _count_target(16, 8, torch.zeros(16, device=g.device), None)
+    with pytest.raises(ValueError, match="rows"):
+        tga._forward(g, u, "relu", counts, dict(float_tally=True, block_t=16, row_tiles=128))
+    with pytest.raises(ValueError, match="bf16"):
+        tga._forward(g, u, "relu", counts, dict(thr_on_product=True))
+    with pytest.raises(ValueError, match="unknown forward config"):
+        tga._forward(g, u, "relu", counts, dict(tile=3))
+
+
 # ----------------------------------------------------------------------------------------------
 # Real GPU: large and many random shapes, compiled.
 

@@ -1,0 +1,62 @@
+"""Launches the forward kernel's variants once each at one training shape, for a hardware profiler
+(ncu) to compare them, and prints each compiled variant's registers, spills and shared memory.
+
+Variants: counting off; SiLU/ReLU counting with the default launch; the same with register
+double buffering instead of the shared-memory pipeliner. Run it under ncu, e.g.
+
+examples:
+  ncu --clock-control none --kernel-name regex:_gated_act_fwd --section SpeedOfLight \\
+      --section Occupancy --section WarpStateStats python benchmarks/count_kernel_profile.py
+  python benchmarks/count_kernel_profile.py --tokens 8192      # registers only, no profiler
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from megasparse.kernels import triton_gated_activation as tga  # noqa: E402
+from megasparse.kernels.gated_activation import CountTarget  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokens", type=int, default=32768)
+    p.add_argument("--width", type=int, default=4480)
+    args = p.parse_args()
+    t, f = args.tokens, args.width
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    g = torch.randn(t, f, device="cuda", dtype=torch.bfloat16, generator=gen)
+    u = torch.randn(t, f, device="cuda", dtype=torch.bfloat16, generator=gen)
+    thr = torch.rand(f, device="cuda", generator=gen) * 0.5
+
+    def counts() -> CountTarget:
+        z = torch.zeros(f, dtype=torch.int64, device="cuda")
+        return CountTarget(active=z, tokens=torch.zeros((), dtype=torch.int64, device="cuda"),
+                           above_threshold=z.clone(), thresholds=thr)
+
+    variants = [("silu", None, None), ("silu", "count", None), ("silu", "count", dict(prefetch=True)),
+                ("silu", "count", dict(thr_on_product=True, stages=4)), ("relu", "count", None)]
+    for activation, count, cfg in variants:
+        print(json.dumps({"launch": activation, "counting": bool(count), "config": cfg}), flush=True)
+        tga._forward(g, u, activation, counts() if count else None, cfg)
+    torch.cuda.synchronize()
+    for device_cache in getattr(tga._gated_act_fwd_kernel, "device_caches", {}).values():
+        for key, compiled in device_cache[0].items():
+            try:
+                print(json.dumps({"key": str(key)[-300:], "n_regs": compiled.n_regs,
+                                  "n_spills": compiled.n_spills, "shared": compiled.metadata.shared,
+                                  "num_warps": compiled.metadata.num_warps}), flush=True)
+            except Exception as err:  # Triton's cache layout differs between versions
+                print(json.dumps({"error": repr(err)[:200]}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,13 +7,14 @@
 #   liger     the strongest peer, HF Llama + Liger-Kernel + DeepSpeed ZeRO-1, at its best micro-batch
 #   plain     plain HF Llama + DeepSpeed ZeRO-1 at its best micro-batch
 #   counters  the counters' cost, off/on blocks alternating in one process (counter_cost.py)
-#   ablation  each option alone at each size (fused loss only, compile only, both + activation
-#             checkpointing), counters on, so every option's share is measured separately (compile
-#             alone keeps the full fp32 logits: at 0.1B micro-batch 16 it may not fit)
+#   ablation  each option alone at each size (neither, fused loss only, compile only, both +
+#             activation checkpointing), counters on, so every option's share is measured
+#             separately (without the fused loss the full fp32 logits may not fit)
 #   profiles  where the step time goes, both sizes, with the same options
 # The peers' micro-batches are those the issue reports as their best on this hardware (Liger:
 # 16 at 0.1B, 8 at 1.2B; plain: 8 and 4); PEER_SWEEP="8 16" etc. would re-sweep them.
-# JSON lines go to $OUT/mfu_sweep.jsonl.
+# JSON lines go to $OUT/mfu_sweep.jsonl. Parts may run at the same time on different GPUs of one
+# machine (each in its own work directory), e.g. CUDA_VISIBLE_DEVICES=1 ... ablation &.
 #
 #   OUT=/tmp/out bash benchmarks/mfu_sweep.sh ours liger
 set -uo pipefail
@@ -24,10 +25,12 @@ source benchmarks/gpu_env.sh
 J="$OUT/mfu_sweep.jsonl"
 FAST="--loss-chunk-tokens ${CHUNK:-8192} --compile"
 MBS_SMALL=${MBS_SMALL:-16} MBS_LARGE=${MBS_LARGE:-8}
+SIZES=${SIZES:-0.1b 1.2b}  # the sizes that ours, counters and ablation run
+mbs() { if [ "$1" = 0.1b ]; then echo "$MBS_SMALL"; else echo "$MBS_LARGE"; fi; }
 ours() {  # model micro-batch extra-flags...
   local model=$1 mbs=$2; shift 2
   timeout 300 python3 benchmarks/train_throughput.py --model "$model" --micro-batch "$mbs" --steps ${STEPS:-20} \
-      --log-interval 5 --workdir "/tmp/sweep-$model" --out "$J" "$@" | cut -c1-400
+      --log-interval 5 --workdir "/tmp/sweep-$model-$part" --out "$J" "$@" | cut -c1-400
 }
 peer() {  # model micro-batch(es) extra-flags...
   local model=$1 mbs=$2; shift 2
@@ -44,8 +47,7 @@ for part in "$@"; do
       timeout 150 python3 benchmarks/gated_activation_bench.py > "$OUT/gated_activation.jsonl" 2>> "$OUT/errors.txt"
       tail -12 "$OUT/gated_activation.jsonl" ;;
     ours)
-      ours 0.1b "$MBS_SMALL" $FAST --counters off triton
-      ours 1.2b "$MBS_LARGE" $FAST --counters off triton ;;
+      for model in $SIZES; do ours "$model" "$(mbs "$model")" $FAST --counters off triton; done ;;
     liger)
       peer 0.1b "${PEER_SWEEP:-16}" --liger
       peer 1.2b "${PEER_SWEEP:-8}" --liger ;;
@@ -53,16 +55,17 @@ for part in "$@"; do
       peer 0.1b "${PEER_SWEEP:-8}"
       peer 1.2b "${PEER_SWEEP:-4}" ;;
     counters)
-      timeout 200 python3 benchmarks/counter_cost.py --model 0.1b --micro-batch "$MBS_SMALL" $FAST --blocks 8 \
-          --block-steps 4 --out "$J" 2>> "$OUT/errors.txt" | cut -c1-600
-      timeout 250 python3 benchmarks/counter_cost.py --model 1.2b --micro-batch "$MBS_LARGE" $FAST --blocks 5 \
-          --block-steps 4 --out "$J" 2>> "$OUT/errors.txt" | cut -c1-600 ;;
+      for model in $SIZES; do
+        blocks=8; [ "$model" = 1.2b ] && blocks=5
+        timeout 250 python3 benchmarks/counter_cost.py --model "$model" --micro-batch "$(mbs "$model")" $FAST \
+            --blocks $blocks --block-steps 4 --out "$J" 2>> "$OUT/errors.txt" | cut -c1-600
+      done ;;
     ablation)
-      for spec in "0.1b $MBS_SMALL" "1.2b $MBS_LARGE"; do
-        set -- $spec
-        ours "$1" "$2" --loss-chunk-tokens "${CHUNK:-8192}" --counters triton
-        ours "$1" "$2" --compile --counters triton
-        ours "$1" "$2" $FAST --activation-checkpointing --counters triton
+      for model in $SIZES; do
+        ours "$model" "$(mbs "$model")" --counters triton
+        ours "$model" "$(mbs "$model")" --loss-chunk-tokens "${CHUNK:-8192}" --counters triton
+        ours "$model" "$(mbs "$model")" --compile --counters triton
+        ours "$model" "$(mbs "$model")" $FAST --activation-checkpointing --counters triton
       done ;;
     profiles)
       for spec in "0.1b $MBS_SMALL" "1.2b $MBS_LARGE"; do

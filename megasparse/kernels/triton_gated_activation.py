@@ -133,6 +133,14 @@ def _fwd_row_tile(G, U, H, ROW_MASK, THR_ROW, tally, row0, cols, col_ok, T, F,
 
 
 @triton.jit
+def _row_flags(ROW_MASK, rows, cols, mask):
+    """The row mask's flag of each element's row, loaded straight into the tile's [BT, BF] layout
+    (each element reads its row's byte; the reads hit L1). A [BT] load broadcast over the columns
+    would need a layout conversion through shared memory in every row tile."""
+    return tl.load(ROW_MASK + rows[:, None] + cols[None, :] * 0, mask=mask, other=0)  # [BT, BF]
+
+
+@triton.jit
 def _fwd_loaded_tile(H, ROW_MASK, THR_ROW, tally, g, u, row0, cols, col_ok, T, F,
                      ACTIVATION: tl.constexpr, COUNT: tl.constexpr, HAS_THRESHOLDS: tl.constexpr,
                      HAS_ROW_MASK: tl.constexpr, PRECISE: tl.constexpr, ROUND_H: tl.constexpr,
@@ -163,15 +171,13 @@ def _fwd_loaded_tile(H, ROW_MASK, THR_ROW, tally, g, u, row0, cols, col_ok, T, F
             if HAS_THRESHOLDS:
                 inc += tl.where(big, _FLOAT_ABOVE_WEIGHT, 0.0)
             if HAS_ROW_MASK:  # rows excluded from counting (their h is still computed and stored)
-                keep = tl.load(ROW_MASK + rows, mask=row_ok, other=0).to(tl.float32)  # [BT]
-                inc *= keep[:, None]
+                inc *= _row_flags(ROW_MASK, rows, cols, mask).to(tl.float32)
         else:
             inc = (g > 0.0).to(tl.int32)
             if HAS_THRESHOLDS:
                 inc += big.to(tl.int32) << 16
             if HAS_ROW_MASK:
-                keep = tl.load(ROW_MASK + rows, mask=row_ok, other=0) != 0  # [BT]
-                inc = tl.where(keep[:, None], inc, 0)
+                inc = tl.where(_row_flags(ROW_MASK, rows, cols, mask) != 0, inc, 0)
         tally += inc
     return tally
 

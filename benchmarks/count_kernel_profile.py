@@ -1,8 +1,9 @@
 """Launches the forward kernel's variants once each at one training shape, for a hardware profiler
 (ncu) to compare them, and prints each compiled variant's registers, spills and shared memory.
 
-Variants: counting off; SiLU/ReLU counting with the default launch; the same with register
-double buffering instead of the shared-memory pipeliner. Run it under ncu, e.g.
+Variants: SiLU counting off; SiLU counting with the default launch and with the launch it had
+before the tile sweeps (16 × 128 tiles, threshold compare on the stored h); ReLU counting. Run it
+under ncu, e.g.
 
 examples:
   ncu --clock-control none --kernel-name regex:_gated_act_fwd --section SpeedOfLight \\
@@ -41,8 +42,9 @@ def main() -> int:
         return CountTarget(active=z, tokens=torch.zeros((), dtype=torch.int64, device="cuda"),
                            above_threshold=z.clone(), thresholds=thr)
 
-    variants = [("silu", None, None), ("silu", "count", None), ("silu", "count", dict(prefetch=True)),
-                ("silu", "count", dict(thr_on_product=True, stages=4)), ("relu", "count", None)]
+    variants = [("silu", None, None), ("silu", "count", None),
+                ("silu", "count", dict(block_t=16, block_f=128, row_tiles=16, thr_on_product=False)),
+                ("relu", "count", None)]
     for activation, count, cfg in variants:
         print(json.dumps({"launch": activation, "counting": bool(count), "config": cfg}), flush=True)
         tga._forward(g, u, activation, counts() if count else None, cfg)

@@ -1,6 +1,6 @@
 """Sweep of the counting forward kernel: which tiles (BLOCK_T, BLOCK_F, warps, row tiles, pipeline
-stages) and which counting code (integer or fp32 tallies; threshold compare on the stored h or on
-the fp32 product) move the bytes fastest, for ReLU and SiLU at the paper's FFN widths.
+stages) and which threshold compare (on the stored h, or on the fp32 product against a boundary)
+move the bytes fastest, for ReLU and SiLU at the paper's FFN widths.
 
 Each configuration's counts are checked against the default configuration's (they must be equal:
 integer atomics, any launch shape, any code variant), and its h against the uncounted h. Times
@@ -13,7 +13,7 @@ Counting modes: "thresholds" (g > 0 and |h| >= τ, what training counts), "zero"
 examples:
   python benchmarks/count_tile_sweep.py
   python benchmarks/count_tile_sweep.py --activations silu --widths 4480 --modes zero
-  python benchmarks/count_tile_sweep.py --tiles 16x128x8,8x128x4 --row-tiles 16,32 --loops pipelined prefetch
+  python benchmarks/count_tile_sweep.py --tiles 16x64x4,8x64x2 --row-tiles 16,32 --stages 3
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ from megasparse.kernels.gated_activation import CountTarget  # noqa: E402
 TILES = [(16, 128, 4), (32, 128, 4)]
 ROW_TILES = [4, 8, 16]
 STAGES = [3, 4]  # both for "thresholds"; the other modes use 3 (Triton's default)
-# (float_tally, thr_on_product)
-CODES = [(False, False), (True, False), (False, True), (True, True)]
+# thr_on_product. (Two more code paths were measured and dropped: fp32 tallies instead of packed
+# int32, and register double buffering instead of Triton's pipeliner; neither won.)
+CODES = [False, True]
 MODES = ["thresholds", "zero", "thresholds+mask"]
 
 
@@ -54,8 +55,6 @@ def main() -> int:
     p.add_argument("--row-tiles", default=",".join(map(str, ROW_TILES)), help="(default: %(default)s)")
     p.add_argument("--stages", default=",".join(map(str, STAGES)),
                    help="for mode 'thresholds'; the others use the first (default: %(default)s)")
-    p.add_argument("--loops", nargs="+", default=["pipelined"], choices=["pipelined", "prefetch"],
-                   help="row-tile loop: Triton's pipeliner (STAGES) or register double buffering")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     import triton.testing
@@ -88,17 +87,15 @@ def main() -> int:
         nocount_ms = triton.testing.do_bench(lambda: tga._forward(g, u, activation, None))
         emit({**base, "config": "no counting (default tiles)", "ms": round(nocount_ms, 4),
               "frac_of_copy": frac(nocount_ms)}, args.out)
-        codes = CODES if thresholds is not None else [c for c in CODES if not c[1]]
+        codes = CODES if thresholds is not None else [False]
         tiles = [tuple(int(x) for x in t.split("x")) for t in args.tiles.split(",")]
         row_tiles_swept = [int(x) for x in args.row_tiles.split(",")]
         stages_swept = [int(x) for x in args.stages.split(",")]
         stages_swept = stages_swept if mode == "thresholds" else stages_swept[:1]
-        loops = [(loop, st) for loop in args.loops for st in (stages_swept if loop == "pipelined" else [1])]
-        for (block_t, block_f, warps), row_tiles, (loop, stages), (float_tally, on_product) in itertools.product(
-                tiles, row_tiles_swept, loops, codes):
+        for (block_t, block_f, warps), row_tiles, stages, on_product in itertools.product(
+                tiles, row_tiles_swept, stages_swept, codes):
             cfg = dict(block_t=block_t, block_f=block_f, num_warps=warps, row_tiles=row_tiles,
-                       stages=stages, prefetch=loop == "prefetch", float_tally=float_tally,
-                       thr_on_product=on_product)
+                       stages=stages, thr_on_product=on_product)
             got = counts()
             try:
                 h = tga._forward(g, u, activation, got, cfg)

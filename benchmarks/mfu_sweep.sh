@@ -25,7 +25,7 @@ source benchmarks/gpu_env.sh
 J="$OUT/mfu_sweep.jsonl"
 FAST="--loss-chunk-tokens ${CHUNK:-8192} --compile"
 MBS_SMALL=${MBS_SMALL:-16} MBS_LARGE=${MBS_LARGE:-8}
-SIZES=${SIZES:-0.1b 1.2b}  # the sizes that ours, counters and ablation run
+SIZES=${SIZES:-0.1b 1.2b}  # the model sizes every part but kernels and profiles runs
 mbs() { if [ "$1" = 0.1b ]; then echo "$MBS_SMALL"; else echo "$MBS_LARGE"; fi; }
 ours() {  # model micro-batch extra-flags...
   local model=$1 mbs=$2; shift 2
@@ -49,11 +49,15 @@ for part in "$@"; do
     ours)
       for model in $SIZES; do ours "$model" "$(mbs "$model")" $FAST --counters off triton; done ;;
     liger)
-      peer 0.1b "${PEER_SWEEP:-16}" --liger
-      peer 1.2b "${PEER_SWEEP:-8}" --liger ;;
+      for model in $SIZES; do
+        best=16; [ "$model" = 1.2b ] && best=8
+        peer "$model" "${PEER_SWEEP:-$best}" --liger
+      done ;;
     plain)
-      peer 0.1b "${PEER_SWEEP:-8}"
-      peer 1.2b "${PEER_SWEEP:-4}" ;;
+      for model in $SIZES; do
+        best=8; [ "$model" = 1.2b ] && best=4
+        peer "$model" "${PEER_SWEEP:-$best}"
+      done ;;
     counters)
       for model in $SIZES; do
         blocks=8; [ "$model" = 1.2b ] && blocks=5

@@ -17,6 +17,10 @@ How the counters are made cheap:
   packed in one int32: active in the low, above-threshold in the high 16 bits), reduces it over
   rows ONCE at the end, and issues ONE relaxed atomic add per column and counter — never one
   atomic per element (the known trap), and never a cross-warp reduction per tile.
+* With a bf16 output the threshold counter compares the fp32 product, which it already holds,
+  with a per-column boundary derived once per program from τ and bf16's rounding rule (see
+  ``_bf16_count_boundary``), instead of unpacking the stored bf16 h again: the same answer for
+  every value, ties included, one instruction less per element.
 * The atomics go straight into the int64 target (no int32 partial buffer and second launch):
   after the in-program reduction there are only ``ceil(T / (BLOCK_T·ROW_TILES)) · f`` of them, so
   the lower throughput of 64-bit atomics does not matter and we save a launch and a buffer.
@@ -79,13 +83,10 @@ def _to_dtype(x, DTYPE: tl.constexpr, ROUND_BF16: tl.constexpr):
     return x.to(DTYPE)
 
 
-# Both counters share one tally per element, so that each element costs one add and each program
-# one cross-warp column reduction. Integer tallies: active in the low 16 bits, above-threshold in
-# the high 16 bits, exact while a program covers < 2**16 rows. Float tallies: active + 2048·above,
-# exact while a program covers < 2048 rows (then every partial sum stays below 2**23, where fp32
-# holds every integer). Both bounds are checked on the host.
+# Both counters share one int32 tally per element: active in the low 16 bits, above-threshold in
+# the high 16 bits. One add per element instead of two, and one cross-warp column reduction per
+# program instead of two. Exact while a program covers < 2**16 rows (checked on the host).
 _ABOVE_SHIFT = 16
-_FLOAT_ABOVE_WEIGHT = tl.constexpr(2048.0)
 
 
 @triton.jit
@@ -109,48 +110,19 @@ def _bf16_count_boundary(thr):
 
 
 @triton.jit
-def _load_row_tile(G, U, row0, cols, col_ok, T, F, BLOCK_T: tl.constexpr):
-    rows = row0 + tl.arange(0, BLOCK_T)  # [BT]
-    offs = rows.to(tl.int64)[:, None] * F + cols[None, :]  # [BT, BF]; int64: T·F may pass 2³¹
-    mask = (rows < T)[:, None] & col_ok[None, :]
-    g = tl.load(G + offs, mask=mask, other=0.0)
-    # Out-of-range elements get u = NaN, so h = NaN there: never stored, and neither counted as
-    # active (g = 0) nor as above threshold (NaN >= thr is false, even for thr <= 0). This saves a
-    # per-element row-validity select in the counting path.
-    u = tl.load(U + offs, mask=mask, other=float("nan"))
-    return g, u
-
-
-@triton.jit
 def _fwd_row_tile(G, U, H, ROW_MASK, THR_ROW, tally, row0, cols, col_ok, T, F,
                   ACTIVATION: tl.constexpr, COUNT: tl.constexpr, HAS_THRESHOLDS: tl.constexpr,
                   HAS_ROW_MASK: tl.constexpr, PRECISE: tl.constexpr, ROUND_H: tl.constexpr,
-                  FLOAT_TALLY: tl.constexpr, THR_ON_PRODUCT: tl.constexpr, BLOCK_T: tl.constexpr):
-    g, u = _load_row_tile(G, U, row0, cols, col_ok, T, F, BLOCK_T)
-    return _fwd_loaded_tile(H, ROW_MASK, THR_ROW, tally, g, u, row0, cols, col_ok, T, F, ACTIVATION,
-                            COUNT, HAS_THRESHOLDS, HAS_ROW_MASK, PRECISE, ROUND_H, FLOAT_TALLY,
-                            THR_ON_PRODUCT, BLOCK_T)
-
-
-@triton.jit
-def _row_flags(ROW_MASK, rows, cols, mask):
-    """The row mask's flag of each element's row, loaded straight into the tile's [BT, BF] layout
-    (each element reads its row's byte; the reads hit L1). A [BT] load broadcast over the columns
-    would need a layout conversion through shared memory in every row tile."""
-    return tl.load(ROW_MASK + rows[:, None] + cols[None, :] * 0, mask=mask, other=0)  # [BT, BF]
-
-
-@triton.jit
-def _fwd_loaded_tile(H, ROW_MASK, THR_ROW, tally, g, u, row0, cols, col_ok, T, F,
-                     ACTIVATION: tl.constexpr, COUNT: tl.constexpr, HAS_THRESHOLDS: tl.constexpr,
-                     HAS_ROW_MASK: tl.constexpr, PRECISE: tl.constexpr, ROUND_H: tl.constexpr,
-                     FLOAT_TALLY: tl.constexpr, THR_ON_PRODUCT: tl.constexpr, BLOCK_T: tl.constexpr):
+                  THR_ON_PRODUCT: tl.constexpr, BLOCK_T: tl.constexpr):
     rows = row0 + tl.arange(0, BLOCK_T)  # [BT]
     row_ok = rows < T
-    offs = rows.to(tl.int64)[:, None] * F + cols[None, :]  # [BT, BF]
+    offs = rows.to(tl.int64)[:, None] * F + cols[None, :]  # [BT, BF]; int64: T·F may pass 2³¹
     mask = row_ok[:, None] & col_ok[None, :]
-    g = g.to(tl.float32)
-    u = u.to(tl.float32)
+    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+    # Out-of-range elements get u = NaN, so h = NaN there: never stored, and neither counted as
+    # active (g = 0) nor as above threshold (NaN >= thr is false, even for thr <= 0). This saves a
+    # per-element row-validity select in the counting path.
+    u = tl.load(U + offs, mask=mask, other=float("nan")).to(tl.float32)
     if ACTIVATION == 0:
         s = tl.maximum(g, 0.0)
     else:
@@ -159,25 +131,17 @@ def _fwd_loaded_tile(H, ROW_MASK, THR_ROW, tally, g, u, row0, cols, col_ok, T, F
     h = _to_dtype(p, H.dtype.element_ty, ROUND_H)  # the one rounding to the output dtype
     tl.store(H + offs, h, mask=mask)
     if COUNT:
-        # Masked-out columns also load threshold +inf (never above).
+        inc = (g > 0.0).to(tl.int32)
         if HAS_THRESHOLDS:
-            if THR_ON_PRODUCT:  # THR_ROW holds _bf16_count_boundary(thresholds)
+            # Counts h as stored, not the fp32 product; masked-out columns have threshold +inf.
+            if THR_ON_PRODUCT:  # THR_ROW holds _bf16_count_boundary(thresholds): same answer
                 big = tl.abs(p) >= THR_ROW
             else:
-                big = tl.abs(h.to(tl.float32)) >= THR_ROW  # h as stored, not the fp32 product
-        if FLOAT_TALLY:
-            # fp32 selects and adds run on the full-rate FP32 pipe; integer ops get half of it.
-            inc = tl.where(g > 0.0, 1.0, 0.0)
-            if HAS_THRESHOLDS:
-                inc += tl.where(big, _FLOAT_ABOVE_WEIGHT, 0.0)
-            if HAS_ROW_MASK:  # rows excluded from counting (their h is still computed and stored)
-                inc *= _row_flags(ROW_MASK, rows, cols, mask).to(tl.float32)
-        else:
-            inc = (g > 0.0).to(tl.int32)
-            if HAS_THRESHOLDS:
-                inc += big.to(tl.int32) << 16
-            if HAS_ROW_MASK:
-                inc = tl.where(_row_flags(ROW_MASK, rows, cols, mask) != 0, inc, 0)
+                big = tl.abs(h.to(tl.float32)) >= THR_ROW
+            inc += big.to(tl.int32) << 16
+        if HAS_ROW_MASK:  # rows excluded from counting (their h is still computed and stored)
+            keep = tl.load(ROW_MASK + rows, mask=row_ok, other=0) != 0  # [BT]
+            inc = tl.where(keep[:, None], inc, 0)
         tally += inc
     return tally
 
@@ -193,13 +157,11 @@ def _gated_act_fwd_kernel(
     HAS_ROW_MASK: tl.constexpr,
     PRECISE: tl.constexpr,
     ROUND_H: tl.constexpr,
-    FLOAT_TALLY: tl.constexpr,  # fp32 tallies (see _FLOAT_ABOVE_WEIGHT) instead of packed int32
     THR_ON_PRODUCT: tl.constexpr,  # bf16 output: compare the fp32 product to a rounded boundary
     BLOCK_T: tl.constexpr,
     BLOCK_F: tl.constexpr,
     ROW_TILES: tl.constexpr,
     UNROLL: tl.constexpr,
-    PREFETCH: tl.constexpr,  # register double buffering of the row-tile loop (instead of STAGES)
     STAGES: tl.constexpr,  # software-pipelining depth of the row-tile loop
 ):
     # 1-D grid, column blocks fastest: neighbouring programs touch neighbouring memory, and the
@@ -213,10 +175,7 @@ def _gated_act_fwd_kernel(
     col_ok = cols < F
     # Per-element tallies, reduced over rows only once after the loop: the cross-warp column
     # reduction (shared memory + barriers) is what costs, not the compares and adds.
-    if FLOAT_TALLY:
-        tally = tl.zeros([BLOCK_T, BLOCK_F], dtype=tl.float32)
-    else:
-        tally = tl.zeros([BLOCK_T, BLOCK_F], dtype=tl.int32)
+    tally = tl.zeros([BLOCK_T, BLOCK_F], dtype=tl.int32)
     thr_row = tl.zeros([1, BLOCK_F], dtype=tl.float32)
     if HAS_THRESHOLDS:
         thr = tl.load(THRESHOLDS + cols, mask=col_ok, other=float("inf"))  # [BF]
@@ -225,41 +184,23 @@ def _gated_act_fwd_kernel(
         thr_row = thr[None, :]  # [1, BF]
 
     row_base = pid_t * ROW_TILES * BLOCK_T
-    if PREFETCH:
-        # Register double buffering instead of Triton's shared-memory pipeliner: tile i+1's loads
-        # are in flight while tile i is computed (the last prefetch is masked off).
-        g_next, u_next = _load_row_tile(G, U, row_base, cols, col_ok, T, F, BLOCK_T)
-        for i in tl.range(0, ROW_TILES, num_stages=1):
-            g_cur, u_cur = g_next, u_next
-            row_next = row_base + (i + 1) * BLOCK_T
-            g_next, u_next = _load_row_tile(G, U, row_next, cols, col_ok,
-                                            tl.where(i + 1 < ROW_TILES, T, 0), F, BLOCK_T)
-            tally = _fwd_loaded_tile(H, ROW_MASK, thr_row, tally, g_cur, u_cur, row_base + i * BLOCK_T,
-                                     cols, col_ok, T, F, ACTIVATION, COUNT, HAS_THRESHOLDS,
-                                     HAS_ROW_MASK, PRECISE, ROUND_H, FLOAT_TALLY, THR_ON_PRODUCT,
-                                     BLOCK_T)
-    elif UNROLL:
+    if UNROLL:
         for i in tl.static_range(ROW_TILES):
             tally = _fwd_row_tile(G, U, H, ROW_MASK, thr_row, tally, row_base + i * BLOCK_T, cols,
                                   col_ok, T, F, ACTIVATION, COUNT, HAS_THRESHOLDS, HAS_ROW_MASK,
-                                  PRECISE, ROUND_H, FLOAT_TALLY, THR_ON_PRODUCT, BLOCK_T)
+                                  PRECISE, ROUND_H, THR_ON_PRODUCT, BLOCK_T)
     else:
         for i in tl.range(0, ROW_TILES, num_stages=STAGES):
             tally = _fwd_row_tile(G, U, H, ROW_MASK, thr_row, tally, row_base + i * BLOCK_T, cols,
                                   col_ok, T, F, ACTIVATION, COUNT, HAS_THRESHOLDS, HAS_ROW_MASK,
-                                  PRECISE, ROUND_H, FLOAT_TALLY, THR_ON_PRODUCT, BLOCK_T)
+                                  PRECISE, ROUND_H, THR_ON_PRODUCT, BLOCK_T)
 
     if COUNT:
         col_tally = tl.sum(tally, axis=0)  # [BF]
-        if FLOAT_TALLY:
-            packed = col_tally.to(tl.int32)  # exact: an integer below 2**23
-            n_active = packed & 2047
-            n_above = packed >> 11
-        else:
-            n_active = col_tally & 0xFFFF
-            n_above = col_tally >> 16
+        n_active = col_tally & 0xFFFF
         tl.atomic_add(ACTIVE + cols, n_active.to(ACTIVE.dtype.element_ty), mask=col_ok, sem="relaxed")
         if HAS_THRESHOLDS:
+            n_above = col_tally >> 16
             tl.atomic_add(ABOVE + cols, n_above.to(ABOVE.dtype.element_ty), mask=col_ok, sem="relaxed")
 
 
@@ -330,19 +271,23 @@ def _tile_config(f: int, interpret: bool) -> Tuple[int, int, int]:
 _DEFAULT_STAGES = 3
 
 
-def _count_rows(activation: Activation, block_t: int, interpret: bool) -> Tuple[int, int]:
-    """(BLOCK_T, ROW_TILES) of a counting program. BLOCK_T·ROW_TILES rows per program bounds the
-    number of atomics (ceil(T / that) · f) and amortises the per-program column reduction, while
-    leaving enough programs to fill the GPU.
+def _count_tiles(activation: Activation, f: int, interpret: bool) -> Tuple[int, int, int, int]:
+    """(BLOCK_T, BLOCK_F, num_warps, ROW_TILES) of a counting program. BLOCK_T·ROW_TILES rows per
+    program bounds the number of atomics (ceil(T / that) · f) and amortises the per-program column
+    reduction, while leaving enough programs to fill the GPU.
 
-    Measured on an H200 (benchmarks/count_tile_sweep.py, bf16, T = 32768, thresholds on): ReLU
-    moves most bytes with 32-row tiles, 4 per program (87% / 95% of copy bandwidth at f = 1920 /
-    4480, against 82% / 92% with 16 × 16); SiLU, whose exact exp and division make it
-    compute-heavier, is best with 16-row tiles, 16 per program (76% / 84%) and loses with more.
+    Measured on an H200 (benchmarks/count_tile_sweep.py, bf16, T = 32768, thresholds on, results
+    in benchmarks/results/count_tile_sweep*_h200.jsonl): ReLU moves most bytes with 32 × 128 tiles,
+    4 per program (87% / 96% of copy bandwidth at f = 1920 / 4480). SiLU, whose exact exp and
+    division make it issue-bound (ncu: 111 registers and 25% occupancy with 16 × 128 tiles), gains
+    from half-width 16 × 64 tiles, 16 per program (81% / 88%, against 78% / 85% with 16 × 128).
     """
+    block_t, block_f, num_warps = _tile_config(f, interpret)
     if interpret:
-        return block_t, 2
-    return (32, 4) if activation == "relu" else (block_t, 16)
+        return block_t, block_f, num_warps, 2
+    if activation == "relu":
+        return 32, block_f, num_warps, 4
+    return 16, min(block_f, 64), num_warps, 16
 
 
 def _check_counts(counts: CountTarget, f: int, t: int, device: torch.device) -> None:
@@ -372,21 +317,19 @@ def _check_counts(counts: CountTarget, f: int, t: int, device: torch.device) -> 
 def _forward_config(f: int, activation: Activation, count: bool, h_dtype: torch.dtype,
                     overrides: Optional[Dict[str, int]] = None) -> Dict[str, int]:
     """The forward launch's tile and code choices; ``overrides`` (used by the benchmarks' sweeps)
-    replaces any of them: block_t, block_f, num_warps, row_tiles, unroll, stages, prefetch,
-    float_tally, thr_on_product."""
-    block_t, block_f, num_warps = _tile_config(f, _INTERPRETED)
-    row_tiles = 1
+    replaces any of them: block_t, block_f, num_warps, row_tiles, unroll, stages, thr_on_product."""
     if count:
-        block_t, row_tiles = _count_rows(activation, block_t, _INTERPRETED)
+        block_t, block_f, num_warps, row_tiles = _count_tiles(activation, f, _INTERPRETED)
+    else:
+        (block_t, block_f, num_warps), row_tiles = _tile_config(f, _INTERPRETED), 1
     config = dict(block_t=block_t, block_f=block_f, num_warps=num_warps, row_tiles=row_tiles,
-                  unroll=False, stages=_DEFAULT_STAGES, prefetch=False, float_tally=False,
-                  thr_on_product=False)
+                  unroll=False, stages=_DEFAULT_STAGES, thr_on_product=h_dtype == torch.bfloat16)
     unknown = set(overrides or {}) - set(config)
     if unknown:
         raise ValueError(f"unknown forward config keys {sorted(unknown)} (known: {sorted(config)})")
     config.update(overrides or {})
     rows = config["block_t"] * config["row_tiles"]
-    if rows >= (2048 if config["float_tally"] else 1 << _ABOVE_SHIFT):
+    if rows >= 1 << _ABOVE_SHIFT:
         raise ValueError(f"a counting program covers {rows} rows, more than its packed tallies hold")
     if config["thr_on_product"] and h_dtype != torch.bfloat16:
         raise ValueError("thr_on_product needs a bf16 output (its boundary is bf16's rounding)")
@@ -418,10 +361,9 @@ def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
         g2, u2, h2, active, above, thresholds, row_mask, t, f,
         ACTIVATION=_ACTIVATION_CODES[activation], COUNT=count, HAS_THRESHOLDS=has_thr,
         HAS_ROW_MASK=has_mask, PRECISE=_precise_math(), ROUND_H=_round_bf16_by_hand(h2),
-        FLOAT_TALLY=cfg["float_tally"], THR_ON_PRODUCT=cfg["thr_on_product"] and has_thr,
+        THR_ON_PRODUCT=cfg["thr_on_product"] and has_thr,
         BLOCK_T=cfg["block_t"], BLOCK_F=cfg["block_f"], ROW_TILES=cfg["row_tiles"],
-        UNROLL=cfg["unroll"], PREFETCH=cfg["prefetch"], STAGES=cfg["stages"],
-        num_warps=cfg["num_warps"],
+        UNROLL=cfg["unroll"], STAGES=cfg["stages"], num_warps=cfg["num_warps"],
     )
     if count:
         # Device-side add: no host synchronisation.

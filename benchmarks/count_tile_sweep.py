@@ -55,8 +55,6 @@ def main() -> int:
     p.add_argument("--row-tiles", default=",".join(map(str, ROW_TILES)), help="(default: %(default)s)")
     p.add_argument("--stages", default=",".join(map(str, STAGES)),
                    help="for mode 'thresholds'; the others use the first (default: %(default)s)")
-    p.add_argument("--one-wave", nargs="+", type=int, default=[0], choices=[0, 1],
-                   help="1: size the row tiles so that all programs fit on the GPU at once")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     import triton.testing
@@ -94,13 +92,12 @@ def main() -> int:
         row_tiles_swept = [int(x) for x in args.row_tiles.split(",")]
         stages_swept = [int(x) for x in args.stages.split(",")]
         stages_swept = stages_swept if mode == "thresholds" else stages_swept[:1]
-        for (block_t, block_f, warps), row_tiles, stages, on_product, one_wave in itertools.product(
-                tiles, row_tiles_swept, stages_swept, codes, args.one_wave):
+        for (block_t, block_f, warps), row_tiles, stages, on_product in itertools.product(
+                tiles, row_tiles_swept, stages_swept, codes):
             cfg = dict(block_t=block_t, block_f=block_f, num_warps=warps, row_tiles=row_tiles,
-                       stages=stages, thr_on_product=on_product, one_wave=bool(one_wave))
+                       stages=stages, thr_on_product=on_product)
             got = counts()
             try:
-                tga._forward(g, u, activation, counts(), cfg)  # compiles; learns the occupancy
                 h = tga._forward(g, u, activation, got, cfg)
                 equal = torch.equal(h, h_expected) and torch.equal(got.active, expected.active) and (
                     thresholds is None or torch.equal(got.above_threshold, expected.above_threshold))

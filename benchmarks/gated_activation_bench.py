@@ -177,9 +177,10 @@ def tile_sweep(activation: str, g, u, thresholds, elem: int, copy_gbs: float, ba
     dh = torch.randn_like(g)
     # (Unrolling the row loop with tl.static_range was measured 1.5-5x slower; not swept.)
     for block_t, block_f, warps in [(16, 128, 4), (32, 128, 4), (8, 256, 4)]:
-        for row_tiles, counting in [(1, False), (8, False), (8, True), (16, True), (32, True)]:
+        for row_tiles, counting, unroll in [(1, False, False), (8, False, False), (8, True, False),
+                                            (16, True, False), (32, True, False)]:
             counts = make_counts(f, t, thresholds, None) if counting else None
-            cfg = dict(block_t=block_t, block_f=block_f, num_warps=warps, row_tiles=row_tiles)
+            cfg = dict(block_t=block_t, block_f=block_f, num_warps=warps, row_tiles=row_tiles, unroll=unroll)
             try:
                 ms = bench_ms(lambda: tga._forward(g, u, activation, counts, cfg))
                 emit({**base, "sweep": "fwd", "config": cfg, "counting": counting, "ms": ms,

@@ -160,7 +160,8 @@ def _gated_act_fwd_kernel(
     THR_ON_PRODUCT: tl.constexpr,  # bf16 output: compare the fp32 product to a rounded boundary
     BLOCK_T: tl.constexpr,
     BLOCK_F: tl.constexpr,
-    ROW_TILES: tl.constexpr,  # row tiles per program (rows past T are masked)
+    ROW_TILES: tl.constexpr,
+    UNROLL: tl.constexpr,
     STAGES: tl.constexpr,  # software-pipelining depth of the row-tile loop
 ):
     # 1-D grid, column blocks fastest: neighbouring programs touch neighbouring memory, and the
@@ -183,10 +184,16 @@ def _gated_act_fwd_kernel(
         thr_row = thr[None, :]  # [1, BF]
 
     row_base = pid_t * ROW_TILES * BLOCK_T
-    for i in tl.range(0, ROW_TILES, num_stages=STAGES):
-        tally = _fwd_row_tile(G, U, H, ROW_MASK, thr_row, tally, row_base + i * BLOCK_T, cols, col_ok,
-                              T, F, ACTIVATION, COUNT, HAS_THRESHOLDS, HAS_ROW_MASK, PRECISE,
-                              ROUND_H, THR_ON_PRODUCT, BLOCK_T)
+    if UNROLL:
+        for i in tl.static_range(ROW_TILES):
+            tally = _fwd_row_tile(G, U, H, ROW_MASK, thr_row, tally, row_base + i * BLOCK_T, cols,
+                                  col_ok, T, F, ACTIVATION, COUNT, HAS_THRESHOLDS, HAS_ROW_MASK,
+                                  PRECISE, ROUND_H, THR_ON_PRODUCT, BLOCK_T)
+    else:
+        for i in tl.range(0, ROW_TILES, num_stages=STAGES):
+            tally = _fwd_row_tile(G, U, H, ROW_MASK, thr_row, tally, row_base + i * BLOCK_T, cols,
+                                  col_ok, T, F, ACTIVATION, COUNT, HAS_THRESHOLDS, HAS_ROW_MASK,
+                                  PRECISE, ROUND_H, THR_ON_PRODUCT, BLOCK_T)
 
     if COUNT:
         col_tally = tl.sum(tally, axis=0)  # [BF]
@@ -309,16 +316,14 @@ def _check_counts(counts: CountTarget, f: int, t: int, device: torch.device) -> 
 
 def _forward_config(f: int, activation: Activation, count: bool, h_dtype: torch.dtype,
                     overrides: Optional[Dict[str, int]] = None) -> Dict[str, int]:
-    """The forward launch's tile and code choices; ``overrides`` (used by the benchmarks' sweeps and
-    the tests) replaces any of them: block_t, block_f, num_warps, row_tiles, stages,
-    thr_on_product, one_wave."""
+    """The forward launch's tile and code choices; ``overrides`` (used by the benchmarks' sweeps)
+    replaces any of them: block_t, block_f, num_warps, row_tiles, unroll, stages, thr_on_product."""
     if count:
         block_t, block_f, num_warps, row_tiles = _count_tiles(activation, f, _INTERPRETED)
     else:
         (block_t, block_f, num_warps), row_tiles = _tile_config(f, _INTERPRETED), 1
     config = dict(block_t=block_t, block_f=block_f, num_warps=num_warps, row_tiles=row_tiles,
-                  stages=_DEFAULT_STAGES, thr_on_product=h_dtype == torch.bfloat16,
-                  one_wave=count)
+                  unroll=False, stages=_DEFAULT_STAGES, thr_on_product=h_dtype == torch.bfloat16)
     unknown = set(overrides or {}) - set(config)
     if unknown:
         raise ValueError(f"unknown forward config keys {sorted(unknown)} (known: {sorted(config)})")
@@ -329,36 +334,6 @@ def _forward_config(f: int, activation: Activation, count: bool, h_dtype: torch.
     if config["thr_on_product"] and h_dtype != torch.bfloat16:
         raise ValueError("thr_on_product needs a bf16 output (its boundary is bf16's rounding)")
     return config
-
-
-# Resident programs per SM of each compiled forward variant, learnt from its first launch.
-_RESIDENT_PROGRAMS: Dict[tuple, int] = {}
-
-
-def _resident_programs_per_sm(compiled, num_warps: int, device: torch.device) -> int:
-    """How many programs of a compiled kernel one SM holds at once (registers, shared memory and
-    warp slots; registers are allocated per warp in units of 256)."""
-    props = torch.cuda.get_device_properties(device)
-    regs_per_warp = -(-compiled.n_regs * 32 // 256) * 256
-    by_regs = props.regs_per_multiprocessor // max(1, regs_per_warp * num_warps)
-    shared = compiled.metadata.shared
-    smem = getattr(props, "shared_memory_per_multiprocessor", 233472)
-    by_smem = smem // (shared + 1024) if shared else 32
-    by_warps = props.max_threads_per_multi_processor // (32 * num_warps)
-    return max(1, min(by_regs, by_smem, by_warps, 32))
-
-
-def _row_tiles(t: int, n_col_blocks: int, cfg: Dict[str, int], resident: Optional[int],
-               n_sm: int) -> int:
-    """Row tiles per program: ``row_tiles``, or with ``one_wave`` (once the kernel's occupancy is
-    known) enough that all programs fit on the GPU at once, so that there is no last, partly filled
-    wave of programs. Rounded up to a multiple of 4 so that few T values share one compile."""
-    if not cfg["one_wave"] or resident is None:
-        return cfg["row_tiles"]
-    per_column_block = max(1, (n_sm * resident) // n_col_blocks)
-    tiles = triton.cdiv(triton.cdiv(t, per_column_block), cfg["block_t"])
-    tiles = max(cfg["row_tiles"], triton.cdiv(tiles, 4) * 4)
-    return min(tiles, ((1 << _ABOVE_SHIFT) - 1) // cfg["block_t"])
 
 
 def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
@@ -374,28 +349,22 @@ def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
     if t == 0 or f == 0:
         return h2
     cfg = _forward_config(f, activation, count, h2.dtype, config)
+    grid = (triton.cdiv(f, cfg["block_f"]) * triton.cdiv(t, cfg["block_t"] * cfg["row_tiles"]),)
+
     has_thr = count and counts.above_threshold is not None
     has_mask = count and counts.row_mask is not None
-    constexprs = dict(
-        ACTIVATION=_ACTIVATION_CODES[activation], COUNT=count, HAS_THRESHOLDS=has_thr,
-        HAS_ROW_MASK=has_mask, PRECISE=_precise_math(), ROUND_H=_round_bf16_by_hand(h2),
-        THR_ON_PRODUCT=cfg["thr_on_product"] and has_thr, BLOCK_T=cfg["block_t"],
-        BLOCK_F=cfg["block_f"], STAGES=cfg["stages"], num_warps=cfg["num_warps"],
-    )
-    variant = (h2.dtype, g2.device.index, tuple(sorted(constexprs.items())))
-    n_col_blocks = triton.cdiv(f, cfg["block_f"])
-    n_sm = 1 if _INTERPRETED else torch.cuda.get_device_properties(g2.device).multi_processor_count
-    row_tiles = _row_tiles(t, n_col_blocks, cfg, _RESIDENT_PROGRAMS.get(variant), n_sm)
-    grid = (n_col_blocks * triton.cdiv(t, cfg["block_t"] * row_tiles),)
-
     active = counts.active if count else h2  # dummies are never read: their branches are compiled out
     above = counts.above_threshold if has_thr else active
     thresholds = counts.thresholds if has_thr else h2
     row_mask = counts.row_mask.reshape(-1).view(torch.uint8) if has_mask else h2
-    compiled = _gated_act_fwd_kernel[grid](g2, u2, h2, active, above, thresholds, row_mask, t, f,
-                                           ROW_TILES=row_tiles, **constexprs)
-    if variant not in _RESIDENT_PROGRAMS and hasattr(compiled, "n_regs"):
-        _RESIDENT_PROGRAMS[variant] = _resident_programs_per_sm(compiled, cfg["num_warps"], g2.device)
+    _gated_act_fwd_kernel[grid](
+        g2, u2, h2, active, above, thresholds, row_mask, t, f,
+        ACTIVATION=_ACTIVATION_CODES[activation], COUNT=count, HAS_THRESHOLDS=has_thr,
+        HAS_ROW_MASK=has_mask, PRECISE=_precise_math(), ROUND_H=_round_bf16_by_hand(h2),
+        THR_ON_PRODUCT=cfg["thr_on_product"] and has_thr,
+        BLOCK_T=cfg["block_t"], BLOCK_F=cfg["block_f"], ROW_TILES=cfg["row_tiles"],
+        UNROLL=cfg["unroll"], STAGES=cfg["stages"], num_warps=cfg["num_warps"],
+    )
     if count:
         # Device-side add: no host synchronisation.
         counts.tokens += counts.row_mask.sum() if has_mask else t

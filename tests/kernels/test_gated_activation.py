@@ -307,18 +307,6 @@ def test_threshold_count_at_exact_rounding_ties(thr_on_product):
     assert torch.equal(counts.above_threshold, own.above_threshold)
 
 
-def test_one_wave_row_tiles_fit_every_program_on_the_gpu_at_once():
-    cfg = tga._forward_config(1920, "silu", True, torch.bfloat16, dict(block_t=16, row_tiles=16, one_wave=True))
-    # 132 SMs x 7 resident programs over 30 column blocks: 30 programs per column block.
-    tiles = tga._row_tiles(32768, 30, cfg, resident=7, n_sm=132)
-    assert tiles % 4 == 0 and 30 * triton.cdiv(32768, 16 * tiles) <= 132 * 7
-    assert triton.cdiv(32768, 16 * (tiles - 4)) > 30  # and not more rows per program than needed
-    assert tga._row_tiles(32768, 30, cfg, resident=None, n_sm=132) == 16  # occupancy not yet known
-    assert tga._row_tiles(64, 30, cfg, resident=7, n_sm=132) == 16  # never fewer than row_tiles
-    off = dict(cfg, one_wave=False)
-    assert tga._row_tiles(32768, 30, off, resident=7, n_sm=132) == 16
-
-
 def test_forward_config_rejects_what_its_tallies_cannot_hold():
     g, u = _inputs((8, 16), torch.float32, seed=2)
     counts = _count_target(16, 8, torch.zeros(16, device=g.device), None)

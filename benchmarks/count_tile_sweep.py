@@ -55,8 +55,6 @@ def main() -> int:
     p.add_argument("--row-tiles", default=",".join(map(str, ROW_TILES)), help="(default: %(default)s)")
     p.add_argument("--stages", default=",".join(map(str, STAGES)),
                    help="for mode 'thresholds'; the others use the first (default: %(default)s)")
-    p.add_argument("--fast-div", nargs="+", type=int, default=[0], choices=[0, 1],
-                   help="1: SiLU's division without the per-element range check")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     import triton.testing
@@ -86,20 +84,18 @@ def main() -> int:
         def frac(ms: float) -> float:
             return round(3 * g.numel() * 2 / (ms * 1e-3) / 1e9 / copy_gbs, 3)
 
-        for fast_div in args.fast_div:
-            nocount_ms = triton.testing.do_bench(
-                lambda: tga._forward(g, u, activation, None, dict(fast_div=bool(fast_div))))
-            emit({**base, "config": f"no counting (default tiles, fast_div={fast_div})",
-                  "ms": round(nocount_ms, 4), "frac_of_copy": frac(nocount_ms)}, args.out)
+        nocount_ms = triton.testing.do_bench(lambda: tga._forward(g, u, activation, None))
+        emit({**base, "config": "no counting (default tiles)", "ms": round(nocount_ms, 4),
+              "frac_of_copy": frac(nocount_ms)}, args.out)
         codes = CODES if thresholds is not None else [False]
         tiles = [tuple(int(x) for x in t.split("x")) for t in args.tiles.split(",")]
         row_tiles_swept = [int(x) for x in args.row_tiles.split(",")]
         stages_swept = [int(x) for x in args.stages.split(",")]
         stages_swept = stages_swept if mode == "thresholds" else stages_swept[:1]
-        for (block_t, block_f, warps), row_tiles, stages, on_product, fast_div in itertools.product(
-                tiles, row_tiles_swept, stages_swept, codes, args.fast_div):
+        for (block_t, block_f, warps), row_tiles, stages, on_product in itertools.product(
+                tiles, row_tiles_swept, stages_swept, codes):
             cfg = dict(block_t=block_t, block_f=block_f, num_warps=warps, row_tiles=row_tiles,
-                       stages=stages, thr_on_product=on_product, fast_div=bool(fast_div))
+                       stages=stages, thr_on_product=on_product)
             got = counts()
             try:
                 h = tga._forward(g, u, activation, got, cfg)

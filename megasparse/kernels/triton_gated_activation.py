@@ -69,38 +69,6 @@ def _div(x, y, PRECISE: tl.constexpr):
 
 
 @triton.jit
-def _silu_quotient(g, d):
-    """``g / d`` correctly rounded, for d = 1 + exp(-g) (so d >= 1, or NaN), without the per-element
-    range check (FCHK) and slow-path call that a general IEEE division compiles to.
-
-    It is the same instruction sequence as the general division's fast path: an approximate
-    reciprocal, one Newton step, the quotient, its exact remainder by FMA and one correction, which
-    is correctly rounded while no intermediate leaves fp32's normal range. Here that can only fail
-    in two places, both handled without branches: d >= 2**126 (g below about -87.3), whose
-    reciprocal would be subnormal, is scaled by 2**-64 together with g (the quotient is unchanged
-    and stays a normal number); and results that come out NaN from an infinite operand (d = inf
-    when exp overflows, g = +inf) are replaced by g times the raw reciprocal, which is -0.0, NaN
-    or +inf exactly as the IEEE division gives. Checked on the GPU against PyTorch's silu for every
-    bf16 input and for random fp32 inputs (tests/kernels, GPU marks).
-    """
-    big = d >= 1.0e37  # [..] fp32; below 2**126 ≈ 8.5e37 with margin
-    scale = tl.where(big, 5.421010862427522e-20, 1.0)  # 2**-64
-    gs = g * scale
-    ds = d * scale
-    r = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [ds], dtype=tl.float32,
-                                  is_pure=True, pack=1)
-    e = tl.fma(-ds, r, 1.0)
-    r1 = tl.fma(r, e, r)
-    q0 = gs * r1
-    # The remainder is formed negated (d·q0 - g, exact by FMA) and subtracted: the same value as
-    # the usual q0 + r1·(g - d·q0) for every nonzero quotient, and the sum of two zeros of g's
-    # sign when g = ±0, so that -0.0 / d stays -0.0.
-    rem_neg = tl.fma(ds, q0, -gs)
-    q = tl.fma(-r1, rem_neg, q0)
-    return tl.where(q != q, g * r, q)
-
-
-@triton.jit
 def _to_dtype(x, DTYPE: tl.constexpr, ROUND_BF16: tl.constexpr):
     """fp32 -> DTYPE with round-to-nearest-even.
 
@@ -145,7 +113,7 @@ def _bf16_count_boundary(thr):
 def _fwd_row_tile(G, U, H, ROW_MASK, THR_ROW, tally, row0, cols, col_ok, T, F,
                   ACTIVATION: tl.constexpr, COUNT: tl.constexpr, HAS_THRESHOLDS: tl.constexpr,
                   HAS_ROW_MASK: tl.constexpr, PRECISE: tl.constexpr, ROUND_H: tl.constexpr,
-                  THR_ON_PRODUCT: tl.constexpr, FAST_DIV: tl.constexpr, BLOCK_T: tl.constexpr):
+                  THR_ON_PRODUCT: tl.constexpr, BLOCK_T: tl.constexpr):
     rows = row0 + tl.arange(0, BLOCK_T)  # [BT]
     row_ok = rows < T
     offs = rows.to(tl.int64)[:, None] * F + cols[None, :]  # [BT, BF]; int64: T·F may pass 2³¹
@@ -158,10 +126,7 @@ def _fwd_row_tile(G, U, H, ROW_MASK, THR_ROW, tally, row0, cols, col_ok, T, F,
     if ACTIVATION == 0:
         s = tl.maximum(g, 0.0)
     else:
-        if FAST_DIV:
-            s = _silu_quotient(g, 1.0 + _exp(-g, PRECISE))
-        else:
-            s = _div(g, 1.0 + _exp(-g, PRECISE), PRECISE)
+        s = _div(g, 1.0 + _exp(-g, PRECISE), PRECISE)
     p = s * u  # [BT, BF] fp32
     h = _to_dtype(p, H.dtype.element_ty, ROUND_H)  # the one rounding to the output dtype
     tl.store(H + offs, h, mask=mask)
@@ -193,7 +158,6 @@ def _gated_act_fwd_kernel(
     PRECISE: tl.constexpr,
     ROUND_H: tl.constexpr,
     THR_ON_PRODUCT: tl.constexpr,  # bf16 output: compare the fp32 product to a rounded boundary
-    FAST_DIV: tl.constexpr,  # SiLU's division without the per-element range check (compiled only)
     BLOCK_T: tl.constexpr,
     BLOCK_F: tl.constexpr,
     ROW_TILES: tl.constexpr,
@@ -224,12 +188,12 @@ def _gated_act_fwd_kernel(
         for i in tl.static_range(ROW_TILES):
             tally = _fwd_row_tile(G, U, H, ROW_MASK, thr_row, tally, row_base + i * BLOCK_T, cols,
                                   col_ok, T, F, ACTIVATION, COUNT, HAS_THRESHOLDS, HAS_ROW_MASK,
-                                  PRECISE, ROUND_H, THR_ON_PRODUCT, FAST_DIV, BLOCK_T)
+                                  PRECISE, ROUND_H, THR_ON_PRODUCT, BLOCK_T)
     else:
         for i in tl.range(0, ROW_TILES, num_stages=STAGES):
             tally = _fwd_row_tile(G, U, H, ROW_MASK, thr_row, tally, row_base + i * BLOCK_T, cols,
                                   col_ok, T, F, ACTIVATION, COUNT, HAS_THRESHOLDS, HAS_ROW_MASK,
-                                  PRECISE, ROUND_H, THR_ON_PRODUCT, FAST_DIV, BLOCK_T)
+                                  PRECISE, ROUND_H, THR_ON_PRODUCT, BLOCK_T)
 
     if COUNT:
         col_tally = tl.sum(tally, axis=0)  # [BF]
@@ -353,15 +317,13 @@ def _check_counts(counts: CountTarget, f: int, t: int, device: torch.device) -> 
 def _forward_config(f: int, activation: Activation, count: bool, h_dtype: torch.dtype,
                     overrides: Optional[Dict[str, int]] = None) -> Dict[str, int]:
     """The forward launch's tile and code choices; ``overrides`` (used by the benchmarks' sweeps)
-    replaces any of them: block_t, block_f, num_warps, row_tiles, unroll, stages, thr_on_product,
-    fast_div (SiLU's division without the range check; compiled kernels only)."""
+    replaces any of them: block_t, block_f, num_warps, row_tiles, unroll, stages, thr_on_product."""
     if count:
         block_t, block_f, num_warps, row_tiles = _count_tiles(activation, f, _INTERPRETED)
     else:
         (block_t, block_f, num_warps), row_tiles = _tile_config(f, _INTERPRETED), 1
     config = dict(block_t=block_t, block_f=block_f, num_warps=num_warps, row_tiles=row_tiles,
-                  unroll=False, stages=_DEFAULT_STAGES, thr_on_product=h_dtype == torch.bfloat16,
-                  fast_div=False)
+                  unroll=False, stages=_DEFAULT_STAGES, thr_on_product=h_dtype == torch.bfloat16)
     unknown = set(overrides or {}) - set(config)
     if unknown:
         raise ValueError(f"unknown forward config keys {sorted(unknown)} (known: {sorted(config)})")
@@ -399,7 +361,7 @@ def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
         g2, u2, h2, active, above, thresholds, row_mask, t, f,
         ACTIVATION=_ACTIVATION_CODES[activation], COUNT=count, HAS_THRESHOLDS=has_thr,
         HAS_ROW_MASK=has_mask, PRECISE=_precise_math(), ROUND_H=_round_bf16_by_hand(h2),
-        THR_ON_PRODUCT=cfg["thr_on_product"] and has_thr, FAST_DIV=cfg["fast_div"] and _precise_math(),
+        THR_ON_PRODUCT=cfg["thr_on_product"] and has_thr,
         BLOCK_T=cfg["block_t"], BLOCK_F=cfg["block_f"], ROW_TILES=cfg["row_tiles"],
         UNROLL=cfg["unroll"], STAGES=cfg["stages"], num_warps=cfg["num_warps"],
     )

@@ -1,0 +1,45 @@
+"""benchmarks/kernel_sass.py: compiles the forward kernel for sm_90 without a GPU (Triton's own
+ptxas and cuobjdump) and counts what the hardware would execute.
+
+It runs in a subprocess without TRITON_INTERPRET, which the rest of this folder sets. The counts
+must be plausible and must see the counting code: the counting SiLU loop executes more
+instructions per element than the uncounted SiLU kernel, and ReLU's far fewer than SiLU's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _sass(*args: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "kernel_sass.py"), *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_kernel_sass_counts_instructions_of_each_variant():
+    silu_count = _sass("--tile", "16x64x4", "--row-tiles", "16", "--histogram")
+    silu_plain = _sass("--no-count", "--tile", "16x128x4", "--row-tiles", "1")
+    relu_count = _sass("--activation", "relu", "--tile", "32x128x4", "--row-tiles", "4")
+    assert silu_count["loop"] and not silu_plain["loop"]
+    for report in (silu_count, silu_plain, relu_count):
+        assert 16 <= report["registers"] <= 255 and 5 < report["per_element"] < 200
+    assert silu_count["per_element"] > silu_plain["per_element"]
+    assert relu_count["per_element"] < silu_count["per_element"] / 2
+    # SiLU's exact exponential and division are in the counted loop: two MUFU ops per element.
+    histogram = silu_count["histogram"]
+    elements = 16 * 64 / 128
+    assert histogram.get("MUFU.EX2", 0) == elements and histogram.get("MUFU.RCP", 0) == elements

@@ -11,8 +11,11 @@
 #             activation checkpointing), counters on, so every option's share is measured
 #             separately (without the fused loss the full fp32 logits may not fit)
 #   profiles  where the step time goes, both sizes, with the same options
-# The peers' micro-batches are those the issue reports as their best on this hardware (Liger:
-# 16 at 0.1B, 8 at 1.2B; plain: 8 and 4); PEER_SWEEP="8 16" etc. would re-sweep them.
+# By default the peers run at the micro-batches the issue reports as their best (Liger: 16 at
+# 0.1B, 8 at 1.2B; plain: 8 and 4) and ours at 16 / 8. A sweep on an H200 found the peers faster at
+# larger ones (Liger 32 / 16, plain 16 / 4; benchmarks/RESULTS.md §7): PEER_SWEEP="16 32" etc.
+# re-sweeps them, and MBS_LARGE=16 with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True runs ours
+# at 16 on 1.2B (131 GB).
 # JSON lines go to $OUT/mfu_sweep.jsonl. Parts may run at the same time on different GPUs of one
 # machine (each in its own work directory), e.g. CUDA_VISIBLE_DEVICES=1 ... ablation &.
 #

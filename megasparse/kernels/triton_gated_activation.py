@@ -280,7 +280,7 @@ def _count_tiles(activation: Activation, f: int, interpret: bool) -> Tuple[int, 
     in benchmarks/results/count_tile_sweep*_h200.jsonl): ReLU moves most bytes with 32 × 128 tiles,
     4 per program (87% / 96% of copy bandwidth at f = 1920 / 4480). SiLU, whose exact exp and
     division make it issue-bound (ncu: 111 registers and 25% occupancy with 16 × 128 tiles), gains
-    from half-width 16 × 64 tiles, 16 per program (81% / 88%, against 78% / 85% with 16 × 128).
+    from half-width 16 × 64 tiles, 16 per program (79% / 85–88%, against 78% / 85% with 16 × 128).
     """
     block_t, block_f, num_warps = _tile_config(f, interpret)
     if interpret:

@@ -4,7 +4,8 @@ move the bytes fastest, for ReLU and SiLU at the paper's FFN widths.
 
 Each configuration's counts are checked against the default configuration's (they must be equal:
 integer atomics, any launch shape, any code variant), and its h against the uncounted h. Times
-with triton.testing.do_bench; bandwidth counts reading g, u and writing h (3·T·f·2 bytes in bf16)
+by replaying a CUDA graph of many calls (triton.testing.do_bench_cudagraph; --timer events for
+do_bench); bandwidth counts reading g, u and writing h (3·T·f·2 bytes in bf16)
 against a large copy's read + write bandwidth. One JSON line per configuration.
 
 Counting modes: "thresholds" (g > 0 and |h| >= τ, what training counts), "zero" (g > 0 only) and
@@ -14,6 +15,7 @@ examples:
   python benchmarks/count_tile_sweep.py
   python benchmarks/count_tile_sweep.py --activations silu --widths 4480 --modes zero
   python benchmarks/count_tile_sweep.py --tiles 16x64x4,8x64x2 --row-tiles 16,32 --stages 3
+  python benchmarks/count_tile_sweep.py --activations silu --silu-math fast --fix-ulps 32,64
 """
 
 from __future__ import annotations
@@ -55,13 +57,29 @@ def main() -> int:
     p.add_argument("--row-tiles", default=",".join(map(str, ROW_TILES)), help="(default: %(default)s)")
     p.add_argument("--stages", default=",".join(map(str, STAGES)),
                    help="for mode 'thresholds'; the others use the first (default: %(default)s)")
+    p.add_argument("--compares", default="product,stored",
+                   help="threshold compares to sweep: on the fp32 product against a bf16 boundary "
+                        "(the bf16 default) and/or on the stored h (default: %(default)s)")
+    p.add_argument("--silu-math", default="fast,exact",
+                   help="SiLU code paths to sweep: fast (exp2/reciprocal with the exact fix-up, the "
+                        "bf16 default) and/or exact (libdevice exp, IEEE division) (default: %(default)s)")
+    p.add_argument("--fix-ulps", default=str(tga._FIX_ULPS),
+                   help="fix-up widths to sweep with the fast SiLU (default: %(default)s)")
+    p.add_argument("--timer", choices=["graph", "events"], default="graph",
+                   help="CUDA graph replay (GPU time only) or CUDA events per call, with the L2 "
+                        "flushed in between (default: %(default)s)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     import triton.testing
 
+    if args.timer == "graph":  # GPU time only: no host launch gaps inside the timed region
+        def bench(fn) -> float:
+            return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
+    else:
+        bench = triton.testing.do_bench
     src = torch.empty(1 << 31, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    copy_gbs = 2 * src.numel() / (triton.testing.do_bench(lambda: dst.copy_(src)) * 1e-3) / 1e9
+    copy_gbs = 2 * src.numel() / (bench(lambda: dst.copy_(src)) * 1e-3) / 1e9
     del src, dst
     gen = torch.Generator(device="cuda").manual_seed(0)
     for activation, f, mode in itertools.product(args.activations, args.widths, args.modes):
@@ -79,30 +97,37 @@ def main() -> int:
         expected = counts()
         h_expected = tga._forward(g, u, activation, expected)
         base = {"benchmark": "count_tile_sweep", "activation": activation, "tokens": args.tokens, "f": f,
-                "mode": mode, "copy_gbs": round(copy_gbs)}
+                "mode": mode, "timer": args.timer, "copy_gbs": round(copy_gbs)}
 
         def frac(ms: float) -> float:
             return round(3 * g.numel() * 2 / (ms * 1e-3) / 1e9 / copy_gbs, 3)
 
-        nocount_ms = triton.testing.do_bench(lambda: tga._forward(g, u, activation, None))
+        nocount_ms = bench(lambda: tga._forward(g, u, activation, None))
         emit({**base, "config": "no counting (default tiles)", "ms": round(nocount_ms, 4),
               "frac_of_copy": frac(nocount_ms)}, args.out)
-        codes = CODES if thresholds is not None else [False]
+        wanted = args.compares.split(",")
+        codes = [c for c in CODES if ("product" if c else "stored") in wanted]
+        codes = codes if thresholds is not None else [False]
         tiles = [tuple(int(x) for x in t.split("x")) for t in args.tiles.split(",")]
         row_tiles_swept = [int(x) for x in args.row_tiles.split(",")]
         stages_swept = [int(x) for x in args.stages.split(",")]
         stages_swept = stages_swept if mode == "thresholds" else stages_swept[:1]
-        for (block_t, block_f, warps), row_tiles, stages, on_product in itertools.product(
-                tiles, row_tiles_swept, stages_swept, codes):
+        silu_codes = [(False, tga._FIX_ULPS)]
+        if activation == "silu":
+            maths = args.silu_math.split(",")
+            silu_codes = [(True, int(k)) for k in args.fix_ulps.split(",") if "fast" in maths]
+            silu_codes += [(False, tga._FIX_ULPS)] if "exact" in maths else []
+        for (block_t, block_f, warps), row_tiles, stages, on_product, (fast, ulps) in itertools.product(
+                tiles, row_tiles_swept, stages_swept, codes, silu_codes):
             cfg = dict(block_t=block_t, block_f=block_f, num_warps=warps, row_tiles=row_tiles,
-                       stages=stages, thr_on_product=on_product)
+                       stages=stages, thr_on_product=on_product, fast_silu=fast, fix_ulps=ulps)
             got = counts()
             try:
                 h = tga._forward(g, u, activation, got, cfg)
                 equal = torch.equal(h, h_expected) and torch.equal(got.active, expected.active) and (
                     thresholds is None or torch.equal(got.above_threshold, expected.above_threshold))
                 target = counts()
-                ms = triton.testing.do_bench(lambda: tga._forward(g, u, activation, target, cfg))
+                ms = bench(lambda: tga._forward(g, u, activation, target, cfg))
             except Exception as err:  # a tile shape the compiler rejects (registers, shared memory)
                 emit({**base, "config": cfg, "error": str(err).splitlines()[0][:200]}, args.out)
                 continue

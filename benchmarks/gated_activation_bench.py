@@ -1,7 +1,8 @@
 """Benchmark of the gated MLP's elementwise core h = σ(g) ⊙ u on one GPU, forward and backward.
 
 Compares eager PyTorch, torch.compile, Liger-Kernel's SwiGLU (if installed) and our fused Triton
-kernel with counting off / zero-threshold counting / threshold counting (+ row mask). Before timing
+kernel with counting off / zero-threshold counting / threshold counting (+ row mask), and for SiLU
+the forward with exact math throughout (``*_exact_silu``) against the default fast-and-fixed one. Before timing
 each shape it checks on random data that our counts equal the PyTorch reference exactly and that
 outputs and gradients are close. Reports median ms (triton.testing.do_bench) and achieved GB/s
 against the device copy bandwidth measured here (read + write bytes of a large copy_).
@@ -49,9 +50,22 @@ def emit(record: dict) -> None:
 
 
 def bench_ms(fn: Callable[[], object]) -> float:
+    """Median ms per call with CUDA events around each call (L2 flushed in between)."""
     from triton.testing import do_bench
 
     return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def graph_ms(fn: Callable[[], object]) -> float:
+    """Median ms per call of a CUDA graph replaying many calls: GPU time only, without the host's
+    launch overhead, which at these sizes (0.1-0.3 ms per call) can leave the GPU idle between
+    the timing events and so reads as kernel time."""
+    from triton.testing import do_bench_cudagraph
+
+    return float(do_bench_cudagraph(fn, rep=100, return_mode="median"))
+
+
+TIMERS = {"events": bench_ms, "graph": graph_ms}
 
 
 def git_commit() -> Optional[str]:
@@ -63,12 +77,12 @@ def git_commit() -> Optional[str]:
         return None
 
 
-def copy_bandwidth_gbs() -> float:
+def copy_bandwidth_gbs(timer: str) -> float:
     """Device memory bandwidth as a large device-to-device copy sees it (bytes read + written)."""
     n = 1 << 29  # 1 GiB of bf16
     src = torch.randn(n, device="cuda", dtype=torch.float32).to(torch.bfloat16)
     dst = torch.empty_like(src)
-    ms = bench_ms(lambda: dst.copy_(src))
+    ms = TIMERS[timer](lambda: dst.copy_(src))
     del src, dst
     return 2 * n * 2 / (ms * 1e-3) / 1e9
 
@@ -141,6 +155,13 @@ def variants(activation: str, f: int, t: int, thresholds, row_mask) -> Dict[str,
     out["triton_count_thr"] = lambda g, u: tga.gated_activation_triton(g, u, activation, c1)
     c2 = make_counts(f, t, thresholds, row_mask)
     out["triton_count_thr_mask"] = lambda g, u: tga.gated_activation_triton(g, u, activation, c2)
+    if activation == "silu":
+        # The same kernels with exact exp and division everywhere (what bf16 ran before the fast
+        # SiLU with its exact fix-up): the h and counts are the same bits, only the speed differs.
+        exact = dict(fast_silu=False)
+        out["triton_nocount_exact_silu"] = lambda g, u: tga._forward(g, u, activation, None, exact)
+        c3 = make_counts(f, t, thresholds, None)
+        out["triton_count_thr_exact_silu"] = lambda g, u: tga._forward(g, u, activation, c3, exact)
     return out
 
 
@@ -148,12 +169,15 @@ def variants(activation: str, f: int, t: int, thresholds, row_mask) -> Dict[str,
 BACKWARD_VARIANTS = ("eager", "torch_compile", "liger_swiglu", "triton_nocount")
 
 
-def time_variant(name: str, fn: Callable, g, u, dh, elem: int, copy_gbs: float, base: dict) -> None:
+def time_variant(name: str, fn: Callable, g, u, dh, elem: int, copy_gbs: float, base: dict,
+                 timer: str, copy_gbs_events: float) -> None:
+    """Forward with ``timer`` against ``copy_gbs`` (the copy timed the same way); backward with
+    events, against ``copy_gbs_events``."""
     t, f = g.shape
     fwd_bytes, bwd_bytes = 3 * t * f * elem, 5 * t * f * elem
     try:
         with torch.no_grad():
-            fwd_ms = bench_ms(lambda: fn(g, u))
+            fwd_ms = TIMERS[timer](lambda: fn(g, u))
         emit({**base, "variant": name, "pass": "fwd", "ms": fwd_ms,
               "gbs": fwd_bytes / (fwd_ms * 1e-3) / 1e9,
               "frac_of_copy": fwd_bytes / (fwd_ms * 1e-3) / 1e9 / copy_gbs})
@@ -165,7 +189,7 @@ def time_variant(name: str, fn: Callable, g, u, dh, elem: int, copy_gbs: float, 
         bwd_ms = bench_ms(lambda: torch.autograd.grad(h, (gg, uu), dh, retain_graph=True))
         emit({**base, "variant": name, "pass": "bwd", "ms": bwd_ms,
               "gbs": bwd_bytes / (bwd_ms * 1e-3) / 1e9,
-              "frac_of_copy": bwd_bytes / (bwd_ms * 1e-3) / 1e9 / copy_gbs})
+              "frac_of_copy": bwd_bytes / (bwd_ms * 1e-3) / 1e9 / copy_gbs_events})
     except Exception as e:  # one broken baseline must not stop the run
         emit({**base, "variant": name, "error": f"{type(e).__name__}: {e}"[:300]})
         traceback.print_exc(file=sys.stderr)
@@ -212,6 +236,9 @@ def main() -> int:
     parser.add_argument("--activations", default="relu,silu")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--sweep", action="store_true", help="also time tile configurations")
+    parser.add_argument("--timer", choices=sorted(TIMERS), default="graph",
+                        help="forward timing: CUDA graph replay (GPU time only) or CUDA events per "
+                             "call; backward always uses events (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--commit", default=None, help="commit to record (default: git rev-parse)")
     args = parser.parse_args()
@@ -226,11 +253,13 @@ def main() -> int:
 
     dtype = DTYPES[args.dtype]
     elem = torch.tensor([], dtype=dtype).element_size()
-    copy_gbs = copy_bandwidth_gbs()
+    copy_gbs = copy_bandwidth_gbs(args.timer)
+    copy_gbs_events = copy_bandwidth_gbs("events") if args.timer != "events" else copy_gbs
     env = {"kind": "env", "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
            "triton": triton.__version__, "commit": args.commit or git_commit(),
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "copy_gbs": copy_gbs}
+           "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "timer": args.timer,
+           "copy_gbs": copy_gbs, "copy_gbs_events": copy_gbs_events}
     emit(env)
 
     torch.manual_seed(args.seed)
@@ -250,7 +279,7 @@ def main() -> int:
                 all_ok = False
                 continue  # never time a kernel that computes the wrong thing
             for name, fn in variants(activation, f, t, thresholds, row_mask).items():
-                time_variant(name, fn, g, u, dh, elem, copy_gbs, base)
+                time_variant(name, fn, g, u, dh, elem, copy_gbs, base, args.timer, copy_gbs_events)
             if args.sweep:
                 tile_sweep(activation, g, u, thresholds, elem, copy_gbs, base)
             del g, u, dh

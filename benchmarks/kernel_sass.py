@@ -2,13 +2,15 @@
 what the hardware will execute: registers per thread, and instructions per element in the row-tile
 loop (or, for a single-tile program, in the whole program), from the SASS that Triton's own
 ptxas and cuobjdump produce. The division's slow-path subroutine, which random inputs never take,
-is not counted.
+is not counted. For the fast SiLU (the default on bf16) it also reports the common path: the
+instructions a lane executes when it skips the exact fix-up blocks (about 1 lane in 500 enters one).
 
 Use it to compare counting-code variants before spending GPU time: the counting forward is
 issue-bound (benchmarks/RESULTS.md §2), so instructions per element predict its speed.
 
 examples:
   python benchmarks/kernel_sass.py                                  # SiLU, counting with thresholds
+  python benchmarks/kernel_sass.py --exact-silu                     # the same with exact exp/division
   python benchmarks/kernel_sass.py --activation relu --tile 32x128x4 --row-tiles 4
   python benchmarks/kernel_sass.py --no-count --tile 16x128x4 --row-tiles 1 --histogram
 """
@@ -40,14 +42,16 @@ _INSTRUCTION = re.compile(r"\s+/\*([0-9a-f]{4})\*/\s+(.*?);")
 
 
 def compile_forward(activation: str, count: bool, thresholds: bool, row_mask: bool, block_t: int,
-                    block_f: int, num_warps: int, row_tiles: int, stages: int) -> bytes:
+                    block_f: int, num_warps: int, row_tiles: int, stages: int,
+                    exact_silu: bool = False) -> bytes:
     """The cubin of one forward-kernel variant for sm_90, bf16 tensors, f divisible by 16."""
     kernel = tga._gated_act_fwd_kernel
-    types = {"G": "*bf16", "U": "*bf16", "H": "*bf16", "ACTIVE": "*i64", "ABOVE": "*i64",
-             "THRESHOLDS": "*fp32", "ROW_MASK": "*u8", "T": "i32", "F": "i32"}
+    types = {"G": "*bf16", "U": "*bf16", "H": "*bf16", "ACTIVE": "*i64", "ABOVE": "*i64", "TOKENS": "*i64",
+             "THRESHOLDS": "*fp32", "ROW_MASK": "*i32", "T": "i32", "F": "i32"}
     constants = dict(ACTIVATION=tga._ACTIVATION_CODES[activation], COUNT=count,
                      HAS_THRESHOLDS=count and thresholds, HAS_ROW_MASK=count and row_mask,
                      PRECISE=True, ROUND_H=False, THR_ON_PRODUCT=count and thresholds,
+                     FIXUP_ASM="" if exact_silu or activation != "silu" else tga._silu_fixup_asm(),
                      BLOCK_T=block_t, BLOCK_F=block_f, ROW_TILES=row_tiles, UNROLL=False,
                      STAGES=stages)
     names = list(kernel.arg_names)
@@ -73,13 +77,25 @@ def analyse(cubin: bytes, elements_per_thread: float) -> dict:
                 for t in [re.search(r"0x([0-9a-f]+)", text)] if t and int(t.group(1), 16) < address]
     if backward:  # the row-tile loop: from the target of its backward branch to the branch
         start, end = backward[0]
-        body = [text for address, text in code if start <= address <= end]
+        body = [(address, text) for address, text in code if start <= address <= end]
     else:  # straight-line program: up to its last EXIT (the slow-path subroutine follows)
         last_exit = max(i for i, (_, text) in enumerate(code) if "EXIT" in text)
-        body = [text for _, text in code[: last_exit + 1]]
-    opcodes = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", text).split()[0] for text in body)
+        body = code[: last_exit + 1]
+    # The fast SiLU's exact fix-ups: forward predicated branches over a block that holds an exp
+    # (MUFU.EX2). A lane enters one only near a bf16 rounding midpoint, so the common path skips them.
+    fixups = []
+    for address, text in body:
+        target = re.search(r"BRA 0x([0-9a-f]+)", text)
+        if text.startswith("@") and target and int(target.group(1), 16) > address:
+            skipped = [t for a, t in body if address < a < int(target.group(1), 16)]
+            if any("MUFU.EX2" in t for t in skipped):
+                fixups.append((address, int(target.group(1), 16)))
+    common = [text for address, text in body if not any(a < address < t for a, t in fixups)]
+    opcodes = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", text).split()[0] for text in common)
     return {"registers": int(re.search(r"REG:(\d+)", usage).group(1)), "loop": bool(backward),
             "instructions": len(body), "per_element": round(len(body) / elements_per_thread, 2),
+            "fixup_blocks": len(fixups), "common_path": len(common),
+            "common_per_element": round(len(common) / elements_per_thread, 2),
             "histogram": dict(opcodes.most_common())}
 
 
@@ -92,11 +108,14 @@ def main() -> int:
     p.add_argument("--tile", default="16x64x4", help="BLOCK_TxBLOCK_FxWARPS (default: %(default)s)")
     p.add_argument("--row-tiles", type=int, default=16)
     p.add_argument("--stages", type=int, default=3)
+    p.add_argument("--exact-silu", action="store_true",
+                   help="SiLU with libdevice exp and IEEE division everywhere (default: the fast "
+                        "exp2/reciprocal with the exact per-lane fix-up, as bf16 training runs)")
     p.add_argument("--histogram", action="store_true", help="also print instructions by opcode")
     args = p.parse_args()
     block_t, block_f, warps = (int(x) for x in args.tile.split("x"))
     cubin = compile_forward(args.activation, not args.no_count, not args.no_thresholds, args.row_mask,
-                            block_t, block_f, warps, args.row_tiles, args.stages)
+                            block_t, block_f, warps, args.row_tiles, args.stages, args.exact_silu)
     report = analyse(cubin, block_t * block_f / (32 * warps))
     if not args.histogram:
         report.pop("histogram")

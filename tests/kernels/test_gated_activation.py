@@ -230,6 +230,10 @@ def test_bad_count_targets_are_rejected():
         gated_activation_triton(g, u, "relu", _count_target(8, 4, None, torch.ones(4, device=g.device)))
     with pytest.raises(ValueError, match="active"):
         gated_activation_triton(g, u, "relu", _count_target(7, 4, None, None))
+    bad_tokens = _count_target(8, 4, None, None)
+    bad_tokens.tokens = torch.zeros(1, dtype=torch.int64, device=g.device)
+    with pytest.raises(ValueError, match="tokens"):
+        gated_activation_triton(g, u, "relu", bad_tokens)
     with pytest.raises(ValueError, match="unknown activation"):
         gated_activation_triton(g, u, "gelu", None)
 
@@ -333,8 +337,11 @@ def _check_everything(shape, dtype, activation, seed, device="cuda"):
     h = gated_activation_triton(g1, u1, activation, counts)
     g2, u2 = g.clone().requires_grad_(), u.clone().requires_grad_()
     h_ref = gated_activation_reference(g2, u2, activation, counts_ref)
-    # On the GPU the SiLU path uses libdevice expf and IEEE division like PyTorch's CUDA kernel.
+    # On the GPU SiLU reproduces PyTorch's bits: exact math (fp32/fp16), or on bf16 the fast
+    # exp2/reciprocal with the exact fix-up near bf16 rounding midpoints.
     _assert_outputs_match(h, h_ref, activation)
+    if dtype == torch.bfloat16:
+        assert torch.equal(h, h_ref), "bf16 h must equal the reference bit for bit"
     assert torch.equal(counts.active, counts_ref.active)
     assert torch.equal(counts.tokens, counts_ref.tokens)
     own = _count_target(f, t, thr, mask, device)
@@ -367,3 +374,52 @@ def test_gpu_many_random_shapes():
         f = int(torch.randint(1, 3000, (1,), generator=gen))
         dtype = [torch.float32, torch.bfloat16, torch.float16][i % 3]
         _check_everything((t, f), dtype, ["relu", "silu"][i % 2], seed=i)
+
+
+def _all_bf16(device="cuda") -> torch.Tensor:
+    """Every bf16 bit pattern (NaNs and infinities included), [65536]."""
+    return torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32, device=device).to(torch.int16).view(torch.bfloat16)
+
+
+def _bitwise_or_both_nan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a.view(torch.int16) == b.view(torch.int16)) | (torch.isnan(a) & torch.isnan(b))
+
+
+@gpu
+@needs_compiled_gpu
+@pytest.mark.parametrize("count", [False, True], ids=["nocount", "count"])
+def test_gpu_fast_silu_all_bf16_pairs(count):
+    # The proof of the fast SiLU: for every one of the 2^32 bf16 (g, u) pairs, h equals PyTorch's
+    # bit for bit (NaN payloads aside), and with counting the counts equal the reference's, with
+    # thresholds on and next to the bf16 rounding boundaries of each column's own values.
+    assert tga._forward_config(65536, "silu", count, torch.bfloat16, device=torch.device("cuda"))["fast_silu"]
+    values = _all_bf16()
+    rows = 2048
+    g = values[None, :].expand(rows, -1).contiguous()  # [rows, 65536]: column j holds g = values[j]
+    for start in range(0, values.numel(), rows):
+        u = values[start:start + rows, None].expand(-1, values.numel()).contiguous()  # [rows, 65536]
+        h_ref = gated_activation_reference(g, u, "silu")
+        thr = _boundary_thresholds(h_ref, seed=start) if count else None
+        counts = _count_target(values.numel(), rows, thr, None, "cuda") if count else None
+        ref = _count_target(values.numel(), rows, thr, None, "cuda") if count else None
+        h = tga._forward(g, u, "silu", counts)
+        same = _bitwise_or_both_nan(h, h_ref)
+        assert bool(same.all()), f"u rows {start}..: {int((~same).sum())} elements differ"
+        if count:
+            count_activations_reference(g, h_ref, ref)
+            assert torch.equal(counts.active, ref.active)
+            assert torch.equal(counts.above_threshold, ref.above_threshold)
+        del u, h_ref, h
+
+
+@gpu
+@needs_compiled_gpu
+def test_gpu_fast_silu_without_its_fixup_differs():
+    # The exhaustive test above can fail: with the fix-up narrowed to exact midpoints and no g
+    # cut-off, the fast product alone rounds some bf16 pairs differently from PyTorch.
+    values = _all_bf16()
+    g = values[None, :].expand(1024, -1).contiguous()
+    u = values[48000:49024, None]  # u from about 0.1 to 1
+    u = u.expand(-1, values.numel()).contiguous()
+    h = tga._forward(g, u, "silu", None, dict(fix_ulps=1, fix_min_g=1e30))
+    assert int((~_bitwise_or_both_nan(h, gated_activation_reference(g, u, "silu"))).sum()) > 0

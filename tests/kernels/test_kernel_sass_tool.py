@@ -39,7 +39,19 @@ def test_kernel_sass_counts_instructions_of_each_variant():
         assert 16 <= report["registers"] <= 255 and 5 < report["per_element"] < 200
     assert silu_count["per_element"] > silu_plain["per_element"]
     assert relu_count["per_element"] < silu_count["per_element"] / 2
-    # SiLU's exact exponential and division are in the counted loop: two MUFU ops per element.
+    # SiLU's fast exp2 and reciprocal are on the common path: two MUFU ops per element; the
+    # exact fix-up (one block per element, holding the exact exp) is not.
     histogram = silu_count["histogram"]
     elements = 16 * 64 / 128
     assert histogram.get("MUFU.EX2", 0) == elements and histogram.get("MUFU.RCP", 0) == elements
+    assert silu_count["fixup_blocks"] == elements
+    assert silu_count["common_path"] < silu_count["instructions"]
+
+
+def test_kernel_sass_fast_silu_executes_fewer_instructions_than_exact():
+    fast = _sass("--tile", "16x64x4", "--row-tiles", "16")
+    exact = _sass("--tile", "16x64x4", "--row-tiles", "16", "--exact-silu")
+    assert exact["fixup_blocks"] == 0 and exact["common_path"] == exact["instructions"]
+    # The exact exp (11 instructions) and IEEE division with its range check leave the common path;
+    # the fast exp2/reciprocal and the midpoint test (about 10) replace them.
+    assert fast["common_per_element"] < exact["per_element"] - 8

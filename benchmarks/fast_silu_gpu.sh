@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# On a GPU machine: the measurements behind the fast SiLU forward and the counting kernels'
+# bandwidth, in parts that each fit one call (default: "error tests sweep"):
+#   error    the fast product's distance from PyTorch's exact one over all 2^32 bf16 (g, u)
+#            pairs, and how often the exact fix-up runs (benchmarks/fast_silu_error.py);
+#   tests    the compiled kernel tests (the exhaustive bf16-pairs proof among them);
+#   sweep    count_tile_sweep.py (CUDA-graph timing) at f = 1920 / 4480: the fast SiLU's tiles,
+#            row tiles and pipeline stages; exact SiLU at its tiles; ReLU; one configuration each
+#            again with per-call event timing, to show what the host's launch gaps add;
+#   bench    gated_activation_bench.py at T = 32768, f = 1920...4480, ReLU and SiLU;
+#   bench65  the same at the 0.1B training shape (T = 65536, f = 1920).
+#
+#   OUT=dir bash benchmarks/fast_silu_gpu.sh [error] [tests] [sweep] [bench] [bench65]
+#
+# JSON lines and logs go to $OUT. Wheels (Liger-Kernel for the bench) come from .whl/.
+set -u
+: "${OUT:?set OUT to an output folder}"
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+source benchmarks/gpu_env.sh
+parts=${*:-error tests sweep}
+t0=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+sweep() {
+  python3 benchmarks/count_tile_sweep.py --out "$OUT/sweep.jsonl" "$@" >> "$OUT/sweep.log" 2>&1
+  echo "rc=$?"
+}
+
+for part in $parts; do
+  case $part in
+    error)
+      stamp "fast_silu_error"
+      python3 benchmarks/fast_silu_error.py --out "$OUT/fast_silu_error.jsonl" > "$OUT/fast_silu_error.log" 2>&1
+      echo "rc=$?"; grep -E "smallest_safe|lanes_fixed" "$OUT/fast_silu_error.log" | tail -12 ;;
+    tests)
+      stamp "kernel tests"
+      timeout 240 python3 -m pytest -q -p no:cacheprovider tests/kernels > "$OUT/kernel_tests.log" 2>&1
+      echo "rc=$?"; grep -E "passed|failed|Error" "$OUT/kernel_tests.log" | tail -6 ;;
+    sweep)
+      stamp "sweep"
+      sweep --activations silu --widths 1920,4480 --modes thresholds --tiles 16x64x4 \
+          --row-tiles 4,8,16,32 --stages 1,2,3,4 --silu-math fast --compares product
+      sweep --activations silu --widths 1920,4480 --modes thresholds --tiles 32x64x4,16x128x4 \
+          --row-tiles 8,16 --stages 3 --silu-math fast --compares product
+      sweep --activations silu --widths 1920,4480 --modes zero thresholds+mask --tiles 16x64x4 \
+          --row-tiles 8,16 --stages 3 --silu-math fast,exact --compares product
+      sweep --activations silu --widths 1920,4480 --modes thresholds --tiles 16x64x4 --row-tiles 16 \
+          --stages 3 --silu-math exact --compares product
+      sweep --activations relu --widths 1920,4480 --modes thresholds thresholds+mask \
+          --tiles 32x128x4,16x128x4 --row-tiles 4,8 --stages 3 --compares product
+      sweep --timer events --activations silu relu --widths 1920,4480 --modes thresholds \
+          --tiles 16x64x4 --row-tiles 16 --stages 3 --silu-math fast --compares product
+      stamp "sweep: $(grep -c frac_of_copy "$OUT/sweep.jsonl") launches timed" ;;
+    bench)
+      stamp "bench"
+      python3 benchmarks/gated_activation_bench.py > "$OUT/bench.jsonl" 2> "$OUT/bench.err"
+      echo "rc=$?"; sed -n '/^activation/,$p' "$OUT/bench.jsonl" | grep -E "triton|liger|compile|activation " ;;
+    bench65)
+      stamp "bench65"
+      python3 benchmarks/gated_activation_bench.py --tokens 65536 --widths 1920 > "$OUT/bench65.jsonl" 2> "$OUT/bench65.err"
+      echo "rc=$?"; sed -n '/^activation/,$p' "$OUT/bench65.jsonl" | grep -E "triton" ;;
+    *) echo "unknown part $part"; exit 2 ;;
+  esac
+done
+stamp "done"

@@ -65,6 +65,9 @@ def main() -> int:
                         "bf16 default) and/or exact (libdevice exp, IEEE division) (default: %(default)s)")
     p.add_argument("--fix-ulps", default=str(tga._FIX_ULPS),
                    help="fix-up widths to sweep with the fast SiLU (default: %(default)s)")
+    p.add_argument("--fix-packs", default=str(tga._FIX_PACK),
+                   help="elements sharing one fix-up branch, to sweep with the fast SiLU "
+                        "(default: %(default)s)")
     p.add_argument("--timer", choices=["graph", "events"], default="graph",
                    help="CUDA graph replay (GPU time only) or CUDA events per call, with the L2 "
                         "flushed in between (default: %(default)s)")
@@ -112,15 +115,18 @@ def main() -> int:
         row_tiles_swept = [int(x) for x in args.row_tiles.split(",")]
         stages_swept = [int(x) for x in args.stages.split(",")]
         stages_swept = stages_swept if mode == "thresholds" else stages_swept[:1]
-        silu_codes = [(False, tga._FIX_ULPS)]
+        # (fast_silu, fix_ulps, fix_pack) variants
+        silu_codes = [(False, tga._FIX_ULPS, tga._FIX_PACK)]
         if activation == "silu":
             maths = args.silu_math.split(",")
-            silu_codes = [(True, int(k)) for k in args.fix_ulps.split(",") if "fast" in maths]
-            silu_codes += [(False, tga._FIX_ULPS)] if "exact" in maths else []
-        for (block_t, block_f, warps), row_tiles, stages, on_product, (fast, ulps) in itertools.product(
+            silu_codes = [(True, int(k), int(n)) for k in args.fix_ulps.split(",")
+                          for n in args.fix_packs.split(",") if "fast" in maths]
+            silu_codes += [(False, tga._FIX_ULPS, tga._FIX_PACK)] if "exact" in maths else []
+        for (block_t, block_f, warps), row_tiles, stages, on_product, (fast, ulps, pack) in itertools.product(
                 tiles, row_tiles_swept, stages_swept, codes, silu_codes):
             cfg = dict(block_t=block_t, block_f=block_f, num_warps=warps, row_tiles=row_tiles,
-                       stages=stages, thr_on_product=on_product, fast_silu=fast, fix_ulps=ulps)
+                       stages=stages, thr_on_product=on_product, fast_silu=fast, fix_ulps=ulps,
+                       fix_pack=pack)
             got = counts()
             try:
                 h = tga._forward(g, u, activation, got, cfg)

@@ -42,6 +42,8 @@ for part in $parts; do
           --row-tiles 4,8,16,32 --stages 1,2,3,4 --silu-math fast --compares product
       sweep --activations silu --widths 1920,4480 --modes thresholds --tiles 32x64x4,16x128x4 \
           --row-tiles 8,16 --stages 3 --silu-math fast --compares product
+      sweep --activations silu --widths 1920,4480 --modes thresholds --tiles 16x64x4 \
+          --row-tiles 8,16 --stages 3 --silu-math fast --compares product --fix-packs 2,4
       sweep --activations silu --widths 1920,4480 --modes zero thresholds+mask --tiles 16x64x4 \
           --row-tiles 8,16 --stages 3 --silu-math fast,exact --compares product
       sweep --activations silu --widths 1920,4480 --modes thresholds --tiles 16x64x4 --row-tiles 16 \

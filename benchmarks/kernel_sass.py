@@ -43,7 +43,7 @@ _INSTRUCTION = re.compile(r"\s+/\*([0-9a-f]{4})\*/\s+(.*?);")
 
 def compile_forward(activation: str, count: bool, thresholds: bool, row_mask: bool, block_t: int,
                     block_f: int, num_warps: int, row_tiles: int, stages: int,
-                    exact_silu: bool = False) -> bytes:
+                    exact_silu: bool = False, fix_pack: int = tga._FIX_PACK) -> bytes:
     """The cubin of one forward-kernel variant for sm_90, bf16 tensors, f divisible by 16."""
     kernel = tga._gated_act_fwd_kernel
     types = {"G": "*bf16", "U": "*bf16", "H": "*bf16", "ACTIVE": "*i64", "ABOVE": "*i64", "TOKENS": "*i64",
@@ -51,7 +51,8 @@ def compile_forward(activation: str, count: bool, thresholds: bool, row_mask: bo
     constants = dict(ACTIVATION=tga._ACTIVATION_CODES[activation], COUNT=count,
                      HAS_THRESHOLDS=count and thresholds, HAS_ROW_MASK=count and row_mask,
                      PRECISE=True, ROUND_H=False, THR_ON_PRODUCT=count and thresholds,
-                     FIXUP_ASM="" if exact_silu or activation != "silu" else tga._silu_fixup_asm(),
+                     FIXUP_ASM="" if exact_silu or activation != "silu" else tga._silu_fixup_asm(pack=fix_pack),
+                     FIXUP_PACK=fix_pack, FIXUP_CONSTRAINTS=tga._fixup_constraints(fix_pack),
                      BLOCK_T=block_t, BLOCK_F=block_f, ROW_TILES=row_tiles, UNROLL=False,
                      STAGES=stages)
     names = list(kernel.arg_names)
@@ -111,11 +112,14 @@ def main() -> int:
     p.add_argument("--exact-silu", action="store_true",
                    help="SiLU with libdevice exp and IEEE division everywhere (default: the fast "
                         "exp2/reciprocal with the exact per-lane fix-up, as bf16 training runs)")
+    p.add_argument("--fix-pack", type=int, default=tga._FIX_PACK, choices=[1, 2, 4],
+                   help="elements sharing one fix-up branch (default: %(default)s)")
     p.add_argument("--histogram", action="store_true", help="also print instructions by opcode")
     args = p.parse_args()
     block_t, block_f, warps = (int(x) for x in args.tile.split("x"))
     cubin = compile_forward(args.activation, not args.no_count, not args.no_thresholds, args.row_mask,
-                            block_t, block_f, warps, args.row_tiles, args.stages, args.exact_silu)
+                            block_t, block_f, warps, args.row_tiles, args.stages, args.exact_silu,
+                            args.fix_pack)
     report = analyse(cubin, block_t * block_f / (32 * warps))
     if not args.histogram:
         report.pop("histogram")

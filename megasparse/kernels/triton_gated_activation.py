@@ -104,33 +104,16 @@ mul.rn.f32 $0, t, $2;
 # against every bf16 (g, u).
 _FIX_ULPS = 32
 _FIX_MIN_G = 32.0
+_FIX_PACK = 1  # elements sharing one fix-up branch
 # GPU generations (compute capability major) on which that exhaustive check was run: the fast
 # path depends on the hardware's ex2.approx / rcp.approx, so other GPUs use exact math.
 _FAST_SILU_PROVEN_ON = {9}
 
 
-@functools.lru_cache(maxsize=None)
-def _silu_fixup_asm(ulps: int = _FIX_ULPS, min_g: float = _FIX_MIN_G) -> str:
-    """PTX for one lane: $0 = p, from $1 = g, $2 = u and $3 = the fast p. It keeps the fast p
-    unless p's low 16 bits lie within ``ulps`` of 0x8000 (a bf16 rounding midpoint) or
-    g < -min_g or g is NaN; then it recomputes p exactly, instruction for instruction as
-    ``libdevice.exp`` + ``div_rn`` + one multiply compile (PyTorch's bits). The branch is per
-    lane: ptxas makes a divergent region of it, so only warps with such a lane pay for it.
-    Labels inside ``{ }`` are local to that block, so every inlined copy may use the same name."""
-    if not 0 < ulps < 0x4000:
-        raise ValueError(f"fix-up ulps must be in 1..16383, got {ulps}")
-    neg_min_g = struct.unpack("<I", struct.pack("<f", -float(min_g)))[0]
-    return f"""{{
-.reg .pred near, out;
-.reg .b32 c, x, t;
-mov.b32 $0, $3;
-add.s32 c, $3, {ulps - 0x8000};
-and.b32 c, c, 65535;
-setp.lt.u32 near, c, {2 * ulps};
-setp.ltu.f32 out, $1, 0f{neg_min_g:08X};
-or.pred near, near, out;
-@!near bra LEXACTDONE;
-sub.rn.f32 x, 0f00000000, $1;
+def _exact_silu_product_ptx(p: str, g: str, u: str) -> str:
+    """PTX computing p = (g / (1 + exp(-g))) · u exactly as ``libdevice.exp`` + ``div_rn`` and one
+    multiply compile (PyTorch's bits); uses the scratch registers c, x, t."""
+    return f"""sub.rn.f32 x, 0f00000000, {g};
 fma.rn.ftz.f32 c, x, 0f3BBB989D, 0f3F000000;
 cvt.ftz.sat.f32.f32 c, c;
 fma.rm.ftz.f32 c, c, 0f437C0000, 0f4B400001;
@@ -141,20 +124,61 @@ fma.rn.ftz.f32 t, x, 0f32A57060, t;
 shl.b32 c, c, 23;
 ex2.approx.ftz.f32 t, t;
 fma.rn.f32 t, t, c, 0f3F800000;
-div.rn.f32 t, $1, t;
-mul.rn.f32 $0, t, $2;
-LEXACTDONE:
+div.rn.f32 t, {g}, t;
+mul.rn.f32 {p}, t, {u};
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _silu_fixup_asm(ulps: int = _FIX_ULPS, min_g: float = _FIX_MIN_G, pack: int = 1) -> str:
+    """PTX for ``pack`` elements of one lane: outputs p, from inputs g, u and the fast p (operands
+    $0.. in Triton's order: the outputs, then each input's ``pack`` elements). It keeps the fast
+    p unless, for any of the elements, p's low 16 bits lie within ``ulps`` of 0x8000 (a bf16
+    rounding midpoint) or g < -min_g or g is NaN; then it recomputes those elements' p exactly.
+    The branch is per lane: ptxas makes a divergent region of it, so only warps with such a lane
+    pay for it; ``pack`` > 1 shares one branch between elements. Labels inside ``{ }`` are local
+    to that block, so every inlined copy may use the same name."""
+    if not 0 < ulps < 0x4000:
+        raise ValueError(f"fix-up ulps must be in 1..16383, got {ulps}")
+    if pack not in (1, 2, 4):
+        raise ValueError(f"fix-up pack must be 1, 2 or 4, got {pack}")
+    neg_min_g = struct.unpack("<I", struct.pack("<f", -float(min_g)))[0]
+    out = [f"${i}" for i in range(pack)]
+    g = [f"${pack + i}" for i in range(pack)]
+    u = [f"${2 * pack + i}" for i in range(pack)]
+    fast = [f"${3 * pack + i}" for i in range(pack)]
+    check = ""
+    for i in range(pack):
+        combine = "or.pred any, near, out;" if i == 0 else "or.pred any, any, near;\nor.pred any, any, out;"
+        check += f"""mov.b32 {out[i]}, {fast[i]};
+add.s32 c, {fast[i]}, {ulps - 0x8000};
+and.b32 c, c, 65535;
+setp.lt.u32 near, c, {2 * ulps};
+setp.ltu.f32 out, {g[i]}, 0f{neg_min_g:08X};
+{combine}
+"""
+    exact = "".join(_exact_silu_product_ptx(out[i], g[i], u[i]) for i in range(pack))
+    return f"""{{
+.reg .pred near, out, any;
+.reg .b32 c, x, t;
+{check}@!any bra LEXACTDONE;
+{exact}LEXACTDONE:
 }}"""
 
 
+def _fixup_constraints(pack: int) -> str:
+    return ",".join(["=r"] * pack + ["r"] * (3 * pack))
+
+
 @triton.jit
-def _silu_product(g, u, PRECISE: tl.constexpr, FIXUP_ASM: tl.constexpr):
+def _silu_product(g, u, PRECISE: tl.constexpr, FIXUP_ASM: tl.constexpr,
+                  FIXUP_PACK: tl.constexpr, FIXUP_CONSTRAINTS: tl.constexpr):
     """fp32 σ(g)·u for SiLU (g, u: fp32 tensors of one shape); FIXUP_ASM "" = no fast path."""
     if FIXUP_ASM != "":
         p = tl.inline_asm_elementwise(_FAST_SILU_PRODUCT_ASM, "=r,r,r", [g, u], dtype=tl.float32,
                                       is_pure=True, pack=1)
-        return tl.inline_asm_elementwise(FIXUP_ASM, "=r,r,r,r", [g, u, p], dtype=tl.float32,
-                                         is_pure=True, pack=1)
+        return tl.inline_asm_elementwise(FIXUP_ASM, FIXUP_CONSTRAINTS, [g, u, p], dtype=tl.float32,
+                                         is_pure=True, pack=FIXUP_PACK)
     else:
         return _div(g, 1.0 + _exp(-g, PRECISE), PRECISE) * u
 
@@ -204,7 +228,8 @@ def _bf16_count_boundary(thr):
 def _fwd_row_tile(G, U, H, ROW_MASK, THR_ROW, tally, row0, cols, col_ok, T, F,
                   ACTIVATION: tl.constexpr, COUNT: tl.constexpr, HAS_THRESHOLDS: tl.constexpr,
                   HAS_ROW_MASK: tl.constexpr, PRECISE: tl.constexpr, FIXUP_ASM: tl.constexpr,
-                  ROUND_H: tl.constexpr, THR_ON_PRODUCT: tl.constexpr, BLOCK_T: tl.constexpr):
+                  FIXUP_PACK: tl.constexpr, FIXUP_CONSTRAINTS: tl.constexpr, ROUND_H: tl.constexpr,
+                  THR_ON_PRODUCT: tl.constexpr, BLOCK_T: tl.constexpr):
     rows = row0 + tl.arange(0, BLOCK_T)  # [BT]
     row_ok = rows < T
     offs = rows.to(tl.int64)[:, None] * F + cols[None, :]  # [BT, BF]; int64: T·F may pass 2³¹
@@ -217,7 +242,7 @@ def _fwd_row_tile(G, U, H, ROW_MASK, THR_ROW, tally, row0, cols, col_ok, T, F,
     if ACTIVATION == 0:
         p = tl.maximum(g, 0.0) * u  # [BT, BF] fp32
     else:
-        p = _silu_product(g, u, PRECISE, FIXUP_ASM)  # [BT, BF] fp32
+        p = _silu_product(g, u, PRECISE, FIXUP_ASM, FIXUP_PACK, FIXUP_CONSTRAINTS)  # [BT, BF] fp32
     h = _to_dtype(p, H.dtype.element_ty, ROUND_H)  # the one rounding to the output dtype
     tl.store(H + offs, h, mask=mask)
     if COUNT:
@@ -252,6 +277,8 @@ def _gated_act_fwd_kernel(
     HAS_ROW_MASK: tl.constexpr,
     PRECISE: tl.constexpr,
     FIXUP_ASM: tl.constexpr,  # SiLU on bf16: the exact fix-up's PTX ("" = exact math throughout)
+    FIXUP_PACK: tl.constexpr,  # elements per fix-up branch
+    FIXUP_CONSTRAINTS: tl.constexpr,  # its inline-asm operand constraints
     ROUND_H: tl.constexpr,
     THR_ON_PRODUCT: tl.constexpr,  # bf16 output: compare the fp32 product to a rounded boundary
     BLOCK_T: tl.constexpr,
@@ -284,12 +311,14 @@ def _gated_act_fwd_kernel(
         for i in tl.static_range(ROW_TILES):
             tally = _fwd_row_tile(G, U, H, ROW_MASK, thr_row, tally, row_base + i * BLOCK_T, cols,
                                   col_ok, T, F, ACTIVATION, COUNT, HAS_THRESHOLDS, HAS_ROW_MASK,
-                                  PRECISE, FIXUP_ASM, ROUND_H, THR_ON_PRODUCT, BLOCK_T)
+                                  PRECISE, FIXUP_ASM, FIXUP_PACK, FIXUP_CONSTRAINTS, ROUND_H,
+                                  THR_ON_PRODUCT, BLOCK_T)
     else:
         for i in tl.range(0, ROW_TILES, num_stages=STAGES):
             tally = _fwd_row_tile(G, U, H, ROW_MASK, thr_row, tally, row_base + i * BLOCK_T, cols,
                                   col_ok, T, F, ACTIVATION, COUNT, HAS_THRESHOLDS, HAS_ROW_MASK,
-                                  PRECISE, FIXUP_ASM, ROUND_H, THR_ON_PRODUCT, BLOCK_T)
+                                  PRECISE, FIXUP_ASM, FIXUP_PACK, FIXUP_CONSTRAINTS, ROUND_H,
+                                  THR_ON_PRODUCT, BLOCK_T)
 
     if COUNT:
         col_tally = tl.sum(tally, axis=0)  # [BF]
@@ -437,7 +466,7 @@ def _forward_config(f: int, activation: Activation, count: bool, dtype: Optional
     """The forward launch's tile and code choices for g, u and h of ``dtype`` (the same for all
     three; None when they differ) on ``device``. ``overrides`` (used by the benchmarks' sweeps and
     the tests) replaces any of them: block_t, block_f, num_warps, row_tiles, unroll, stages,
-    thr_on_product, fast_silu, fix_ulps, fix_min_g."""
+    thr_on_product, fast_silu, fix_ulps, fix_min_g, fix_pack."""
     bf16 = dtype == torch.bfloat16
     fast_silu = (activation == "silu" and bf16 and device is not None
                  and _fast_silu_proven(torch.device(device)))
@@ -447,7 +476,7 @@ def _forward_config(f: int, activation: Activation, count: bool, dtype: Optional
         (block_t, block_f, num_warps), row_tiles = _tile_config(f, _INTERPRETED), 1
     config = dict(block_t=block_t, block_f=block_f, num_warps=num_warps, row_tiles=row_tiles,
                   unroll=False, stages=_DEFAULT_STAGES, thr_on_product=bf16,
-                  fast_silu=fast_silu, fix_ulps=_FIX_ULPS, fix_min_g=_FIX_MIN_G)
+                  fast_silu=fast_silu, fix_ulps=_FIX_ULPS, fix_min_g=_FIX_MIN_G, fix_pack=_FIX_PACK)
     unknown = set(overrides or {}) - set(config)
     if unknown:
         raise ValueError(f"unknown forward config keys {sorted(unknown)} (known: {sorted(config)})")
@@ -495,7 +524,8 @@ def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
         g2, u2, h2, active, above, tokens, thresholds, row_mask, t, f,
         ACTIVATION=_ACTIVATION_CODES[activation], COUNT=count, HAS_THRESHOLDS=has_thr,
         HAS_ROW_MASK=has_mask, PRECISE=_precise_math(),
-        FIXUP_ASM=_silu_fixup_asm(cfg["fix_ulps"], cfg["fix_min_g"]) if fast else "",
+        FIXUP_ASM=_silu_fixup_asm(cfg["fix_ulps"], cfg["fix_min_g"], cfg["fix_pack"]) if fast else "",
+        FIXUP_PACK=cfg["fix_pack"], FIXUP_CONSTRAINTS=_fixup_constraints(cfg["fix_pack"]),
         ROUND_H=_round_bf16_by_hand(h2), THR_ON_PRODUCT=cfg["thr_on_product"] and has_thr,
         BLOCK_T=cfg["block_t"], BLOCK_F=cfg["block_f"], ROW_TILES=cfg["row_tiles"],
         UNROLL=cfg["unroll"], STAGES=cfg["stages"], num_warps=cfg["num_warps"],

@@ -387,8 +387,9 @@ def _bitwise_or_both_nan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @gpu
 @needs_compiled_gpu
-@pytest.mark.parametrize("count", [False, True], ids=["nocount", "count"])
-def test_gpu_fast_silu_all_bf16_pairs(count):
+@pytest.mark.parametrize("count,fix_pack", [(False, tga._FIX_PACK), (True, 1), (True, 2), (True, 4)],
+                         ids=["nocount", "count-pack1", "count-pack2", "count-pack4"])
+def test_gpu_fast_silu_all_bf16_pairs(count, fix_pack):
     # The proof of the fast SiLU: for every one of the 2^32 bf16 (g, u) pairs, h equals PyTorch's
     # bit for bit (NaN payloads aside), and with counting the counts equal the reference's, with
     # thresholds on and next to the bf16 rounding boundaries of each column's own values.
@@ -402,7 +403,7 @@ def test_gpu_fast_silu_all_bf16_pairs(count):
         thr = _boundary_thresholds(h_ref, seed=start) if count else None
         counts = _count_target(values.numel(), rows, thr, None, "cuda") if count else None
         ref = _count_target(values.numel(), rows, thr, None, "cuda") if count else None
-        h = tga._forward(g, u, "silu", counts)
+        h = tga._forward(g, u, "silu", counts, dict(fix_pack=fix_pack))
         same = _bitwise_or_both_nan(h, h_ref)
         assert bool(same.all()), f"u rows {start}..: {int((~same).sum())} elements differ"
         if count:

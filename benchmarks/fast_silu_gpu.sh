@@ -4,9 +4,9 @@
 #   error    the fast product's distance from PyTorch's exact one over all 2^32 bf16 (g, u)
 #            pairs, and how often the exact fix-up runs (benchmarks/fast_silu_error.py);
 #   tests    the compiled kernel tests (the exhaustive bf16-pairs proof among them);
-#   sweep    count_tile_sweep.py (CUDA-graph timing) at f = 1920 / 4480: the fast SiLU's tiles,
-#            row tiles and pipeline stages; exact SiLU at its tiles; ReLU; one configuration each
-#            again with per-call event timing, to show what the host's launch gaps add;
+#   sweep    count_tile_sweep.py (CUDA-graph timing): the fast SiLU's row tiles and pipeline
+#            stages at f = 1920, its fix-up packs and exact SiLU at 1920 / 4480, ReLU with a row
+#            mask, and one configuration each with per-call event timing (what launch gaps add);
 #   bench    gated_activation_bench.py at T = 32768, f = 1920...4480, ReLU and SiLU;
 #   bench65  the same at the 0.1B training shape (T = 65536, f = 1920).
 #
@@ -38,19 +38,15 @@ for part in $parts; do
       echo "rc=$?"; grep -E "passed|failed|Error" "$OUT/kernel_tests.log" | tail -6 ;;
     sweep)
       stamp "sweep"
+      sweep --activations silu --widths 1920 --modes thresholds --tiles 16x64x4 \
+          --row-tiles 4,8,16 --stages 2,3,4 --silu-math fast --compares product
       sweep --activations silu --widths 1920,4480 --modes thresholds --tiles 16x64x4 \
-          --row-tiles 4,8,16,32 --stages 1,2,3,4 --silu-math fast --compares product
-      sweep --activations silu --widths 1920,4480 --modes thresholds --tiles 32x64x4,16x128x4 \
-          --row-tiles 8,16 --stages 3 --silu-math fast --compares product
-      sweep --activations silu --widths 1920,4480 --modes thresholds --tiles 16x64x4 \
-          --row-tiles 8,16 --stages 3 --silu-math fast --compares product --fix-packs 2,4
-      sweep --activations silu --widths 1920,4480 --modes zero thresholds+mask --tiles 16x64x4 \
-          --row-tiles 8,16 --stages 3 --silu-math fast,exact --compares product
+          --row-tiles 16 --stages 3 --silu-math fast --compares product --fix-packs 2,4
       sweep --activations silu --widths 1920,4480 --modes thresholds --tiles 16x64x4 --row-tiles 16 \
           --stages 3 --silu-math exact --compares product
-      sweep --activations relu --widths 1920,4480 --modes thresholds thresholds+mask \
-          --tiles 32x128x4,16x128x4 --row-tiles 4,8 --stages 3 --compares product
-      sweep --timer events --activations silu relu --widths 1920,4480 --modes thresholds \
+      sweep --activations relu --widths 1920,4480 --modes thresholds+mask --tiles 32x128x4 \
+          --row-tiles 4 --stages 3 --compares product
+      sweep --timer events --activations silu relu --widths 1920 --modes thresholds \
           --tiles 16x64x4 --row-tiles 16 --stages 3 --silu-math fast --compares product
       stamp "sweep: $(grep -c frac_of_copy "$OUT/sweep.jsonl") launches timed" ;;
     bench)

@@ -10,8 +10,10 @@
 #   bench    gated_activation_bench.py at T = 32768, f = 1920...4480, ReLU and SiLU;
 #   bench65  the same at the 0.1B training shape (T = 65536, f = 1920).
 #
-#   OUT=dir bash benchmarks/fast_silu_gpu.sh [error] [tests] [sweep] [bench] [bench65]
+#   OUT=dir [COMMIT=hash] bash benchmarks/fast_silu_gpu.sh [error] [tests] [sweep] [bench] [bench65]
 #
+# COMMIT names the code in the benchmark records when the machine's checkout has no current git
+# metadata.
 # JSON lines and logs go to $OUT. Wheels (Liger-Kernel for the bench) come from .whl/.
 set -u
 : "${OUT:?set OUT to an output folder}"
@@ -51,11 +53,11 @@ for part in $parts; do
       stamp "sweep: $(grep -c frac_of_copy "$OUT/sweep.jsonl") launches timed" ;;
     bench)
       stamp "bench"
-      python3 benchmarks/gated_activation_bench.py > "$OUT/bench.jsonl" 2> "$OUT/bench.err"
+      python3 benchmarks/gated_activation_bench.py ${COMMIT:+--commit $COMMIT} > "$OUT/bench.jsonl" 2> "$OUT/bench.err"
       echo "rc=$?"; sed -n '/^activation/,$p' "$OUT/bench.jsonl" | grep -E "triton|liger|compile|activation " ;;
     bench65)
       stamp "bench65"
-      python3 benchmarks/gated_activation_bench.py --tokens 65536 --widths 1920 > "$OUT/bench65.jsonl" 2> "$OUT/bench65.err"
+      python3 benchmarks/gated_activation_bench.py ${COMMIT:+--commit $COMMIT} --tokens 65536 --widths 1920 > "$OUT/bench65.jsonl" 2> "$OUT/bench65.err"
       echo "rc=$?"; sed -n '/^activation/,$p' "$OUT/bench65.jsonl" | grep -E "triton" ;;
     *) echo "unknown part $part"; exit 2 ;;
   esac

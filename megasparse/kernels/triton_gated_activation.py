@@ -413,23 +413,28 @@ def _tile_config(f: int, interpret: bool) -> Tuple[int, int, int]:
 _DEFAULT_STAGES = 3
 
 
-def _count_tiles(activation: Activation, f: int, interpret: bool) -> Tuple[int, int, int, int]:
-    """(BLOCK_T, BLOCK_F, num_warps, ROW_TILES) of a counting program. BLOCK_T·ROW_TILES rows per
-    program bounds the number of atomics (ceil(T / that) · f) and amortises the per-program column
-    reduction, while leaving enough programs to fill the GPU.
+def _count_tiles(activation: Activation, f: int, interpret: bool,
+                 fast_silu: bool = False) -> Tuple[int, int, int, int, int]:
+    """(BLOCK_T, BLOCK_F, num_warps, ROW_TILES, STAGES) of a counting program. BLOCK_T·ROW_TILES
+    rows per program bounds the number of atomics (ceil(T / that) · f) and amortises the
+    per-program column reduction, while leaving enough programs to fill the GPU.
 
     Measured on an H200 (benchmarks/count_tile_sweep.py, bf16, T = 32768, thresholds on, results
     in benchmarks/results/count_tile_sweep*_h200.jsonl): ReLU moves most bytes with 32 × 128 tiles,
-    4 per program (87% / 96% of copy bandwidth at f = 1920 / 4480). SiLU, whose exact exp and
-    division make it issue-bound (ncu: 111 registers and 25% occupancy with 16 × 128 tiles), gains
-    from half-width 16 × 64 tiles, 16 per program (79% / 85–88%, against 78% / 85% with 16 × 128).
+    4 per program (87% / 96% of copy bandwidth at f = 1920 / 4480). SiLU with exact math is
+    issue-bound (ncu: 111 registers and 25% occupancy with 16 × 128 tiles) and gains from
+    half-width 16 × 64 tiles, 16 per program. The fast SiLU keeps 16 × 64 tiles but prefers 8 per
+    program and a 4-deep pipeline (CUDA-graph timing at f = 1920: 3.96 TB/s, against 3.75 with 16
+    per program and 3 stages; results/count_tile_sweep_fast_silu_graph_h200.jsonl).
     """
     block_t, block_f, num_warps = _tile_config(f, interpret)
     if interpret:
-        return block_t, block_f, num_warps, 2
+        return block_t, block_f, num_warps, 2, _DEFAULT_STAGES
     if activation == "relu":
-        return 32, block_f, num_warps, 4
-    return 16, min(block_f, 64), num_warps, 16
+        return 32, block_f, num_warps, 4, _DEFAULT_STAGES
+    if fast_silu:
+        return 16, min(block_f, 64), num_warps, 8, 4
+    return 16, min(block_f, 64), num_warps, 16, _DEFAULT_STAGES
 
 
 def _check_counts(counts: CountTarget, f: int, t: int, device: torch.device) -> None:
@@ -471,11 +476,12 @@ def _forward_config(f: int, activation: Activation, count: bool, dtype: Optional
     fast_silu = (activation == "silu" and bf16 and device is not None
                  and _fast_silu_proven(torch.device(device)))
     if count:
-        block_t, block_f, num_warps, row_tiles = _count_tiles(activation, f, _INTERPRETED)
+        block_t, block_f, num_warps, row_tiles, stages = _count_tiles(activation, f, _INTERPRETED,
+                                                                      fast_silu)
     else:
-        (block_t, block_f, num_warps), row_tiles = _tile_config(f, _INTERPRETED), 1
+        (block_t, block_f, num_warps), row_tiles, stages = _tile_config(f, _INTERPRETED), 1, _DEFAULT_STAGES
     config = dict(block_t=block_t, block_f=block_f, num_warps=num_warps, row_tiles=row_tiles,
-                  unroll=False, stages=_DEFAULT_STAGES, thr_on_product=bf16,
+                  unroll=False, stages=stages, thr_on_product=bf16,
                   fast_silu=fast_silu, fix_ulps=_FIX_ULPS, fix_min_g=_FIX_MIN_G, fix_pack=_FIX_PACK)
     unknown = set(overrides or {}) - set(config)
     if unknown:

@@ -79,7 +79,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--chunk-rows", type=int, default=2048, help="u values per chunk (default: %(default)s)")
     p.add_argument("--fix-ulps", default="16,32,64", help="fix-up widths to count lanes for")
-    p.add_argument("--fix-min-g", type=float, default=16.0, help="the kernel's g cut-off (default: %(default)s)")
+    p.add_argument("--fix-min-g", type=float, default=tga._FIX_MIN_G,
+                   help="the kernel's g cut-off, for the lane counts (default: %(default)s)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     if not torch.cuda.is_available():

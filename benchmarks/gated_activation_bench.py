@@ -2,16 +2,19 @@
 
 Compares eager PyTorch, torch.compile, Liger-Kernel's SwiGLU (if installed) and our fused Triton
 kernel with counting off / zero-threshold counting / threshold counting (+ row mask), and for SiLU
-the forward with exact math throughout (``*_exact_silu``) against the default fast-and-fixed one. Before timing
-each shape it checks on random data that our counts equal the PyTorch reference exactly and that
-outputs and gradients are close. Reports median ms (triton.testing.do_bench) and achieved GB/s
-against the device copy bandwidth measured here (read + write bytes of a large copy_).
+the forward with exact math throughout (``*_exact_silu``) against the default fast-and-fixed one.
+Before timing each shape it checks on random data that our counts equal the PyTorch reference
+exactly and that outputs and gradients are close (bitwise flags reported).
+
+Timing: the forward of every variant, and our backward kernel launched directly (row
+"bwd_kernel"), by replaying a CUDA graph of many calls (GPU time only; ``--timer events`` times
+each call between CUDA events instead, which at these sizes also counts the host's launch gaps).
+The backward of every variant through torch.autograd.grad (row "bwd") is timed with events.
+Bandwidth is compared with the fastest of three 1 GiB copies (``copy_`` with events, ``copy_`` in
+a graph, an SM kernel moving the same bytes in a graph), all recorded in the first line.
 
 Bytes moved: forward reads g, u and writes h (3·T·f·elem); backward reads dh, g, u and writes
 dg, du (5·T·f·elem). Counter traffic (a few f-long vectors) is ignored.
-
-Backward is timed through torch.autograd.grad (retain_graph=True), so at small sizes the Python
-autograd overhead can show; the --sweep rows time our kernels without autograd.
 
 Output: one JSON object per line, then a short table. Exit code 1 if any correctness check failed.
 

@@ -123,7 +123,9 @@ def main() -> int:
     report = analyse(cubin, block_t * block_f / (32 * warps))
     if not args.histogram:
         report.pop("histogram")
-    print(json.dumps({"activation": args.activation, "count": not args.no_count, "tile": args.tile,
+    print(json.dumps({"activation": args.activation, "count": not args.no_count,
+                      "thresholds": not args.no_thresholds, "row_mask": args.row_mask,
+                      "exact_silu": args.exact_silu, "fix_pack": args.fix_pack, "tile": args.tile,
                       "row_tiles": args.row_tiles, "stages": args.stages, **report}))
     return 0
 

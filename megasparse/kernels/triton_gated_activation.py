@@ -248,8 +248,8 @@ def _fwd_row_tile(G, U, H, ROW_MASK, THR_ROW, tally, row0, cols, col_ok, T, F,
     if COUNT:
         active = g > 0.0  # [BT, BF]
         if HAS_ROW_MASK:  # rows excluded from counting (their h is still computed and stored)
-            # Folded into each compare's predicate (FSETP combines a predicate for free) rather
-            # than a select on the packed increment afterwards.
+            # ANDed into each compare's predicate rather than selecting on the packed increment
+            # afterwards (ReLU's compiled loop: 128 registers instead of 138).
             keep = (tl.load(ROW_MASK + rows, mask=row_ok, other=0) != 0)[:, None]  # [BT, 1]
             active = active & keep
         inc = active.to(tl.int32)

@@ -21,8 +21,8 @@ EPILOG = """examples:
 """
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="megasparse.train", description=__doc__.splitlines()[0], epilog=EPILOG,
+def parse_args(argv: Optional[list[str]] = None, prog: str = "megasparse.train") -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="run config YAML (see configs/runs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -34,10 +34,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, prog: str = "megasparse.train") -> int:
     from megasparse.config import ConfigError, load_config
 
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
     overrides = list(args.overrides)
     if args.resume is not None:
         overrides.append(f"checkpoint.resume={args.resume}")

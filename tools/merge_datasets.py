@@ -1,75 +1,12 @@
-"""Concatenate several .bin/.idx datasets (e.g. preprocessing shards) into one."""
+#!/usr/bin/env python3
+"""Concatenate several .bin/.idx datasets (e.g. preprocessing shards) into one.
 
-from __future__ import annotations
-
-import argparse
-import sys
-from pathlib import Path
-from typing import Optional
-
-EPILOG = """examples:
-  # merge two shards, in the given order
-  megasparse-merge-datasets --input data/shard0_text_document data/shard1_text_document \\
-      --output-prefix data/corpus_text_document
-
-  # merge every dataset in a folder (sorted by name)
-  megasparse-merge-datasets --input-dir data/shards --output-prefix data/corpus_text_document
+The same as `megasparse merge` (see `--help`); the work is in megasparse/cli/merge.py.
 """
 
+import sys
 
-def _prefixes_in_dir(folder: str) -> list[str]:
-    from megasparse.data.indexed_dataset import dataset_exists
-
-    root = Path(folder)
-    if not root.is_dir():
-        raise ValueError(f"{folder}: --input-dir is not a folder")
-    prefixes = sorted(str(p.with_suffix("")) for p in root.glob("*.idx") if dataset_exists(p.with_suffix("")))
-    if not prefixes:
-        raise ValueError(f"{folder}: no .bin/.idx pairs found; check --input-dir")
-    return prefixes
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="megasparse-merge-datasets",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", nargs="+", metavar="PREFIX", help="dataset prefixes (path without .bin/.idx)")
-    source.add_argument("--input-dir", metavar="DIR", help="merge every .bin/.idx pair in DIR, sorted by name")
-    parser.add_argument("--output-prefix", required=True, metavar="OUT", help="writes OUT.bin and OUT.idx")
-    args = parser.parse_args(argv)
-
-    from tqdm import tqdm
-
-    from megasparse.data.indexed_dataset import IndexedDataset, IndexedDatasetError, IndexedDatasetWriter
-
-    try:
-        prefixes = args.input if args.input else _prefixes_in_dir(args.input_dir)
-        out = str(Path(args.output_prefix))
-        if out in {str(Path(p)) for p in prefixes}:
-            raise ValueError(f"{out}: --output-prefix is also an input; choose another name")
-        # Open (and so validate) every input before writing anything.
-        inputs = [IndexedDataset(p) for p in prefixes]
-        dtypes = {str(ds.dtype) for ds in inputs}
-        if len(dtypes) > 1:
-            found = ", ".join(f"{ds.prefix}={ds.dtype}" for ds in inputs)
-            raise ValueError(f"inputs have different token dtypes ({found}); merge only data from one tokenizer")
-        documents = sum(len(ds) for ds in inputs)
-        tokens = sum(ds.num_tokens for ds in inputs)
-        with IndexedDatasetWriter(out, inputs[0].dtype) as writer:
-            for prefix in tqdm(prefixes, desc="merging", unit="dataset", disable=len(prefixes) < 2):
-                writer.add_index(prefix)
-    except (ValueError, OSError) as exc:  # IndexedDatasetError is a ValueError
-        msg = str(exc) if isinstance(exc, (ValueError, IndexedDatasetError)) else f"{exc.filename}: {exc.strerror}"
-        print(f"megasparse-merge-datasets: error: {msg}", file=sys.stderr)
-        return 2
-    print(f"merged {len(prefixes)} datasets into {out}.bin/.idx: {documents} documents, {tokens} tokens, "
-          f"dtype {inputs[0].dtype}")
-    return 0
-
+from megasparse.cli.merge import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="merge_datasets.py"))

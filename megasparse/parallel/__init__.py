@@ -8,7 +8,6 @@ Typical use (every rank, after torch.distributed is initialised)::
     logits = model(tokens)                                          # [b, s, V/tp]
     loss = vocab_parallel_cross_entropy(logits, labels, groups.tp_group).mean()
     deepspeed.initialize(..., mpu=groups.mpu())
-    reduce_counters(counters, groups.counter_groups())
 """
 
 from megasparse.parallel.collectives import (

@@ -20,13 +20,11 @@ world, even for groups a rank is not in); the groups are created in one fixed or
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch.distributed as dist
 
-if TYPE_CHECKING:  # the sparsity package sits above this one; import it only for types
-    from megasparse.config import RunConfig
-    from megasparse.sparsity.reduction import CounterGroups
+from megasparse.config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -121,7 +119,7 @@ class ParallelGroups:
         return cls(ParallelLayout.for_world(world, tensor, pipeline), rank, distributed)
 
     @classmethod
-    def from_config(cls, cfg: "RunConfig") -> "ParallelGroups":
+    def from_config(cls, cfg: RunConfig) -> "ParallelGroups":
         """Validates ``cfg``'s layout against the world size, then builds the groups."""
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         cfg.validate_layout(world)
@@ -135,16 +133,6 @@ class ParallelGroups:
     @property
     def is_last_stage(self) -> bool:
         return self.pp_rank == self.pp_size - 1
-
-    def counter_groups(self) -> "CounterGroups":
-        """Groups for ``megasparse.sparsity.reduction.reduce_counters`` (sum DP, gather TP/PP)."""
-        from megasparse.sparsity.reduction import CounterGroups
-
-        def real(group, size):  # CounterGroups uses None for "this dimension has size 1"
-            return group if size > 1 else None
-
-        return CounterGroups(data=real(self.dp_group, self.dp_size), tensor=real(self.tp_group, self.tp_size),
-                             pipeline=real(self.pp_group, self.pp_size))
 
     def mpu(self) -> "DeepSpeedMPU":
         """The object to pass as ``deepspeed.initialize(mpu=...)`` (not for PipelineModule runs,

@@ -21,10 +21,8 @@ TP rank and replicated ones (norms) on TP rank 0 only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -37,6 +35,7 @@ from megasparse.model.layers import (
 )
 from megasparse.model.norm import RMSNorm
 from megasparse.parallel.collectives import (
+    Group,
     copy_to_tensor_parallel_region,
     gather_from_sequence_parallel_region,
     group_rank,
@@ -44,8 +43,6 @@ from megasparse.parallel.collectives import (
     reduce_from_tensor_parallel_region,
     reduce_scatter_to_sequence_parallel_region,
 )
-
-Group = Optional[dist.ProcessGroup]
 
 
 def _add_sharded_weight(module: nn.Module, full_shape: tuple[int, ...], dim: int, group: Group) -> None:

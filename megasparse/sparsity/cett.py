@@ -39,19 +39,16 @@ Every rank of both groups then takes the same search path and ends at the same Ï
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from megasparse.parallel.collectives import group_rank, group_size
+from megasparse.parallel.collectives import Group, group_rank, group_size
 
 NUM_CANDIDATES = 65536  # the authors' grid size
 SUBSAMPLE = 65536  # values in the strided subsample that gives q99
 GRID_QUANTILE = 0.99
 
-Group = Optional[dist.ProcessGroup]
 
 
 def _distributed(group) -> bool:

@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from megasparse.sparsity.cett import NUM_CANDIDATES, gather_values, check_groups
+from megasparse.sparsity.cett import NUM_CANDIDATES, check_groups, gather_values
 from megasparse.sparsity.counters import counted_mlps
 from megasparse.sparsity.pipeline_forward import StageAgreement
 from megasparse.sparsity.ppl_search import search_cett_for_ppl

@@ -26,12 +26,12 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from megasparse.checkpoint.reader import CheckpointInfo, load_model
 from megasparse.sparsity.baselines import METHODS, baseline_mask
 from megasparse.sparsity.cett import NUM_CANDIDATES, neuron_thresholds
-from megasparse.sparsity.inspect import SparseStats, dense_pass, measurement_mode, sparse_pass, token_activation_table
+from megasparse.sparsity.passes import SparseStats, dense_pass, measurement_mode, sparse_pass, token_activation_table
 from megasparse.sparsity.ppl_search import evaluate_cett, search_cett_for_ppl
 from megasparse.sparsity.sidecar import sidecar_from_measurement, write_sidecar
-from megasparse.training.checkpoint_reader import CheckpointInfo, load_model
 
 MEASUREMENT_SEED = 19260817  # the authors' validation-batch seed (spec §1.3)
 DEAD_BELOW = 0.001

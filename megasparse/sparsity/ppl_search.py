@@ -19,7 +19,7 @@ Under TP the losses are the vocab-parallel cross-entropy; kept counts are summed
 neurons of the TP ranks and the tokens of the DP ranks, tokens counted once per TP group;
 per-neuron counts are gathered over TP into the full [L, f].
 Under pipeline parallelism each model is this rank's stage: thresholds and statistics cover
-the stage's layers ([L_stage]), losses and ratios are the whole model's (inspect.py), and
+the stage's layers ([L_stage]), losses and ratios are the whole model's (passes.py), and
 ``stages`` keeps the stages' decisions in step.
 """
 
@@ -36,8 +36,8 @@ from torch import nn
 from megasparse.parallel.collectives import group_size
 from megasparse.sparsity.cett import (
     NUM_CANDIDATES,
-    LayerThresholdSearch,
     Group,
+    LayerThresholdSearch,
     _all_reduce,
     _distributed,
     _tp_all_reduce,
@@ -46,7 +46,7 @@ from megasparse.sparsity.cett import (
     layer_thresholds_for_cett,
 )
 from megasparse.sparsity.full_weights import full_copies
-from megasparse.sparsity.inspect import SparseStats, dense_pass, measurement_mode, sparse_pass
+from megasparse.sparsity.passes import SparseStats, dense_pass, measurement_mode, sparse_pass
 from megasparse.sparsity.pipeline_forward import StageAgreement
 
 

@@ -17,14 +17,27 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from megasparse.parallel.groups import ParallelGroups
 from megasparse.sparsity.counters import ActivationCounters
 
 
 @dataclass
 class CounterGroups:
+    """The process groups of the three reduction steps; ``None`` = that dimension has size 1."""
+
     data: Optional[dist.ProcessGroup] = None
     tensor: Optional[dist.ProcessGroup] = None
     pipeline: Optional[dist.ProcessGroup] = None
+
+
+def counter_groups(groups: ParallelGroups) -> CounterGroups:
+    """The groups :func:`reduce_counters` needs for a TP × PP × DP layout (sum DP, gather TP and PP)."""
+
+    def real(group, size):
+        return group if size > 1 else None
+
+    return CounterGroups(data=real(groups.dp_group, groups.dp_size), tensor=real(groups.tp_group, groups.tp_size),
+                         pipeline=real(groups.pp_group, groups.pp_size))
 
 
 @dataclass

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from megasparse.checkpoint.engine import CheckpointError
 from megasparse.config import ConfigError
 from megasparse.data.gpt_dataset import DatasetBuildError
 from megasparse.data.indexed_dataset import IndexedDatasetError
 from megasparse.data.tokenizer import TokenizerError
-from megasparse.training.checkpoint import CheckpointError
 
 UserFacingError = (ConfigError, IndexedDatasetError, DatasetBuildError, TokenizerError, CheckpointError,
                    FileNotFoundError)

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
+import deepspeed
 import torch
 import torch.distributed as dist
+from torch import nn
 
+from megasparse.checkpoint import engine as ckpt
 from megasparse.config import ConfigError, RunConfig
 from megasparse.data.loader import MicroBatchLoader, build_datasets
 from megasparse.data.tokenizer import Tokenizer
@@ -27,191 +27,146 @@ from megasparse.model.compile_regions import compile_regions
 from megasparse.model.flops import flops_per_token
 from megasparse.model.mup import GROUP_NAMES, mup_param_groups
 from megasparse.model.transformer import Transformer
-from megasparse.sparsity.counters import ActivationCounters, attach_counters, down_projection_column_norms
 from megasparse.parallel import ParallelGroups, tensor_parallel_layer_factory
 from megasparse.parallel.pipeline_model import build_pipeline_module, pipeline_engine_config
-from megasparse.training.pipeline_steps import PipelineSteps, stage_layer_ids
-from megasparse.sparsity.reduction import reduce_counters
-from megasparse.training import checkpoint as ckpt
+from megasparse.sparsity.counters import (
+    ActivationCounters,
+    attach_counters,
+    counted_mlps,
+    down_projection_column_norms,
+)
+from megasparse.sparsity.live_calibration import LiveCalibrator, heldout_batches
+from megasparse.sparsity.reduction import counter_groups, reduce_counters
 from megasparse.training.deepspeed_config import build_deepspeed_config, merge_config
 from megasparse.training.distributed import init_distributed
 from megasparse.training.lm_loss import CausalLMLoss
 from megasparse.training.metrics import MetricsWriter, device_peak_tflops, max_memory_gb
+from megasparse.training.pipeline_steps import PipelineSteps, stage_layer_ids
+from megasparse.training.preflight import check_counter_impl, check_inputs, resolve_device, seed_everything
+from megasparse.training.progress import Progress, Window
 from megasparse.training.schedule import build_scheduler
-
-
-def resolve_device(cfg: RunConfig) -> torch.device:
-    want = cfg.train.device
-    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-        import os
-
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
-    return torch.device("cpu")
-
-
-def check_counter_impl(cfg: RunConfig, device: torch.device) -> None:
-    """The fused Triton counters need a CUDA device, or Triton's CPU interpreter switched on."""
-    import os
-
-    if (cfg.sparsity.counter_impl == "triton" and device.type != "cuda"
-            and os.environ.get("TRITON_INTERPRET") != "1"):
-        raise ConfigError(
-            f"sparsity.counter_impl: 'triton' needs a CUDA device, but this run is on {device.type}; "
-            "use 'auto' (the PyTorch reference off the GPU) or 'reference', or set TRITON_INTERPRET=1 "
-            "to run the kernel in Triton's CPU interpreter")
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-@dataclass
-class Progress:
-    step: int = 0
-    consumed_samples: int = 0
-    consumed_tokens: int = 0
-
-    def as_dict(self) -> dict:
-        return dict(step=self.step, consumed_samples=self.consumed_samples, consumed_tokens=self.consumed_tokens)
-
-
-@dataclass
-class Window:
-    """Throughput accumulators of one logging window."""
-
-    start: float = field(default_factory=time.perf_counter)
-    steps: int = 0
-    tokens: int = 0
-
-    def reset(self) -> None:
-        self.start, self.steps, self.tokens = time.perf_counter(), 0, 0
-
-
-class StopSignal:
-    """SIGTERM / SIGUSR1 (SLURM preemption) → checkpoint at the next step boundary, then exit."""
-
-    def __init__(self) -> None:
-        self.received: Optional[int] = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.received = signum
-
-
-def check_inputs(cfg: RunConfig) -> None:
-    """Fails in seconds, before any process group or model exists, on missing input files."""
-    from megasparse.data.indexed_dataset import dataset_exists
-    from megasparse.data.loader import parse_blend
-
-    if not cfg.data.train:
-        raise ConfigError("data.train is empty; give a .bin/.idx prefix, e.g. data.train=[out/corpus_text_document]")
-    for section in ("train", "valid"):
-        prefixes, _ = parse_blend(getattr(cfg.data, section), f"data.{section}")
-        for prefix in prefixes:
-            if not dataset_exists(prefix):
-                raise ConfigError(f"data.{section}: {prefix}.bin/.idx not found; fix the prefix or create the "
-                                  "files with tools/preprocess_data.py")
-    if cfg.data.tokenizer_model and not Path(cfg.data.tokenizer_model).is_file():
-        raise ConfigError(f"data.tokenizer_model: {cfg.data.tokenizer_model} not found; train one with "
-                          "tools/train_tokenizer.py or fix the path")
+from megasparse.training.signals import StopSignal
 
 
 class Trainer:
+    """One training run: every rank builds one, then calls :meth:`fit`.
+
+    Construction happens in the order the run needs: inputs checked and process groups built
+    (any configuration error surfaces before a model exists), then the model and its counters,
+    the DeepSpeed engine, the data, the live calibration, and finally the resume point.
+    """
+
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        check_inputs(cfg)
-        self.device = resolve_device(cfg)
-        check_counter_impl(cfg, self.device)
-        self.rank_info = init_distributed(self.device)
-        self.world = self.rank_info.world_size
-        self.rank = self.rank_info.rank
-        # Validates the layout (before anything heavy), then builds the TP × PP × DP groups.
-        self.groups = ParallelGroups.from_config(cfg)
-        self.pipeline = cfg.parallel.pipeline > 1
-        self.bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and self.device.type == "cuda")
-        self.dp_size, self.dp_rank = self.groups.dp_size, self.groups.dp_rank
-        tp_group = self.groups.tp_group if self.groups.tp_size > 1 else None
-        self.seq = cfg.data.seq_length
+        self._build_distributed()
         self.log = MetricsWriter(cfg.logging.dir, enabled=self.rank == 0, console=cfg.logging.console)
-
-        self.tokenizer = Tokenizer(cfg.data.tokenizer_model) if cfg.data.tokenizer_model else None
-        if cfg.model.vocab_size is None:
-            if self.tokenizer is None:
-                raise ValueError("model.vocab_size is unset and data.tokenizer_model is missing; set one of them")
-            cfg.model.vocab_size = self.tokenizer.vocab_size
+        self.tokenizer = self._resolve_vocabulary()
         eod = self.tokenizer.eod_id if self.tokenizer is not None else None
-
-        # The same seed gives the same initial model on every rank and every layout.
-        seed_everything(cfg.train.seed)
-        if self.pipeline:
-            # Each stage builds (and initialises, under the plain model's names) only its layers.
-            self.model = build_pipeline_module(cfg, self.groups, device=self.device, eod_token_id=eod)
-            layer_ids = stage_layer_ids(self.model)
-            trained = self.model
-        else:
-            factory = tensor_parallel_layer_factory(self.groups, cfg.parallel.sequence_parallel)
-            self.model = Transformer(cfg.model, seed=cfg.train.seed, device=self.device, eod_token_id=eod,
-                                     activation_checkpointing=cfg.train.activation_checkpointing,
-                                     layer_factory=factory)
-            layer_ids = list(range(cfg.model.num_layers))
-            trained = CausalLMLoss(self.model, tp_group, cfg.train.loss_chunk_tokens)
-        local_ffn = cfg.model.ffn_size // self.groups.tp_size  # this rank's slice of the neurons
-        self.counters = ActivationCounters(layer_ids, local_ffn, self.device)
-        self.eval_counters = ActivationCounters(layer_ids, local_ffn, self.device)
-        for mlp in self.model.modules():
-            if hasattr(mlp, "counter_impl"):
-                mlp.counter_impl = cfg.sparsity.counter_impl
-        attach_counters(self.model, self.counters if cfg.sparsity.counters else None)
-        if cfg.train.compile:
-            compiled = compile_regions(self.model)
-            self.log.line(f"compiled regions: {compiled['rms_norm']} RMSNorm, {compiled['rotary']} rotary")
-        self.counter_groups = self.groups.counter_groups()
-
-        import deepspeed
-
-        ds_config = build_deepspeed_config(cfg, self.world, self.bf16, self.device.type == "cuda")
-        if self.pipeline:
-            ds_config = merge_config(ds_config, pipeline_engine_config(cfg))
-        groups = mup_param_groups(self.model, cfg.model, weight_decay=cfg.train.optimizer.weight_decay,
-                                  lr=cfg.train.optimizer.lr)
-        self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=trained, model_parameters=groups, config=ds_config,
-            # A pipeline module brings its own grid (built from the same topology as our groups).
-            mpu=self.groups.mpu() if self.world > 1 and not self.pipeline else None,
-            lr_scheduler=lambda opt: build_scheduler(opt, cfg.train.schedule, cfg.train.optimizer, cfg.train.steps),
-        )
+        self.model, trained, layer_ids = self._build_model(eod)
+        self._build_counters(layer_ids)
+        self.engine, self.scheduler = self._build_engine(trained)
         self.grad_accum = cfg.grad_accumulation_steps(self.world)
-
-        train_samples = cfg.train.steps * cfg.train.global_batch_size
-        # An evaluation covers eval_steps global batches: the same samples for every layout.
-        valid_samples = cfg.train.eval_steps * cfg.train.global_batch_size
-        self.train_data, self.valid_data = build_datasets(cfg.data, cfg.train.seed, train_samples, valid_samples, eod)
-        self.loader = MicroBatchLoader(self.train_data, cfg.train.micro_batch_size, self.dp_rank, self.dp_size)
-        self.pipe_steps = PipelineSteps(self.engine, self.loader, self.grad_accum) if self.pipeline else None
+        self._build_data(eod)
         self.calibrator = self._build_calibrator()
-
         self.progress = Progress()
         self.flops_per_token = flops_per_token(cfg.model, self.seq, cfg.parallel.tensor)
         self.peak = cfg.logging.peak_tflops or device_peak_tflops(self.device)
         self.stop = StopSignal()
         self._resume()
 
-    def _build_calibrator(self):
-        """Live CETT-PPL-p% (DESIGN §4): a fixed held-out batch set, calibrated every N steps."""
+    # ----------------------------------------------------------------------------- builders
+    def _build_distributed(self) -> None:
+        """Checks the inputs, picks the device, starts torch.distributed and builds the TP × PP × DP
+        groups (validating the layout against the world size first)."""
+        cfg = self.cfg
+        check_inputs(cfg)
+        self.device = resolve_device(cfg)
+        check_counter_impl(cfg, self.device)
+        self.rank_info = init_distributed(self.device)
+        self.world, self.rank = self.rank_info.world_size, self.rank_info.rank
+        self.groups = ParallelGroups.from_config(cfg)
+        self.pipeline = cfg.parallel.pipeline > 1
+        self.bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and self.device.type == "cuda")
+        self.dp_size, self.dp_rank = self.groups.dp_size, self.groups.dp_rank
+        self.seq = cfg.data.seq_length
+
+    def _resolve_vocabulary(self) -> Optional[Tokenizer]:
+        """The run's tokenizer (if any); ``model.vocab_size`` defaults to its vocabulary."""
+        cfg = self.cfg
+        tokenizer = Tokenizer(cfg.data.tokenizer_model) if cfg.data.tokenizer_model else None
+        if cfg.model.vocab_size is None:
+            if tokenizer is None:
+                raise ConfigError("model.vocab_size is unset and data.tokenizer_model is missing; set one of them")
+            cfg.model.vocab_size = tokenizer.vocab_size
+        return tokenizer
+
+    def _build_model(self, eod: Optional[int]) -> tuple[nn.Module, nn.Module, list[int]]:
+        """(the model, the module DeepSpeed trains, the global layer indices this rank holds).
+
+        The same seed gives the same initial full model on every rank and in every layout. Under
+        pipeline parallelism each stage builds (and initialises, under the plain model's parameter
+        names) only its own layers, and the stage module computes the loss itself.
+        """
+        cfg = self.cfg
+        seed_everything(cfg.train.seed)
+        if self.pipeline:
+            model = build_pipeline_module(cfg, self.groups, device=self.device, eod_token_id=eod)
+            return model, model, stage_layer_ids(model)
+        factory = tensor_parallel_layer_factory(self.groups, cfg.parallel.sequence_parallel)
+        model = Transformer(cfg.model, seed=cfg.train.seed, device=self.device, eod_token_id=eod,
+                            activation_checkpointing=cfg.train.activation_checkpointing, layer_factory=factory)
+        tp_group = self.groups.tp_group if self.groups.tp_size > 1 else None
+        trained = CausalLMLoss(model, tp_group, cfg.train.loss_chunk_tokens)
+        return model, trained, list(range(cfg.model.num_layers))
+
+    def _build_counters(self, layer_ids: list[int]) -> None:
+        """Training and evaluation counters for this rank's layers and neuron slice, plugged into
+        the MLPs; then the optional compiled regions (which leave the count slots alone)."""
+        cfg = self.cfg
+        local_ffn = cfg.model.ffn_size // self.groups.tp_size  # this rank's slice of the neurons
+        self.counters = ActivationCounters(layer_ids, local_ffn, self.device)
+        self.eval_counters = ActivationCounters(layer_ids, local_ffn, self.device)
+        for mlp in counted_mlps(self.model):
+            mlp.counter_impl = cfg.sparsity.counter_impl
+        attach_counters(self.model, self.counters if cfg.sparsity.counters else None)
+        self.counter_groups = counter_groups(self.groups)
+        if cfg.train.compile:
+            compiled = compile_regions(self.model)
+            self.log.line(f"compiled regions: {compiled['rms_norm']} RMSNorm, {compiled['rotary']} rotary")
+
+    def _build_engine(self, trained: nn.Module):
+        """The DeepSpeed engine over the µP parameter groups, with the run's LR schedule."""
+        cfg = self.cfg
+        ds_config = build_deepspeed_config(cfg, self.world, self.bf16, self.device.type == "cuda")
+        if self.pipeline:
+            ds_config = merge_config(ds_config, pipeline_engine_config(cfg))
+        groups = mup_param_groups(self.model, cfg.model, weight_decay=cfg.train.optimizer.weight_decay,
+                                  lr=cfg.train.optimizer.lr)
+        engine, _, _, scheduler = deepspeed.initialize(
+            model=trained, model_parameters=groups, config=ds_config,
+            # A pipeline module brings its own grid (built from the same topology as our groups).
+            mpu=self.groups.mpu() if self.world > 1 and not self.pipeline else None,
+            lr_scheduler=lambda opt: build_scheduler(opt, cfg.train.schedule, cfg.train.optimizer, cfg.train.steps),
+        )
+        return engine, scheduler
+
+    def _build_data(self, eod: Optional[int]) -> None:
+        """Train and validation datasets, this rank's loader, and the pipeline's step driver."""
+        cfg = self.cfg
+        train_samples = cfg.train.steps * cfg.train.global_batch_size
+        # An evaluation covers eval_steps global batches: the same samples for every layout.
+        valid_samples = cfg.train.eval_steps * cfg.train.global_batch_size
+        self.train_data, self.valid_data = build_datasets(cfg.data, cfg.train.seed, train_samples, valid_samples, eod)
+        self.loader = MicroBatchLoader(self.train_data, cfg.train.micro_batch_size, self.dp_rank, self.dp_size)
+        self.pipe_steps = PipelineSteps(self.engine, self.loader, self.grad_accum) if self.pipeline else None
+
+    def _build_calibrator(self) -> Optional[LiveCalibrator]:
+        """Live CETT-PPL-p% (docs/design.md §4): a fixed held-out batch set, calibrated every N steps."""
         sp = self.cfg.sparsity
         if not sp.cett_interval:
             return None
         if self.valid_data is None:
             raise ConfigError("sparsity.cett_interval needs held-out data: set data.valid or data.valid_fraction")
-        from megasparse.sparsity.live_calibration import LiveCalibrator, heldout_batches
-
         batches = heldout_batches(self.valid_data, sp.cett_batches, self.cfg.train.micro_batch_size,
                                   self.dp_rank, self.dp_size)
         # τ is searched jointly over the data-parallel ranks' tokens and the tensor-parallel

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from megasparse.cli.merge import main
 from megasparse.data.indexed_dataset import IndexedDataset
-from tools.merge_datasets import main
 
 
 def test_merge_equals_concatenation(write_dataset, random_documents, tmp_path, capsys):

@@ -4,12 +4,12 @@ import warnings
 import numpy as np
 import pytest
 import sentencepiece as spm
-
 from corpus_fixtures import make_documents, spm_model, write_bytes, write_jsonl, write_table  # noqa: F401
+
+from megasparse.cli.preprocess import main
 from megasparse.data.indexed_dataset import IndexedDataset, IndexedDatasetWriter, token_dtype_for_vocab
 from megasparse.data.preprocess import preprocess
 from megasparse.data.tokenizer import Tokenizer
-from tools.preprocess_data import main
 
 DOCS = make_documents(120, seed=11)
 

@@ -2,11 +2,19 @@ import gzip
 
 import pyarrow as pa
 import pytest
-
 from corpus_fixtures import make_documents, write_arrow_stream, write_bytes, write_jsonl, write_table
+
 from megasparse.data.readers import (
-    EMPTY_DOCUMENT, INVALID_UTF8, MALFORMED_JSON, MISSING_KEY, NOT_A_STRING, BadValue, InputError,
-    iter_documents, iter_records, resolve_inputs,
+    EMPTY_DOCUMENT,
+    INVALID_UTF8,
+    MALFORMED_JSON,
+    MISSING_KEY,
+    NOT_A_STRING,
+    BadValue,
+    InputError,
+    iter_documents,
+    iter_records,
+    resolve_inputs,
 )
 
 DOCS = make_documents(150, seed=2)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import sentencepiece as spm
-
 from corpus_fixtures import make_documents, spm_model  # noqa: F401  (pytest fixture)
+
 from megasparse.data.tokenizer import EOD_PIECE, Tokenizer, TokenizerError
 
 

@@ -1,9 +1,9 @@
 import pytest
-
 from corpus_fixtures import make_documents, write_bytes, write_jsonl, write_table
+
+from megasparse.cli.tokenizer import main
 from megasparse.data.tokenizer import Tokenizer
 from megasparse.data.tokenizer_training import _split_long_line, iter_training_sentences
-from tools.train_tokenizer import main
 
 DOCS = make_documents(250, seed=7)
 

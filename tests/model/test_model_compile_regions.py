@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from conftest import tiny_config
 
 from megasparse.model import Transformer
 from megasparse.model.compile_regions import compile_regions
 from megasparse.sparsity.counters import ActivationCounters, attach_counters
-
-from conftest import tiny_config
 
 
 def _loss(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from tp_checks import SEED, TINY  # the same tiny model as the TP layer checks
 
 from megasparse.config import config_from_dict
 from megasparse.model.transformer import Transformer
@@ -28,11 +29,10 @@ from megasparse.sparsity.cett import (
     cett_of_threshold,
     down_column_norms,
 )
-from megasparse.sparsity.inspect import SparseStats, dense_pass, measurement_mode, sparse_pass
 from megasparse.sparsity.live_calibration import LiveCalibrator
+from megasparse.sparsity.passes import SparseStats, dense_pass, measurement_mode, sparse_pass
 from megasparse.sparsity.ppl_search import evaluate_cett, search_cett_for_ppl
 
-from tp_checks import SEED, TINY  # the same tiny model as the TP layer checks
 DEVICE = os.environ.get("MEGASPARSE_CETT_CHECK_DEVICE", "cpu")  # "cpu" (gloo) or "cuda" (NCCL)
 CETT_VALUES = (0.05, 0.15, 0.3)
 TOLERANCE = 1e-3  # CETT search bracket

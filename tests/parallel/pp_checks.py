@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megasparse.checkpoint import engine as ckpt
 from megasparse.config import config_from_dict
 from megasparse.data.loader import MicroBatchLoader
 from megasparse.model.mup import mup_param_groups
@@ -31,8 +32,7 @@ from megasparse.parallel import ParallelGroups
 from megasparse.parallel.pipeline_model import build_pipeline_module, pipeline_engine_config, plain_parameter_names
 from megasparse.sparsity.counters import ActivationCounters, attach_counters
 from megasparse.sparsity.live_calibration import LiveCalibrator
-from megasparse.sparsity.reduction import reduce_counters
-from megasparse.training import checkpoint as ckpt
+from megasparse.sparsity.reduction import counter_groups, reduce_counters
 from megasparse.training.deepspeed_config import build_deepspeed_config
 from megasparse.training.distributed import release_cpu_allreduce_buffer
 from megasparse.training.lm_loss import CausalLMLoss
@@ -125,7 +125,7 @@ def close(a: float, b: float, rtol: float, what: str) -> None:
 
 def assert_counts_equal_plain(groups: ParallelGroups, counters, ref_counters, what: str):
     """The stages' counters, gathered to rank 0, equal the plain model's exactly; returns the snapshot."""
-    snap = reduce_counters(counters, groups.counter_groups())
+    snap = reduce_counters(counters, counter_groups(groups))
     if groups.rank == 0:
         assert torch.equal(snap.tokens, ref_counters.tokens), f"{snap.tokens} vs {ref_counters.tokens}"
         assert torch.equal(snap.active, ref_counters.active), f"per-neuron counts differ from the plain model ({what})"

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 
+import cett_tp_checks
 import pytest
 import torch
-
-import cett_tp_checks
 from spawned_checks import merge_failures, spawn_and_collect
+
 from megasparse.sparsity.cett import candidate_thresholds, strided_entries
 
 WORLD = 2

@@ -10,6 +10,7 @@ from deepspeed.utils.bwc import (
 )
 
 from megasparse.parallel.groups import ParallelGroups, ParallelLayout
+from megasparse.sparsity.reduction import counter_groups
 
 # (pipeline, tensor, data) shapes of a world of 8, plus a 12-rank one with unequal sizes.
 SHAPES = [(2, 2, 2), (1, 2, 4), (4, 2, 1), (2, 1, 4), (1, 8, 1), (8, 1, 1), (1, 1, 8), (2, 4, 1), (3, 2, 2)]
@@ -67,5 +68,5 @@ def test_mpu_answers_like_deepspeed_expects():
 def test_single_process_groups_without_torch_distributed():
     groups = ParallelGroups.build()
     assert (groups.tp_size, groups.pp_size, groups.dp_size) == (1, 1, 1)
-    cg = groups.counter_groups()
+    cg = counter_groups(groups)
     assert cg.data is None and cg.tensor is None and cg.pipeline is None

@@ -17,9 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import pp_checks
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 300

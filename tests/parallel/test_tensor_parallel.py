@@ -5,7 +5,6 @@ The checks themselves live in tp_checks.py; they all run in one spawned pair of 
 """
 
 import pytest
-
 import tp_checks
 
 

@@ -32,7 +32,7 @@ from megasparse.parallel import (
     vocab_parallel_cross_entropy,
 )
 from megasparse.sparsity.counters import ActivationCounters, attach_counters
-from megasparse.sparsity.reduction import reduce_counters
+from megasparse.sparsity.reduction import counter_groups, reduce_counters
 from megasparse.training.distributed import release_cpu_allreduce_buffer
 
 # Padded vocab 128 for TP=1 and TP=2 alike (multiple of 64·tp), so the full models match.
@@ -85,7 +85,7 @@ def check_groups(g: ParallelGroups) -> None:
     assert mpu.get_model_parallel_world_size() == 2 and mpu.get_data_parallel_world_size() == 1
     assert mpu.get_tensor_model_parallel_src_rank() == 0
     assert dist.get_world_size(mpu.get_data_parallel_group()) == 1
-    cg = g.counter_groups()
+    cg = counter_groups(g)
     assert cg.tensor is g.tp_group and cg.data is None and cg.pipeline is None
 
 
@@ -297,7 +297,7 @@ def check_counters(g: ParallelGroups) -> None:
     lo, hi = g.tp_rank * (f // 2), (g.tp_rank + 1) * (f // 2)
     assert torch.equal(tp_counts.active, ref_counts.active[:, lo:hi]), "per-rank counts are not the TP slice"
     assert torch.equal(tp_counts.tokens, ref_counts.tokens)
-    snap = reduce_counters(tp_counts, g.counter_groups())
+    snap = reduce_counters(tp_counts, counter_groups(g))
     if g.rank == 0:
         assert snap is not None
         assert torch.equal(snap.active, ref_counts.active), "reduced counts differ from TP=1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sparse_fixtures import greedy_batches, one_thread, tiny_model  # noqa: F401
 
 from megasparse.sparsity.baselines import (
     baseline_mask,
@@ -14,7 +15,6 @@ from megasparse.sparsity.baselines import (
     zero_threshold_mask,
 )
 from megasparse.sparsity.measure import evaluate_baseline
-from sparse_fixtures import greedy_batches, one_thread, tiny_model  # noqa: F401
 
 S = torch.tensor([[[0.0, -0.3, 0.5, 0.1],
                    [0.9, 0.2, -0.05, 0.0]]])  # [b=1, s=2, f=4]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sparse_fixtures import greedy_batches, one_thread, tiny_model  # noqa: F401
 
 from megasparse.sparsity.cett import (
     LayerCETT,
@@ -13,9 +14,8 @@ from megasparse.sparsity.cett import (
     neuron_thresholds,
     search_grid,
 )
-from megasparse.sparsity.inspect import dense_pass, measurement_mode
+from megasparse.sparsity.passes import dense_pass, measurement_mode
 from megasparse.sparsity.ppl_search import evaluate_cett
-from sparse_fixtures import greedy_batches, one_thread, tiny_model  # noqa: F401
 
 
 def brute_force_cett(h: torch.Tensor, w: torch.Tensor, tau: float) -> float:

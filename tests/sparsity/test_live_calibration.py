@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sparse_fixtures import greedy_batches, one_thread, tiny_model, trained_run  # noqa: F401
 
+from megasparse.checkpoint.reader import list_checkpoints, load_model
 from megasparse.sparsity.counters import ActivationCounters, attach_counters
 from megasparse.sparsity.live_calibration import LiveCalibrator, heldout_batches
 from megasparse.sparsity.measure import Measurement, MeasureOptions, fixed_batches
-from megasparse.training.checkpoint_reader import list_checkpoints, load_model
-from sparse_fixtures import greedy_batches, one_thread, tiny_model, trained_run  # noqa: F401
 
 
 @pytest.fixture(scope="module")

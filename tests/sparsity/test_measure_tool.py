@@ -7,9 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from run_helpers import run_env
+from sparse_fixtures import REPO, one_thread, trained_run  # noqa: F401
 
-from megasparse.sparsity.law_data import read_csv_curve, read_json_curve
-from sparse_fixtures import REPO, one_thread, run_env, trained_run  # noqa: F401
+from megasparse.law.data import read_csv_curve, read_json_curve
 
 TOOL = REPO / "tools" / "measure_sparsity.py"
 
@@ -88,7 +89,7 @@ def test_tensorboard_scalars(measured):
 
 
 def test_fat_baseline_in_process(run, tmp_path, capsys):
-    from tools.measure_sparsity import main
+    from megasparse.cli.measure import main
 
     ckpt = run["ckpt"] / "global_step20"
     assert main([str(ckpt), "--data", run["valid"], "--batches", "1", "--micro-batch", "2", "--method", "fat",
@@ -100,7 +101,7 @@ def test_fat_baseline_in_process(run, tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["missing_ckpt", "empty_run", "missing_data", "no_arg"])
 def test_bad_inputs_one_line_exit_2(case, run, tmp_path, capsys):
-    from tools.measure_sparsity import main
+    from megasparse.cli.measure import main
 
     ckpt, data, extra = str(run["ckpt"]), run["valid"], []
     if case == "missing_ckpt":
@@ -114,14 +115,14 @@ def test_bad_inputs_one_line_exit_2(case, run, tmp_path, capsys):
         extra = ["--method", "topk"]
     assert main([ckpt, "--data", data, "--out", str(tmp_path / "o"), "--no-progress", *extra]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("measure_sparsity.py: error:")
+    assert err.count("\n") == 0 and err.startswith("megasparse measure: error:")
     assert {"missing_ckpt": "nope", "empty_run": "no complete checkpoints", "missing_data": "nodata.idx",
             "no_arg": "--arg"}[case] in err
 
 
 def test_help_has_examples():
     proc = subprocess.run([sys.executable, str(TOOL), "--help"], capture_output=True, text=True, env=run_env())
-    assert proc.returncode == 0 and "examples:" in proc.stdout and "fit_sparsing_law.py" in proc.stdout
+    assert proc.returncode == 0 and "examples:" in proc.stdout and "megasparse fit" in proc.stdout
 
 
 def test_reader_reports_a_missing_tensor_parallel_shard(run, tmp_path, capsys):
@@ -129,7 +130,7 @@ def test_reader_reports_a_missing_tensor_parallel_shard(run, tmp_path, capsys):
     # TP2 but holds only TP rank 0's file gives one clear error line naming the missing file.
     import shutil
 
-    from tools.measure_sparsity import main
+    from megasparse.cli.measure import main
 
     ckpt = tmp_path / "global_step20"
     shutil.copytree(run["ckpt"] / "global_step20", ckpt)

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from sparse_fixtures import greedy_batches, one_thread, tiny_model  # noqa: F401
 
 from megasparse.sparsity.ppl_search import evaluate_cett, search_cett_for_ppl
-from sparse_fixtures import greedy_batches, one_thread, tiny_model  # noqa: F401
 
 
 @pytest.fixture(scope="module", params=["relu", "silu"])

@@ -13,8 +13,7 @@ import subprocess
 import sys
 
 import pytest
-
-from conftest import deepspeed_launcher, run_env, run_train, scalars, write_run_config
+from run_helpers import deepspeed_launcher, run_env, run_train, scalars, write_run_config
 
 STEPS = 6
 
@@ -108,8 +107,8 @@ def require(available: bool, what: str) -> None:
     if available:
         return
     if os.environ.get("MEGASPARSE_REQUIRE_SLURM") == "1":
-        pytest.fail(f"{what}, although CI installs and starts it (tools/ci/)")
-    pytest.skip(f"{what} (tools/ci/install_system_packages.sh and start_slurm.sh provide it)")
+        pytest.fail(f"{what}, although CI installs and starts it (.ci/)")
+    pytest.skip(f"{what} (.ci/install_system_packages.sh and start_slurm.sh provide it)")
 
 
 def test_mpirun_two_processes(single_process_run, tiny_corpus, tmp_path):
@@ -224,7 +223,7 @@ def test_tp2_dp2_zero2_and_zero3_four_processes(single_process_run, tiny_corpus,
 def test_sbatch_example_script(single_process_run, tiny_corpus, tmp_path):
     """examples/slurm/train.sbatch as users submit it (2 tasks on the one-node test cluster)."""
     require(_slurm_up(), "no SLURM controller answers")
-    from conftest import REPO
+    from run_helpers import REPO
 
     cfg = _config(tmp_path, tiny_corpus, "sbatch")
     out = tmp_path / "job.out"

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
+from megasparse.checkpoint import engine as ckpt
 from megasparse.config import OptimizerConfig, ScheduleConfig, config_from_dict
-from megasparse.training import checkpoint as ckpt
 from megasparse.training.deepspeed_config import build_deepspeed_config
 from megasparse.training.schedule import lr_multiplier
 
@@ -81,7 +81,7 @@ def test_triton_counters_on_cpu_need_the_interpreter(monkeypatch):
     import torch
 
     from megasparse.config import ConfigError
-    from megasparse.training.trainer import check_counter_impl
+    from megasparse.training.preflight import check_counter_impl
 
     cfg = config_from_dict({"sparsity": {"counter_impl": "triton"}})
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

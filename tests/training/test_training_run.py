@@ -9,8 +9,7 @@ import sys
 import time
 
 import pytest
-
-from conftest import REPO, run_env, run_train, scalars, write_run_config
+from run_helpers import REPO, run_env, run_train, scalars, write_run_config
 
 CONTRACT_SCALARS = {
     "train/loss", "train/lr", "train/grad_norm", "train/tokens", "perf/tokens_per_sec", "perf/tflops_per_gpu",

@@ -1,4 +1,4 @@
-"""tools/fit_sparsing_law.py end to end: in-process for outputs, as a subprocess for --help,
+"""megasparse fit (tools/fit_sparsing_law.py) end to end: in-process for outputs, as a subprocess for --help,
 exit codes and the one-line error contract."""
 
 import json
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megasparse.sparsity.law_data import DEFAULT_RATIO_TAG, TOKENS_TAG
-from megasparse.sparsity.law_fit import PAPER_TABLE2, law_value
-from tools.fit_sparsing_law import main
+from megasparse.cli.fit import main
+from megasparse.law.data import DEFAULT_RATIO_TAG, TOKENS_TAG
+from megasparse.law.fit import PAPER_TABLE2, law_value
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "fit_sparsing_law.py"

@@ -11,7 +11,6 @@ A wrong shard order or dimension would move whole rows by the init scale (~0.2).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -19,23 +18,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import run_helpers
 import torch
-
-from megasparse.training.checkpoint import CheckpointError
-from megasparse.training.checkpoint_reader import list_checkpoints, load_model, load_state_dict
 from sparse_fixtures import one_thread  # noqa: F401
+
+from megasparse.checkpoint.engine import CheckpointError
+from megasparse.checkpoint.reader import list_checkpoints, load_model, load_state_dict
 
 REPO = Path(__file__).resolve().parents[2]
 LR = 1e-5  # Adam's first step moves a weight by ≤ ~4·LR (µP matrices get lr × 4)
-
-
-def _launch_helpers():
-    """tests/training/conftest.py under its own name (a plain ``import conftest`` is ambiguous here)."""
-    spec = importlib.util.spec_from_file_location("training_launch_helpers", REPO / "tests/training/conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 LAYOUTS = {"single": (0, {}), "tp2": (2, {"tensor": 2}), "pp2": (2, {"pipeline": 2}),
            "tp2pp2": (4, {"tensor": 2, "pipeline": 2}), "zero3": (2, {"zero_stage": 3})}
@@ -44,12 +35,11 @@ LAYOUTS = {"single": (0, {}), "tp2": (2, {"tensor": 2}), "pp2": (2, {"pipeline":
 @pytest.fixture(scope="module")
 def checkpoints(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
     """One-step checkpoint folders of every layout, trained concurrently (they are tiny)."""
-    helpers = _launch_helpers()
     root = tmp_path_factory.mktemp("layouts")
 
     def train(name: str) -> Path:
         nproc, parallel = LAYOUTS[name]
-        cfg = helpers.write_run_config(
+        cfg = run_helpers.write_run_config(
             root / f"{name}.yaml", tiny_corpus,
             train={"steps": 1, "eval_interval": 0, "optimizer": {"lr": LR}},
             sparsity={"cett_interval": 0},
@@ -57,7 +47,7 @@ def checkpoints(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
             checkpoint={"dir": str(root / name / "ckpt"), "interval": 1, "keep_last": 1},
             logging={"dir": str(root / name / "tb"), "interval": 1},
         )
-        helpers.run_train(cfg, launcher=helpers.deepspeed_launcher(nproc) if nproc else None)
+        run_helpers.run_train(cfg, launcher=run_helpers.deepspeed_launcher(nproc) if nproc else None)
         return root / name / "ckpt" / "global_step1"
 
     with ThreadPoolExecutor(len(LAYOUTS)) as pool:
@@ -117,7 +107,7 @@ def test_measure_tool_runs_on_a_tp2_checkpoint_dir(checkpoints, tmp_path):
            "--data", str(checkpoints["corpus_valid"]), "--seq-length", "32", "--batches", "2",
            "--micro-batch", "2", "--method", "cett", "--tolerance", "1e-2", "--sidecar", "none",
            "--out", str(tmp_path / "m"), "--device", "cpu", "--no-progress"]
-    env = {**_launch_helpers().run_env(), "OMP_NUM_THREADS": "1"}
+    env = {**run_helpers.run_env(), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = json.loads((tmp_path / "m" / "measurements.json").read_text())
@@ -131,15 +121,15 @@ def test_measure_tool_refuses_zero3_in_one_line(checkpoints, tmp_path):
     cmd = [sys.executable, str(REPO / "tools" / "measure_sparsity.py"), str(checkpoints["zero3"]),
            "--data", str(checkpoints["corpus_valid"]), "--seq-length", "32", "--batches", "1",
            "--micro-batch", "1", "--out", str(tmp_path / "m"), "--device", "cpu", "--no-progress"]
-    proc = subprocess.run(cmd, cwd=REPO, env=_launch_helpers().run_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=REPO, env=run_helpers.run_env(), capture_output=True, text=True, timeout=300)
     err = [line for line in proc.stderr.splitlines() if "measure_sparsity.py: error" in line]
     assert proc.returncode == 2 and len(err) == 1 and "zero_to_fp32.py" in err[0] and "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_partition_dims_come_from_the_tensor_parallel_layers(tied):
+    from megasparse.checkpoint.shards import partition_dims
     from megasparse.config import ModelConfig
-    from megasparse.training.checkpoint_shards import partition_dims
 
     cfg = ModelConfig(hidden_size=64, num_layers=2, ffn_size=160, head_dim=16, vocab_size=300, tie_embeddings=tied)
     dims = partition_dims(cfg)
@@ -154,7 +144,7 @@ def test_partition_dims_come_from_the_tensor_parallel_layers(tied):
 
 
 def test_pipeline_pieces_map_to_plain_prefixes():
-    from megasparse.training.checkpoint_shards import pipeline_piece_prefix
+    from megasparse.checkpoint.shards import pipeline_piece_prefix
 
     assert [pipeline_piece_prefix(i, 3) for i in range(5)] == ["", "layers.0.", "layers.1.", "layers.2.", ""]
     with pytest.raises(CheckpointError, match="pieces 0..4"):

@@ -4,15 +4,15 @@ known parameters, robustness on ill-conditioned curves, width-depth and scale an
 import numpy as np
 import pytest
 
-from megasparse.sparsity.law_data import load_reference_curve
-from megasparse.sparsity.law_fit import (
+from megasparse.law.data import load_reference_curve
+from megasparse.law.fit import (
     PAPER_TABLE2,
     LawFitError,
     fit_sparsing_law,
     law_derivative,
     law_value,
 )
-from megasparse.sparsity.width_depth import (
+from megasparse.law.width_depth import (
     WidthDepthError,
     fit_bottleneck,
     fit_scale_trend,

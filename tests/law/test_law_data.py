@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from megasparse.sparsity.law_data import (
+from megasparse.law.data import (
     DEFAULT_RATIO_TAG,
     REFERENCE_CURVES,
     TOKENS_TAG,

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
+from megasparse.checkpoint.engine import CheckpointError
 from megasparse.config import ModelConfig
 from megasparse.model.layers import PARAMETER_TAGS
-from megasparse.training.checkpoint import CheckpointError
 
 MODULE_PREFIX = "model."
 LAYER_FILE = re.compile(r"^layer_(\d+)(?:-model_(\d+))?-model_states\.pt$")

@@ -9,8 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
-from megasparse.sparsity.law_data import SparsityCurve
-from megasparse.sparsity.law_fit import PAPER_TABLE2, LawFit
+from megasparse.law.data import SparsityCurve
+from megasparse.law.fit import PAPER_TABLE2, LawFit
 
 
 @dataclass
@@ -101,7 +101,7 @@ def plot_fits(results: Sequence[RunFit], out_png: str | Path, params: Sequence[f
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from megasparse.sparsity.width_depth import sparsity_slope_vs_data_ratio
+    from megasparse.law.width_depth import sparsity_slope_vs_data_ratio
 
     ncols = 2 if params is not None else 1
     fig, axes = plt.subplots(1, ncols, figsize=(6.5 * ncols, 4.5), squeeze=False)

@@ -1,11 +1,11 @@
-"""Read model weights out of our checkpoints, without DeepSpeed or an engine (layout: checkpoint.py).
+"""Read model weights out of our checkpoints, without DeepSpeed or an engine (layout: engine.py).
 
 ``list_checkpoints(path)`` accepts one checkpoint folder (``.../global_stepN`` with
 ``megasparse_meta.json``) or a checkpoint directory holding several; it returns them in step
 order with the tokens consumed at each (from the meta's ``progress``).
 ``load_model(info)`` builds a plain :class:`Transformer` from the saved model config and loads
 the weights, whatever TP × PP layout (and ZeRO stage 0–2) saved them: tensor-parallel shards are
-joined and pipeline pieces renamed by checkpoint_shards.py. ZeRO-3 checkpoints are refused with
+joined and pipeline pieces renamed by shards.py. ZeRO-3 checkpoints are refused with
 a pointer to DeepSpeed's ``zero_to_fp32.py``.
 """
 
@@ -18,11 +18,11 @@ from typing import Any, Optional, Union
 
 import torch
 
+from megasparse.checkpoint.engine import META_FILE, TAG_PATTERN, CheckpointError
+from megasparse.checkpoint.shards import consolidated_state_dict, model_states_file
 from megasparse.config import ModelConfig
 from megasparse.model.layers import LOCAL_LAYERS, LayerFactory
 from megasparse.model.transformer import Transformer
-from megasparse.training.checkpoint import META_FILE, TAG_PATTERN, CheckpointError
-from megasparse.training.checkpoint_shards import consolidated_state_dict, model_states_file
 
 MODEL_STATES_FILE = model_states_file(0)
 

@@ -1,4 +1,4 @@
-"""Helpers for training tests: run configs, launching megasparse.train, reading TensorBoard back."""
+"""Helpers for tests that train: run configs, launching megasparse.train, reading TensorBoard back."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from megasparse.sparsity.law_fit import LawFit, law_derivative
+from megasparse.law.fit import LawFit, law_derivative
 
 
 class WidthDepthError(ValueError):

@@ -1,13 +1,26 @@
 """The decoder: token embedding, a stack of blocks, final norm and the (tied) output head.
 
-µP in three lines (MiniCPM; reference/sparsing-law.md §5.1):
-  input  = Emb[tokens] · scale_emb
-  branch = each residual branch × scale_depth/√L (see block.py)
-  logits = (h / scale_width) @ Embᵀ, scale_width = hidden_size / dim_model_base
+The paper's MiniCPM-style µP decoder (docs/sparsing-law.md §5.1), in brief:
+  * µP scalings in three places, each defined once here or in block.py and shared with the
+    pipeline stages of megasparse/parallel/pipeline_model.py:
+      input   = Emb[tokens] · scale_emb                          :func:`embed_tokens`
+      branch  = each residual branch × scale_depth/√L            block.py
+      logits  = (h / scale_width) @ Embᵀ, scale_width = hidden_size / dim_model_base
+                                                                 :func:`scaled_logits`
+  * pre-norm RMSNorm (fp32 statistics, cast before the weight, as Llama), no biases anywhere;
+  * rotary position embedding, rotate-half convention (an export to Llama needs no permutation);
+  * full multi-head attention through SDPA; optionally only within documents of a packed sample;
+  * a gated ReLU or SiLU FFN whose elementwise core counts active neurons (mlp.py);
+  * tied input/output embedding by default, the vocabulary padded to a multiple of 128 · TP;
+  * every parameter initialised from a generator seeded by (seed, its name): the same seed gives
+    the same full model for any TP × PP layout (init.py);
+  * the linear and embedding layers come from a LayerFactory, so tensor parallelism is a property
+    of the layers the model is built from (layers.py, megasparse/parallel/tensor_parallel.py).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
@@ -23,6 +36,68 @@ from megasparse.model.mlp import MLP
 from megasparse.model.recompute import checkpoint_context_fn
 from megasparse.model.roles import ROLE_ATTRIBUTE
 from megasparse.model.rotary import rotary_cos_sin
+
+
+# ------------------------------------------------------------------------------------- pieces
+# The decoder's three pieces around the blocks, as functions of the modules that hold their
+# weights: Transformer.forward calls them, and so do the pipeline stages, which hold only some
+# of those modules. A µP change made here holds for every layout.
+def embed_tokens(embed: nn.Module, tokens: torch.Tensor, config: ModelConfig,
+                 eod_token_id: Optional[int] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """tokens [b, s] -> (Emb[tokens] · scale_emb [b, s, d], document ids [b, s] or None).
+
+    Under sequence parallelism the embedding returns this rank's slice [b, s/tp, d]. Document
+    ids exist only with ``attention_within_document``; :func:`block_inputs` turns them into the
+    block-diagonal mask and per-document positions.
+    """
+    hidden = embed(tokens) * config.scale_emb  # [b, s, d]
+    doc_ids = document_ids(tokens, eod_token_id) if config.attention_within_document else None  # [b, s]
+    return hidden, doc_ids
+
+
+@dataclass
+class BlockInputs:
+    """What every block needs besides the hidden state; computed once per forward (or stage)."""
+
+    cos: torch.Tensor  # [b or 1, s, hd]
+    sin: torch.Tensor  # [b or 1, s, hd]
+    attention_mask: Optional[torch.Tensor]  # bool [b, 1, s, s]; None = plain causal
+
+
+def block_inputs(config: ModelConfig, seq_length: int, device: torch.device, dtype: torch.dtype,
+                 doc_ids: Optional[torch.Tensor] = None,
+                 position_ids: Optional[torch.Tensor] = None) -> BlockInputs:
+    """Rotary tables and attention mask for ``seq_length`` positions (the whole sequence, also
+    when sequence parallelism holds only a slice of it).
+
+    ``doc_ids`` [b, s] masks attention at document boundaries and restarts positions at each
+    document; ``position_ids`` [b, s] overrides the positions (default 0..s-1).
+    """
+    attention_mask = None
+    if doc_ids is not None:
+        attention_mask = document_causal_mask(doc_ids)  # [b, 1, s, s]
+        if position_ids is None:
+            position_ids = document_position_ids(doc_ids)  # [b, s]
+    if position_ids is None:
+        position_ids = torch.arange(seq_length, device=device)[None]  # [1, s]
+    cos, sin = rotary_cos_sin(position_ids, config.head_dim, config.rope_base, dtype)
+    return BlockInputs(cos, sin, attention_mask)
+
+
+def scaled_logits(hidden: torch.Tensor, config: ModelConfig, *, lm_head: Optional[nn.Module] = None,
+                  tied_weight: Optional[torch.Tensor] = None, factory: LayerFactory = LOCAL_LAYERS) -> torch.Tensor:
+    """Final-normed hidden [b, s, d] -> logits (hidden / scale_width) @ Hᵀ, [b, s, V].
+
+    H is ``lm_head`` when the head is untied, else the embedding ``tied_weight`` multiplied by
+    ``factory``'s tied head. Under tensor parallelism the logits are this rank's vocabulary shard
+    [b, s, V/tp]; under sequence parallelism ``hidden`` is [b, s/tp, d] and the head gathers it.
+    """
+    if (lm_head is None) == (tied_weight is None):
+        raise ValueError("scaled_logits needs exactly one of lm_head (untied) and tied_weight (tied)")
+    hidden = hidden / config.scale_width
+    if lm_head is not None:
+        return lm_head(hidden)
+    return factory.tied_head(hidden, tied_weight)
 
 
 class Transformer(nn.Module):
@@ -113,29 +188,18 @@ class Transformer(nn.Module):
         ``position_ids`` [b, s] overrides the positions; by default they run 0..s-1, or restart
         after every EOD when ``attention_within_document`` is on.
         """
-        s = tokens.shape[1]
-        x = self.embed(tokens) * self.config.scale_emb  # [b, s, d]
-
-        attention_mask = None
-        if self.config.attention_within_document:
-            doc_ids = document_ids(tokens, self.eod_token_id)  # [b, s]
-            attention_mask = document_causal_mask(doc_ids)  # [b, 1, s, s]
-            if position_ids is None:
-                position_ids = document_position_ids(doc_ids)
-        if position_ids is None:
-            position_ids = torch.arange(s, device=tokens.device)[None]  # [1, s]
-        # One rotary table for all layers.
-        cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_base, x.dtype)
+        x, doc_ids = embed_tokens(self.embed, tokens, self.config, self.eod_token_id)  # [b, s, d]
+        inputs = block_inputs(self.config, tokens.shape[1], tokens.device, x.dtype, doc_ids, position_ids)
 
         use_checkpoint = self.activation_checkpointing and torch.is_grad_enabled()
         for block in self.layers:
             if use_checkpoint:
                 x = checkpoint(
-                    block, x, cos, sin, attention_mask,
+                    block, x, inputs.cos, inputs.sin, inputs.attention_mask,
                     use_reentrant=False, context_fn=checkpoint_context_fn,
                 )
             else:
-                x = block(x, cos, sin, attention_mask)
+                x = block(x, inputs.cos, inputs.sin, inputs.attention_mask)
         return self.final_norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -145,7 +209,6 @@ class Transformer(nn.Module):
         the vocab-parallel cross-entropy); under sequence parallelism ``hidden`` is [b, s/tp, d]
         and the head gathers the sequence.
         """
-        hidden = hidden / self.config.scale_width
         if self.lm_head is not None:
-            return self.lm_head(hidden)
-        return self.layer_factory.tied_head(hidden, self.embed.weight)
+            return scaled_logits(hidden, self.config, lm_head=self.lm_head)
+        return scaled_logits(hidden, self.config, tied_weight=self.embed.weight, factory=self.layer_factory)

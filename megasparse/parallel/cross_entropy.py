@@ -14,14 +14,11 @@ come from ``hidden @ embedding_shardᵀ`` (``Transformer.logits`` with the TP la
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
-from megasparse.parallel.collectives import group_rank, group_size
-
-Group = Optional[dist.ProcessGroup]
+from megasparse.parallel.collectives import Group, group_rank, group_size
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
@@ -77,3 +74,11 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, gro
     if labels.shape != logits.shape[:-1]:
         raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)}")
     return _VocabParallelCrossEntropy.apply(logits, labels, group)
+
+
+def mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, group: Group) -> torch.Tensor:
+    """Mean next-token loss (fp32 scalar) from full logits [..., V], or from this rank's
+    vocabulary shard [..., V/tp] when ``group`` is a tensor-parallel group of more than one rank."""
+    if group_size(group) > 1:
+        return vocab_parallel_cross_entropy(logits, labels, group).mean()
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))

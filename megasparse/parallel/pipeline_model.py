@@ -7,6 +7,10 @@ The decoder becomes a flat list of layer specs that DeepSpeed splits into stages
     L+1      FinalNormPipe            final RMSNorm (+ the untied head, when there is one)
     L+2      EmbeddingPipe.tied_logits  (h / scale_width) @ Embᵀ                (tied key "embed")
 
+Each piece calls the plain model's own functions (``embed_tokens``, ``block_inputs``,
+``scaled_logits`` of megasparse/model/transformer.py), so the µP scalings, the positions and
+the document mask are defined once for every layout; this file holds only DeepSpeed's plumbing.
+
 With tied embeddings the first and the last stage each hold a copy of the embedding; DeepSpeed
 sums their gradients after backward (``TiedLayerSpec``), so both copies stay equal.
 
@@ -31,19 +35,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from megasparse.config import ConfigError, ModelConfig
 from megasparse.model.block import Block
-from megasparse.model.documents import document_causal_mask, document_ids, document_position_ids
 from megasparse.model.init import init_parameters
 from megasparse.model.layers import LayerFactory
 from megasparse.model.recompute import checkpoint_context_fn
 from megasparse.model.roles import ROLE_ATTRIBUTE
-from megasparse.model.rotary import rotary_cos_sin
-from megasparse.parallel.cross_entropy import vocab_parallel_cross_entropy
+from megasparse.model.transformer import block_inputs, embed_tokens, scaled_logits
+from megasparse.parallel.cross_entropy import mean_cross_entropy
 from megasparse.parallel.tensor_parallel import tensor_parallel_layer_factory
 
 if TYPE_CHECKING:
@@ -52,7 +54,7 @@ if TYPE_CHECKING:
 
 Device = Union[str, torch.device]
 # What flows between pipeline layers: hidden [b, s, d], or (hidden, document ids [b, s]).
-Activation = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
+StageIO = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
 
 TIED_EMBEDDING_KEY = "embed"
 # DeepSpeed partitions "uniform" over layers of this class name, and checkpoints only these.
@@ -83,11 +85,11 @@ def _materialise(module: nn.Module, plain_path: str, config: ModelConfig, seed: 
     init_parameters(root, config, seed)
 
 
-def _split(x: Activation) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+def _split(x: StageIO) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     return (x, None) if torch.is_tensor(x) else (x[0], x[1])
 
 
-def _join(hidden: torch.Tensor, doc_ids: Optional[torch.Tensor]) -> Activation:
+def _join(hidden: torch.Tensor, doc_ids: Optional[torch.Tensor]) -> StageIO:
     # Point-to-point sends need contiguous tensors; a sequence-parallel shard can be a strided
     # view ([b, s/tp, d] cut from [b, s, d]). A no-op otherwise.
     hidden = hidden.contiguous()
@@ -111,16 +113,12 @@ class EmbeddingPipe(nn.Module):
         setattr(self.embed, ROLE_ATTRIBUTE, "embedding")
         _materialise(self, "", config, seed, device)
 
-    def forward(self, tokens: torch.Tensor) -> Activation:  # [b, s] -> [b, s, d] (+ doc ids)
-        hidden = self.embed(tokens) * self.config.scale_emb  # [b, s, d] ([b, s/tp, d] under SP)
-        doc_ids = None
-        if self.config.attention_within_document:
-            doc_ids = document_ids(tokens, self.eod_token_id)  # [b, s] int64
-        return _join(hidden, doc_ids)
+    def forward(self, tokens: torch.Tensor) -> StageIO:  # [b, s] -> [b, s, d] (+ doc ids [b, s])
+        return _join(*embed_tokens(self.embed, tokens, self.config, self.eod_token_id))
 
     def tied_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final-normed hidden [b, s, d] -> logits [b, s, V] ([b, s, V/tp] under TP)."""
-        return self.factory.tied_head(hidden / self.config.scale_width, self.embed.weight)
+        return scaled_logits(hidden, self.config, tied_weight=self.embed.weight, factory=self.factory)
 
 
 class TransformerBlockPipe(Block):
@@ -140,17 +138,11 @@ class TransformerBlockPipe(Block):
         self.sequence_split = factory.tensor_parallel_size if sp else 1
         _materialise(self, f"layers.{layer_index}", config, seed, device)
 
-    def forward(self, inputs: Activation) -> Activation:  # type: ignore[override]
+    def forward(self, inputs: StageIO) -> StageIO:  # type: ignore[override]
         hidden, doc_ids = _split(inputs)  # [b, s, d], [b, s] or None
-        attention_mask, position_ids = None, None
-        if doc_ids is not None:
-            attention_mask = document_causal_mask(doc_ids)  # [b, 1, s, s]
-            position_ids = document_position_ids(doc_ids)  # [b, s]
-        else:
-            s = hidden.shape[1] * self.sequence_split
-            position_ids = torch.arange(s, device=hidden.device)[None]  # [1, s]
-        cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_base, hidden.dtype)
-        return _join(super().forward(hidden, cos, sin, attention_mask), doc_ids)
+        s = hidden.shape[1] * self.sequence_split  # the whole sequence, also under SP
+        extra = block_inputs(self.config, s, hidden.device, hidden.dtype, doc_ids)
+        return _join(super().forward(hidden, extra.cos, extra.sin, extra.attention_mask), doc_ids)
 
 
 class FinalNormPipe(nn.Module):
@@ -173,12 +165,12 @@ class FinalNormPipe(nn.Module):
             setattr(self.lm_head, ROLE_ATTRIBUTE, "head")
         _materialise(self, "", config, seed, device)
 
-    def forward(self, inputs: Activation) -> torch.Tensor:
+    def forward(self, inputs: StageIO) -> torch.Tensor:
         hidden, _ = _split(inputs)
         hidden = self.final_norm(hidden)
         if self.lm_head is None:
             return hidden
-        return self.lm_head(hidden / self.config.scale_width)
+        return scaled_logits(hidden, self.config, lm_head=self.lm_head)
 
 
 class NextTokenLoss:
@@ -192,9 +184,7 @@ class NextTokenLoss:
         self.tp_group = tp_group
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.tp_group is not None:
-            return vocab_parallel_cross_entropy(logits, labels, self.tp_group).mean()
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        return mean_cross_entropy(logits, labels, self.tp_group)
 
 
 def recompute_in_backward(function, *args):

@@ -28,12 +28,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from megasparse.kernels.gated_activation import activation_fn
-from megasparse.parallel.collectives import group_size
-from megasparse.parallel.cross_entropy import vocab_parallel_cross_entropy
+from megasparse.parallel.cross_entropy import mean_cross_entropy
 from megasparse.sparsity.counters import counted_mlps
 from megasparse.sparsity.full_weights import full_shape
 from megasparse.sparsity.pipeline_forward import is_pipeline_stage, pipeline_lm_loss
@@ -51,10 +49,7 @@ def lm_loss(model: nn.Module, tokens: torch.Tensor, tp_group=None) -> torch.Tens
     if is_pipeline_stage(model):
         return pipeline_lm_loss(model, tokens)
     logits = model(tokens[:, :-1])  # [b, s, V], or [b, s, V/tp] under TP
-    labels = tokens[:, 1:]  # [b, s]
-    if group_size(tp_group) > 1:
-        return vocab_parallel_cross_entropy(logits, labels, tp_group).mean()
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
+    return mean_cross_entropy(logits, tokens[:, 1:], tp_group)
 
 
 @contextlib.contextmanager

@@ -6,11 +6,10 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from megasparse.kernels.linear_cross_entropy import linear_cross_entropy
-from megasparse.parallel.cross_entropy import vocab_parallel_cross_entropy
+from megasparse.parallel.cross_entropy import mean_cross_entropy
 
 
 class CausalLMLoss(nn.Module):
@@ -45,6 +44,4 @@ class CausalLMLoss(nn.Module):
                 scale=1.0 / self.model.config.scale_width, chunk_tokens=self.chunk_tokens,
             )
         logits = self.model(inputs)  # [b, s, V] or [b, s, V/tp]
-        if self.tp_group is not None:
-            return vocab_parallel_cross_entropy(logits, labels, self.tp_group).mean()
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        return mean_cross_entropy(logits, labels, self.tp_group)

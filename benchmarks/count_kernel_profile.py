@@ -14,6 +14,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -22,8 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megasparse.kernels import triton_gated_activation as tga  # noqa: E402
 from megasparse.kernels.gated_activation import CountTarget  # noqa: E402
+from megasparse.kernels.triton_gated_activation import (  # noqa: E402
+    forward_config,
+    gated_act_fwd_kernel,
+    gated_activation_forward,
+)
 
 
 def main() -> int:
@@ -42,14 +47,18 @@ def main() -> int:
         return CountTarget(active=z, tokens=torch.zeros((), dtype=torch.int64, device="cuda"),
                            above_threshold=z.clone(), thresholds=thr)
 
-    variants = [("silu", None, None), ("silu", "count", None),
-                ("silu", "count", dict(block_t=16, block_f=128, row_tiles=16, thr_on_product=False)),
-                ("relu", "count", None)]
+    silu_count = forward_config(f, "silu", True, g.dtype, g.device)
+    variants = [("silu", False, forward_config(f, "silu", False, g.dtype, g.device)),
+                ("silu", True, silu_count),
+                ("silu", True, dataclasses.replace(silu_count, block_t=16, block_f=128, row_tiles=16,
+                                                   stages=3, thr_on_product=False, fast_silu=False)),
+                ("relu", True, forward_config(f, "relu", True, g.dtype, g.device))]
     for activation, count, cfg in variants:
-        print(json.dumps({"launch": activation, "counting": bool(count), "config": cfg}), flush=True)
-        tga._forward(g, u, activation, counts() if count else None, cfg)
+        print(json.dumps({"launch": activation, "counting": count, "config": dataclasses.asdict(cfg)}),
+              flush=True)
+        gated_activation_forward(g, u, activation, counts() if count else None, cfg)
     torch.cuda.synchronize()
-    for device_cache in getattr(tga._gated_act_fwd_kernel, "device_caches", {}).values():
+    for device_cache in getattr(gated_act_fwd_kernel, "device_caches", {}).values():
         for key, compiled in device_cache[0].items():
             try:
                 print(json.dumps({"key": str(key)[-300:], "n_regs": compiled.n_regs,

@@ -5,7 +5,7 @@
 #            pairs, and how often the exact fix-up runs (benchmarks/fast_silu_error.py);
 #   tests    the compiled kernel tests (the exhaustive bf16-pairs proof among them);
 #   sweep    count_tile_sweep.py (CUDA-graph timing): the fast SiLU's row tiles and pipeline
-#            stages at f = 1920, its fix-up packs and exact SiLU at 1920 / 4480, ReLU with a row
+#            stages at f = 1920, exact SiLU at 1920 / 4480, ReLU with a row
 #            mask, and one configuration each with per-call event timing (what launch gaps add);
 #   bench    gated_activation_bench.py at T = 32768, f = 1920...4480, ReLU and SiLU;
 #   bench65  the same at the 0.1B training shape (T = 65536, f = 1920).
@@ -42,8 +42,6 @@ for part in $parts; do
       stamp "sweep"
       sweep --activations silu --widths 1920 --modes thresholds --tiles 16x64x4 \
           --row-tiles 4,8,16 --stages 2,3,4 --silu-math fast --compares product
-      sweep --activations silu --widths 1920,4480 --modes thresholds --tiles 16x64x4 \
-          --row-tiles 16 --stages 3 --silu-math fast --compares product --fix-packs 2,4
       sweep --activations silu --widths 1920,4480 --modes thresholds --tiles 16x64x4 --row-tiles 16 \
           --stages 3 --silu-math exact --compares product
       sweep --activations relu --widths 1920,4480 --modes thresholds+mask --tiles 32x128x4 \

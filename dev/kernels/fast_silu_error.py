@@ -12,30 +12,22 @@ It also counts how many lanes take the fix-up, on all pairs and on N(0, σ²) da
 One JSON line per measurement. Needs a CUDA GPU (about 20 s on an H200).
 
 examples:
-  python benchmarks/fast_silu_error.py
-  python benchmarks/fast_silu_error.py --chunk-rows 1024 --fix-ulps 32,64
+  python dev/kernels/fast_silu_error.py
+  python dev/kernels/fast_silu_error.py --chunk-rows 1024 --fix-ulps 32,64
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
+from json_lines import emit  # this folder's helper: on sys.path when the script runs
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-from bench_common import emit  # noqa: E402
-from megasparse.kernels.triton_gated_activation import (  # noqa: E402
-    FAST_SILU_FIX_MIN_G,
-    FAST_SILU_PRODUCT_PTX,
-)
+from megasparse.kernels.triton_gated_activation import FAST_SILU_FIX_MIN_G, FAST_SILU_PRODUCT_PTX
 
 # Ranges of g (lower edges) for the distance table; the fix-up's g cut-off is one of them.
 G_EDGES = [-float("inf"), -64.0, -32.0, -16.0, -8.0, -4.0, -1.0, 1.0, 4.0, 16.0]

@@ -6,13 +6,13 @@ is not counted. For the fast SiLU (the default on bf16) it also reports the comm
 instructions a lane executes when it skips the exact fix-up blocks (about 1 lane in 500 enters one).
 
 Use it to compare counting-code variants before spending GPU time: the counting forward is
-issue-bound (benchmarks/RESULTS.md §2), so instructions per element predict its speed.
+issue-bound, so instructions per element predict its speed (benchmarks/RESULTS.md §2b).
 
 examples:
-  python benchmarks/kernel_sass.py                                  # SiLU, counting with thresholds
-  python benchmarks/kernel_sass.py --exact-silu                     # the same with exact exp/division
-  python benchmarks/kernel_sass.py --activation relu --tile 32x128x4 --row-tiles 4
-  python benchmarks/kernel_sass.py --no-count --tile 16x128x4 --row-tiles 1 --histogram
+  python dev/kernels/kernel_sass.py                                 # SiLU, counting with thresholds
+  python dev/kernels/kernel_sass.py --exact-silu                    # the same with exact exp/division
+  python dev/kernels/kernel_sass.py --activation relu --tile 32x128x4 --row-tiles 4
+  python dev/kernels/kernel_sass.py --no-count --tile 16x128x4 --row-tiles 1 --histogram
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+# Triton decides interpreted-or-compiled when it is first imported, so check before importing it.
 if os.environ.get("TRITON_INTERPRET"):
     sys.exit("kernel_sass.py: unset TRITON_INTERPRET (it compiles real GPU code)")
 
@@ -35,7 +36,6 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from megasparse.kernels.triton_gated_activation import (  # noqa: E402
     ForwardConfig,
     forward_kernel_constants,

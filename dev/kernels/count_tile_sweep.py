@@ -1,21 +1,26 @@
 """Sweep of the counting forward kernel: which tiles (BLOCK_T, BLOCK_F, warps, row tiles, pipeline
-stages) and which threshold compare (on the stored h, or on the fp32 product against a boundary)
-move the bytes fastest, for ReLU and SiLU at the paper's FFN widths.
+stages), which threshold compare (on the stored h, or on the fp32 product against a boundary) and
+which SiLU math (fast with the exact fix-up, or exact) move the bytes fastest, for ReLU and SiLU at
+the paper's FFN widths. Each point is a ``ForwardConfig`` launched through the kernel's public
+``gated_activation_forward``. Needs a CUDA GPU.
 
 Each configuration's counts are checked against the default configuration's (they must be equal:
 integer atomics, any launch shape, any code variant), and its h against the uncounted h. Times
 by replaying a CUDA graph of many calls (triton.testing.do_bench_cudagraph; --timer events for
 do_bench); bandwidth counts reading g, u and writing h (3·T·f·2 bytes in bf16)
-against a large copy's read + write bandwidth. One JSON line per configuration.
+against a 2 GiB ``copy_``'s read + write bandwidth, timed the same way. In a CUDA graph that copy
+runs on the copy engine, slower than an SM kernel, so graph-timed fractions read high: compare
+rows of one run with each other (benchmarks/gated_activation_bench.py has the strict reference).
+One JSON line per configuration.
 
 Counting modes: "thresholds" (g > 0 and |h| >= τ, what training counts), "zero" (g > 0 only) and
 "thresholds+mask" (both, with a row mask excluding 30% of the rows).
 
 examples:
-  python benchmarks/count_tile_sweep.py
-  python benchmarks/count_tile_sweep.py --activations silu --widths 4480 --modes zero
-  python benchmarks/count_tile_sweep.py --tiles 16x64x4,8x64x2 --row-tiles 16,32 --stages 3
-  python benchmarks/count_tile_sweep.py --activations silu --silu-math fast --fix-ulps 32,64
+  python dev/kernels/count_tile_sweep.py
+  python dev/kernels/count_tile_sweep.py --activations silu --widths 4480 --modes zero
+  python dev/kernels/count_tile_sweep.py --tiles 16x64x4,8x64x2 --row-tiles 16,32 --stages 3
+  python dev/kernels/count_tile_sweep.py --activations silu --silu-math fast --fix-ulps 32,64
 """
 
 from __future__ import annotations
@@ -24,24 +29,19 @@ import argparse
 import dataclasses
 import itertools
 import sys
-from pathlib import Path
 
 import torch
+from json_lines import emit  # this folder's helper: on sys.path when the script runs
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from bench_common import emit  # noqa: E402
-from megasparse.kernels.gated_activation import CountTarget  # noqa: E402
-from megasparse.kernels.triton_gated_activation import (  # noqa: E402
+from megasparse.kernels.gated_activation import CountTarget
+from megasparse.kernels.triton_gated_activation import (
     FAST_SILU_FIX_ULPS,
     ForwardConfig,
     gated_activation_forward,
 )
 
 # (BLOCK_T, BLOCK_F, num_warps) x ROW_TILES x STAGES; stages 1 and 2, 8 warps, and tiles of 64
-# rows or 256 columns lost everywhere in the first sweep (results/count_tile_sweep_h200.jsonl).
+# rows or 256 columns lost everywhere in the first sweep (H200, 2026-11-28).
 TILES = [(16, 128, 4), (32, 128, 4)]
 ROW_TILES = [4, 8, 16]
 STAGES = [3, 4]  # both for "thresholds"; the other modes use 3 (Triton's default)

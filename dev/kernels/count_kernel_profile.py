@@ -2,13 +2,13 @@
 (ncu) to compare them, and prints each compiled variant's registers, spills and shared memory.
 
 Variants: SiLU counting off; SiLU counting with the default launch and with the launch it had
-before the tile sweeps (16 × 128 tiles, threshold compare on the stored h); ReLU counting. Run it
-under ncu, e.g.
+before the tile sweeps (16 × 128 tiles, 16 per program, threshold compare on the stored h, exact
+math); ReLU counting. Needs a CUDA GPU. Run it under ncu, e.g.
 
 examples:
-  ncu --clock-control none --kernel-name regex:_gated_act_fwd --section SpeedOfLight \\
-      --section Occupancy --section WarpStateStats python benchmarks/count_kernel_profile.py
-  python benchmarks/count_kernel_profile.py --tokens 8192      # registers only, no profiler
+  ncu --clock-control none --kernel-name regex:gated_act_fwd --section SpeedOfLight \\
+      --section Occupancy --section WarpStateStats python dev/kernels/count_kernel_profile.py
+  python dev/kernels/count_kernel_profile.py --tokens 8192      # registers only, no profiler
 """
 
 from __future__ import annotations
@@ -17,14 +17,11 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from megasparse.kernels.gated_activation import CountTarget  # noqa: E402
-from megasparse.kernels.triton_gated_activation import (  # noqa: E402
+from megasparse.kernels.gated_activation import CountTarget
+from megasparse.kernels.triton_gated_activation import (
     forward_config,
     gated_act_fwd_kernel,
     gated_activation_forward,

@@ -38,10 +38,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
-
-from megasparse.kernels.gated_activation import CountTarget, gated_activation_reference  # noqa: E402
-from megasparse.kernels.triton_gated_activation import (  # noqa: E402
+from megasparse.kernels.gated_activation import CountTarget, gated_activation_reference
+from megasparse.kernels.triton_gated_activation import (
     INTERPRETED,
     forward_config,
     gated_activation_backward,

@@ -5,8 +5,9 @@ ptxas and cuobjdump produce. The division's slow-path subroutine, which random i
 is not counted. For the fast SiLU (the default on bf16) it also reports the common path: the
 instructions a lane executes when it skips the exact fix-up blocks (about 1 lane in 500 enters one).
 
-Use it to compare counting-code variants before spending GPU time: the counting forward is
-issue-bound, so instructions per element predict its speed (benchmarks/RESULTS.md §2b).
+Use it to compare counting-code variants before spending GPU time: where the counting forward is
+limited by instruction issue rather than by memory (the exact-math SiLU counting kernel was, under
+ncu), fewer instructions per element make it faster. Counts it produced: benchmarks/RESULTS.md §2b.
 
 examples:
   python dev/kernels/kernel_sass.py                                 # SiLU, counting with thresholds

@@ -31,7 +31,7 @@ import itertools
 import sys
 
 import torch
-from json_lines import emit  # this folder's helper: on sys.path when the script runs
+from json_lines import emit  # a sibling file: Python searches a script's own folder first
 
 from megasparse.kernels.gated_activation import CountTarget
 from megasparse.kernels.triton_gated_activation import (

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from json_lines import emit  # this folder's helper: on sys.path when the script runs
+from json_lines import emit  # a sibling file: Python searches a script's own folder first
 
 from megasparse.kernels.triton_gated_activation import FAST_SILU_FIX_MIN_G, FAST_SILU_PRODUCT_PTX
 

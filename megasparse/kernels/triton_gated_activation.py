@@ -624,7 +624,7 @@ def gated_activation_forward(g2: torch.Tensor, u2: torch.Tensor, activation: Act
 def gated_activation_backward(dh2: torch.Tensor, g2: torch.Tensor, u2: torch.Tensor,
                               activation: Activation) -> Tuple[torch.Tensor, torch.Tensor]:
     """One backward launch on contiguous [T, f] tensors: returns (dg2, du2) in g2's and u2's
-    dtypes, σ recomputed from g2. For benchmarks and tests (autograd calls it through
+    dtypes, σ recomputed from g2. For benchmarks and tests (autograd runs the same launch under
     :func:`gated_activation_triton`)."""
     _check_views(activation, dh2=dh2, g2=g2, u2=u2)
     return _backward(dh2, g2, u2, activation)

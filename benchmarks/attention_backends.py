@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import emit, timed  # noqa: E402
+from bench_common import emit, timed
 
 BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,

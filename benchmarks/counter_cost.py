@@ -28,12 +28,8 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from bench_common import emit  # noqa: E402
-from train_throughput import add_variant_arguments, build_trainer  # noqa: E402
+from bench_common import emit
+from train_throughput import add_variant_arguments, build_trainer
 
 
 def block_order(blocks: int) -> list[bool]:

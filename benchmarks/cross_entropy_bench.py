@@ -17,18 +17,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from bench_common import emit, timed  # noqa: E402
-from megasparse.kernels.linear_cross_entropy import linear_cross_entropy  # noqa: E402
-from megasparse.kernels.triton_cross_entropy import cross_entropy_rows_  # noqa: E402
+from bench_common import emit, timed
+from megasparse.kernels.linear_cross_entropy import linear_cross_entropy
+from megasparse.kernels.triton_cross_entropy import cross_entropy_rows_
 
 
 def copy_bandwidth_gbs() -> float:

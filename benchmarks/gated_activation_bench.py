@@ -21,12 +21,12 @@ Output: one JSON object per line, then a short table. Exit code 1 if any correct
 Examples:
   python benchmarks/gated_activation_bench.py
   python benchmarks/gated_activation_bench.py --tokens 16384 --widths 2560,4480 --activations silu
-  python benchmarks/gated_activation_bench.py --sweep      # also time a few tile configurations
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -38,10 +38,14 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
-
-from megasparse.kernels import triton_gated_activation as tga  # noqa: E402
-from megasparse.kernels.gated_activation import CountTarget, gated_activation_reference  # noqa: E402
+from megasparse.kernels.gated_activation import CountTarget, gated_activation_reference
+from megasparse.kernels.triton_gated_activation import (
+    INTERPRETED,
+    forward_config,
+    gated_activation_backward,
+    gated_activation_forward,
+    gated_activation_triton,
+)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 ROWS: List[dict] = []
@@ -111,7 +115,7 @@ def check_correctness(g, u, activation, thresholds, row_mask) -> dict:
     ours, ref = make_counts(f, t, thresholds, row_mask), make_counts(f, t, thresholds, row_mask)
     g1, u1 = g.clone().requires_grad_(), u.clone().requires_grad_()
     g2, u2 = g.clone().requires_grad_(), u.clone().requires_grad_()
-    h = tga.gated_activation_triton(g1, u1, activation, ours)
+    h = gated_activation_triton(g1, u1, activation, ours)
     h_ref = gated_activation_reference(g2, u2, activation, ref)
     dh = torch.randn_like(h)
     dg, du = torch.autograd.grad(h, (g1, u1), dh)
@@ -142,7 +146,7 @@ def eager_fn(activation: str):
     return lambda g, u: act(g) * u
 
 
-def variants(activation: str, f: int, t: int, thresholds, row_mask) -> Dict[str, Callable]:
+def variants(activation: str, f: int, t: int, dtype: torch.dtype, thresholds, row_mask) -> Dict[str, Callable]:
     """name -> fn(g, u) -> h. Counting variants keep accumulating into their own buffers."""
     out: Dict[str, Callable] = {"eager": eager_fn(activation)}
     # Without a reset, dynamo's per-code-object recompile limit (8) is reached after a few shapes
@@ -156,20 +160,27 @@ def variants(activation: str, f: int, t: int, thresholds, row_mask) -> Dict[str,
             out["liger_swiglu"] = LigerSiLUMulFunction.apply
         except Exception:
             pass
-    out["triton_nocount"] = lambda g, u: tga.gated_activation_triton(g, u, activation, None)
+    out["triton_nocount"] = lambda g, u: gated_activation_triton(g, u, activation, None)
     c0 = make_counts(f, t, None, None)
-    out["triton_count_zero"] = lambda g, u: tga.gated_activation_triton(g, u, activation, c0)
+    out["triton_count_zero"] = lambda g, u: gated_activation_triton(g, u, activation, c0)
     c1 = make_counts(f, t, thresholds, None)
-    out["triton_count_thr"] = lambda g, u: tga.gated_activation_triton(g, u, activation, c1)
+    out["triton_count_thr"] = lambda g, u: gated_activation_triton(g, u, activation, c1)
     c2 = make_counts(f, t, thresholds, row_mask)
-    out["triton_count_thr_mask"] = lambda g, u: tga.gated_activation_triton(g, u, activation, c2)
+    out["triton_count_thr_mask"] = lambda g, u: gated_activation_triton(g, u, activation, c2)
     if activation == "silu":
-        # The same kernels with exact exp and division everywhere (what bf16 ran before the fast
-        # SiLU with its exact fix-up): the h and counts are the same bits, only the speed differs.
-        exact = dict(fast_silu=False)
-        out["triton_nocount_exact_silu"] = lambda g, u: tga._forward(g, u, activation, None, exact)
+        # The same launches with exact exp and division everywhere (what fp16, fp32 and GPUs without
+        # the fast SiLU run), at the default launch's tiles: h and the counts are the same bits,
+        # only the speed differs.
+        def exact(count: bool):
+            return dataclasses.replace(forward_config(f, activation, count, dtype, "cuda"),
+                                       fast_silu=False)
+
+        nocount_exact, count_exact = exact(False), exact(True)
+        out["triton_nocount_exact_silu"] = lambda g, u: gated_activation_forward(g, u, activation, None,
+                                                                                 nocount_exact)
         c3 = make_counts(f, t, thresholds, None)
-        out["triton_count_thr_exact_silu"] = lambda g, u: tga._forward(g, u, activation, c3, exact)
+        out["triton_count_thr_exact_silu"] = lambda g, u: gated_activation_forward(g, u, activation, c3,
+                                                                                   count_exact)
     return out
 
 
@@ -206,34 +217,10 @@ def time_backward_kernel(activation: str, g, u, dh, elem: int, copy_gbs: float, 
                          timer: str) -> None:
     """Our backward kernel launched directly (no autograd), with ``timer`` (row "bwd_kernel")."""
     t, f = g.shape
-    ms = TIMERS[timer](lambda: tga._backward(dh, g, u, activation))
+    ms = TIMERS[timer](lambda: gated_activation_backward(dh, g, u, activation))
     gbs = 5 * t * f * elem / (ms * 1e-3) / 1e9
     emit({**base, "variant": "triton_nocount", "pass": "bwd_kernel", "ms": ms, "gbs": gbs,
           "frac_of_copy": gbs / copy_gbs})
-
-
-def tile_sweep(activation: str, g, u, thresholds, elem: int, copy_gbs: float, base: dict) -> None:
-    """Times a few tile shapes of our kernels directly (to choose the defaults)."""
-    t, f = g.shape
-    dh = torch.randn_like(g)
-    # (Unrolling the row loop with tl.static_range was measured 1.5-5x slower; not swept.)
-    for block_t, block_f, warps in [(16, 128, 4), (32, 128, 4), (8, 256, 4)]:
-        for row_tiles, counting, unroll in [(1, False, False), (8, False, False), (8, True, False),
-                                            (16, True, False), (32, True, False)]:
-            counts = make_counts(f, t, thresholds, None) if counting else None
-            cfg = dict(block_t=block_t, block_f=block_f, num_warps=warps, row_tiles=row_tiles, unroll=unroll)
-            try:
-                ms = bench_ms(lambda: tga._forward(g, u, activation, counts, cfg))
-                emit({**base, "sweep": "fwd", "config": cfg, "counting": counting, "ms": ms,
-                      "frac_of_copy": 3 * t * f * elem / (ms * 1e-3) / 1e9 / copy_gbs})
-            except Exception as e:
-                emit({**base, "sweep": "fwd", "config": cfg, "error": str(e)[:200]})
-        try:
-            ms = bench_ms(lambda: tga._backward(dh, g, u, activation, (block_t, block_f, warps)))
-            emit({**base, "sweep": "bwd", "config": [block_t, block_f, warps], "ms": ms,
-                  "frac_of_copy": 5 * t * f * elem / (ms * 1e-3) / 1e9 / copy_gbs})
-        except Exception as e:
-            emit({**base, "sweep": "bwd", "config": [block_t, block_f, warps], "error": str(e)[:200]})
 
 
 def print_table() -> None:
@@ -252,7 +239,6 @@ def main() -> int:
     parser.add_argument("--widths", default="1920,2560,3200,3840,4480", help="comma-separated f values")
     parser.add_argument("--activations", default="relu,silu")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
-    parser.add_argument("--sweep", action="store_true", help="also time tile configurations")
     parser.add_argument("--timer", choices=sorted(TIMERS), default="graph",
                         help="forward and backward-kernel timing: CUDA graph replay (GPU time only) "
                              "or CUDA events per call; backward through autograd always uses events "
@@ -263,7 +249,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("gated_activation_bench: needs a CUDA GPU (none found)", file=sys.stderr)
         return 2
-    if tga._INTERPRETED:
+    if INTERPRETED:
         print("gated_activation_bench: unset TRITON_INTERPRET to benchmark compiled kernels", file=sys.stderr)
         return 2
 
@@ -296,11 +282,9 @@ def main() -> int:
             if not check["ok"]:
                 all_ok = False
                 continue  # never time a kernel that computes the wrong thing
-            for name, fn in variants(activation, f, t, thresholds, row_mask).items():
+            for name, fn in variants(activation, f, t, dtype, thresholds, row_mask).items():
                 time_variant(name, fn, g, u, dh, elem, copy_gbs, base, args.timer)
             time_backward_kernel(activation, g, u, dh, elem, copy_gbs, base, args.timer)
-            if args.sweep:
-                tile_sweep(activation, g, u, thresholds, elem, copy_gbs, base)
             del g, u, dh
             torch.cuda.empty_cache()
     print_table()

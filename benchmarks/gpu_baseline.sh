@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Issue-3 baseline on one GPU: the paper's 0.1B and 1.2B shapes, seq 4096, vocab 122,753, bf16,
-# counters on and off (PyTorch reference counters). Writes JSON lines to $OUT/train_baseline.jsonl.
+# Baseline training throughput on one GPU without the fast options (no fused loss, no compile):
+# the paper's 0.1B and 1.2B shapes, seq 4096, vocab 122,753, bf16, counters off, PyTorch reference
+# counters and the fused Triton counters (the baseline row of benchmarks/RESULTS.md §7).
+# Writes JSON lines to $OUT/train_baseline.jsonl.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/megasparse-bench}

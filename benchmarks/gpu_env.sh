@@ -1,5 +1,5 @@
 # Sourced by the GPU benchmark scripts (not run on its own): from the repository root, installs
-# the carried wheels (.whl/: DeepSpeed, pydantic, ... for a machine without them) into
+# the wheels in .whl/ if there are any (DeepSpeed, pydantic, ... for a machine without them) into
 # /tmp/site, puts them and the repository on PYTHONPATH, and records the GPU in $OUT/gpu.txt.
 # Needs OUT set and existing.
 if [ -d .whl ]; then

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue-5 measurements on one GPU, in parts that each fit one 10-minute device call:
+# Training speed against the peers on one GPU (benchmarks/RESULTS.md §7), in parts of a few
+# minutes each:
 #   kernels   the kernel tests compiled on the GPU; SDPA's backends at the training shapes; the
 #             loss and elementwise kernels' bandwidth
 #   ours      end-to-end tokens/s, MFU, memory at both paper sizes with the fast options (fused
@@ -11,7 +12,7 @@
 #             activation checkpointing), counters on, so every option's share is measured
 #             separately (without the fused loss the full fp32 logits may not fit)
 #   profiles  where the step time goes, both sizes, with the same options
-# By default the peers run at the micro-batches the issue reports as their best (Liger: 16 at
+# By default the peers run at the micro-batches usually reported as their best (Liger: 16 at
 # 0.1B, 8 at 1.2B; plain: 8 and 4) and ours at 16 / 8. A sweep on an H200 found the peers faster at
 # larger ones (Liger 32 / 16, plain 16 / 4; benchmarks/RESULTS.md §7): PEER_SWEEP="16 32" etc.
 # re-sweeps them, and MBS_LARGE=16 with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True runs ours

@@ -19,12 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench_common import emit, median_after_first, run_training
+from megasparse.training.run_summary import read_scalars
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench_common import emit, median_after_first, run_training  # noqa: E402
-from megasparse.training.run_summary import read_scalars  # noqa: E402
 
 LAYOUT = re.compile(r"^(?:(?P<one>1)|(?:(?:tp(?P<tp>\d+))?(?:x?pp(?P<pp>\d+))?(?:x?dp(?P<dp>\d+))?)(?P<sp>-sp)?)(?P<weak>-weak)?$")
 

@@ -31,11 +31,10 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from megasparse.config import ConfigError, ModelConfig, load_config
+from megasparse.model.flops import flops_per_token, param_count
 
-from megasparse.config import ConfigError, ModelConfig, load_config  # noqa: E402
-from megasparse.model.flops import flops_per_token, param_count  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 OOM_EXIT = 3  # a child measurement ran out of GPU memory (the sweep moves on)
 

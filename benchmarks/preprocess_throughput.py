@@ -27,11 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from megasparse.data.preprocess import preprocess  # noqa: E402
-from megasparse.data.readers import iter_documents  # noqa: E402
-from megasparse.data.tokenizer_training import TokenizerTrainingConfig, train_tokenizer  # noqa: E402
+from megasparse.data.preprocess import preprocess
+from megasparse.data.readers import iter_documents
+from megasparse.data.tokenizer_training import TokenizerTrainingConfig, train_tokenizer
 
 BUNDLED = Path(__file__).resolve().parents[1] / "megasparse" / "resources" / "corpus" / "train.jsonl.gz"
 

@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench_common import emit, median_after_first, run_training
+from megasparse.data.indexed_dataset import IndexedDatasetWriter
+from megasparse.training.run_summary import read_scalars
 
-from megasparse.data.indexed_dataset import IndexedDatasetWriter  # noqa: E402
-from bench_common import emit, median_after_first, run_training  # noqa: E402
-from megasparse.training.run_summary import read_scalars  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def synthetic_tokens(prefix: Path, vocab: int, tokens: int, doc_len: int = 65536, seed: int = 0) -> None:

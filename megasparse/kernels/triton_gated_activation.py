@@ -37,20 +37,28 @@ the threshold counts) agree with the reference:
   (two MUFU instructions) give an fp32 product p that may be a few ulps off the exact one. Only the
   bf16 rounding of p and the threshold compare use p, and both can change only if p lies within a
   few ulps of a bf16 rounding midpoint (every count boundary is one, see ``_bf16_count_boundary``).
-  So a lane whose p lands within ``_FIX_ULPS`` fp32 steps of a midpoint, or whose g lies outside
-  the range where that bound holds, branches to the exact computation (about one lane in 1000 on
-  N(0, 1) data; see ``_silu_fixup_asm``). Proven exhaustively on an H200 for all 2³² bf16 (g, u)
-  pairs (``tests/kernels/test_gated_activation.py::test_gpu_fast_silu_all_bf16_pairs``); other
-  GPU generations than those in ``_FAST_SILU_PROVEN_ON`` keep exact math.
+  So a lane whose p lands within ``FAST_SILU_FIX_ULPS`` fp32 steps of a midpoint, or whose g lies
+  outside the range where that bound holds, branches to the exact computation (about one lane in
+  1000 on N(0, 1) data; see ``_silu_fixup_ptx``). Proven exhaustively on an H200 for all 2³² bf16
+  (g, u) pairs (``tests/kernels/test_gated_activation.py::test_gpu_fast_silu_all_bf16_pairs``);
+  GPU generations other than those in ``_FAST_SILU_PROVEN_ON`` keep exact math.
 Under ``TRITON_INTERPRET=1`` (numpy) ``tl.exp`` and plain division are used instead: the
 interpreter has no libdevice and runs no PTX.
+
+Public entry points: :func:`gated_activation_triton` (what the model calls, differentiable);
+:func:`gated_activation_forward` / :func:`gated_activation_backward` (one launch on [T, f] views,
+for benchmarks and tests); :func:`forward_config` (the launch the dispatch chooses) and
+:class:`ForwardConfig` (to launch another one); :func:`forward_kernel_constants` with
+``gated_act_fwd_kernel`` (for tools that compile the kernel themselves).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import struct
-from typing import Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import triton
@@ -85,7 +93,8 @@ def _div(x, y, PRECISE: tl.constexpr):
 
 # Fast fp32 σ(g)·u for SiLU: ex2.approx and rcp.approx, every other step rounded to nearest (.rn
 # also keeps ptxas from contracting the multiplies and adds into FMAs). $0 = p, $1 = g, $2 = u.
-_FAST_SILU_PRODUCT_ASM = tl.constexpr("""{
+# Public so that dev/kernels/fast_silu_error.py measures exactly these instructions.
+FAST_SILU_PRODUCT_PTX = tl.constexpr("""{
 .reg .b32 t;
 mul.rn.f32 t, $1, 0fBFB8AA3B;
 ex2.approx.ftz.f32 t, t;
@@ -95,16 +104,15 @@ mul.rn.f32 t, $1, t;
 mul.rn.f32 $0, t, $2;
 }""")
 
-# The exact fix-up's defaults: a lane takes the exact path when its fast p lies within _FIX_ULPS
-# fp32 steps of a bf16 rounding midpoint, or when g < -_FIX_MIN_G (or g is NaN). The fast exp2's
-# error grows with |g| for negative g (its argument -g·log2(e) is rounded to fp32): over all bf16
-# (g, u) pairs on an H200 the fast p was at most 5 fp32 steps from the exact one for g >= -4, 14
-# for g >= -16, 27 for g >= -32 and 54 for g >= -64 (benchmarks/results/fast_silu_error_h200.jsonl).
-# 32 steps for g >= -32 fixes about 1 lane in 1000 on N(0, 1) data; the GPU test checks the pair
-# against every bf16 (g, u).
-_FIX_ULPS = 32
-_FIX_MIN_G = 32.0
-_FIX_PACK = 1  # elements sharing one fix-up branch
+# The exact fix-up's defaults: a lane takes the exact path when its fast p lies within
+# FAST_SILU_FIX_ULPS fp32 steps of a bf16 rounding midpoint, or when g < -FAST_SILU_FIX_MIN_G (or g
+# is NaN). The fast exp2's error grows with |g| for negative g (its argument -g·log2(e) is rounded
+# to fp32): over all bf16 (g, u) pairs on an H200 the fast p was at most 5 fp32 steps from the
+# exact one for g >= -4, 14 for g >= -16, 27 for g >= -32 and 54 for g >= -64
+# (benchmarks/RESULTS.md §2b). 32 steps for g >= -32 fixes about 1 lane in 1000 on N(0, 1) data;
+# the GPU test checks the pair against every bf16 (g, u).
+FAST_SILU_FIX_ULPS = 32
+FAST_SILU_FIX_MIN_G = 32.0
 # GPU generations (compute capability major) on which that exhaustive check was run: the fast
 # path depends on the hardware's ex2.approx / rcp.approx, so other GPUs use exact math.
 _FAST_SILU_PROVEN_ON = {9}
@@ -130,55 +138,35 @@ mul.rn.f32 {p}, t, {u};
 
 
 @functools.lru_cache(maxsize=None)
-def _silu_fixup_asm(ulps: int = _FIX_ULPS, min_g: float = _FIX_MIN_G, pack: int = 1) -> str:
-    """PTX for ``pack`` elements of one lane: outputs p, from inputs g, u and the fast p (operands
-    $0.. in Triton's order: the outputs, then each input's ``pack`` elements). It keeps the fast
-    p unless, for any of the elements, p's low 16 bits lie within ``ulps`` of 0x8000 (a bf16
-    rounding midpoint) or g < -min_g or g is NaN; then it recomputes those elements' p exactly.
-    The branch is per lane: ptxas makes a divergent region of it, so only warps with such a lane
-    pay for it; ``pack`` > 1 shares one branch between elements. Labels inside ``{ }`` are local
-    to that block, so every inlined copy may use the same name."""
-    if not 0 < ulps < 0x4000:
-        raise ValueError(f"fix-up ulps must be in 1..16383, got {ulps}")
-    if pack not in (1, 2, 4):
-        raise ValueError(f"fix-up pack must be 1, 2 or 4, got {pack}")
+def _silu_fixup_ptx(ulps: int, min_g: float) -> str:
+    """PTX for one element: output $0 = p, from inputs $1 = g, $2 = u and $3 = the fast p. It keeps
+    the fast p unless p's low 16 bits lie within ``ulps`` of 0x8000 (a bf16 rounding midpoint) or
+    g < -min_g or g is NaN; then it recomputes p exactly. The branch is per lane: ptxas makes a
+    divergent region of it, so only warps with such a lane pay for it. Labels inside ``{ }`` are
+    local to that block, so every inlined copy may use the same name."""
     neg_min_g = struct.unpack("<I", struct.pack("<f", -float(min_g)))[0]
-    out = [f"${i}" for i in range(pack)]
-    g = [f"${pack + i}" for i in range(pack)]
-    u = [f"${2 * pack + i}" for i in range(pack)]
-    fast = [f"${3 * pack + i}" for i in range(pack)]
-    check = ""
-    for i in range(pack):
-        combine = "or.pred any, near, out;" if i == 0 else "or.pred any, any, near;\nor.pred any, any, out;"
-        check += f"""mov.b32 {out[i]}, {fast[i]};
-add.s32 c, {fast[i]}, {ulps - 0x8000};
-and.b32 c, c, 65535;
-setp.lt.u32 near, c, {2 * ulps};
-setp.ltu.f32 out, {g[i]}, 0f{neg_min_g:08X};
-{combine}
-"""
-    exact = "".join(_exact_silu_product_ptx(out[i], g[i], u[i]) for i in range(pack))
     return f"""{{
 .reg .pred near, out, any;
 .reg .b32 c, x, t;
-{check}@!any bra LEXACTDONE;
-{exact}LEXACTDONE:
+mov.b32 $0, $3;
+add.s32 c, $3, {ulps - 0x8000};
+and.b32 c, c, 65535;
+setp.lt.u32 near, c, {2 * ulps};
+setp.ltu.f32 out, $1, 0f{neg_min_g:08X};
+or.pred any, near, out;
+@!any bra LEXACTDONE;
+{_exact_silu_product_ptx("$0", "$1", "$2")}LEXACTDONE:
 }}"""
 
 
-def _fixup_constraints(pack: int) -> str:
-    return ",".join(["=r"] * pack + ["r"] * (3 * pack))
-
-
 @triton.jit
-def _silu_product(g, u, PRECISE: tl.constexpr, FIXUP_ASM: tl.constexpr,
-                  FIXUP_PACK: tl.constexpr, FIXUP_CONSTRAINTS: tl.constexpr):
+def _silu_product(g, u, PRECISE: tl.constexpr, FIXUP_ASM: tl.constexpr):
     """fp32 σ(g)·u for SiLU (g, u: fp32 tensors of one shape); FIXUP_ASM "" = no fast path."""
     if FIXUP_ASM != "":
-        p = tl.inline_asm_elementwise(_FAST_SILU_PRODUCT_ASM, "=r,r,r", [g, u], dtype=tl.float32,
+        p = tl.inline_asm_elementwise(FAST_SILU_PRODUCT_PTX, "=r,r,r", [g, u], dtype=tl.float32,
                                       is_pure=True, pack=1)
-        return tl.inline_asm_elementwise(FIXUP_ASM, FIXUP_CONSTRAINTS, [g, u, p], dtype=tl.float32,
-                                         is_pure=True, pack=FIXUP_PACK)
+        return tl.inline_asm_elementwise(FIXUP_ASM, "=r,r,r,r", [g, u, p], dtype=tl.float32,
+                                         is_pure=True, pack=1)
     else:
         return _div(g, 1.0 + _exp(-g, PRECISE), PRECISE) * u
 
@@ -228,8 +216,7 @@ def _bf16_count_boundary(thr):
 def _fwd_row_tile(G, U, H, ROW_MASK, THR_ROW, tally, row0, cols, col_ok, T, F,
                   ACTIVATION: tl.constexpr, COUNT: tl.constexpr, HAS_THRESHOLDS: tl.constexpr,
                   HAS_ROW_MASK: tl.constexpr, PRECISE: tl.constexpr, FIXUP_ASM: tl.constexpr,
-                  FIXUP_PACK: tl.constexpr, FIXUP_CONSTRAINTS: tl.constexpr, ROUND_H: tl.constexpr,
-                  THR_ON_PRODUCT: tl.constexpr, BLOCK_T: tl.constexpr):
+                  ROUND_H: tl.constexpr, THR_ON_PRODUCT: tl.constexpr, BLOCK_T: tl.constexpr):
     rows = row0 + tl.arange(0, BLOCK_T)  # [BT]
     row_ok = rows < T
     offs = rows.to(tl.int64)[:, None] * F + cols[None, :]  # [BT, BF]; int64: T·F may pass 2³¹
@@ -242,7 +229,7 @@ def _fwd_row_tile(G, U, H, ROW_MASK, THR_ROW, tally, row0, cols, col_ok, T, F,
     if ACTIVATION == 0:
         p = tl.maximum(g, 0.0) * u  # [BT, BF] fp32
     else:
-        p = _silu_product(g, u, PRECISE, FIXUP_ASM, FIXUP_PACK, FIXUP_CONSTRAINTS)  # [BT, BF] fp32
+        p = _silu_product(g, u, PRECISE, FIXUP_ASM)  # [BT, BF] fp32
     h = _to_dtype(p, H.dtype.element_ty, ROUND_H)  # the one rounding to the output dtype
     tl.store(H + offs, h, mask=mask)
     if COUNT:
@@ -267,7 +254,7 @@ def _fwd_row_tile(G, U, H, ROW_MASK, THR_ROW, tally, row0, cols, col_ok, T, F,
 
 
 @triton.jit
-def _gated_act_fwd_kernel(
+def gated_act_fwd_kernel(
     G, U, H,  # [T, F] each, contiguous
     ACTIVE, ABOVE, TOKENS, THRESHOLDS, ROW_MASK,  # [F] int, [F] int, [] int, [F] fp32, [T] int32
     T, F,
@@ -277,14 +264,11 @@ def _gated_act_fwd_kernel(
     HAS_ROW_MASK: tl.constexpr,
     PRECISE: tl.constexpr,
     FIXUP_ASM: tl.constexpr,  # SiLU on bf16: the exact fix-up's PTX ("" = exact math throughout)
-    FIXUP_PACK: tl.constexpr,  # elements per fix-up branch
-    FIXUP_CONSTRAINTS: tl.constexpr,  # its inline-asm operand constraints
     ROUND_H: tl.constexpr,
     THR_ON_PRODUCT: tl.constexpr,  # bf16 output: compare the fp32 product to a rounded boundary
     BLOCK_T: tl.constexpr,
     BLOCK_F: tl.constexpr,
     ROW_TILES: tl.constexpr,
-    UNROLL: tl.constexpr,
     STAGES: tl.constexpr,  # software-pipelining depth of the row-tile loop
 ):
     # 1-D grid, column blocks fastest: neighbouring programs touch neighbouring memory, and the
@@ -307,18 +291,11 @@ def _gated_act_fwd_kernel(
         thr_row = thr[None, :]  # [1, BF]
 
     row_base = pid_t * ROW_TILES * BLOCK_T
-    if UNROLL:
-        for i in tl.static_range(ROW_TILES):
-            tally = _fwd_row_tile(G, U, H, ROW_MASK, thr_row, tally, row_base + i * BLOCK_T, cols,
-                                  col_ok, T, F, ACTIVATION, COUNT, HAS_THRESHOLDS, HAS_ROW_MASK,
-                                  PRECISE, FIXUP_ASM, FIXUP_PACK, FIXUP_CONSTRAINTS, ROUND_H,
-                                  THR_ON_PRODUCT, BLOCK_T)
-    else:
-        for i in tl.range(0, ROW_TILES, num_stages=STAGES):
-            tally = _fwd_row_tile(G, U, H, ROW_MASK, thr_row, tally, row_base + i * BLOCK_T, cols,
-                                  col_ok, T, F, ACTIVATION, COUNT, HAS_THRESHOLDS, HAS_ROW_MASK,
-                                  PRECISE, FIXUP_ASM, FIXUP_PACK, FIXUP_CONSTRAINTS, ROUND_H,
-                                  THR_ON_PRODUCT, BLOCK_T)
+    # A pipelined loop, not an unrolled one (tl.static_range measured 1.5-5x slower on an H200).
+    for i in tl.range(0, ROW_TILES, num_stages=STAGES):
+        tally = _fwd_row_tile(G, U, H, ROW_MASK, thr_row, tally, row_base + i * BLOCK_T, cols,
+                              col_ok, T, F, ACTIVATION, COUNT, HAS_THRESHOLDS, HAS_ROW_MASK,
+                              PRECISE, FIXUP_ASM, ROUND_H, THR_ON_PRODUCT, BLOCK_T)
 
     if COUNT:
         col_tally = tl.sum(tally, axis=0)  # [BF]
@@ -339,7 +316,7 @@ def _gated_act_fwd_kernel(
 
 
 @triton.jit
-def _gated_act_bwd_kernel(
+def gated_act_bwd_kernel(
     DH, G, U, DG, DU,  # [T, F] each, contiguous
     T, F,
     ACTIVATION: tl.constexpr,
@@ -377,32 +354,34 @@ def _gated_act_bwd_kernel(
 
 
 # Interpreted or compiled is fixed when the kernels are decorated (at import), not at launch.
-_INTERPRETED = not isinstance(_gated_act_fwd_kernel, triton.runtime.JITFunction)
+INTERPRETED: bool = not isinstance(gated_act_fwd_kernel, triton.runtime.JITFunction)
 
 
-def _precise_math() -> bool:
-    return libdevice is not None and not _INTERPRETED
+def _precise_math(compiled: bool) -> bool:
+    """libdevice's exp and the correctly rounded division exist only in compiled CUDA code."""
+    return libdevice is not None and compiled
 
 
 @functools.lru_cache(maxsize=None)
 def _fast_silu_proven(device: torch.device) -> bool:
-    """Whether the fast SiLU with its exact fix-up was proven (all bf16 pairs) on this GPU kind."""
-    if device.type != "cuda" or not _precise_math():
+    if device.type != "cuda" or not _precise_math(not INTERPRETED):
         return False
     return torch.cuda.get_device_capability(device)[0] in _FAST_SILU_PROVEN_ON
 
 
-def _round_bf16_by_hand(t: torch.Tensor) -> bool:
-    return _INTERPRETED and t.dtype == torch.bfloat16
+def fast_silu_enabled(device: Union[torch.device, str]) -> bool:
+    """Whether the bf16 SiLU forward on ``device`` uses the fast exp2/reciprocal with its exact
+    fix-up: compiled Triton on a GPU generation where the fix-up was proven for all bf16 pairs."""
+    return _fast_silu_proven(torch.device(device))
 
 
-def _tile_config(f: int, interpret: bool) -> Tuple[int, int, int]:
-    """(BLOCK_T, BLOCK_F, num_warps) for a [T, f] problem.
+def _tile_config(f: int) -> Tuple[int, int, int]:
+    """(BLOCK_T, BLOCK_F, num_warps) for a [T, f] problem without counting, and for the backward.
 
-    Measured on an H200 (bf16, T = 32768, f = 1920 and 4480; benchmarks/gated_activation_bench.py
-    --sweep): small 16×128 tiles with 4 warps reach the copy bandwidth for ReLU and SiLU forward
-    and backward; larger tiles lose on SiLU (more live registers). Under the interpreter the same
-    small tiles make the tiny test shapes cover several row tiles per program and ragged edges.
+    Measured on an H200 (bf16, T = 32768, f = 1920 and 4480; a tile sweep of 2026-11-28): small
+    16×128 tiles with 4 warps reach the copy bandwidth for ReLU and SiLU forward and backward;
+    larger tiles lose on SiLU (more live registers). Under the interpreter the same small tiles
+    make the tiny test shapes cover several row tiles per program and ragged edges.
     """
     block_f = min(128, max(16, triton.next_power_of_2(f)))
     block_t = max(16, 2048 // block_f)
@@ -419,15 +398,14 @@ def _count_tiles(activation: Activation, f: int, interpret: bool,
     rows per program bounds the number of atomics (ceil(T / that) · f) and amortises the
     per-program column reduction, while leaving enough programs to fill the GPU.
 
-    Measured on an H200 (benchmarks/count_tile_sweep.py, bf16, T = 32768, thresholds on, results
-    in benchmarks/results/count_tile_sweep*_h200.jsonl): ReLU moves most bytes with 32 × 128 tiles,
-    4 per program (87% / 96% of copy bandwidth at f = 1920 / 4480). SiLU with exact math is
-    issue-bound (ncu: 111 registers and 25% occupancy with 16 × 128 tiles) and gains from
-    half-width 16 × 64 tiles, 16 per program. The fast SiLU keeps 16 × 64 tiles but prefers 8 per
-    program and a 4-deep pipeline (CUDA-graph timing at f = 1920: 3.96 TB/s, against 3.75 with 16
-    per program and 3 stages; results/count_tile_sweep_fast_silu_graph_h200.jsonl).
+    Measured on an H200 (bf16, T = 32768, thresholds on; dev/kernels/count_tile_sweep.py): ReLU
+    moves most bytes with 32 × 128 tiles, 4 per program (sweeps of 2026-11-28). SiLU with exact
+    math is issue-bound (ncu, the same day: 111 registers and 25% occupancy with 16 × 128 tiles)
+    and gains from half-width 16 × 64 tiles, 16 per program. The fast SiLU keeps 16 × 64 tiles but
+    prefers 8 per program and a 4-deep pipeline (CUDA-graph timing at f = 1920: 3.96 TB/s, against
+    3.75 with 16 per program and 3 stages; benchmarks/RESULTS.md §2b).
     """
-    block_t, block_f, num_warps = _tile_config(f, interpret)
+    block_t, block_f, num_warps = _tile_config(f)
     if interpret:
         return block_t, block_f, num_warps, 2, _DEFAULT_STAGES
     if activation == "relu":
@@ -435,6 +413,100 @@ def _count_tiles(activation: Activation, f: int, interpret: bool,
     if fast_silu:
         return 16, min(block_f, 64), num_warps, 8, 4
     return 16, min(block_f, 64), num_warps, 16, _DEFAULT_STAGES
+
+
+def _is_power_of_two(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x > 0 and x & (x - 1) == 0
+
+
+@dataclass(frozen=True)
+class ForwardConfig:
+    """How the forward kernel is launched: its tiles and code choices. :func:`forward_config`
+    gives the one :func:`gated_activation_triton` uses; benchmarks and tests derive others with
+    ``dataclasses.replace``. h and the counts never depend on it (integer atomics, and both
+    threshold compares and both SiLU paths are exact); only the speed does."""
+
+    block_t: int  # rows per tile (a power of two)
+    block_f: int  # columns per program (a power of two)
+    num_warps: int  # a power of two
+    row_tiles: int = 1  # row tiles per program, which covers block_t · row_tiles rows
+    stages: int = _DEFAULT_STAGES  # software-pipelining depth of the row-tile loop
+    # bf16 output only: the threshold counter compares the fp32 product with a per-column boundary
+    # (_bf16_count_boundary) instead of the unpacked stored h; the same answer, fewer instructions.
+    thr_on_product: bool = False
+    # bf16 SiLU forward, compiled: fast exp2/reciprocal with the exact per-lane fix-up, which
+    # recomputes p when it lies within fix_ulps fp32 steps of a bf16 rounding midpoint or g < -fix_min_g.
+    fast_silu: bool = False
+    fix_ulps: int = FAST_SILU_FIX_ULPS
+    fix_min_g: float = FAST_SILU_FIX_MIN_G
+
+    def __post_init__(self) -> None:
+        for name in ("block_t", "block_f", "num_warps"):
+            if not _is_power_of_two(getattr(self, name)):
+                raise ValueError(f"ForwardConfig.{name} must be a power of two, got {getattr(self, name)!r}")
+        for name in ("row_tiles", "stages"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"ForwardConfig.{name} must be an int >= 1, got {value!r}")
+        rows = self.block_t * self.row_tiles
+        if rows >= 1 << _ABOVE_SHIFT:
+            raise ValueError(f"a counting program covers {rows} rows, more than its packed tallies hold")
+        if not (isinstance(self.fix_ulps, int) and 0 < self.fix_ulps < 0x4000):
+            raise ValueError(f"ForwardConfig.fix_ulps must be in 1..16383, got {self.fix_ulps!r}")
+        if math.isnan(self.fix_min_g):  # g < NaN is never true: the cut-off would be gone
+            raise ValueError("ForwardConfig.fix_min_g must be a number, got NaN")
+
+
+@functools.lru_cache(maxsize=None)
+def _dispatch_config(f: int, activation: Activation, count: bool, dtype: Optional[torch.dtype],
+                     device: Optional[torch.device]) -> ForwardConfig:
+    bf16 = dtype == torch.bfloat16
+    fast_silu = activation == "silu" and bf16 and device is not None and _fast_silu_proven(device)
+    if count:
+        block_t, block_f, num_warps, row_tiles, stages = _count_tiles(activation, f, INTERPRETED, fast_silu)
+    else:
+        (block_t, block_f, num_warps), row_tiles, stages = _tile_config(f), 1, _DEFAULT_STAGES
+    return ForwardConfig(block_t=block_t, block_f=block_f, num_warps=num_warps, row_tiles=row_tiles,
+                         stages=stages, thr_on_product=bf16, fast_silu=fast_silu)
+
+
+def forward_config(f: int, activation: Activation, count: bool, dtype: Optional[torch.dtype],
+                   device: Union[torch.device, str, None] = None) -> ForwardConfig:
+    """The launch :func:`gated_activation_triton` chooses for a [T, f] forward, counting or not,
+    with g, u and h of ``dtype`` (None when g and u differ: then exact math, no bf16 compare) on
+    ``device`` (None: as if not on a GPU where the fast SiLU is enabled)."""
+    if activation not in _ACTIVATION_CODES:
+        raise ValueError(f"unknown activation {activation!r} (expected 'relu' or 'silu')")
+    return _dispatch_config(f, activation, bool(count), dtype, None if device is None else torch.device(device))
+
+
+def forward_kernel_constants(activation: Activation, config: ForwardConfig, g_dtype: torch.dtype,
+                             u_dtype: torch.dtype, *, count: bool, thresholds: bool, row_mask: bool,
+                             compiled: bool = not INTERPRETED) -> Dict[str, object]:
+    """The compile-time (``tl.constexpr``) arguments of ``gated_act_fwd_kernel`` for one launch:
+    g of ``g_dtype`` and u of ``u_dtype`` (h has g's dtype), counting or not, with or without
+    thresholds and a row mask, compiled or under the interpreter. :func:`gated_activation_forward`
+    launches with exactly these; tools that compile the kernel themselves pass them too.
+    Raises ValueError when ``config`` does not suit the dtypes or the interpreter."""
+    if not isinstance(config, ForwardConfig):
+        raise TypeError(f"config must be a ForwardConfig, got {type(config).__name__}")
+    bf16 = g_dtype == torch.bfloat16 and u_dtype == torch.bfloat16
+    if config.thr_on_product and not bf16:
+        raise ValueError("thr_on_product needs a bf16 output (its boundary is bf16's rounding)")
+    precise = _precise_math(compiled)
+    if config.fast_silu and not (bf16 and precise):
+        raise ValueError("fast_silu needs bf16 tensors and compiled Triton on a GPU (its exact fix-up "
+                         "is PTX and watches bf16 rounding midpoints)")
+    has_thr = bool(count and thresholds)
+    fast = config.fast_silu and activation == "silu"
+    return dict(
+        ACTIVATION=_ACTIVATION_CODES[activation], COUNT=bool(count), HAS_THRESHOLDS=has_thr,
+        HAS_ROW_MASK=bool(count and row_mask), PRECISE=precise,
+        FIXUP_ASM=_silu_fixup_ptx(config.fix_ulps, config.fix_min_g) if fast else "",
+        ROUND_H=not compiled and g_dtype == torch.bfloat16,
+        THR_ON_PRODUCT=config.thr_on_product and has_thr,
+        BLOCK_T=config.block_t, BLOCK_F=config.block_f, ROW_TILES=config.row_tiles, STAGES=config.stages,
+    )
 
 
 def _check_counts(counts: CountTarget, f: int, t: int, device: torch.device) -> None:
@@ -465,58 +537,27 @@ def _check_counts(counts: CountTarget, f: int, t: int, device: torch.device) -> 
             )
 
 
-def _forward_config(f: int, activation: Activation, count: bool, dtype: Optional[torch.dtype],
-                    overrides: Optional[Dict[str, object]] = None,
-                    device: Optional[torch.device] = None) -> Dict[str, object]:
-    """The forward launch's tile and code choices for g, u and h of ``dtype`` (the same for all
-    three; None when they differ) on ``device``. ``overrides`` (used by the benchmarks' sweeps and
-    the tests) replaces any of them: block_t, block_f, num_warps, row_tiles, unroll, stages,
-    thr_on_product, fast_silu, fix_ulps, fix_min_g, fix_pack."""
-    bf16 = dtype == torch.bfloat16
-    fast_silu = (activation == "silu" and bf16 and device is not None
-                 and _fast_silu_proven(torch.device(device)))
-    if count:
-        block_t, block_f, num_warps, row_tiles, stages = _count_tiles(activation, f, _INTERPRETED,
-                                                                      fast_silu)
-    else:
-        (block_t, block_f, num_warps), row_tiles, stages = _tile_config(f, _INTERPRETED), 1, _DEFAULT_STAGES
-    config = dict(block_t=block_t, block_f=block_f, num_warps=num_warps, row_tiles=row_tiles,
-                  unroll=False, stages=stages, thr_on_product=bf16,
-                  fast_silu=fast_silu, fix_ulps=_FIX_ULPS, fix_min_g=_FIX_MIN_G, fix_pack=_FIX_PACK)
-    unknown = set(overrides or {}) - set(config)
-    if unknown:
-        raise ValueError(f"unknown forward config keys {sorted(unknown)} (known: {sorted(config)})")
-    config.update(overrides or {})
-    rows = config["block_t"] * config["row_tiles"]
-    if rows >= 1 << _ABOVE_SHIFT:
-        raise ValueError(f"a counting program covers {rows} rows, more than its packed tallies hold")
-    if config["thr_on_product"] and not bf16:
-        raise ValueError("thr_on_product needs a bf16 output (its boundary is bf16's rounding)")
-    if config["fast_silu"] and not (bf16 and _precise_math()):
-        raise ValueError("fast_silu needs bf16 tensors and compiled Triton on a GPU (its exact fix-up "
-                         "is PTX and watches bf16 rounding midpoints)")
-    return config
-
-
 def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
-             counts: Optional[CountTarget],
-             config: Optional[Dict[str, object]] = None) -> torch.Tensor:
-    """Launches the forward kernel on [T, f] views; ``config`` overrides :func:`_forward_config`'s
-    choices (the benchmarks' sweeps)."""
+             counts: Optional[CountTarget], config: Optional[ForwardConfig]) -> torch.Tensor:
+    """Launches the forward kernel on contiguous [T, f] views (already checked by the caller)."""
     t, f = g2.shape
-    h2 = torch.empty((t, f), dtype=g2.dtype, device=g2.device)
+    h2 = torch.empty((t, f), dtype=g2.dtype, device=g2.device)  # [T, f]
     count = counts is not None
     if count:
         _check_counts(counts, f, t, g2.device)
-    if t == 0 or f == 0:
-        return h2
-    # Mixed input dtypes take the exact path: the fast SiLU's proof covers bf16 pairs only.
-    dtype = g2.dtype if u2.dtype == g2.dtype else None
-    cfg = _forward_config(f, activation, count, dtype, config, g2.device)
-    grid = (triton.cdiv(f, cfg["block_f"]) * triton.cdiv(t, cfg["block_t"] * cfg["row_tiles"]),)
-
     has_thr = count and counts.above_threshold is not None
     has_mask = count and counts.row_mask is not None
+    if config is None:
+        if t == 0 or f == 0:
+            return h2
+        # Mixed input dtypes take the exact path: the fast SiLU's proof covers bf16 pairs only.
+        dtype = g2.dtype if u2.dtype == g2.dtype else None
+        config = _dispatch_config(f, activation, count, dtype, g2.device)
+    constants = forward_kernel_constants(activation, config, g2.dtype, u2.dtype, count=count,
+                                         thresholds=has_thr, row_mask=has_mask)
+    if t == 0 or f == 0:
+        return h2
+    grid = (triton.cdiv(f, config.block_f) * triton.cdiv(t, config.block_t * config.row_tiles),)
     active = counts.active if count else h2  # dummies are never read: their branches are compiled out
     above = counts.above_threshold if has_thr else active
     tokens = counts.tokens if count else active
@@ -524,38 +565,69 @@ def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
     # int32, not the bool's bytes: Triton's pipeliner turns 4-byte loads into asynchronous copies
     # issued tiles ahead, while a 1-byte load stalls every row tile for a full memory round trip
     # (measured: ReLU 78-91% of copy bandwidth with it).
-    row_mask = counts.row_mask.reshape(-1).to(torch.int32) if has_mask else h2
-    fast = cfg["fast_silu"] and activation == "silu"
-    _gated_act_fwd_kernel[grid](
+    row_mask = counts.row_mask.reshape(-1).to(torch.int32) if has_mask else h2  # [T]
+    gated_act_fwd_kernel[grid](
         g2, u2, h2, active, above, tokens, thresholds, row_mask, t, f,
-        ACTIVATION=_ACTIVATION_CODES[activation], COUNT=count, HAS_THRESHOLDS=has_thr,
-        HAS_ROW_MASK=has_mask, PRECISE=_precise_math(),
-        FIXUP_ASM=_silu_fixup_asm(cfg["fix_ulps"], cfg["fix_min_g"], cfg["fix_pack"]) if fast else "",
-        FIXUP_PACK=cfg["fix_pack"], FIXUP_CONSTRAINTS=_fixup_constraints(cfg["fix_pack"]),
-        ROUND_H=_round_bf16_by_hand(h2), THR_ON_PRODUCT=cfg["thr_on_product"] and has_thr,
-        BLOCK_T=cfg["block_t"], BLOCK_F=cfg["block_f"], ROW_TILES=cfg["row_tiles"],
-        UNROLL=cfg["unroll"], STAGES=cfg["stages"], num_warps=cfg["num_warps"],
+        **constants, num_warps=config.num_warps,
     )
     return h2
 
 
-def _backward(dh2: torch.Tensor, g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
-              config: Optional[Tuple[int, int, int]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Launches the backward kernel on [T, f] views; ``config`` = (BLOCK_T, BLOCK_F, num_warps)."""
+def _backward(dh2: torch.Tensor, g2: torch.Tensor, u2: torch.Tensor,
+              activation: Activation) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Launches the backward kernel on contiguous [T, f] views (already checked by the caller)."""
     t, f = g2.shape
-    dg2 = torch.empty_like(g2)
-    du2 = torch.empty_like(u2)
+    dg2 = torch.empty_like(g2)  # [T, f]
+    du2 = torch.empty_like(u2)  # [T, f]
     if t == 0 or f == 0:
         return dg2, du2
-    block_t, block_f, num_warps = config or _tile_config(f, _INTERPRETED)
+    block_t, block_f, num_warps = _tile_config(f)
     grid = (triton.cdiv(f, block_f) * triton.cdiv(t, block_t),)
-    _gated_act_bwd_kernel[grid](
+    compiled = not INTERPRETED
+    gated_act_bwd_kernel[grid](
         dh2, g2, u2, dg2, du2, t, f,
-        ACTIVATION=_ACTIVATION_CODES[activation], PRECISE=_precise_math(),
-        ROUND_DG=_round_bf16_by_hand(dg2), ROUND_DU=_round_bf16_by_hand(du2),
+        ACTIVATION=_ACTIVATION_CODES[activation], PRECISE=_precise_math(compiled),
+        ROUND_DG=not compiled and dg2.dtype == torch.bfloat16,
+        ROUND_DU=not compiled and du2.dtype == torch.bfloat16,
         BLOCK_T=block_t, BLOCK_F=block_f, num_warps=num_warps,
     )
     return dg2, du2
+
+
+def _check_views(activation: Activation, **views: torch.Tensor) -> None:
+    """The public launchers' arguments: a known activation and contiguous [T, f] tensors of one
+    shape on one device."""
+    if activation not in _ACTIVATION_CODES:
+        raise ValueError(f"unknown activation {activation!r} (expected 'relu' or 'silu')")
+    (first_name, first), *others = views.items()
+    for name, x in views.items():
+        if x.dim() != 2 or not x.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous [T, f] tensor; got shape {tuple(x.shape)}"
+                             f"{'' if x.is_contiguous() else ', not contiguous'}")
+    for name, x in others:
+        if x.shape != first.shape or x.device != first.device:
+            raise ValueError(f"{name} ({tuple(x.shape)} on {x.device}) must match {first_name} "
+                             f"({tuple(first.shape)} on {first.device})")
+
+
+def gated_activation_forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
+                             counts: Optional[CountTarget] = None,
+                             config: Optional[ForwardConfig] = None) -> torch.Tensor:
+    """One forward launch on contiguous [T, f] tensors: returns h2 [T, f] (g2's dtype) and adds
+    the counts into ``counts`` when given. ``config`` None = the dispatch's own choice
+    (:func:`forward_config`). Not differentiable: for benchmarks and tests (the model calls
+    :func:`gated_activation_triton`)."""
+    _check_views(activation, g2=g2, u2=u2)
+    return _forward(g2, u2, activation, counts, config)
+
+
+def gated_activation_backward(dh2: torch.Tensor, g2: torch.Tensor, u2: torch.Tensor,
+                              activation: Activation) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One backward launch on contiguous [T, f] tensors: returns (dg2, du2) in g2's and u2's
+    dtypes, σ recomputed from g2. For benchmarks and tests (autograd runs the same launch under
+    :func:`gated_activation_triton`)."""
+    _check_views(activation, dh2=dh2, g2=g2, u2=u2)
+    return _backward(dh2, g2, u2, activation)
 
 
 class _GatedActivationFunction(torch.autograd.Function):
@@ -566,7 +638,7 @@ class _GatedActivationFunction(torch.autograd.Function):
         f = shape[-1] if len(shape) else 1
         g2 = g.contiguous().view(-1, f)  # [T, f]
         u2 = u.contiguous().view(-1, f)  # [T, f]
-        h2 = _forward(g2, u2, activation, counts)
+        h2 = _forward(g2, u2, activation, counts, None)
         ctx.save_for_backward(g2, u2)  # pre-activations only; σ is recomputed in backward
         ctx.activation = activation
         ctx.shape = shape

@@ -13,6 +13,7 @@ reference counting rule applied to the kernel's own stored h (the contract: "h a
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from typing import Optional
 
@@ -21,16 +22,21 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from megasparse.kernels import triton_gated_activation as tga  # noqa: E402
 from megasparse.kernels.gated_activation import (  # noqa: E402
     CountTarget,
     count_activations_reference,
     gated_activation,
     gated_activation_reference,
 )
-from megasparse.kernels.triton_gated_activation import gated_activation_triton  # noqa: E402
+from megasparse.kernels.triton_gated_activation import (  # noqa: E402
+    INTERPRETED,
+    fast_silu_enabled,
+    forward_config,
+    gated_activation_backward,
+    gated_activation_forward,
+    gated_activation_triton,
+)
 
-INTERPRETED = tga._INTERPRETED
 DEVICE = "cpu" if INTERPRETED else "cuda"
 # Without a GPU these tests must run in the interpreter; failing loudly beats a silent skip that
 # would leave CI testing no kernel at all.
@@ -275,8 +281,9 @@ def test_threshold_compare_on_stored_h_or_product_counts_exactly(thr_on_product,
     thr = _boundary_thresholds(h_plain, seed)
     mask = (torch.rand(t, generator=torch.Generator().manual_seed(seed)) > 0.3).to(g.device) if with_mask else None
     counts = _count_target(f, t, thr, mask)
-    h = tga._forward(g, u, activation, counts,
-                     dict(thr_on_product=thr_on_product))
+    config = dataclasses.replace(forward_config(f, activation, True, g.dtype, g.device),
+                                 thr_on_product=thr_on_product)
+    h = gated_activation_forward(g, u, activation, counts, config)
     assert torch.equal(h, h_plain)
     own = _count_target(f, t, thr, mask)
     count_activations_reference(g, h, own)
@@ -303,7 +310,9 @@ def test_threshold_count_at_exact_rounding_ties(thr_on_product):
     g2[0], u2[0] = g[ties].to(g2.device), u[ties].to(u2.device)
     upper = (bits[ties] + 0x8000).view(torch.float32)  # the bf16 value just above the tie
     counts = _count_target(f, 33, upper.to(g2.device).contiguous(), None)
-    h = tga._forward(g2, u2, "relu", counts, dict(thr_on_product=thr_on_product))
+    config = dataclasses.replace(forward_config(f, "relu", True, g2.dtype, g2.device),
+                                 thr_on_product=thr_on_product)
+    h = gated_activation_forward(g2, u2, "relu", counts, config)
     counted_tie = (h[0].float() >= upper.to(h.device)).cpu()
     assert 0 < int(counted_tie.sum()) < f  # both parities occur
     own = _count_target(f, 33, upper.to(g2.device).contiguous(), None)
@@ -314,12 +323,51 @@ def test_threshold_count_at_exact_rounding_ties(thr_on_product):
 def test_forward_config_rejects_what_its_tallies_cannot_hold():
     g, u = _inputs((8, 16), torch.float32, seed=2)
     counts = _count_target(16, 8, torch.zeros(16, device=g.device), None)
+    config = forward_config(16, "relu", True, g.dtype, g.device)
     with pytest.raises(ValueError, match="rows"):
-        tga._forward(g, u, "relu", counts, dict(block_t=16, row_tiles=4096))
+        gated_activation_forward(g, u, "relu", counts, dataclasses.replace(config, block_t=16, row_tiles=4096))
     with pytest.raises(ValueError, match="bf16"):
-        tga._forward(g, u, "relu", counts, dict(thr_on_product=True))
-    with pytest.raises(ValueError, match="unknown forward config"):
-        tga._forward(g, u, "relu", counts, dict(tile=3))
+        gated_activation_forward(g, u, "relu", counts, dataclasses.replace(config, thr_on_product=True))
+    with pytest.raises(TypeError, match="tile"):  # a typed, frozen config: no unknown knobs
+        dataclasses.replace(config, tile=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.block_t = 32
+
+
+def test_forward_config_rejects_invalid_launches():
+    g, u = _inputs((8, 16), torch.bfloat16, seed=2)
+    config = forward_config(16, "silu", False, g.dtype, g.device)
+    assert config == forward_config(16, "silu", False, torch.bfloat16, str(g.device))
+    for bad in (dict(block_f=48), dict(num_warps=3), dict(block_t=0), dict(row_tiles=0), dict(stages=0),
+                dict(fix_ulps=0), dict(fix_ulps=1 << 14), dict(fix_min_g=float("nan"))):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            dataclasses.replace(config, **bad)
+    if INTERPRETED:  # the fast SiLU's fix-up is PTX: compiled code only
+        with pytest.raises(ValueError, match="fast_silu"):
+            gated_activation_forward(g, u, "silu", None, dataclasses.replace(config, fast_silu=True))
+    with pytest.raises(ValueError, match="fast_silu"):  # ... and watches bf16 midpoints only
+        gated_activation_forward(g.float(), u.float(), "silu", None,
+                                 dataclasses.replace(config, thr_on_product=False, fast_silu=True))
+    with pytest.raises(TypeError, match="ForwardConfig"):
+        gated_activation_forward(g, u, "silu", None, dict(block_t=16))
+    with pytest.raises(ValueError, match="contiguous"):
+        gated_activation_forward(g.t(), u.t(), "silu")
+    with pytest.raises(ValueError, match="must match"):
+        gated_activation_forward(g, u[:4], "silu")
+    with pytest.raises(ValueError, match="unknown activation"):
+        forward_config(16, "gelu", False, g.dtype)
+
+
+def test_forward_and_backward_launches_equal_the_autograd_function():
+    g, u = _inputs((37, 129), torch.bfloat16, seed=8)
+    dh = _inputs((37, 129), torch.bfloat16, seed=9)[0]
+    for activation in ("relu", "silu"):
+        g1, u1 = g.clone().requires_grad_(), u.clone().requires_grad_()
+        h = gated_activation_triton(g1, u1, activation)
+        dg, du = torch.autograd.grad(h, (g1, u1), dh)
+        assert torch.equal(gated_activation_forward(g, u, activation), h)
+        dg2, du2 = gated_activation_backward(dh, g, u, activation)
+        assert torch.equal(dg2, dg) and torch.equal(du2, du)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,21 +436,19 @@ def _bitwise_or_both_nan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # The fast SiLU runs only on the GPU generations its exhaustive check covers; elsewhere these two
 # tests would test nothing (exact math throughout) or fail for the wrong reason.
 needs_fast_silu_gpu = pytest.mark.skipif(
-    INTERPRETED or not torch.cuda.is_available()
-    or torch.cuda.get_device_capability()[0] not in tga._FAST_SILU_PROVEN_ON,
-    reason="needs a GPU generation the fast SiLU is enabled on (tga._FAST_SILU_PROVEN_ON)",
+    INTERPRETED or not torch.cuda.is_available() or not fast_silu_enabled("cuda"),
+    reason="needs a GPU generation the fast SiLU is enabled on (fast_silu_enabled)",
 )
 
 
 @gpu
 @needs_fast_silu_gpu
-@pytest.mark.parametrize("count,fix_pack", [(False, tga._FIX_PACK), (True, 1), (True, 2), (True, 4)],
-                         ids=["nocount", "count-pack1", "count-pack2", "count-pack4"])
-def test_gpu_fast_silu_all_bf16_pairs(count, fix_pack):
+@pytest.mark.parametrize("count", [False, True], ids=["nocount", "count"])
+def test_gpu_fast_silu_all_bf16_pairs(count):
     # The proof of the fast SiLU: for every one of the 2^32 bf16 (g, u) pairs, h equals PyTorch's
     # bit for bit (NaN payloads aside), and with counting the counts equal the reference's, with
     # thresholds on and next to the bf16 rounding boundaries of each column's own values.
-    assert tga._forward_config(65536, "silu", count, torch.bfloat16, device=torch.device("cuda"))["fast_silu"]
+    assert forward_config(65536, "silu", count, torch.bfloat16, "cuda").fast_silu
     values = _all_bf16()
     rows = 2048
     g = values[None, :].expand(rows, -1).contiguous()  # [rows, 65536]: column j holds g = values[j]
@@ -412,7 +458,7 @@ def test_gpu_fast_silu_all_bf16_pairs(count, fix_pack):
         thr = _boundary_thresholds(h_ref, seed=start) if count else None
         counts = _count_target(values.numel(), rows, thr, None, "cuda") if count else None
         ref = _count_target(values.numel(), rows, thr, None, "cuda") if count else None
-        h = tga._forward(g, u, "silu", counts, dict(fix_pack=fix_pack))
+        h = gated_activation_forward(g, u, "silu", counts)
         same = _bitwise_or_both_nan(h, h_ref)
         assert bool(same.all()), f"u rows {start}..: {int((~same).sum())} elements differ"
         if count:
@@ -431,5 +477,7 @@ def test_gpu_fast_silu_without_its_fixup_differs():
     g = values[None, :].expand(1024, -1).contiguous()
     u = values[48000:49024, None]  # u from about 0.1 to 1
     u = u.expand(-1, values.numel()).contiguous()
-    h = tga._forward(g, u, "silu", None, dict(fix_ulps=1, fix_min_g=1e30))
+    config = dataclasses.replace(forward_config(g.shape[1], "silu", False, g.dtype, g.device),
+                                 fix_ulps=1, fix_min_g=1e30)
+    h = gated_activation_forward(g, u, "silu", None, config)
     assert int((~_bitwise_or_both_nan(h, gated_activation_reference(g, u, "silu"))).sum()) > 0

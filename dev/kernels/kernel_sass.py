@@ -5,14 +5,15 @@ ptxas and cuobjdump produce. The division's slow-path subroutine, which random i
 is not counted. For the fast SiLU (the default on bf16) it also reports the common path: the
 instructions a lane executes when it skips the exact fix-up blocks (about 1 lane in 500 enters one).
 
-Use it to compare counting-code variants before spending GPU time: the counting forward is
-issue-bound (benchmarks/RESULTS.md §2), so instructions per element predict its speed.
+Use it to compare counting-code variants before spending GPU time: where the counting forward is
+limited by instruction issue rather than by memory (the exact-math SiLU counting kernel was, under
+ncu), fewer instructions per element make it faster. Counts it produced: benchmarks/RESULTS.md §2b.
 
 examples:
-  python benchmarks/kernel_sass.py                                  # SiLU, counting with thresholds
-  python benchmarks/kernel_sass.py --exact-silu                     # the same with exact exp/division
-  python benchmarks/kernel_sass.py --activation relu --tile 32x128x4 --row-tiles 4
-  python benchmarks/kernel_sass.py --no-count --tile 16x128x4 --row-tiles 1 --histogram
+  python dev/kernels/kernel_sass.py                                 # SiLU, counting with thresholds
+  python dev/kernels/kernel_sass.py --exact-silu                    # the same with exact exp/division
+  python dev/kernels/kernel_sass.py --activation relu --tile 32x128x4 --row-tiles 4
+  python dev/kernels/kernel_sass.py --no-count --tile 16x128x4 --row-tiles 1 --histogram
 """
 
 from __future__ import annotations
@@ -27,41 +28,40 @@ import sys
 import tempfile
 from pathlib import Path
 
+# Triton decides interpreted-or-compiled when it is first imported, so check before importing it.
 if os.environ.get("TRITON_INTERPRET"):
     sys.exit("kernel_sass.py: unset TRITON_INTERPRET (it compiles real GPU code)")
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from megasparse.kernels import triton_gated_activation as tga  # noqa: E402
+from megasparse.kernels.triton_gated_activation import (  # noqa: E402
+    ForwardConfig,
+    forward_kernel_constants,
+    gated_act_fwd_kernel,
+)
 
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 _INSTRUCTION = re.compile(r"\s+/\*([0-9a-f]{4})\*/\s+(.*?);")
 
 
-def compile_forward(activation: str, count: bool, thresholds: bool, row_mask: bool, block_t: int,
-                    block_f: int, num_warps: int, row_tiles: int, stages: int,
-                    exact_silu: bool = False, fix_pack: int = tga._FIX_PACK) -> bytes:
-    """The cubin of one forward-kernel variant for sm_90, bf16 tensors, f divisible by 16."""
-    kernel = tga._gated_act_fwd_kernel
+def compile_forward(activation: str, count: bool, thresholds: bool, row_mask: bool,
+                    config: ForwardConfig) -> bytes:
+    """The cubin of one forward-kernel launch for sm_90, bf16 tensors, f divisible by 16."""
+    kernel = gated_act_fwd_kernel
     types = {"G": "*bf16", "U": "*bf16", "H": "*bf16", "ACTIVE": "*i64", "ABOVE": "*i64", "TOKENS": "*i64",
              "THRESHOLDS": "*fp32", "ROW_MASK": "*i32", "T": "i32", "F": "i32"}
-    constants = dict(ACTIVATION=tga._ACTIVATION_CODES[activation], COUNT=count,
-                     HAS_THRESHOLDS=count and thresholds, HAS_ROW_MASK=count and row_mask,
-                     PRECISE=True, ROUND_H=False, THR_ON_PRODUCT=count and thresholds,
-                     FIXUP_ASM="" if exact_silu or activation != "silu" else tga._silu_fixup_asm(pack=fix_pack),
-                     FIXUP_PACK=fix_pack, FIXUP_CONSTRAINTS=tga._fixup_constraints(fix_pack),
-                     BLOCK_T=block_t, BLOCK_F=block_f, ROW_TILES=row_tiles, UNROLL=False,
-                     STAGES=stages)
+    constants = forward_kernel_constants(activation, config, torch.bfloat16, torch.bfloat16, count=count,
+                                         thresholds=thresholds, row_mask=row_mask, compiled=True)
     names = list(kernel.arg_names)
     signature = {name: types.get(name, "constexpr") for name in names}
     # Pointers and sizes divisible by 16, as at real launches with f % 16 == 0.
     attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in types}
     source = ASTSource(fn=kernel, signature=signature, attrs=attrs,
                        constexprs={(names.index(k),): v for k, v in constants.items()})
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": config.num_warps})
     return compiled.asm["cubin"]
 
 
@@ -112,20 +112,21 @@ def main() -> int:
     p.add_argument("--exact-silu", action="store_true",
                    help="SiLU with libdevice exp and IEEE division everywhere (default: the fast "
                         "exp2/reciprocal with the exact per-lane fix-up, as bf16 training runs)")
-    p.add_argument("--fix-pack", type=int, default=tga._FIX_PACK, choices=[1, 2, 4],
-                   help="elements sharing one fix-up branch (default: %(default)s)")
     p.add_argument("--histogram", action="store_true", help="also print instructions by opcode")
     args = p.parse_args()
     block_t, block_f, warps = (int(x) for x in args.tile.split("x"))
-    cubin = compile_forward(args.activation, not args.no_count, not args.no_thresholds, args.row_mask,
-                            block_t, block_f, warps, args.row_tiles, args.stages, args.exact_silu,
-                            args.fix_pack)
+    count, thresholds = not args.no_count, not args.no_thresholds
+    # The launch bf16 training runs (threshold compare on the product, fast SiLU), at these tiles.
+    config = ForwardConfig(block_t=block_t, block_f=block_f, num_warps=warps, row_tiles=args.row_tiles,
+                           stages=args.stages, thr_on_product=count and thresholds,
+                           fast_silu=args.activation == "silu" and not args.exact_silu)
+    cubin = compile_forward(args.activation, count, thresholds, args.row_mask, config)
     report = analyse(cubin, block_t * block_f / (32 * warps))
     if not args.histogram:
         report.pop("histogram")
     print(json.dumps({"activation": args.activation, "count": not args.no_count,
                       "thresholds": not args.no_thresholds, "row_mask": args.row_mask,
-                      "exact_silu": args.exact_silu, "fix_pack": args.fix_pack, "tile": args.tile,
+                      "exact_silu": args.exact_silu, "tile": args.tile,
                       "row_tiles": args.row_tiles, "stages": args.stages, **report}))
     return 0
 

@@ -1,9 +1,12 @@
-"""benchmarks/kernel_sass.py: compiles the forward kernel for sm_90 without a GPU (Triton's own
+"""dev/kernels/kernel_sass.py: compiles the forward kernel for sm_90 without a GPU (Triton's own
 ptxas and cuobjdump) and counts what the hardware would execute.
 
-It runs in a subprocess without TRITON_INTERPRET, which the rest of this folder sets. The counts
-must be plausible and must see the counting code: the counting SiLU loop executes more
-instructions per element than the uncounted SiLU kernel, and ReLU's far fewer than SiLU's.
+It runs in a subprocess without TRITON_INTERPRET (which the kernel tests set for this process on
+machines without a GPU). The counts must be plausible and must see the counting code: the counting
+SiLU loop executes more instructions per element than the uncounted SiLU kernel, and ReLU's far
+fewer than SiLU's.
+
+    python -m pytest dev/kernels
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _sass(*args: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "kernel_sass.py"), *args],
+    proc = subprocess.run([sys.executable, str(REPO / "dev" / "kernels" / "kernel_sass.py"), *args],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

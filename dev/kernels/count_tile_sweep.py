@@ -1,42 +1,47 @@
 """Sweep of the counting forward kernel: which tiles (BLOCK_T, BLOCK_F, warps, row tiles, pipeline
-stages) and which threshold compare (on the stored h, or on the fp32 product against a boundary)
-move the bytes fastest, for ReLU and SiLU at the paper's FFN widths.
+stages), which threshold compare (on the stored h, or on the fp32 product against a boundary) and
+which SiLU math (fast with the exact fix-up, or exact) move the bytes fastest, for ReLU and SiLU at
+the paper's FFN widths. Each point is a ``ForwardConfig`` launched through the kernel's public
+``gated_activation_forward``. Needs a CUDA GPU.
 
 Each configuration's counts are checked against the default configuration's (they must be equal:
 integer atomics, any launch shape, any code variant), and its h against the uncounted h. Times
 by replaying a CUDA graph of many calls (triton.testing.do_bench_cudagraph; --timer events for
 do_bench); bandwidth counts reading g, u and writing h (3·T·f·2 bytes in bf16)
-against a large copy's read + write bandwidth. One JSON line per configuration.
+against a 2 GiB ``copy_``'s read + write bandwidth, timed the same way. In a CUDA graph that copy
+runs on the copy engine, slower than an SM kernel, so graph-timed fractions read high: compare
+rows of one run with each other (benchmarks/gated_activation_bench.py has the strict reference).
+One JSON line per configuration.
 
 Counting modes: "thresholds" (g > 0 and |h| >= τ, what training counts), "zero" (g > 0 only) and
 "thresholds+mask" (both, with a row mask excluding 30% of the rows).
 
 examples:
-  python benchmarks/count_tile_sweep.py
-  python benchmarks/count_tile_sweep.py --activations silu --widths 4480 --modes zero
-  python benchmarks/count_tile_sweep.py --tiles 16x64x4,8x64x2 --row-tiles 16,32 --stages 3
-  python benchmarks/count_tile_sweep.py --activations silu --silu-math fast --fix-ulps 32,64
+  python dev/kernels/count_tile_sweep.py
+  python dev/kernels/count_tile_sweep.py --activations silu --widths 4480 --modes zero
+  python dev/kernels/count_tile_sweep.py --tiles 16x64x4,8x64x2 --row-tiles 16,32 --stages 3
+  python dev/kernels/count_tile_sweep.py --activations silu --silu-math fast --fix-ulps 32,64
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import sys
-from pathlib import Path
 
 import torch
+from json_lines import emit  # a sibling file: Python searches a script's own folder first
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from bench_common import emit  # noqa: E402
-from megasparse.kernels import triton_gated_activation as tga  # noqa: E402
-from megasparse.kernels.gated_activation import CountTarget  # noqa: E402
+from megasparse.kernels.gated_activation import CountTarget
+from megasparse.kernels.triton_gated_activation import (
+    FAST_SILU_FIX_ULPS,
+    ForwardConfig,
+    gated_activation_forward,
+)
 
 # (BLOCK_T, BLOCK_F, num_warps) x ROW_TILES x STAGES; stages 1 and 2, 8 warps, and tiles of 64
-# rows or 256 columns lost everywhere in the first sweep (results/count_tile_sweep_h200.jsonl).
+# rows or 256 columns lost everywhere in the first sweep (H200, 2026-11-28).
 TILES = [(16, 128, 4), (32, 128, 4)]
 ROW_TILES = [4, 8, 16]
 STAGES = [3, 4]  # both for "thresholds"; the other modes use 3 (Triton's default)
@@ -63,11 +68,8 @@ def main() -> int:
     p.add_argument("--silu-math", default="fast,exact",
                    help="SiLU code paths to sweep: fast (exp2/reciprocal with the exact fix-up, the "
                         "bf16 default) and/or exact (libdevice exp, IEEE division) (default: %(default)s)")
-    p.add_argument("--fix-ulps", default=str(tga._FIX_ULPS),
+    p.add_argument("--fix-ulps", default=str(FAST_SILU_FIX_ULPS),
                    help="fix-up widths to sweep with the fast SiLU (default: %(default)s)")
-    p.add_argument("--fix-packs", default=str(tga._FIX_PACK),
-                   help="elements sharing one fix-up branch, to sweep with the fast SiLU "
-                        "(default: %(default)s)")
     p.add_argument("--timer", choices=["graph", "events"], default="graph",
                    help="CUDA graph replay (GPU time only) or CUDA events per call, with the L2 "
                         "flushed in between (default: %(default)s)")
@@ -98,14 +100,14 @@ def main() -> int:
                                thresholds=thresholds, row_mask=row_mask)
 
         expected = counts()
-        h_expected = tga._forward(g, u, activation, expected)
+        h_expected = gated_activation_forward(g, u, activation, expected)
         base = {"benchmark": "count_tile_sweep", "activation": activation, "tokens": args.tokens, "f": f,
                 "mode": mode, "timer": args.timer, "copy_gbs": round(copy_gbs)}
 
         def frac(ms: float) -> float:
             return round(3 * g.numel() * 2 / (ms * 1e-3) / 1e9 / copy_gbs, 3)
 
-        nocount_ms = bench(lambda: tga._forward(g, u, activation, None))
+        nocount_ms = bench(lambda: gated_activation_forward(g, u, activation, None))
         emit({**base, "config": "no counting (default tiles)", "ms": round(nocount_ms, 4),
               "frac_of_copy": frac(nocount_ms)}, args.out)
         wanted = args.compares.split(",")
@@ -115,30 +117,31 @@ def main() -> int:
         row_tiles_swept = [int(x) for x in args.row_tiles.split(",")]
         stages_swept = [int(x) for x in args.stages.split(",")]
         stages_swept = stages_swept if mode == "thresholds" else stages_swept[:1]
-        # (fast_silu, fix_ulps, fix_pack) variants
-        silu_codes = [(False, tga._FIX_ULPS, tga._FIX_PACK)]
+        # (fast_silu, fix_ulps) variants
+        silu_codes = [(False, FAST_SILU_FIX_ULPS)]
         if activation == "silu":
             maths = args.silu_math.split(",")
-            silu_codes = [(True, int(k), int(n)) for k in args.fix_ulps.split(",")
-                          for n in args.fix_packs.split(",") if "fast" in maths]
-            silu_codes += [(False, tga._FIX_ULPS, tga._FIX_PACK)] if "exact" in maths else []
-        for (block_t, block_f, warps), row_tiles, stages, on_product, (fast, ulps, pack) in itertools.product(
+            silu_codes = [(True, int(k)) for k in args.fix_ulps.split(",") if "fast" in maths]
+            silu_codes += [(False, FAST_SILU_FIX_ULPS)] if "exact" in maths else []
+        for (block_t, block_f, warps), row_tiles, stages, on_product, (fast, ulps) in itertools.product(
                 tiles, row_tiles_swept, stages_swept, codes, silu_codes):
-            cfg = dict(block_t=block_t, block_f=block_f, num_warps=warps, row_tiles=row_tiles,
-                       stages=stages, thr_on_product=on_product, fast_silu=fast, fix_ulps=ulps,
-                       fix_pack=pack)
-            got = counts()
             try:
-                h = tga._forward(g, u, activation, got, cfg)
+                cfg = ForwardConfig(block_t=block_t, block_f=block_f, num_warps=warps, row_tiles=row_tiles,
+                                    stages=stages, thr_on_product=on_product, fast_silu=fast, fix_ulps=ulps)
+                got = counts()
+                h = gated_activation_forward(g, u, activation, got, cfg)
                 equal = torch.equal(h, h_expected) and torch.equal(got.active, expected.active) and (
                     thresholds is None or torch.equal(got.above_threshold, expected.above_threshold))
                 target = counts()
-                ms = bench(lambda: tga._forward(g, u, activation, target, cfg))
-            except Exception as err:  # a tile shape the compiler rejects (registers, shared memory)
-                emit({**base, "config": cfg, "error": str(err).splitlines()[0][:200]}, args.out)
+                ms = bench(lambda: gated_activation_forward(g, u, activation, target, cfg))
+            except Exception as err:  # an invalid config, or tiles the compiler rejects (registers, shared memory)
+                emit({**base, "config": dict(block_t=block_t, block_f=block_f, num_warps=warps, row_tiles=row_tiles,
+                                             stages=stages, thr_on_product=on_product, fast_silu=fast,
+                                             fix_ulps=ulps),
+                      "error": str(err).splitlines()[0][:200]}, args.out)
                 continue
-            emit({**base, "config": cfg, "counts_equal": equal, "ms": round(ms, 4), "frac_of_copy": frac(ms)},
-                 args.out)
+            emit({**base, "config": dataclasses.asdict(cfg), "counts_equal": equal, "ms": round(ms, 4),
+                  "frac_of_copy": frac(ms)}, args.out)
     return 0
 
 

@@ -12,27 +12,22 @@ It also counts how many lanes take the fix-up, on all pairs and on N(0, σ²) da
 One JSON line per measurement. Needs a CUDA GPU (about 20 s on an H200).
 
 examples:
-  python benchmarks/fast_silu_error.py
-  python benchmarks/fast_silu_error.py --chunk-rows 1024 --fix-ulps 32,64
+  python dev/kernels/fast_silu_error.py
+  python dev/kernels/fast_silu_error.py --chunk-rows 1024 --fix-ulps 32,64
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
+from json_lines import emit  # a sibling file: Python searches a script's own folder first
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-from bench_common import emit  # noqa: E402
-from megasparse.kernels import triton_gated_activation as tga  # noqa: E402
+from megasparse.kernels.triton_gated_activation import FAST_SILU_FIX_MIN_G, FAST_SILU_PRODUCT_PTX
 
 # Ranges of g (lower edges) for the distance table; the fix-up's g cut-off is one of them.
 G_EDGES = [-float("inf"), -64.0, -32.0, -16.0, -8.0, -4.0, -1.0, 1.0, 4.0, 16.0]
@@ -49,7 +44,7 @@ def _fast_product_kernel(G, U, P, N, BLOCK: tl.constexpr):
     ok = i < N
     g = tl.load(G + i, mask=ok, other=0.0).to(tl.float32)
     u = tl.load(U + i, mask=ok, other=0.0).to(tl.float32)
-    p = tl.inline_asm_elementwise(tga._FAST_SILU_PRODUCT_ASM, "=r,r,r", [g, u], dtype=tl.float32,
+    p = tl.inline_asm_elementwise(FAST_SILU_PRODUCT_PTX, "=r,r,r", [g, u], dtype=tl.float32,
                                   is_pure=True, pack=1)
     tl.store(P + i, p, mask=ok)
 
@@ -79,7 +74,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--chunk-rows", type=int, default=2048, help="u values per chunk (default: %(default)s)")
     p.add_argument("--fix-ulps", default="16,32,64", help="fix-up widths to count lanes for")
-    p.add_argument("--fix-min-g", type=float, default=tga._FIX_MIN_G,
+    p.add_argument("--fix-min-g", type=float, default=FAST_SILU_FIX_MIN_G,
                    help="the kernel's g cut-off, for the lane counts (default: %(default)s)")
     p.add_argument("--out", default=None)
     args = p.parse_args()

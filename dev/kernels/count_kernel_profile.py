@@ -2,28 +2,30 @@
 (ncu) to compare them, and prints each compiled variant's registers, spills and shared memory.
 
 Variants: SiLU counting off; SiLU counting with the default launch and with the launch it had
-before the tile sweeps (16 × 128 tiles, threshold compare on the stored h); ReLU counting. Run it
-under ncu, e.g.
+before the tile sweeps (16 × 128 tiles, 16 per program, threshold compare on the stored h, exact
+math); ReLU counting. Needs a CUDA GPU. Run it under ncu, e.g.
 
 examples:
-  ncu --clock-control none --kernel-name regex:_gated_act_fwd --section SpeedOfLight \\
-      --section Occupancy --section WarpStateStats python benchmarks/count_kernel_profile.py
-  python benchmarks/count_kernel_profile.py --tokens 8192      # registers only, no profiler
+  ncu --clock-control none --kernel-name regex:gated_act_fwd --section SpeedOfLight \\
+      --section Occupancy --section WarpStateStats python dev/kernels/count_kernel_profile.py
+  python dev/kernels/count_kernel_profile.py --tokens 8192      # registers only, no profiler
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from megasparse.kernels import triton_gated_activation as tga  # noqa: E402
-from megasparse.kernels.gated_activation import CountTarget  # noqa: E402
+from megasparse.kernels.gated_activation import CountTarget
+from megasparse.kernels.triton_gated_activation import (
+    forward_config,
+    gated_act_fwd_kernel,
+    gated_activation_forward,
+)
 
 
 def main() -> int:
@@ -42,14 +44,18 @@ def main() -> int:
         return CountTarget(active=z, tokens=torch.zeros((), dtype=torch.int64, device="cuda"),
                            above_threshold=z.clone(), thresholds=thr)
 
-    variants = [("silu", None, None), ("silu", "count", None),
-                ("silu", "count", dict(block_t=16, block_f=128, row_tiles=16, thr_on_product=False)),
-                ("relu", "count", None)]
+    silu_count = forward_config(f, "silu", True, g.dtype, g.device)
+    variants = [("silu", False, forward_config(f, "silu", False, g.dtype, g.device)),
+                ("silu", True, silu_count),
+                ("silu", True, dataclasses.replace(silu_count, block_t=16, block_f=128, row_tiles=16,
+                                                   stages=3, thr_on_product=False, fast_silu=False)),
+                ("relu", True, forward_config(f, "relu", True, g.dtype, g.device))]
     for activation, count, cfg in variants:
-        print(json.dumps({"launch": activation, "counting": bool(count), "config": cfg}), flush=True)
-        tga._forward(g, u, activation, counts() if count else None, cfg)
+        print(json.dumps({"launch": activation, "counting": count, "config": dataclasses.asdict(cfg)}),
+              flush=True)
+        gated_activation_forward(g, u, activation, counts() if count else None, cfg)
     torch.cuda.synchronize()
-    for device_cache in getattr(tga._gated_act_fwd_kernel, "device_caches", {}).values():
+    for device_cache in getattr(gated_act_fwd_kernel, "device_caches", {}).values():
         for key, compiled in device_cache[0].items():
             try:
                 print(json.dumps({"key": str(key)[-300:], "n_regs": compiled.n_regs,

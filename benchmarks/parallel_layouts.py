@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from bench_common import emit, median_after_first, run_training
+from megasparse import tags
 from megasparse.training.run_summary import read_scalars
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,12 +79,12 @@ def run_layout(args, layout: dict, data: str, tokenizer: str, workdir: Path) -> 
     return {
         "benchmark": "parallel_layouts", "model": args.model, **layout, "seq": args.seq,
         "micro_batch": args.micro_batch, "global_batch": args.global_batch, "steps": args.steps,
-        "tokens_per_sec": median_after_first(s, "perf/tokens_per_sec"),
-        "tflops_per_gpu": median_after_first(s, "perf/tflops_per_gpu"),
-        "mfu": median_after_first(s, "perf/mfu") if "perf/mfu" in s else None,
-        "max_allocated_gb": max(v for _, v in s["mem/max_allocated_gb"]),
-        "loss": [v for _, v in s["train/loss"]],
-        "activation_ratio_step1": s["sparsity/activation_ratio"][0][1] if s.get("sparsity/activation_ratio") else None,
+        "tokens_per_sec": median_after_first(s, tags.PERF_TOKENS_PER_SEC),
+        "tflops_per_gpu": median_after_first(s, tags.PERF_TFLOPS_PER_GPU),
+        "mfu": median_after_first(s, tags.PERF_MFU) if tags.PERF_MFU in s else None,
+        "max_allocated_gb": max(v for _, v in s[tags.MEM_MAX_ALLOCATED_GB]),
+        "loss": [v for _, v in s[tags.TRAIN_LOSS]],
+        "activation_ratio_step1": s[tags.SPARSITY_ACTIVATION_RATIO][0][1] if s.get(tags.SPARSITY_ACTIVATION_RATIO) else None,
     }
 
 

@@ -5,7 +5,7 @@ ReLU gated MLP, tied embeddings, no biases, RMSNorm eps 1e-5, RoPE θ 10000, SDP
 trains on synthetic uniform tokens with torch's AdamW (lr 1e-3, clip 1.0). Optionally Liger-Kernel
 replaces RMSNorm, RoPE and the head + loss (its fused linear cross-entropy; the SwiGLU kernel stays
 off since the MLP is ReLU). Tokens/s, TFLOP/s per GPU and MFU use OUR FLOP count
-(megasparse.model.flops.flops_per_token on the equivalent ModelConfig, DESIGN §6), so the numbers
+(megasparse.model.flops.flops_per_token on the equivalent ModelConfig, docs/design.md §6), so the numbers
 compare directly with benchmarks/train_throughput.py. One JSON line per measurement.
 
 Needs a CUDA GPU and the `transformers` package (and `liger-kernel` for --liger), which are not

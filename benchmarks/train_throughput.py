@@ -21,6 +21,7 @@ import numpy as np
 
 from bench_common import emit, median_after_first, run_training
 from megasparse.data.indexed_dataset import IndexedDatasetWriter
+from megasparse import tags
 from megasparse.training.run_summary import read_scalars
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,11 +114,11 @@ def run_one(args, mode: str, workdir: Path, data_prefix: Path) -> dict:
         "micro_batch": args.micro_batch, "seq": args.seq, "vocab": args.vocab, "gpus": args.nproc,
         "counters": mode, "activation_checkpointing": args.activation_checkpointing,
         "loss_chunk_tokens": args.loss_chunk_tokens, "compile": args.compile,
-        "steps": args.steps, "tokens_per_sec": median("perf/tokens_per_sec"),
-        "tflops_per_gpu": median("perf/tflops_per_gpu"),
-        "mfu": median("perf/mfu") if "perf/mfu" in s else None,
-        "step_time_s": median("perf/step_time_s"), "max_allocated_gb": max(v for _, v in s["mem/max_allocated_gb"]),
-        "final_loss": s["train/loss"][-1][1],
+        "steps": args.steps, "tokens_per_sec": median(tags.PERF_TOKENS_PER_SEC),
+        "tflops_per_gpu": median(tags.PERF_TFLOPS_PER_GPU),
+        "mfu": median(tags.PERF_MFU) if tags.PERF_MFU in s else None,
+        "step_time_s": median(tags.PERF_STEP_TIME_S), "max_allocated_gb": max(v for _, v in s[tags.MEM_MAX_ALLOCATED_GB]),
+        "final_loss": s[tags.TRAIN_LOSS][-1][1],
     }
 
 

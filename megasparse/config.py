@@ -14,6 +14,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
+# Choices used by more than one section and by the kernels; defined once here.
+ActivationName = Literal["relu", "silu"]
+KernelImpl = Literal["auto", "reference", "triton"]  # auto: Triton on CUDA, PyTorch elsewhere
+
+
 class ConfigError(ValueError):
     """A configuration problem, phrased as one line a user can act on."""
 
@@ -23,7 +28,7 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    """The paper's MiniCPM-style µP decoder (reference/sparsing-law.md §5.1)."""
+    """The paper's MiniCPM-style µP decoder (docs/sparsing-law.md §5.1)."""
 
     hidden_size: int = Field(768, gt=0)
     num_layers: int = Field(16, gt=0)
@@ -35,7 +40,7 @@ class ModelConfig(_Section):
     # Defaults to the tokenizer's vocabulary; padded up to `pad_vocab_to_multiple_of` × TP.
     vocab_size: Optional[int] = Field(None, gt=0)
     pad_vocab_to_multiple_of: int = Field(128, gt=0)
-    activation: Literal["relu", "silu"] = "relu"
+    activation: ActivationName = "relu"
     gated: bool = True
     tie_embeddings: bool = True
     # µP knobs (MiniCPM): embeddings × scale_emb, residual branches × scale_depth/√L,
@@ -149,10 +154,10 @@ class TrainConfig(_Section):
 class SparsityConfig(_Section):
     counters: bool = True
     # "auto": the fused Triton kernel on CUDA, the PyTorch reference elsewhere.
-    counter_impl: Literal["auto", "reference", "triton"] = "auto"
+    counter_impl: KernelImpl = "auto"
     dead_neuron_frequency: float = Field(0.001, ge=0, le=1)
     histogram_interval: int = Field(0, ge=0)  # 0: histograms at every log window
-    # Live CETT-PPL-p% calibration (DESIGN §4): every `cett_interval` steps (0 = off) on
+    # Live CETT-PPL-p% calibration (docs/design.md §4): every `cett_interval` steps (0 = off) on
     # `cett_batches` fixed held-out global micro-steps (micro_batch_size × DP samples each; every
     # rank holds its slice, τ is searched jointly), PPL rise `cett_target_ppl_increase` percent.
     cett_interval: int = Field(0, ge=0)

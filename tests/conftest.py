@@ -20,3 +20,13 @@ from tiny_data import build_tiny_corpus
 def tiny_corpus(tmp_path_factory) -> dict:
     """A 512-token BPE tokenizer and train/valid .bin/.idx from a slice of the bundled corpus."""
     return build_tiny_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` (the marker is registered in pyproject.toml) skip without CUDA."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

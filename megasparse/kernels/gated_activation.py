@@ -11,20 +11,21 @@ This module is the interface every implementation honours:
   ``tokens``          += #tokens counted.
   Rows excluded by ``row_mask`` are not counted. Counting never changes ``h`` or its gradient.
 
-Semantics are in DESIGN §4; both implementations must give identical counts on identical inputs.
+Semantics are in docs/design.md §4; both implementations must give identical counts on identical inputs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from megasparse.config import ActivationName, KernelImpl
 from megasparse.kernels.availability import triton_kernels_usable
 
-Activation = Literal["relu", "silu"]
+Activation = ActivationName
 
 
 @dataclass
@@ -78,7 +79,7 @@ def gated_activation(
     u: torch.Tensor,
     activation: Activation,
     counts: Optional[CountTarget] = None,
-    impl: Literal["auto", "reference", "triton"] = "auto",
+    impl: KernelImpl = "auto",
 ) -> torch.Tensor:
     """``σ(g) ⊙ u`` for g, u of shape [..., f]; counts into ``counts`` when given."""
     if g.shape != u.shape:

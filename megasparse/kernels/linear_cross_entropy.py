@@ -21,11 +21,12 @@ bf16 round-off in bf16; the only difference is that dW is summed in fp32 over ch
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from megasparse.config import KernelImpl
 from megasparse.kernels.availability import triton_kernels_usable
 
 IGNORE_INDEX = -100
@@ -139,7 +140,7 @@ def _loss_only(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                          scale: float = 1.0, chunk_tokens: int = 4096,
                          ignore_index: Optional[int] = IGNORE_INDEX,
-                         impl: Literal["auto", "reference", "triton"] = "auto") -> torch.Tensor:
+                         impl: KernelImpl = "auto") -> torch.Tensor:
     """Mean next-token cross-entropy of ``(hidden · scale) @ weightᵀ``, computed chunk by chunk.
 
     hidden: [N, d] (fp32 / bf16 / fp16); weight: [V, d], same dtype; labels: [N] int64 in [0, V),

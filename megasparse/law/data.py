@@ -4,7 +4,7 @@ Accepted sources (every reader returns a `SparsityCurve` with tokens in billions
 fractions):
 
 * **TensorBoard logdir** (or one event file): the ratio tag (default
-  `sparsity/cett/activation_ratio`, DESIGN §3.3) paired with `train/tokens` (cumulative token
+  `sparsity/cett/activation_ratio`, docs/design.md §3.3) paired with `train/tokens` (cumulative token
   count) logged at the same step. Read with TensorBoard's own `EventAccumulator`.
 * **JSON** (`.json`, or `.txt` holding JSON like the authors' `data/*.txt`), either
   - columns: `{"token_passed" | "tokens_b" | "tokens": [...], "activation_ratio": [...]}`, or
@@ -30,8 +30,10 @@ from typing import Sequence
 
 import numpy as np
 
-DEFAULT_RATIO_TAG = "sparsity/cett/activation_ratio"
-TOKENS_TAG = "train/tokens"
+from megasparse import tags
+
+DEFAULT_RATIO_TAG = tags.CETT_ACTIVATION_RATIO
+TOKENS_TAG = tags.TRAIN_TOKENS
 TOKEN_KEYS = ("token_passed", "tokens_b", "tokens")
 RATIO_KEY = "activation_ratio"
 REFERENCE_CURVES = ("0.1b_relu", "0.1b_silu", "0.8b_relu")
@@ -225,7 +227,7 @@ def reference_curve_path(name: str) -> Path:
 
 
 def load_reference_curve(name: str) -> SparsityCurve:
-    """A released CETT-PPL-1% curve of the paper (reference/sparsing-law.md §6)."""
+    """A released CETT-PPL-1% curve of the paper (docs/sparsing-law.md §6)."""
     curve = read_json_curve(reference_curve_path(name), name=name)
     curve.source = f"{REFERENCE_PREFIX}{name}"
     return curve

@@ -1,6 +1,6 @@
 """Fitting the Sparsing Law: activation ratio A as a function of training tokens D.
 
-Two laws (reference/sparsing-law.md §2), with D = tokens passed in billions and A a fraction:
+Two laws (docs/sparsing-law.md §2), with D = tokens passed in billions and A a fraction:
 
     ReLU ("logspace power law", convergent, decreasing):  A(D) = exp(-c * D**alpha + b) + A0
     SiLU (power law, convergent, increasing):             A(D) = -c * D**(-alpha) + A0
@@ -35,7 +35,7 @@ _BOUNDS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 # Paper Table 2 (arXiv 2411.02335 v4, App. G); "skip" = early points the published fit dropped,
-# as found by refitting the released points (reference/sparsing-law.md §2, 0-based slice x[skip:]).
+# as found by refitting the released points (docs/sparsing-law.md §2, 0-based slice x[skip:]).
 # None = not reproducible by simple truncation.
 PAPER_TABLE2: dict[str, dict] = {
     "0.1b_relu": dict(law="relu", alpha=1.01e-1, b=-1.51e-2, c=3.20e0, A0=6.14e-2, skip=0),

@@ -1,4 +1,4 @@
-"""Width-depth and scale analyses of the limit activation ratio A0 (reference/sparsing-law.md §3-4).
+"""Width-depth and scale analyses of the limit activation ratio A0 (docs/sparsing-law.md §3-4).
 
 * Bottleneck: A0 rises linearly with the width-depth ratio r = d_h / layers up to r*, then stays
   flat ("linear, then flat"). Fitted as A0 = a + k * min(r, r*), r* by grid search, (a, k) by

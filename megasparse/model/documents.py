@@ -1,9 +1,9 @@
 """Within-document attention for packed samples: document ids, positions and the attention mask.
 
-Training samples are documents concatenated with an EOD token after each one (DESIGN §3.2). The
+Training samples are documents concatenated with an EOD token after each one (docs/design.md §3.2). The
 EOD closes its document: it belongs to the document before it, and the token after it starts a
 new document at position 0. Masking attention at these boundaries (and resetting positions)
-reproduces the paper's flash-attn varlen training (reference/sparsing-law.md §5.1).
+reproduces the paper's flash-attn varlen training (docs/sparsing-law.md §5.1).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Analytic parameter counts and model FLOPs per token (DESIGN §6)."""
+"""Analytic parameter counts and model FLOPs per token (docs/design.md §6)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """The paper's initialisation, deterministic per parameter.
 
 embedding (and an untied head) ~ N(0, init_std); every linear matrix ~ N(0, init_std/√scale_width);
-RMSNorm weights = 1 (reference/sparsing-law.md §5.1).
+RMSNorm weights = 1 (docs/sparsing-law.md §5.1).
 
 Each parameter draws from its own CPU ``torch.Generator`` seeded from (seed, parameter name), so
 the initial weights depend neither on construction order nor on the device, nor on which layers
-a pipeline stage holds — the same seed gives the same full model for any layout (DESIGN §5).
+a pipeline stage holds — the same seed gives the same full model for any layout (docs/design.md §5).
 A tensor-parallel parameter (marked with a ``TensorPartition``, see layers.py) draws the full
 tensor from the same generator and keeps its slice, so every TP size starts from the same model.
 """

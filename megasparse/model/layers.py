@@ -4,7 +4,7 @@ Every projection is built through a :class:`LayerFactory`: ``column`` for layers
 dimension may later be split across tensor-parallel ranks (q/k/v, gate, up), ``row`` for those
 whose input dimension may be split (attention output, down), and ``embedding`` for the token
 table. The default factory builds plain local layers. A tensor-parallel factory can return
-column/row-parallel layers instead without touching the model code (DESIGN §5).
+column/row-parallel layers instead without touching the model code (docs/design.md §5).
 
 Two more hooks exist for tensor/sequence parallelism: ``norm`` (under sequence parallelism a
 norm sees only part of the sequence, so its weight gradient must be summed over the TP ranks)

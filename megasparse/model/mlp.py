@@ -2,7 +2,7 @@
 
 Gated (the paper's): ``y = W_down(σ(W_gate x) ⊙ W_up x)``; ungated: ``y = W_down σ(W_up x)``.
 The elementwise core goes through :func:`gated_activation`, which also counts active neurons
-when the training code asks for it (DESIGN §4).
+when the training code asks for it (docs/design.md §4).
 
 Counting hook. The model knows nothing of training. Code outside sets, per MLP:
   * ``count_slot`` — None, or an object with ``target(h_shape) -> Optional[CountTarget]``. It is
@@ -16,12 +16,12 @@ For CETT calibration, a forward pre-hook on ``down_proj`` sees the intermediate 
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Protocol
+from typing import Optional, Protocol
 
 import torch
 from torch import nn
 
-from megasparse.config import ModelConfig
+from megasparse.config import KernelImpl, ModelConfig
 from megasparse.kernels.gated_activation import (
     CountTarget,
     activation_fn,
@@ -51,7 +51,7 @@ class MLP(nn.Module):
         self.up_proj = factory.column(d, f)
         self.down_proj = factory.row(f, d)
         self.count_slot: Optional[CountSlot] = None
-        self.counter_impl: Literal["auto", "reference", "triton"] = "auto"
+        self.counter_impl: KernelImpl = "auto"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [b, s, d] -> [b, s, d]
         if self.gated:

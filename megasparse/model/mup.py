@@ -1,4 +1,4 @@
-"""µP optimizer parameter groups (reference/sparsing-law.md §5.2).
+"""µP optimizer parameter groups (docs/sparsing-law.md §5.2).
 
 Embeddings, norms and an untied head train at the base learning rate; every other matrix at
 base lr ÷ scale_width. Each group carries ``lr_scale``: the LR scheduler sets

@@ -1,6 +1,6 @@
 """A flag that tells whether the current forward is a recomputation under activation checkpointing.
 
-Activation counters must count each token once per training step (DESIGN §4). Under activation
+Activation counters must count each token once per training step (docs/design.md §4). Under activation
 checkpointing every block's forward runs twice: once for real and once more during backward to
 rebuild the activations it did not keep. The checkpoint wrapper enters :func:`recompute_context`
 for the second run, and a count slot asks :func:`in_recompute` to refuse counting there.

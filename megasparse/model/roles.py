@@ -1,6 +1,6 @@
 """Which µP role each parameter plays; shared by initialisation and optimizer grouping.
 
-Roles (reference/sparsing-law.md §5.1–5.2):
+Roles (docs/sparsing-law.md §5.1–5.2):
   ``embedding`` — the token table (init N(0, init_std), lr unscaled);
   ``head``      — an untied output head (same init and lr as the embedding it replaces);
   ``norm``      — RMSNorm weights (init 1, lr unscaled);

@@ -1,4 +1,4 @@
-"""Autograd-correct collectives for tensor and sequence parallelism (DESIGN §5).
+"""Autograd-correct collectives for tensor and sequence parallelism (docs/design.md §5).
 
 Each function is the forward of a pair whose backward is its adjoint, so gradients come out
 right without any hook in the training loop:

@@ -1,4 +1,4 @@
-"""Cross-entropy from logits split over the vocabulary, without ever gathering them (DESIGN §5).
+"""Cross-entropy from logits split over the vocabulary, without ever gathering them (docs/design.md §5).
 
 Rank r holds logits z[..., r·V/tp : (r+1)·V/tp]. Per token, in fp32:
 

@@ -1,4 +1,4 @@
-"""The model as a DeepSpeed ``PipelineModule``: pipeline parallelism with 1F1B (DESIGN §5).
+"""The model as a DeepSpeed ``PipelineModule``: pipeline parallelism with 1F1B (docs/design.md §5).
 
 The decoder becomes a flat list of layer specs that DeepSpeed splits into stages:
 

@@ -1,6 +1,6 @@
 """Megatron-style tensor-parallel layers and the layer factory that puts them in the model.
 
-Placement (DESIGN §5): q/k/v, gate and up are column-parallel (output features split, no
+Placement (docs/design.md §5): q/k/v, gate and up are column-parallel (output features split, no
 communication in forward); attention output and down are row-parallel (input features split,
 one all-reduce — or reduce-scatter under sequence parallelism — in forward); the embedding is
 split over the vocabulary, and the tied head multiplies by the same shard, giving logits sharded

@@ -1,4 +1,4 @@
-"""The paper's baseline rules for "which neurons are weakly contributed" (§1.2 of the spec).
+"""The paper's baseline rules for "which neurons are weakly contributed" (docs/sparsing-law.md §1.2).
 
 Each returns a bool KEEP mask with the shape of its input ([..., f]); masked entries of h are
 zeroed by the sparse pass (``inspect.sparse_pass``).

@@ -1,4 +1,4 @@
-"""CETT: per-layer thresholds for a target CETT value (reference/sparsing-law.md §1.2–1.3).
+"""CETT: per-layer thresholds for a target CETT value (docs/sparsing-law.md §1.2–1.3).
 
 For one layer, with the intermediate ``h`` (input of ``down_proj``, ``[T, f]`` over the tokens
 that have a target) and ``W_down`` (``[d, f]``):
@@ -14,7 +14,7 @@ then a binary search for the first candidate whose CETT exceeds c; the answer is
 before it, i.e. the largest candidate with CETT ≤ c (CETT is monotone in τ up to noise). The
 sparse forward then zeroes ``h_i`` where ``norm_i < τ``.
 
-Distributed (DESIGN §5): two groups take part.
+Distributed (docs/design.md §5): two groups take part.
 
 * ``group`` — the data-parallel group: its ranks hold different tokens of the same neurons.
   ``None`` with torch.distributed initialised means the default (world) group, as in

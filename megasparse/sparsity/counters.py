@@ -1,4 +1,4 @@
-"""Per-neuron activation counters of the gated MLPs (semantics: DESIGN §4).
+"""Per-neuron activation counters of the gated MLPs (semantics: docs/design.md §4).
 
 One :class:`ActivationCounters` holds, for the layers this rank owns and the neurons of its
 tensor-parallel slice, int64 counts accumulated over micro-batches and steps of a logging

@@ -1,4 +1,4 @@
-"""Live CETT-PPL-p% calibration inside a training run (DESIGN §4, "Live CETT-PPL-p%").
+"""Live CETT-PPL-p% calibration inside a training run (docs/design.md §4, "Live CETT-PPL-p%").
 
 Every N steps the trainer calls :meth:`LiveCalibrator.calibrate` on the model being trained.
 It searches the CETT value at which the fixed held-out batches' perplexity rises by p%, and
@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from megasparse import tags
 from megasparse.sparsity.cett import NUM_CANDIDATES, check_groups, gather_values
 from megasparse.sparsity.counters import counted_mlps
 from megasparse.sparsity.pipeline_forward import StageAgreement
@@ -54,11 +55,10 @@ class CalibrationResult:
     seconds: float
 
     def scalars(self) -> dict[str, float]:
-        """TensorBoard scalars of the calibration (DESIGN §3.3 tags, plus its cost)."""
-        out = {"sparsity/cett/value": self.cett, "sparsity/cett/ppl_ratio": self.ppl_ratio,
-               "sparsity/cett/calibration_activation_ratio": self.activation_ratio,
-               "perf/cett_calibration_s": self.seconds}
-        return out
+        """TensorBoard scalars of the calibration, and its cost."""
+        return {tags.CETT_VALUE: self.cett, tags.CETT_PPL_RATIO: self.ppl_ratio,
+                tags.CETT_CALIBRATION_ACTIVATION_RATIO: self.activation_ratio,
+                tags.PERF_CETT_CALIBRATION_S: self.seconds}
 
 
 def heldout_batches(dataset, num_batches: int, micro_batch_size: int, dp_rank: int = 0,

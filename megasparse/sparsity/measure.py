@@ -1,4 +1,4 @@
-"""The measurement pipeline behind ``tools/measure_sparsity.py`` (spec §1.3, §2, §4, §9).
+"""The measurement pipeline behind ``tools/measure_sparsity.py`` (docs/sparsing-law.md §1.3, §2, §4, §9).
 
 For a series of checkpoints and a fixed set of validation batches:
 
@@ -11,7 +11,7 @@ For a series of checkpoints and a fixed set of validation batches:
 Per checkpoint: tokens trained (raw), dense loss/PPL, PPL ratio, CETT value, τ per layer
 (averaged over batches), per-layer and overall activation ratio, dead-neuron ratio
 (frequency < 0.1% of tokens), per-neuron activation frequency, and the mean activation ratio
-per vocabulary id (token-wise activation, §4).
+per vocabulary id (token-wise activation, docs/sparsing-law.md §4).
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ import torch
 from torch import nn
 
 from megasparse.checkpoint.reader import CheckpointInfo, load_model
+from megasparse import tags
 from megasparse.sparsity.baselines import METHODS, baseline_mask
 from megasparse.sparsity.cett import NUM_CANDIDATES, neuron_thresholds
 from megasparse.sparsity.passes import SparseStats, dense_pass, measurement_mode, sparse_pass, token_activation_table
 from megasparse.sparsity.ppl_search import evaluate_cett, search_cett_for_ppl
 from megasparse.sparsity.sidecar import sidecar_from_measurement, write_sidecar
 
-MEASUREMENT_SEED = 19260817  # the authors' validation-batch seed (spec §1.3)
+MEASUREMENT_SEED = 19260817  # the authors' validation-batch seed (docs/sparsing-law.md §1.3)
 DEAD_BELOW = 0.001
 
 
@@ -241,16 +242,14 @@ class Measurement:
 
 def _tensorboard(writer, record: dict) -> None:
     step, method = record["step"], record["method"]
-    base = f"sparsity/{method}"
     if record["cett"] is not None:
-        writer.add_scalar(f"{base}/value", record["cett"], step)
-    writer.add_scalar(f"{base}/ppl_ratio", record["ppl_ratio"], step)
-    writer.add_scalar(f"{base}/activation_ratio", record["activation_ratio"], step)
-    writer.add_scalar(f"{base}/dead_neuron_ratio", record["dead_neuron_ratio"], step)
+        writer.add_scalar(tags.measurement(method, "value"), record["cett"], step)
+    for name in ("ppl_ratio", "activation_ratio", "dead_neuron_ratio"):
+        writer.add_scalar(tags.measurement(method, name), record[name], step)
     for layer, ratio in enumerate(record["layer_activation_ratio"]):
-        writer.add_scalar(f"{base}/layer_{layer:02d}/activation_ratio", ratio, step)
+        writer.add_scalar(tags.layer_activation_ratio(layer, f"{tags.SPARSITY}/{method}"), ratio, step)
     # Lets the fit tool pair the ratio with tokens straight from this logdir.
-    writer.add_scalar("train/tokens", record["tokens"], step)
+    writer.add_scalar(tags.TRAIN_TOKENS, record["tokens"], step)
 
 
 CSV_COLUMNS = ["step", "tokens", "method", "arg", "dense_loss", "dense_ppl", "sparse_loss", "ppl_ratio", "cett",

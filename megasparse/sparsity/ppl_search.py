@@ -1,4 +1,4 @@
-"""CETT-PPL-p%: the CETT value at which validation perplexity rises by p% (spec §1.3, Alg. 1).
+"""CETT-PPL-p%: the CETT value at which validation perplexity rises by p% (docs/sparsing-law.md §1.3, Alg. 1).
 
 Evaluating one CETT value c on one model, per validation batch (as the authors' bmt scripts):
 dense pass (loss, h of every layer) → τ_l for c from that batch's h → sparse pass that zeroes
@@ -146,7 +146,7 @@ def evaluate_cett(model: nn.Module, batches: Sequence[torch.Tensor], cett: float
 
 
 def _reduce_stats(stats: SparseStats, device, group: Group, tp_group: Group) -> None:
-    """Whole-model statistics from this rank's (DESIGN §4): kept counts summed over TP neurons and
+    """Whole-model statistics from this rank's (docs/design.md §4): kept counts summed over TP neurons and
     DP tokens; tokens summed over DP only; per-neuron counts gathered over TP, summed over DP;
     per-token ratios (local rows, kept local) averaged over the TP ranks' equal neuron slices.
     Collectives run on ``device`` (NCCL cannot reduce CPU tensors); results come back to the CPU.

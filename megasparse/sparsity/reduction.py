@@ -1,4 +1,4 @@
-"""Reduction of activation counters across ranks to global rank 0 (DESIGN §4).
+"""Reduction of activation counters across ranks to global rank 0 (docs/design.md §4).
 
 * data parallel: every DP rank saw different tokens of the same neurons → **sum**;
 * tensor parallel: every TP rank holds a different slice of the same layer's neurons for the

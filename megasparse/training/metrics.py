@@ -1,4 +1,4 @@
-"""TensorBoard and console output (tags: DESIGN §3.3). Only global rank 0 writes."""
+"""TensorBoard and console output (tags: megasparse/tags.py, docs/tensorboard.md). Only global rank 0 writes."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Optional
 
 import torch
 
+from megasparse import tags
 from megasparse.sparsity.reduction import CounterSnapshot
 
 # Dense bf16 tensor-core peak per device name fragment, TFLOP/s (vendor datasheets, SXM parts).
@@ -51,23 +52,24 @@ class MetricsWriter:
         for tag, value in values.items():
             self.scalar(tag, value, step)
 
-    def sparsity(self, snap: CounterSnapshot, step: int, prefix: str = "sparsity", histograms: bool = True,
+    def sparsity(self, snap: CounterSnapshot, step: int, histograms: bool = True,
                  dead_below: float = 0.001) -> dict[str, float]:
+        """The window's counter tags (zero threshold, and CETT thresholds once calibrated)."""
         ratios = snap.layer_activation_ratio()
-        out = {f"{prefix}/activation_ratio": float(ratios.mean()),
-               f"{prefix}/dead_neuron_ratio": snap.dead_neuron_ratio(dead_below)}
+        out = {tags.SPARSITY_ACTIVATION_RATIO: float(ratios.mean()),
+               tags.dead_neuron_ratio(): snap.dead_neuron_ratio(dead_below)}
         for i, layer in enumerate(snap.layer_ids):
-            out[f"{prefix}/layer_{layer:02d}/activation_ratio"] = float(ratios[i])
+            out[tags.layer_activation_ratio(layer)] = float(ratios[i])
         thr = snap.layer_threshold_activation_ratio()
         if thr is not None:
-            out[f"{prefix}/cett/activation_ratio"] = float(thr.mean())
+            out[tags.CETT_ACTIVATION_RATIO] = float(thr.mean())
             for i, layer in enumerate(snap.layer_ids):
-                out[f"{prefix}/cett/layer_{layer:02d}/activation_ratio"] = float(thr[i])
+                out[tags.layer_activation_ratio(layer, tags.CETT)] = float(thr[i])
         self.scalars(out, step)
         if histograms and self.writer is not None:
             freq = snap.neuron_frequency()
             for i, layer in enumerate(snap.layer_ids):
-                self.writer.add_histogram(f"{prefix}/layer_{layer:02d}/neuron_frequency", freq[i].numpy(), step)
+                self.writer.add_histogram(tags.neuron_frequency(layer), freq[i].numpy(), step)
         return out
 
     def line(self, text: str) -> None:

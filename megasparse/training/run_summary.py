@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-LOSS, EVAL_PPL, ACT, TOKENS = "train/loss", "eval/ppl", "sparsity/activation_ratio", "train/tokens"
-CETT_ACT = "sparsity/cett/activation_ratio"
+from megasparse import tags
+
+LOSS, EVAL_PPL, ACT, TOKENS = tags.TRAIN_LOSS, tags.EVAL_PPL, tags.SPARSITY_ACTIVATION_RATIO, tags.TRAIN_TOKENS
+CETT_ACT = tags.CETT_ACTIVATION_RATIO
 
 
 def read_scalars(logdir: str | Path) -> dict[str, list[tuple[int, float]]]:

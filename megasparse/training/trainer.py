@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from megasparse import tags
 from megasparse.checkpoint import engine as ckpt
 from megasparse.config import ConfigError, RunConfig
 from megasparse.data.loader import MicroBatchLoader, build_datasets
@@ -269,12 +270,12 @@ class Trainer:
         snap = reduce_counters(self.eval_counters, self.counter_groups)
         attach_counters(self.model, self.counters if self.cfg.sparsity.counters else None)
         self.engine.train()
-        out = {"eval/loss": loss, "eval/ppl": math.exp(min(loss, 50.0))}
+        out = {tags.EVAL_LOSS: loss, tags.EVAL_PPL: math.exp(min(loss, 50.0))}
         if snap is not None:
-            out["eval/activation_ratio"] = snap.activation_ratio()
+            out[tags.EVAL_ACTIVATION_RATIO] = snap.activation_ratio()
             thr = snap.layer_threshold_activation_ratio()
             if thr is not None:
-                out["eval/cett_activation_ratio"] = float(thr.mean())
+                out[tags.EVAL_CETT_ACTIVATION_RATIO] = float(thr.mean())
         self.log.scalars(out, self.progress.step)
         return out
 
@@ -284,13 +285,13 @@ class Trainer:
         tokens_per_sec = window.tokens / elapsed
         tflops = self.flops_per_token * tokens_per_sec / self.world / 1e12
         values = {
-            "perf/tokens_per_sec": tokens_per_sec,
-            "perf/step_time_s": elapsed / max(window.steps, 1),
-            "perf/tflops_per_gpu": tflops,
-            "mem/max_allocated_gb": max_memory_gb(self.device),
+            tags.PERF_TOKENS_PER_SEC: tokens_per_sec,
+            tags.PERF_STEP_TIME_S: elapsed / max(window.steps, 1),
+            tags.PERF_TFLOPS_PER_GPU: tflops,
+            tags.MEM_MAX_ALLOCATED_GB: max_memory_gb(self.device),
         }
         if self.peak:
-            values["perf/mfu"] = tflops / self.peak
+            values[tags.PERF_MFU] = tflops / self.peak
         self.log.scalars(values, step)
         line = (f"step {step:>6}/{self.cfg.train.steps} | loss {loss:.4f} | lr {self.scheduler.get_last_lr()[0]:.3e}"
                 f" | {tokens_per_sec / 1e3:.1f}k tok/s | {tflops:.2f} TFLOP/s/gpu")
@@ -304,9 +305,9 @@ class Trainer:
                 hist = hist_every == 0 or step % hist_every == 0
                 sp = self.log.sparsity(snap, step, histograms=hist, dead_below=self.cfg.sparsity.dead_neuron_frequency)
                 values.update(sp)
-                line += f" | act {100 * sp['sparsity/activation_ratio']:.1f}%"
-                if "sparsity/cett/activation_ratio" in sp:
-                    line += f" | cett-act {100 * sp['sparsity/cett/activation_ratio']:.1f}%"
+                line += f" | act {100 * sp[tags.SPARSITY_ACTIVATION_RATIO]:.1f}%"
+                if tags.CETT_ACTIVATION_RATIO in sp:
+                    line += f" | cett-act {100 * sp[tags.CETT_ACTIVATION_RATIO]:.1f}%"
         self.log.line(line)
         self.log.flush()
         return values
@@ -332,8 +333,8 @@ class Trainer:
             step = self.progress.step
             lr = self.scheduler.get_last_lr()[0]
             grad_norm = self.engine.get_global_grad_norm()
-            self.log.scalars({"train/loss": loss, "train/lr": lr, "train/tokens": self.progress.consumed_tokens,
-                              "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan")}, step)
+            self.log.scalars({tags.TRAIN_LOSS: loss, tags.TRAIN_LR: lr, tags.TRAIN_TOKENS: self.progress.consumed_tokens,
+                              tags.TRAIN_GRAD_NORM: float(grad_norm) if grad_norm is not None else float("nan")}, step)
             if step % cfg.logging.interval == 0 or step == cfg.train.steps:
                 summary.update(self._log_window(window, loss))
                 window.reset()
@@ -354,8 +355,8 @@ class Trainer:
             if cfg.train.exit_after_steps and steps_this_process >= cfg.train.exit_after_steps:
                 self.log.line(f"exit_after_steps={cfg.train.exit_after_steps} reached at step {step}")
                 break
-        summary.update({"train/loss": last_loss, "step": self.progress.step,
-                        "train/tokens": self.progress.consumed_tokens})
+        summary.update({tags.TRAIN_LOSS: last_loss, "step": self.progress.step,
+                        tags.TRAIN_TOKENS: self.progress.consumed_tokens})
         if self.rank == 0 and cfg.logging.dir:
             Path(cfg.logging.dir).mkdir(parents=True, exist_ok=True)
             (Path(cfg.logging.dir) / "summary.json").write_text(json.dumps(summary, indent=2))

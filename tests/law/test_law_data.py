@@ -16,7 +16,7 @@ from megasparse.law.data import (
     read_pairs_json,
 )
 
-# reference/sparsing-law.md §6: tokens (B) : activation ratio (%), rounded to 2 decimals.
+# docs/sparsing-law.md §6: tokens (B) : activation ratio (%), rounded to 2 decimals.
 SPEC_POINTS = {
     "0.1b_relu": "0.8:10.47; 1.6:9.54; 2.4:9.10; 3.2:8.81; 4.8:8.55; 6.4:8.21; 8.0:8.14; 9.6:7.86; 11.2:7.81; "
                  "12.8:7.70; 14.4:7.58; 16.0:7.55; 17.6:7.37; 19.2:7.55; 20.8:7.46; 22.4:7.33; 24.0:7.32; "

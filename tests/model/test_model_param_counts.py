@@ -13,7 +13,7 @@ from megasparse.model.flops import flops_per_token, layer_param_count
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
 
-# reference/sparsing-law.md §5.1: Table 3 non-embedding parameters.
+# docs/sparsing-law.md §5.1: Table 3 non-embedding parameters.
 TABLE3 = {"0.1b": 1.08e8, "0.2b": 2.41e8, "0.4b": 4.52e8, "0.8b": 7.60e8, "1.2b": 1.18e9, "2.4b": 2.44e9}
 
 
@@ -72,7 +72,7 @@ def test_width_depth_sweep_is_iso_parameter():
         assert config.ffn_size == 2.5 * config.hidden_size
         assert config.attention_size == config.hidden_size
         assert path.stem == f"0.1b-w{config.hidden_size}-l{config.num_layers}"
-        # reference/sparsing-law.md §3: iso-parameter, about 97–114M (2048×2 is 96.5M).
+        # docs/sparsing-law.md §3: iso-parameter, about 97–114M (2048×2 is 96.5M).
         assert 96e6 <= non_embedding_param_count(config) <= 115e6
 
 

@@ -1,4 +1,4 @@
-"""CETT-PPL-p% search: monotone in the CETT value, hits its target, averages the way the spec says."""
+"""CETT-PPL-p% search: monotone in the CETT value, hits its target, averages the way docs/sparsing-law.md §1.3 says."""
 
 from __future__ import annotations
 

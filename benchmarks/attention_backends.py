@@ -18,9 +18,8 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
-
 from bench_common import emit, timed
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,
@@ -70,14 +69,18 @@ def main() -> int:
                 continue
             if reference is None:
                 reference = (out.float(), [g.float() for g in grads])
-            record.update({
-                "forward_ms": round(fwd_ms, 3), "forward_backward_ms": round(total_ms, 3),
-                "forward_tflops": round(causal_fwd_flops / fwd_ms / 1e9, 1),
-                "forward_backward_tflops": round(3.5 * causal_fwd_flops / total_ms / 1e9, 1),
-                "max_abs_diff_vs_flash": round(float((out.float() - reference[0]).abs().max()), 5),
-                "max_abs_grad_diff_vs_flash": round(max(float((g.float() - r).abs().max())
-                                                        for g, r in zip(grads, reference[1])), 5),
-            })
+            record.update(
+                {
+                    "forward_ms": round(fwd_ms, 3),
+                    "forward_backward_ms": round(total_ms, 3),
+                    "forward_tflops": round(causal_fwd_flops / fwd_ms / 1e9, 1),
+                    "forward_backward_tflops": round(3.5 * causal_fwd_flops / total_ms / 1e9, 1),
+                    "max_abs_diff_vs_flash": round(float((out.float() - reference[0]).abs().max()), 5),
+                    "max_abs_grad_diff_vs_flash": round(
+                        max(float((g.float() - r).abs().max()) for g, r in zip(grads, reference[1])), 5
+                    ),
+                }
+            )
             emit(record, args.out)
     return 0
 

@@ -21,8 +21,16 @@ def run_training(run_dir: Path, cfg: dict, nproc: int) -> subprocess.CompletedPr
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.yaml").write_text(yaml.safe_dump(cfg))
     if nproc > 1:
-        launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc),
-                    "--master_port", str(29500 + hash(str(run_dir)) % 1000), "--module"]
+        launcher = [
+            sys.executable,
+            "-m",
+            "deepspeed.launcher.runner",
+            "--num_gpus",
+            str(nproc),
+            "--master_port",
+            str(29500 + hash(str(run_dir)) % 1000),
+            "--module",
+        ]
     else:
         launcher = [sys.executable, "-m"]
     cmd = launcher + ["megasparse.train", "--config", str(run_dir / "run.yaml")]

@@ -14,7 +14,9 @@ Prints one JSON line: median step time, tokens/s and MFU of each mode, and the c
 
 examples:
   python benchmarks/counter_cost.py --model 0.1b --micro-batch 8 --loss-chunk-tokens 8192 --compile
-  python benchmarks/counter_cost.py --model tiny --seq 128 --vocab 512 --micro-batch 2 --blocks 4 --block-steps 2 --counter-impl reference  # CPU
+  # on the CPU
+  python benchmarks/counter_cost.py --model tiny --seq 128 --vocab 512 --micro-batch 2 --blocks 4 \
+      --block-steps 2 --counter-impl reference
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from bench_common import emit
 from train_throughput import add_variant_arguments, build_trainer
 
@@ -99,11 +100,20 @@ def main() -> int:
         off = step_times[False][i // 2]
         pair_costs.append(on / off - 1)
     tokens = args.micro_batch * args.seq
-    record = {"benchmark": "counter_cost", "model": args.model, "micro_batch": args.micro_batch, "seq": args.seq,
-              "vocab": args.vocab, "activation": args.activation, "counter_impl": args.counter_impl,
-              "loss_chunk_tokens": args.loss_chunk_tokens, "compile": args.compile,
-              "activation_checkpointing": args.activation_checkpointing,
-              "blocks": args.blocks, "block_steps": args.block_steps}
+    record = {
+        "benchmark": "counter_cost",
+        "model": args.model,
+        "micro_batch": args.micro_batch,
+        "seq": args.seq,
+        "vocab": args.vocab,
+        "activation": args.activation,
+        "counter_impl": args.counter_impl,
+        "loss_chunk_tokens": args.loss_chunk_tokens,
+        "compile": args.compile,
+        "activation_checkpointing": args.activation_checkpointing,
+        "blocks": args.blocks,
+        "block_steps": args.block_steps,
+    }
     for counting, name in ((False, "off"), (True, "on")):
         median_step = statistics.median(step_times[counting])
         tps = tokens / median_step
@@ -111,9 +121,16 @@ def main() -> int:
         record[f"{name}_tokens_per_sec"] = round(tps, 1)
         if trainer.peak:
             record[f"{name}_mfu"] = round(trainer.flops_per_token * tps / 1e12 / trainer.peak, 4)
-    record.update({"cost_median": round(statistics.median(pair_costs), 4), "cost_min": round(min(pair_costs), 4),
-                   "cost_max": round(max(pair_costs), 4), "block_step_s": {k: [round(t, 5) for t in v] for k, v in
-                                                                           (("off", step_times[False]), ("on", step_times[True]))}})
+    record.update(
+        {
+            "cost_median": round(statistics.median(pair_costs), 4),
+            "cost_min": round(min(pair_costs), 4),
+            "cost_max": round(max(pair_costs), 4),
+            "block_step_s": {
+                k: [round(t, 5) for t in v] for k, v in (("off", step_times[False]), ("on", step_times[True]))
+            },
+        }
+    )
     emit(record, args.out)
     return 0
 

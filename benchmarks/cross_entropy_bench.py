@@ -20,8 +20,8 @@ import sys
 
 import torch
 import torch.nn.functional as F
-
 from bench_common import emit, timed
+
 from megasparse.kernels.linear_cross_entropy import linear_cross_entropy
 from megasparse.kernels.triton_cross_entropy import cross_entropy_rows_
 
@@ -50,8 +50,13 @@ def main() -> int:
     hidden = torch.randn(args.tokens, args.hidden, device="cuda", dtype=torch.bfloat16, generator=gen)
     weight = (torch.randn(args.vocab, args.hidden, device="cuda", generator=gen) * 0.02).to(torch.bfloat16)
     labels = torch.randint(0, args.vocab, (args.tokens,), device="cuda", generator=gen)
-    base = {"benchmark": "cross_entropy", "tokens": args.tokens, "hidden": args.hidden, "vocab": args.vocab,
-            "chunk": args.chunk}
+    base = {
+        "benchmark": "cross_entropy",
+        "tokens": args.tokens,
+        "hidden": args.hidden,
+        "vocab": args.vocab,
+        "chunk": args.chunk,
+    }
 
     def full(h, w):
         return F.cross_entropy(F.linear(h, w).float(), labels)
@@ -79,8 +84,16 @@ def main() -> int:
         except torch.OutOfMemoryError:
             emit({**base, "case": name, "error": "out of memory"}, args.out)
             continue
-        emit({**base, "case": name, "forward_backward_ms": round(ms, 3), "loss": losses[name],
-              "peak_extra_gb": round((torch.cuda.max_memory_allocated() - before) / 1e9, 2)}, args.out)
+        emit(
+            {
+                **base,
+                "case": name,
+                "forward_backward_ms": round(ms, 3),
+                "loss": losses[name],
+                "peak_extra_gb": round((torch.cuda.max_memory_allocated() - before) / 1e9, 2),
+            },
+            args.out,
+        )
 
     # The kernel alone on one chunk of bf16 logits (re-filled each time: it works in place).
     z0 = torch.randn(args.chunk, args.vocab, device="cuda", dtype=torch.bfloat16, generator=gen) * 4
@@ -88,11 +101,22 @@ def main() -> int:
     chunk_labels = labels[: args.chunk]
     inv_n = torch.full((1,), 1.0 / args.chunk, device="cuda")
     refill_ms = timed(lambda: z.copy_(z0), args.repeats)
-    kernel_ms = timed(lambda: (z.copy_(z0), cross_entropy_rows_(z, chunk_labels, inv_n, -100, True)), args.repeats) - refill_ms
+    kernel_ms = (
+        timed(lambda: (z.copy_(z0), cross_entropy_rows_(z, chunk_labels, inv_n, -100, True)), args.repeats) - refill_ms
+    )
     bandwidth = 3 * z.numel() * z.element_size() / kernel_ms / 1e6
     copy_gbs = copy_bandwidth_gbs()
-    emit({**base, "case": "fused_kernel_alone", "kernel_ms": round(kernel_ms, 3), "gb_per_s": round(bandwidth),
-          "copy_gb_per_s": round(copy_gbs), "fraction_of_copy": round(bandwidth / copy_gbs, 3)}, args.out)
+    emit(
+        {
+            **base,
+            "case": "fused_kernel_alone",
+            "kernel_ms": round(kernel_ms, 3),
+            "gb_per_s": round(bandwidth),
+            "copy_gb_per_s": round(copy_gbs),
+            "fraction_of_copy": round(bandwidth / copy_gbs, 3),
+        },
+        args.out,
+    )
     return 0
 
 

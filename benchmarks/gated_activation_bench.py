@@ -77,8 +77,13 @@ TIMERS = {"events": bench_ms, "graph": graph_ms}
 
 def git_commit() -> Optional[str]:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+            timeout=10,
+        )
         return out.stdout.strip() or None
     except Exception:
         return None
@@ -92,10 +97,11 @@ def copy_bandwidths_gbs() -> Dict[str, float]:
     n = 1 << 29  # 1 GiB of bf16
     src = torch.randn(n, device="cuda", dtype=torch.float32).to(torch.bfloat16)
     dst = torch.empty_like(src)
-    out = {"copy_events": bench_ms(lambda: dst.copy_(src)),
-           "copy_graph": graph_ms(lambda: dst.copy_(src)),
-           "sm_copy_graph": graph_ms(lambda: torch.neg(src, out=dst))}
-    del src, dst
+    out = {
+        "copy_events": bench_ms(lambda: dst.copy_(src)),
+        "copy_graph": graph_ms(lambda: dst.copy_(src)),
+        "sm_copy_graph": graph_ms(lambda: torch.neg(src, out=dst)),
+    }
     return {k: 2 * n * 2 / (ms * 1e-3) / 1e9 for k, ms in out.items()}
 
 
@@ -133,7 +139,7 @@ def check_correctness(g, u, activation, thresholds, row_mask) -> dict:
     close = True
     for a, b in ((h, h_ref), (dg, dg_ref), (du, du_ref)):
         try:
-            torch.testing.assert_close(a, b, rtol=2 ** -7, atol=1e-5)
+            torch.testing.assert_close(a, b, rtol=2**-7, atol=1e-5)
         except AssertionError:
             close = False
     result["close"] = close
@@ -172,15 +178,12 @@ def variants(activation: str, f: int, t: int, dtype: torch.dtype, thresholds, ro
         # the fast SiLU run), at the default launch's tiles: h and the counts are the same bits,
         # only the speed differs.
         def exact(count: bool):
-            return dataclasses.replace(forward_config(f, activation, count, dtype, "cuda"),
-                                       fast_silu=False)
+            return dataclasses.replace(forward_config(f, activation, count, dtype, "cuda"), fast_silu=False)
 
         nocount_exact, count_exact = exact(False), exact(True)
-        out["triton_nocount_exact_silu"] = lambda g, u: gated_activation_forward(g, u, activation, None,
-                                                                                 nocount_exact)
+        out["triton_nocount_exact_silu"] = lambda g, u: gated_activation_forward(g, u, activation, None, nocount_exact)
         c3 = make_counts(f, t, thresholds, None)
-        out["triton_count_thr_exact_silu"] = lambda g, u: gated_activation_forward(g, u, activation, c3,
-                                                                                   count_exact)
+        out["triton_count_thr_exact_silu"] = lambda g, u: gated_activation_forward(g, u, activation, c3, count_exact)
     return out
 
 
@@ -188,39 +191,59 @@ def variants(activation: str, f: int, t: int, dtype: torch.dtype, thresholds, ro
 BACKWARD_VARIANTS = ("eager", "torch_compile", "liger_swiglu", "triton_nocount")
 
 
-def time_variant(name: str, fn: Callable, g, u, dh, elem: int, copy_gbs: float, base: dict,
-                 timer: str) -> None:
+def time_variant(name: str, fn: Callable, g, u, dh, elem: int, copy_gbs: float, base: dict, timer: str) -> None:
     """Forward with ``timer``; backward through autograd with events (row "bwd")."""
     t, f = g.shape
     fwd_bytes, bwd_bytes = 3 * t * f * elem, 5 * t * f * elem
     try:
         with torch.no_grad():
             fwd_ms = TIMERS[timer](lambda: fn(g, u))
-        emit({**base, "variant": name, "pass": "fwd", "ms": fwd_ms,
-              "gbs": fwd_bytes / (fwd_ms * 1e-3) / 1e9,
-              "frac_of_copy": fwd_bytes / (fwd_ms * 1e-3) / 1e9 / copy_gbs})
+        emit(
+            {
+                **base,
+                "variant": name,
+                "pass": "fwd",
+                "ms": fwd_ms,
+                "gbs": fwd_bytes / (fwd_ms * 1e-3) / 1e9,
+                "frac_of_copy": fwd_bytes / (fwd_ms * 1e-3) / 1e9 / copy_gbs,
+            }
+        )
         if name not in BACKWARD_VARIANTS:
             return
         # Liger's backward writes its gradients into its inputs' buffers: give it private copies.
         gg, uu = g.clone().requires_grad_(), u.clone().requires_grad_()
         h = fn(gg, uu)
         bwd_ms = bench_ms(lambda: torch.autograd.grad(h, (gg, uu), dh, retain_graph=True))
-        emit({**base, "variant": name, "pass": "bwd", "ms": bwd_ms,
-              "gbs": bwd_bytes / (bwd_ms * 1e-3) / 1e9,
-              "frac_of_copy": bwd_bytes / (bwd_ms * 1e-3) / 1e9 / copy_gbs})
+        emit(
+            {
+                **base,
+                "variant": name,
+                "pass": "bwd",
+                "ms": bwd_ms,
+                "gbs": bwd_bytes / (bwd_ms * 1e-3) / 1e9,
+                "frac_of_copy": bwd_bytes / (bwd_ms * 1e-3) / 1e9 / copy_gbs,
+            }
+        )
     except Exception as e:  # one broken baseline must not stop the run
         emit({**base, "variant": name, "error": f"{type(e).__name__}: {e}"[:300]})
         traceback.print_exc(file=sys.stderr)
 
 
-def time_backward_kernel(activation: str, g, u, dh, elem: int, copy_gbs: float, base: dict,
-                         timer: str) -> None:
+def time_backward_kernel(activation: str, g, u, dh, elem: int, copy_gbs: float, base: dict, timer: str) -> None:
     """Our backward kernel launched directly (no autograd), with ``timer`` (row "bwd_kernel")."""
     t, f = g.shape
     ms = TIMERS[timer](lambda: gated_activation_backward(dh, g, u, activation))
     gbs = 5 * t * f * elem / (ms * 1e-3) / 1e9
-    emit({**base, "variant": "triton_nocount", "pass": "bwd_kernel", "ms": ms, "gbs": gbs,
-          "frac_of_copy": gbs / copy_gbs})
+    emit(
+        {
+            **base,
+            "variant": "triton_nocount",
+            "pass": "bwd_kernel",
+            "ms": ms,
+            "gbs": gbs,
+            "frac_of_copy": gbs / copy_gbs,
+        }
+    )
 
 
 def print_table() -> None:
@@ -229,8 +252,10 @@ def print_table() -> None:
         return
     print("\nactivation  f      variant                 pass   ms       GB/s    of copy")
     for r in rows:
-        print(f"{r['activation']:<11} {r['f']:<6} {r['variant']:<23} {r['pass']:<6} "
-              f"{r['ms']:<8.4f} {r['gbs']:<7.0f} {r['frac_of_copy']:.0%}")
+        print(
+            f"{r['activation']:<11} {r['f']:<6} {r['variant']:<23} {r['pass']:<6} "
+            f"{r['ms']:<8.4f} {r['gbs']:<7.0f} {r['frac_of_copy']:.0%}"
+        )
 
 
 def main() -> int:
@@ -239,10 +264,14 @@ def main() -> int:
     parser.add_argument("--widths", default="1920,2560,3200,3840,4480", help="comma-separated f values")
     parser.add_argument("--activations", default="relu,silu")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
-    parser.add_argument("--timer", choices=sorted(TIMERS), default="graph",
-                        help="forward and backward-kernel timing: CUDA graph replay (GPU time only) "
-                             "or CUDA events per call; backward through autograd always uses events "
-                             "(default: %(default)s)")
+    parser.add_argument(
+        "--timer",
+        choices=sorted(TIMERS),
+        default="graph",
+        help="forward and backward-kernel timing: CUDA graph replay (GPU time only) "
+        "or CUDA events per call; backward through autograd always uses events "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--commit", default=None, help="commit to record (default: git rev-parse)")
     args = parser.parse_args()
@@ -259,11 +288,18 @@ def main() -> int:
     elem = torch.tensor([], dtype=dtype).element_size()
     copies = copy_bandwidths_gbs()
     copy_gbs = max(copies.values())  # the strictest reference
-    env = {"kind": "env", "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "triton": triton.__version__, "commit": args.commit or git_commit(),
-           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "timer": args.timer,
-           "copy_gbs": copy_gbs, **{f"{k}_gbs": v for k, v in copies.items()}}
+    env = {
+        "kind": "env",
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "commit": args.commit or git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "timer": args.timer,
+        "copy_gbs": copy_gbs,
+        **{f"{k}_gbs": v for k, v in copies.items()},
+    }
     emit(env)
 
     torch.manual_seed(args.seed)

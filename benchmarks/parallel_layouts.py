@@ -20,12 +20,15 @@ import tempfile
 from pathlib import Path
 
 from bench_common import emit, median_after_first, run_training
+
 from megasparse import tags
 from megasparse.training.run_summary import read_scalars
 
 REPO = Path(__file__).resolve().parents[1]
 
-LAYOUT = re.compile(r"^(?:(?P<one>1)|(?:(?:tp(?P<tp>\d+))?(?:x?pp(?P<pp>\d+))?(?:x?dp(?P<dp>\d+))?)(?P<sp>-sp)?)(?P<weak>-weak)?$")
+LAYOUT = re.compile(
+    r"^(?:(?P<one>1)|(?:(?:tp(?P<tp>\d+))?(?:x?pp(?P<pp>\d+))?(?:x?dp(?P<dp>\d+))?)(?P<sp>-sp)?)(?P<weak>-weak)?$"
+)
 
 
 def parse_layout(name: str) -> dict:
@@ -35,8 +38,15 @@ def parse_layout(name: str) -> dict:
     tp, pp, dp = (int(m.group(k) or 1) for k in ("tp", "pp", "dp"))
     # "-weak": the global batch grows with DP (per-GPU work constant) — weak scaling; otherwise
     # every layout trains on the same global batch, so loss curves are comparable.
-    return {"name": name, "tensor": tp, "pipeline": pp, "data": dp, "gpus": tp * pp * dp,
-            "sequence_parallel": bool(m.group("sp")), "weak": bool(m.group("weak"))}
+    return {
+        "name": name,
+        "tensor": tp,
+        "pipeline": pp,
+        "data": dp,
+        "gpus": tp * pp * dp,
+        "sequence_parallel": bool(m.group("sp")),
+        "weak": bool(m.group("weak")),
+    }
 
 
 def prepare_data(workdir: Path, vocab: int) -> tuple[str, str]:
@@ -48,10 +58,20 @@ def prepare_data(workdir: Path, vocab: int) -> tuple[str, str]:
     files = bundled_corpus_files()
     tok = workdir / "tok"
     if not (workdir / "tok.model").exists():
-        train_tokenizer([str(files["train"])], str(tok),
-                        config=TokenizerTrainingConfig(vocab_size=vocab, num_threads=os.cpu_count() or 1))
-        preprocess([str(files["train"])], str(workdir / "corpus"), str(workdir / "tok.model"), append_eod=True,
-                   workers=min(8, os.cpu_count() or 1), progress=False, log=lambda s: None)
+        train_tokenizer(
+            [str(files["train"])],
+            str(tok),
+            config=TokenizerTrainingConfig(vocab_size=vocab, num_threads=os.cpu_count() or 1),
+        )
+        preprocess(
+            [str(files["train"])],
+            str(workdir / "corpus"),
+            str(workdir / "tok.model"),
+            append_eod=True,
+            workers=min(8, os.cpu_count() or 1),
+            progress=False,
+            log=lambda s: None,
+        )
     return str(workdir / "corpus_text_document"), str(workdir / "tok.model")
 
 
@@ -60,13 +80,21 @@ def run_layout(args, layout: dict, data: str, tokenizer: str, workdir: Path) -> 
     cfg = {
         "base": str(REPO / "configs" / "model" / f"{args.model}.yaml"),
         "model": {"vocab_size": None},
-        "parallel": {"tensor": layout["tensor"], "pipeline": layout["pipeline"], "zero_stage": 1,
-                     "sequence_parallel": layout["sequence_parallel"]},
+        "parallel": {
+            "tensor": layout["tensor"],
+            "pipeline": layout["pipeline"],
+            "zero_stage": 1,
+            "sequence_parallel": layout["sequence_parallel"],
+        },
         "data": {"train": [data], "tokenizer_model": tokenizer, "seq_length": args.seq},
-        "train": {"micro_batch_size": args.micro_batch,
-                  "global_batch_size": args.global_batch * (layout["data"] if layout["weak"] else 1),
-                  "steps": args.steps, "eval_interval": 0, "seed": 1234,
-                  "schedule": {"kind": "wsd", "warmup_steps": 5}},
+        "train": {
+            "micro_batch_size": args.micro_batch,
+            "global_batch_size": args.global_batch * (layout["data"] if layout["weak"] else 1),
+            "steps": args.steps,
+            "eval_interval": 0,
+            "seed": 1234,
+            "schedule": {"kind": "wsd", "warmup_steps": 5},
+        },
         "sparsity": {"counters": True, "histogram_interval": 1000000},
         "checkpoint": {"dir": None},
         "logging": {"dir": str(run_dir / "tb"), "interval": args.log_interval},
@@ -77,14 +105,21 @@ def run_layout(args, layout: dict, data: str, tokenizer: str, workdir: Path) -> 
     s = read_scalars(run_dir / "tb")
 
     return {
-        "benchmark": "parallel_layouts", "model": args.model, **layout, "seq": args.seq,
-        "micro_batch": args.micro_batch, "global_batch": args.global_batch, "steps": args.steps,
+        "benchmark": "parallel_layouts",
+        "model": args.model,
+        **layout,
+        "seq": args.seq,
+        "micro_batch": args.micro_batch,
+        "global_batch": args.global_batch,
+        "steps": args.steps,
         "tokens_per_sec": median_after_first(s, tags.PERF_TOKENS_PER_SEC),
         "tflops_per_gpu": median_after_first(s, tags.PERF_TFLOPS_PER_GPU),
         "mfu": median_after_first(s, tags.PERF_MFU) if tags.PERF_MFU in s else None,
         "max_allocated_gb": max(v for _, v in s[tags.MEM_MAX_ALLOCATED_GB]),
         "loss": [v for _, v in s[tags.TRAIN_LOSS]],
-        "activation_ratio_step1": s[tags.SPARSITY_ACTIVATION_RATIO][0][1] if s.get(tags.SPARSITY_ACTIVATION_RATIO) else None,
+        "activation_ratio_step1": s[tags.SPARSITY_ACTIVATION_RATIO][0][1]
+        if s.get(tags.SPARSITY_ACTIVATION_RATIO)
+        else None,
     }
 
 

@@ -51,10 +51,21 @@ def equivalent_model_config(model: str, vocab: int) -> ModelConfig:
 def llama_config_kwargs(cfg: ModelConfig, vocab: int, seq: int, transformers_major: int) -> dict[str, Any]:
     """``LlamaConfig`` keyword arguments for the same shape (the vocabulary unpadded, as the peer's)."""
     kwargs: dict[str, Any] = dict(
-        vocab_size=vocab, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
-        head_dim=cfg.head_dim, hidden_act="relu", tie_word_embeddings=True, attention_bias=False, mlp_bias=False,
-        rms_norm_eps=cfg.norm_eps, max_position_embeddings=seq, use_cache=False, attn_implementation="sdpa",
+        vocab_size=vocab,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.ffn_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        head_dim=cfg.head_dim,
+        hidden_act="relu",
+        tie_word_embeddings=True,
+        attention_bias=False,
+        mlp_bias=False,
+        rms_norm_eps=cfg.norm_eps,
+        max_position_embeddings=seq,
+        use_cache=False,
+        attn_implementation="sdpa",
     )
     # transformers 5 moved RoPE settings into `rope_parameters`.
     if transformers_major >= 5:
@@ -74,15 +85,18 @@ def _import_transformers():
     try:
         import transformers
     except ImportError:
-        _fail("the `transformers` package is not installed; install it in the benchmark environment "
-              "(pip install transformers), it is not a project requirement")
+        _fail(
+            "the `transformers` package is not installed; install it in the benchmark environment "
+            "(pip install transformers), it is not a project requirement"
+        )
     return transformers
 
 
 def _git_commit() -> Optional[str]:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -112,8 +126,17 @@ def deepspeed_config(micro_batch: int, lr: float, clip: float) -> dict[str, Any]
     return {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": 1,
-        "optimizer": {"type": "AdamW", "params": {"lr": lr, "betas": [0.9, 0.95], "eps": 1e-8,
-                                                  "weight_decay": 0.1, "torch_adam": True, "fused": True}},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": lr,
+                "betas": [0.9, 0.95],
+                "eps": 1e-8,
+                "weight_decay": 0.1,
+                "torch_adam": True,
+                "fused": True,
+            },
+        },
         "gradient_clipping": clip,
         "zero_optimization": {"stage": 1},
         "bf16": {"enabled": True},
@@ -170,25 +193,57 @@ def measure(args, cfg: ModelConfig) -> dict[str, Any]:
     tflops = flops_per_token(cfg, args.seq) * tokens_per_gpu / 1e12
     hf_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     return {
-        "benchmark": "peers_hf", "model": args.model, "liger": args.liger, "micro_batch": args.micro_batch,
-        "seq": args.seq, "vocab": args.vocab, "gpus": world, "activation_checkpointing": args.activation_checkpointing,
+        "benchmark": "peers_hf",
+        "model": args.model,
+        "liger": args.liger,
+        "micro_batch": args.micro_batch,
+        "seq": args.seq,
+        "vocab": args.vocab,
+        "gpus": world,
+        "activation_checkpointing": args.activation_checkpointing,
         "attn_implementation": getattr(hf_cfg, "_attn_implementation", None),
-        "steps_timed": args.steps, "step_time_s": step_time, "tokens_per_sec": tokens_per_gpu * world,
-        "tflops_per_gpu": tflops, "mfu": tflops / args.peak_tflops,
-        "max_allocated_gb": torch.cuda.max_memory_allocated() / 2**30, "final_loss": losses[-1],
-        "hf_params": hf_params, "our_param_count": param_count(cfg),
-        "flops_per_token": flops_per_token(cfg, args.seq), "peak_tflops": args.peak_tflops,
-        "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "deepspeed": __import__("deepspeed").__version__,
-        "commit": _git_commit(), "date": datetime.date.today().isoformat(),
+        "steps_timed": args.steps,
+        "step_time_s": step_time,
+        "tokens_per_sec": tokens_per_gpu * world,
+        "tflops_per_gpu": tflops,
+        "mfu": tflops / args.peak_tflops,
+        "max_allocated_gb": torch.cuda.max_memory_allocated() / 2**30,
+        "final_loss": losses[-1],
+        "hf_params": hf_params,
+        "our_param_count": param_count(cfg),
+        "flops_per_token": flops_per_token(cfg, args.seq),
+        "peak_tflops": args.peak_tflops,
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "deepspeed": __import__("deepspeed").__version__,
+        "commit": _git_commit(),
+        "date": datetime.date.today().isoformat(),
     }
 
 
 def _child_argv(args, micro_batch: int) -> list[str]:
     """This script's arguments for one measurement of the sweep (no sweep, no --out: the parent writes)."""
-    argv = ["--model", args.model, "--micro-batch", str(micro_batch), "--seq", str(args.seq),
-            "--vocab", str(args.vocab), "--steps", str(args.steps), "--warmup", str(args.warmup),
-            "--lr", str(args.lr), "--clip", str(args.clip), "--peak-tflops", str(args.peak_tflops)]
+    argv = [
+        "--model",
+        args.model,
+        "--micro-batch",
+        str(micro_batch),
+        "--seq",
+        str(args.seq),
+        "--vocab",
+        str(args.vocab),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--lr",
+        str(args.lr),
+        "--clip",
+        str(args.clip),
+        "--peak-tflops",
+        str(args.peak_tflops),
+    ]
     if args.liger:
         argv.append("--liger")
     if args.activation_checkpointing:
@@ -209,15 +264,28 @@ def sweep(args) -> list[dict[str, Any]]:
         if lines:
             result = json.loads(lines[-1])
         else:
-            result = {"benchmark": "peers_hf", "model": args.model, "liger": args.liger, "micro_batch": mb,
-                      "error": (proc.stdout + proc.stderr)[-2000:]}
+            result = {
+                "benchmark": "peers_hf",
+                "model": args.model,
+                "liger": args.liger,
+                "micro_batch": mb,
+                "error": (proc.stdout + proc.stderr)[-2000:],
+            }
         _emit(result, args.out)
         results.append(result)
     ok = [r for r in results if "tokens_per_sec" in r]
     best = max(ok, key=lambda r: r["tokens_per_sec"]) if ok else None
-    _emit({"benchmark": "peers_hf_sweep", "model": args.model, "liger": args.liger,
-           "tried": [r["micro_batch"] for r in results],
-           "oom": [r["micro_batch"] for r in results if r.get("error") == "oom"], "best": best}, args.out)
+    _emit(
+        {
+            "benchmark": "peers_hf_sweep",
+            "model": args.model,
+            "liger": args.liger,
+            "tried": [r["micro_batch"] for r in results],
+            "oom": [r["micro_batch"] for r in results if r.get("error") == "oom"],
+            "best": best,
+        },
+        args.out,
+    )
     return results
 
 
@@ -233,8 +301,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="0.1b", help="a configs/model/*.yaml shape (default 0.1b)")
     p.add_argument("--micro-batch", type=int, default=8)
-    p.add_argument("--sweep-micro-batch", type=int, nargs="+", default=None, metavar="MB",
-                   help="measure each micro-batch in its own process (OOM is caught) and report the fastest")
+    p.add_argument(
+        "--sweep-micro-batch",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="MB",
+        help="measure each micro-batch in its own process (OOM is caught) and report the fastest",
+    )
     p.add_argument("--seq", type=int, default=4096)
     p.add_argument("--vocab", type=int, default=122753)
     p.add_argument("--steps", type=int, default=10, help="timed steps (after --warmup)")
@@ -259,8 +333,16 @@ def main() -> int:
         try:
             result = measure(args, cfg)
         except torch.cuda.OutOfMemoryError:
-            _emit({"benchmark": "peers_hf", "model": args.model, "liger": args.liger,
-                   "micro_batch": args.micro_batch, "error": "oom"}, None)
+            _emit(
+                {
+                    "benchmark": "peers_hf",
+                    "model": args.model,
+                    "liger": args.liger,
+                    "micro_batch": args.micro_batch,
+                    "error": "oom",
+                },
+                None,
+            )
             return OOM_EXIT
     except ConfigError as exc:
         _fail(str(exc))

@@ -38,8 +38,9 @@ def generate_corpus(path: Path, target_bytes: int, seed: int = 0) -> Path:
     """Seeded pseudo-text with a Zipf-like word distribution, ~2-6 KB per document."""
     rng = random.Random(seed)
     letters = "etaoinshrdlcumwfgypbvkjxqz"
-    words = ["".join(rng.choice(letters[: rng.randint(8, 26)]) for _ in range(rng.randint(1, 10)))
-             for _ in range(20000)]
+    words = [
+        "".join(rng.choice(letters[: rng.randint(8, 26)]) for _ in range(rng.randint(1, 10))) for _ in range(20000)
+    ]
     weights = [1.0 / (i + 1) for i in range(len(words))]
     written = 0
     with open(path, "w") as f:
@@ -70,7 +71,9 @@ def main() -> int:
     p.add_argument("--input", default=None, help="corpus file (jsonl/.gz/.zst, parquet, arrow)")
     p.add_argument("--json-key", default="text")
     p.add_argument("--generate-mb", type=float, default=20.0, help="size of the generated corpus")
-    p.add_argument("--generated", action="store_true", help="use generated pseudo-text even if the bundled corpus exists")
+    p.add_argument(
+        "--generated", action="store_true", help="use generated pseudo-text even if the bundled corpus exists"
+    )
     p.add_argument("--tokenizer-model", default=None, help="SentencePiece model (default: train one)")
     p.add_argument("--vocab-size", type=int, default=8000)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -95,8 +98,15 @@ def main() -> int:
 
     texts = list(iter_documents([str(corpus)], [args.json_key]))
     n_chars = sum(map(len, texts))
-    common = dict(corpus=str(corpus), documents=len(texts), chars=n_chars, file_bytes=os.path.getsize(corpus),
-                  tokenizer=model, cpus=os.cpu_count(), python=platform.python_version())
+    common = dict(
+        corpus=str(corpus),
+        documents=len(texts),
+        chars=n_chars,
+        file_bytes=os.path.getsize(corpus),
+        tokenizer=model,
+        cpus=os.cpu_count(),
+        python=platform.python_version(),
+    )
 
     sp = spm.SentencePieceProcessor(model_file=model)
     floors = {
@@ -121,15 +131,32 @@ def main() -> int:
             keep(case, time.perf_counter() - t0, tokens, cpu_seconds() - c0)
         for workers in args.workers:
             c0 = cpu_seconds()
-            report = preprocess([str(corpus)], str(work / f"out_w{workers}"), model, json_keys=[args.json_key],
-                                append_eod=True, workers=workers, chunk_size=args.chunk_size, progress=False)
+            report = preprocess(
+                [str(corpus)],
+                str(work / f"out_w{workers}"),
+                model,
+                json_keys=[args.json_key],
+                append_eod=True,
+                workers=workers,
+                chunk_size=args.chunk_size,
+                progress=False,
+            )
             keep(f"preprocess_workers_{workers}", report.seconds, report, cpu_seconds() - c0)
 
     for case in floors:
         seconds, tokens = best[case]
-        emit({"case": case, "seconds": seconds, "docs_per_sec": len(texts) / seconds,
-              "tokens_per_sec": tokens / seconds, "tokens": tokens, "threads": 1,
-              "cpu_seconds": best_cpu[case], **common})
+        emit(
+            {
+                "case": case,
+                "seconds": seconds,
+                "docs_per_sec": len(texts) / seconds,
+                "tokens_per_sec": tokens / seconds,
+                "tokens": tokens,
+                "threads": 1,
+                "cpu_seconds": best_cpu[case],
+                **common,
+            }
+        )
     floor_seconds = best["floor_sp_encode_lists"][0]
     strict_floor_seconds = best["floor_sp_encode_numpy"][0]
     one = best.get(f"preprocess_workers_{min(args.workers)}")
@@ -140,17 +167,30 @@ def main() -> int:
             # CPU-time view, robust on a shared machine (pool workers are children of the
             # forkserver, not of this process, so this is only measurable for one worker).
             cpu = best_cpu["preprocess_workers_1"]
-            cpu_view = {"cpu_seconds": cpu,
-                        "cpu_pct_of_floor_lists": 100.0 * best_cpu["floor_sp_encode_lists"] / cpu,
-                        "cpu_pct_of_floor_numpy": 100.0 * best_cpu["floor_sp_encode_numpy"] / cpu}
+            cpu_view = {
+                "cpu_seconds": cpu,
+                "cpu_pct_of_floor_lists": 100.0 * best_cpu["floor_sp_encode_lists"] / cpu,
+                "cpu_pct_of_floor_numpy": 100.0 * best_cpu["floor_sp_encode_numpy"] / cpu,
+            }
         # Same documents as the floors; tokens also hold one EOD per document.
-        emit({"case": f"preprocess_workers_{workers}", "workers": workers, "seconds": seconds,
-              "docs_per_sec": r.docs_per_sec, "tokens_per_sec": r.tokens_per_sec, "tokens": r.tokens_written,
-              "pct_of_floor_lists": 100.0 * floor_seconds / seconds,
-              "pct_of_floor_numpy": 100.0 * strict_floor_seconds / seconds,
-              "pct_of_floor_numpy_per_worker": 100.0 * strict_floor_seconds / seconds / workers,
-              "speedup_vs_fewest_workers": one[0] / seconds, "chunk_size": args.chunk_size,
-              "repeat": args.repeat, **cpu_view, **common})
+        emit(
+            {
+                "case": f"preprocess_workers_{workers}",
+                "workers": workers,
+                "seconds": seconds,
+                "docs_per_sec": r.docs_per_sec,
+                "tokens_per_sec": r.tokens_per_sec,
+                "tokens": r.tokens_written,
+                "pct_of_floor_lists": 100.0 * floor_seconds / seconds,
+                "pct_of_floor_numpy": 100.0 * strict_floor_seconds / seconds,
+                "pct_of_floor_numpy_per_worker": 100.0 * strict_floor_seconds / seconds / workers,
+                "speedup_vs_fewest_workers": one[0] / seconds,
+                "chunk_size": args.chunk_size,
+                "repeat": args.repeat,
+                **cpu_view,
+                **common,
+            }
+        )
     return 0
 
 

@@ -10,7 +10,9 @@ table (and optionally a Chrome trace) into ``--out``.
 examples:
   python benchmarks/profile_step.py --model 0.1b --micro-batch 8 --counters triton --out /tmp/prof
   python benchmarks/profile_step.py --model 1.2b --micro-batch 4 --loss-chunk-tokens 8192 --compile --trace
-  python benchmarks/profile_step.py --model tiny --seq 128 --vocab 512 --micro-batch 2 --steps 1 --counters reference  # CPU
+  # on the CPU
+  python benchmarks/profile_step.py --model tiny --seq 128 --vocab 512 --micro-batch 2 --steps 1 \
+      --counters reference
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-
 from bench_common import emit
 from train_throughput import add_variant_arguments, build_trainer
 
@@ -110,19 +111,33 @@ def main() -> int:
     clock = "device" if on_gpu else "cpu"
     what = "kernel (device time)" if on_gpu else "operator (cpu self time)"
     lines = [f"{'ms/step':>10} {'share':>6}  {'category':<20} {'calls':>6}  {what}"]
-    for t, label, count, key in rows[:args.top]:
+    for t, label, count, key in rows[: args.top]:
         lines.append(f"{t / 1000 / args.steps:10.2f} {t / grand:6.1%}  {label:<20} {count:6d}  {key[:100]}")
     table = "\n".join(lines)
     (out / "profile_top_ops.txt").write_text(table + "\n")
     print(table, file=sys.stderr)
     if args.trace:
         prof.export_chrome_trace(str(out / "profile_trace.json"))
-    emit({"benchmark": "profile_step", "model": args.model, "micro_batch": args.micro_batch, "seq": args.seq,
-          "vocab": args.vocab, "counters": args.counters, "loss_chunk_tokens": args.loss_chunk_tokens,
-          "compile": args.compile, "activation_checkpointing": args.activation_checkpointing,
-          "clock": clock, "profiled_steps": args.steps,
-          "ms_per_step": {k: round(v / 1000 / args.steps, 3) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])},
-          "share": {k: round(v / grand, 4) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}}, None)
+    emit(
+        {
+            "benchmark": "profile_step",
+            "model": args.model,
+            "micro_batch": args.micro_batch,
+            "seq": args.seq,
+            "vocab": args.vocab,
+            "counters": args.counters,
+            "loss_chunk_tokens": args.loss_chunk_tokens,
+            "compile": args.compile,
+            "activation_checkpointing": args.activation_checkpointing,
+            "clock": clock,
+            "profiled_steps": args.steps,
+            "ms_per_step": {
+                k: round(v / 1000 / args.steps, 3) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])
+            },
+            "share": {k: round(v / grand, 4) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])},
+        },
+        None,
+    )
     return 0
 
 

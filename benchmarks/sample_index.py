@@ -81,8 +81,14 @@ def main() -> None:
             return BlendedDataset(children, weights, total, seed=1234, cache_dir=folder)
 
         _, blend_seconds = timed(build_blend)
-        emit("blend_2_datasets_build", blend_seconds, tokens=a.num_tokens + b.num_tokens,
-             documents=len(a) + len(b), seq_length=seq, num_samples=total)
+        emit(
+            "blend_2_datasets_build",
+            blend_seconds,
+            tokens=a.num_tokens + b.num_tokens,
+            documents=len(a) + len(b),
+            seq_length=seq,
+            num_samples=total,
+        )
 
     m = int(args.blend_samples)
     for k in (2, 3):

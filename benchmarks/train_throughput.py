@@ -18,10 +18,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from bench_common import emit, median_after_first, run_training
-from megasparse.data.indexed_dataset import IndexedDatasetWriter
+
 from megasparse import tags
+from megasparse.data.indexed_dataset import IndexedDatasetWriter
 from megasparse.training.run_summary import read_scalars
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +44,9 @@ def prepare_synthetic_data(workdir: Path, vocab: int, tokens: int) -> Path:
 
 
 def run_dir_name(args, mode: str) -> str:
-    variant = (f"-chunk{args.loss_chunk_tokens}" if args.loss_chunk_tokens else "") + ("-compiled" if args.compile else "")
+    variant = (f"-chunk{args.loss_chunk_tokens}" if args.loss_chunk_tokens else "") + (
+        "-compiled" if args.compile else ""
+    )
     return f"{args.model}-mbs{args.micro_batch}-counters-{mode}{variant}"
 
 
@@ -55,13 +57,17 @@ def benchmark_config(args, mode: str, data_prefix: Path, run_dir: Path) -> dict:
         "base": str(REPO / "configs" / "model" / f"{args.model}.yaml"),
         "model": {"vocab_size": args.vocab, "activation": args.activation},
         "data": {"train": [str(data_prefix)], "seq_length": args.seq},
-        "train": {"micro_batch_size": args.micro_batch, "global_batch_size": args.micro_batch * args.nproc,
-                  "steps": args.steps, "eval_interval": 0,
-                  "activation_checkpointing": args.activation_checkpointing,
-                  "loss_chunk_tokens": args.loss_chunk_tokens, "compile": args.compile,
-                  "schedule": {"kind": "constant", "warmup_steps": 0}},
-        "sparsity": {"counters": counters, "counter_impl": mode if counters else "auto",
-                     "histogram_interval": 1000000},
+        "train": {
+            "micro_batch_size": args.micro_batch,
+            "global_batch_size": args.micro_batch * args.nproc,
+            "steps": args.steps,
+            "eval_interval": 0,
+            "activation_checkpointing": args.activation_checkpointing,
+            "loss_chunk_tokens": args.loss_chunk_tokens,
+            "compile": args.compile,
+            "schedule": {"kind": "constant", "warmup_steps": 0},
+        },
+        "sparsity": {"counters": counters, "counter_impl": mode if counters else "auto", "histogram_interval": 1000000},
         "checkpoint": {"dir": None},
         "logging": {"dir": str(run_dir / "tb"), "interval": args.log_interval},
     }
@@ -92,8 +98,12 @@ def add_variant_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq", type=int, default=4096)
     p.add_argument("--vocab", type=int, default=122753)
     p.add_argument("--activation-checkpointing", action="store_true")
-    p.add_argument("--loss-chunk-tokens", type=int, default=0,
-                   help="train.loss_chunk_tokens: head + cross-entropy in chunks of this many tokens (0: off)")
+    p.add_argument(
+        "--loss-chunk-tokens",
+        type=int,
+        default=0,
+        help="train.loss_chunk_tokens: head + cross-entropy in chunks of this many tokens (0: off)",
+    )
     p.add_argument("--compile", action="store_true", help="train.compile: torch.compile RMSNorm and rotary")
 
 
@@ -110,14 +120,23 @@ def run_one(args, mode: str, workdir: Path, data_prefix: Path) -> dict:
         return median_after_first(s, tag)
 
     return {
-        "benchmark": "train_throughput", "model": args.model, "activation": args.activation,
-        "micro_batch": args.micro_batch, "seq": args.seq, "vocab": args.vocab, "gpus": args.nproc,
-        "counters": mode, "activation_checkpointing": args.activation_checkpointing,
-        "loss_chunk_tokens": args.loss_chunk_tokens, "compile": args.compile,
-        "steps": args.steps, "tokens_per_sec": median(tags.PERF_TOKENS_PER_SEC),
+        "benchmark": "train_throughput",
+        "model": args.model,
+        "activation": args.activation,
+        "micro_batch": args.micro_batch,
+        "seq": args.seq,
+        "vocab": args.vocab,
+        "gpus": args.nproc,
+        "counters": mode,
+        "activation_checkpointing": args.activation_checkpointing,
+        "loss_chunk_tokens": args.loss_chunk_tokens,
+        "compile": args.compile,
+        "steps": args.steps,
+        "tokens_per_sec": median(tags.PERF_TOKENS_PER_SEC),
         "tflops_per_gpu": median(tags.PERF_TFLOPS_PER_GPU),
         "mfu": median(tags.PERF_MFU) if tags.PERF_MFU in s else None,
-        "step_time_s": median(tags.PERF_STEP_TIME_S), "max_allocated_gb": max(v for _, v in s[tags.MEM_MAX_ALLOCATED_GB]),
+        "step_time_s": median(tags.PERF_STEP_TIME_S),
+        "max_allocated_gb": max(v for _, v in s[tags.MEM_MAX_ALLOCATED_GB]),
         "final_loss": s[tags.TRAIN_LOSS][-1][1],
     }
 
@@ -128,8 +147,13 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--log-interval", type=int, default=5)
     p.add_argument("--nproc", type=int, default=1)
-    p.add_argument("--counters", nargs="+", default=["off", "reference"], choices=["off", "reference", "triton"],
-                   help="counter modes to run: off, the PyTorch reference, the fused Triton kernel")
+    p.add_argument(
+        "--counters",
+        nargs="+",
+        default=["off", "reference"],
+        choices=["off", "reference", "triton"],
+        help="counter modes to run: off, the PyTorch reference, the fused Triton kernel",
+    )
     p.add_argument("--workdir", default=None)
     p.add_argument("--out", default=None, help="append JSON lines here too")
     args = p.parse_args()

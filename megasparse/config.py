@@ -13,7 +13,6 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
 # Choices used by more than one section and by the kernels; defined once here.
 ActivationName = Literal["relu", "silu"]
 KernelImpl = Literal["auto", "reference", "triton"]  # auto: Triton on CUDA, PyTorch elsewhere
@@ -202,17 +201,11 @@ class RunConfig(_Section):
                 f"= {p.tensor} × {p.pipeline}; choose sizes whose product divides the world size"
             )
         if m.num_heads % p.tensor:
-            raise ConfigError(
-                f"model.num_heads={m.num_heads} is not divisible by parallel.tensor={p.tensor}"
-            )
+            raise ConfigError(f"model.num_heads={m.num_heads} is not divisible by parallel.tensor={p.tensor}")
         if m.ffn_size % p.tensor:
-            raise ConfigError(
-                f"model.ffn_size={m.ffn_size} is not divisible by parallel.tensor={p.tensor}"
-            )
+            raise ConfigError(f"model.ffn_size={m.ffn_size} is not divisible by parallel.tensor={p.tensor}")
         if p.pipeline > m.num_layers:
-            raise ConfigError(
-                f"parallel.pipeline={p.pipeline} exceeds model.num_layers={m.num_layers}"
-            )
+            raise ConfigError(f"parallel.pipeline={p.pipeline} exceeds model.num_layers={m.num_layers}")
         if p.pipeline > 1 and p.zero_stage > 1:
             raise ConfigError(
                 f"parallel.zero_stage={p.zero_stage} with parallel.pipeline={p.pipeline}: DeepSpeed's "

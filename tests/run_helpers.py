@@ -31,11 +31,23 @@ def write_run_config(path: Path, corpus: dict, **sections) -> Path:
     """A tiny CPU run config; keyword arguments override whole keys inside sections."""
     cfg = {
         "base": str(REPO / "configs" / "model" / "tiny.yaml"),
-        "data": {"train": [corpus["train"]], "valid": [corpus["valid"]], "tokenizer_model": corpus["tokenizer"],
-                 "seq_length": 32},
-        "train": {"micro_batch_size": 2, "global_batch_size": 4, "steps": 20, "seed": 7,
-                  "eval_interval": 10, "eval_steps": 2, "precision": "fp32", "device": "cpu",
-                  "schedule": {"kind": "wsd", "warmup_steps": 4}},
+        "data": {
+            "train": [corpus["train"]],
+            "valid": [corpus["valid"]],
+            "tokenizer_model": corpus["tokenizer"],
+            "seq_length": 32,
+        },
+        "train": {
+            "micro_batch_size": 2,
+            "global_batch_size": 4,
+            "steps": 20,
+            "seed": 7,
+            "eval_interval": 10,
+            "eval_steps": 2,
+            "precision": "fp32",
+            "device": "cpu",
+            "schedule": {"kind": "wsd", "warmup_steps": 4},
+        },
         "sparsity": {"cett_interval": 10, "cett_batches": 2},
         "checkpoint": {"dir": str(path.parent / "ckpt"), "interval": 10, "keep_last": 2},
         "logging": {"dir": str(path.parent / "tb"), "interval": 5},
@@ -57,13 +69,16 @@ def run_env() -> dict:
     return env
 
 
-def run_train(config: Path, *extra: str, launcher: list[str] | None = None, timeout: int = 600,
-              check: bool = True) -> subprocess.CompletedProcess:
+def run_train(
+    config: Path, *extra: str, launcher: list[str] | None = None, timeout: int = 600, check: bool = True
+) -> subprocess.CompletedProcess:
     """Runs megasparse.train in a fresh process (optionally under a launcher)."""
     cmd = (launcher or [sys.executable, "-m"]) + ["megasparse.train", "--config", str(config), *extra]
     proc = subprocess.run(cmd, cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 

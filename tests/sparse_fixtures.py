@@ -28,8 +28,9 @@ def tiny_model(activation: str = "relu", seed: int = 1, layers: int = 2):
     from megasparse.config import ModelConfig
     from megasparse.model.transformer import Transformer
 
-    cfg = ModelConfig(hidden_size=64, num_layers=layers, ffn_size=160, head_dim=16, vocab_size=VOCAB,
-                      activation=activation)
+    cfg = ModelConfig(
+        hidden_size=64, num_layers=layers, ffn_size=160, head_dim=16, vocab_size=VOCAB, activation=activation
+    )
     return Transformer(cfg, seed=seed).eval()
 
 
@@ -64,17 +65,34 @@ def trained_run(tmp_path_factory) -> dict:
     build_tiny_corpus(root, train_docs=200, valid_docs=30, vocab_size=512)
     cfg = {
         "base": str(REPO / "configs" / "model" / "tiny.yaml"),
-        "data": {"train": [str(root / "train_text_document")], "tokenizer_model": str(root / "tok.model"),
-                 "seq_length": 32},
-        "train": {"micro_batch_size": 2, "global_batch_size": 4, "steps": 20, "seed": 7, "precision": "fp32",
-                  "device": "cpu", "schedule": {"kind": "wsd", "warmup_steps": 4}},
+        "data": {
+            "train": [str(root / "train_text_document")],
+            "tokenizer_model": str(root / "tok.model"),
+            "seq_length": 32,
+        },
+        "train": {
+            "micro_batch_size": 2,
+            "global_batch_size": 4,
+            "steps": 20,
+            "seed": 7,
+            "precision": "fp32",
+            "device": "cpu",
+            "schedule": {"kind": "wsd", "warmup_steps": 4},
+        },
         "checkpoint": {"dir": str(root / "ckpt"), "interval": 10, "keep_last": 5},
         "logging": {"interval": 10},
     }
     (root / "run.yaml").write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run([sys.executable, "-m", "megasparse.train", "--config", str(root / "run.yaml")],
-                          cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "megasparse.train", "--config", str(root / "run.yaml")],
+        cwd=REPO,
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _RUN.update(root=root, ckpt=root / "ckpt", valid=str(root / "valid_text_document"),
-                tokenizer=str(root / "tok.model"))
+    _RUN.update(
+        root=root, ckpt=root / "ckpt", valid=str(root / "valid_text_document"), tokenizer=str(root / "tok.model")
+    )
     return _RUN

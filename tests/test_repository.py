@@ -90,8 +90,14 @@ SECTION_REF = re.compile(r"(docs/[a-z_-]+\.md|RESULTS\.md) §(\d+(?:\.\d+)?[a-z]
 
 def _tracked_text_files() -> list[Path]:
     skip = ("benchmarks/results", "dev/kernels/results", ".venv", "runs")
-    return [p for p in REPO.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES
-            and not any(str(p.relative_to(REPO)).startswith(s) for s in skip) and ".git" not in p.parts]
+    return [
+        p
+        for p in REPO.rglob("*")
+        if p.is_file()
+        and p.suffix in TEXT_SUFFIXES
+        and not any(str(p.relative_to(REPO)).startswith(s) for s in skip)
+        and ".git" not in p.parts
+    ]
 
 
 def _headings(doc: Path) -> set[str]:
@@ -106,8 +112,13 @@ def _headings(doc: Path) -> set[str]:
 
 def test_no_reference_points_outside_the_repository():
     pattern = re.compile(r"DESIGN §|DESIGN\.md|reference/[a-z-]+\.md|\bspec §")
-    hits = [f"{p.relative_to(REPO)}:{i}" for p in _tracked_text_files() if p != Path(__file__).resolve()
-            for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if pattern.search(line)]
+    hits = [
+        f"{p.relative_to(REPO)}:{i}"
+        for p in _tracked_text_files()
+        if p != Path(__file__).resolve()
+        for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert not hits, "references to documents that are not in the repo:\n" + "\n".join(hits)
 
 
@@ -132,15 +143,20 @@ def test_every_tag_is_documented():
     doc = (REPO / "docs" / "tensorboard.md").read_text()
     prefixes = {tags.SPARSITY, tags.CETT}
     names = [v for k, v in vars(tags).items() if k.isupper() and isinstance(v, str) and v not in prefixes]
-    names += [tags.layer_activation_ratio(0).replace("00", "XX"), tags.neuron_frequency(0).replace("00", "XX"),
-              tags.layer_activation_ratio(0, tags.CETT).replace("00", "XX"), tags.dead_neuron_ratio(),
-              tags.measurement("<method>", "value")]
+    names += [
+        tags.layer_activation_ratio(0).replace("00", "XX"),
+        tags.neuron_frequency(0).replace("00", "XX"),
+        tags.layer_activation_ratio(0, tags.CETT).replace("00", "XX"),
+        tags.dead_neuron_ratio(),
+        tags.measurement("<method>", "value"),
+    ]
     missing = [n for n in names if f"`{n}`" not in doc]
     assert not missing, f"tags missing from docs/tensorboard.md: {missing}"
 
 
-@pytest.mark.parametrize("layer,expected", [(0, "sparsity/layer_00/activation_ratio"),
-                                            (12, "sparsity/layer_12/activation_ratio")])
+@pytest.mark.parametrize(
+    "layer,expected", [(0, "sparsity/layer_00/activation_ratio"), (12, "sparsity/layer_12/activation_ratio")]
+)
 def test_layer_tags_are_zero_padded(layer, expected):
     from megasparse import tags
 

@@ -20,11 +20,15 @@ def build_tiny_corpus(root: Path, train_docs: int = 300, valid_docs: int = 40, v
             for doc in itertools.islice(iter_bundled_documents(split), n):
                 f.write(json.dumps({"text": doc["text"]}) + "\n")
         paths[split] = path
-    train_tokenizer([str(paths["train"])], str(root / "tok"),
-                    config=TokenizerTrainingConfig(vocab_size=vocab_size, input_sentence_size=0))
+    train_tokenizer(
+        [str(paths["train"])],
+        str(root / "tok"),
+        config=TokenizerTrainingConfig(vocab_size=vocab_size, input_sentence_size=0),
+    )
     out = {"tokenizer": str(root / "tok.model")}
     for split, path in paths.items():
-        preprocess([str(path)], str(root / split), out["tokenizer"], append_eod=True, progress=False,
-                   log=lambda s: None)
+        preprocess(
+            [str(path)], str(root / split), out["tokenizer"], append_eod=True, progress=False, log=lambda s: None
+        )
         out[split] = str(root / f"{split}_text_document")
     return out

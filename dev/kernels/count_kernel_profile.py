@@ -41,26 +41,45 @@ def main() -> int:
 
     def counts() -> CountTarget:
         z = torch.zeros(f, dtype=torch.int64, device="cuda")
-        return CountTarget(active=z, tokens=torch.zeros((), dtype=torch.int64, device="cuda"),
-                           above_threshold=z.clone(), thresholds=thr)
+        return CountTarget(
+            active=z,
+            tokens=torch.zeros((), dtype=torch.int64, device="cuda"),
+            above_threshold=z.clone(),
+            thresholds=thr,
+        )
 
     silu_count = forward_config(f, "silu", True, g.dtype, g.device)
-    variants = [("silu", False, forward_config(f, "silu", False, g.dtype, g.device)),
-                ("silu", True, silu_count),
-                ("silu", True, dataclasses.replace(silu_count, block_t=16, block_f=128, row_tiles=16,
-                                                   stages=3, thr_on_product=False, fast_silu=False)),
-                ("relu", True, forward_config(f, "relu", True, g.dtype, g.device))]
+    variants = [
+        ("silu", False, forward_config(f, "silu", False, g.dtype, g.device)),
+        ("silu", True, silu_count),
+        (
+            "silu",
+            True,
+            dataclasses.replace(
+                silu_count, block_t=16, block_f=128, row_tiles=16, stages=3, thr_on_product=False, fast_silu=False
+            ),
+        ),
+        ("relu", True, forward_config(f, "relu", True, g.dtype, g.device)),
+    ]
     for activation, count, cfg in variants:
-        print(json.dumps({"launch": activation, "counting": count, "config": dataclasses.asdict(cfg)}),
-              flush=True)
+        print(json.dumps({"launch": activation, "counting": count, "config": dataclasses.asdict(cfg)}), flush=True)
         gated_activation_forward(g, u, activation, counts() if count else None, cfg)
     torch.cuda.synchronize()
     for device_cache in getattr(gated_act_fwd_kernel, "device_caches", {}).values():
         for key, compiled in device_cache[0].items():
             try:
-                print(json.dumps({"key": str(key)[-300:], "n_regs": compiled.n_regs,
-                                  "n_spills": compiled.n_spills, "shared": compiled.metadata.shared,
-                                  "num_warps": compiled.metadata.num_warps}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "key": str(key)[-300:],
+                            "n_regs": compiled.n_regs,
+                            "n_spills": compiled.n_spills,
+                            "shared": compiled.metadata.shared,
+                            "num_warps": compiled.metadata.num_warps,
+                        }
+                    ),
+                    flush=True,
+                )
             except Exception as err:  # Triton's cache layout differs between versions
                 print(json.dumps({"error": repr(err)[:200]}), flush=True)
     return 0

@@ -44,8 +44,7 @@ def _fast_product_kernel(G, U, P, N, BLOCK: tl.constexpr):
     ok = i < N
     g = tl.load(G + i, mask=ok, other=0.0).to(tl.float32)
     u = tl.load(U + i, mask=ok, other=0.0).to(tl.float32)
-    p = tl.inline_asm_elementwise(FAST_SILU_PRODUCT_PTX, "=r,r,r", [g, u], dtype=tl.float32,
-                                  is_pure=True, pack=1)
+    p = tl.inline_asm_elementwise(FAST_SILU_PRODUCT_PTX, "=r,r,r", [g, u], dtype=tl.float32, is_pure=True, pack=1)
     tl.store(P + i, p, mask=ok)
 
 
@@ -74,8 +73,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--chunk-rows", type=int, default=2048, help="u values per chunk (default: %(default)s)")
     p.add_argument("--fix-ulps", default="16,32,64", help="fix-up widths to count lanes for")
-    p.add_argument("--fix-min-g", type=float, default=FAST_SILU_FIX_MIN_G,
-                   help="the kernel's g cut-off, for the lane counts (default: %(default)s)")
+    p.add_argument(
+        "--fix-min-g",
+        type=float,
+        default=FAST_SILU_FIX_MIN_G,
+        help="the kernel's g cut-off, for the lane counts (default: %(default)s)",
+    )
     p.add_argument("--out", default=None)
     args = p.parse_args()
     if not torch.cuda.is_available():
@@ -93,7 +96,7 @@ def main() -> int:
     fixups = {k: 0 for k in ulps_list}
     total = 0
     for start in range(0, values.numel(), args.chunk_rows):
-        u = values[start:start + args.chunk_rows, None].expand(-1, values.numel())  # [R, 65536]
+        u = values[start : start + args.chunk_rows, None].expand(-1, values.numel())  # [R, 65536]
         g = g_row.expand_as(u).contiguous()
         u = u.contiguous()
         p_fast = fast_product(g, u)
@@ -111,18 +114,47 @@ def main() -> int:
         del u, g, p_fast, p_exact, d, b
     for i, lower in enumerate(G_EDGES):
         upper = G_EDGES[i + 1] if i + 1 < len(G_EDGES) else float("inf")
-        emit({"benchmark": "fast_silu_error", "g_from": lower, "g_to": upper, "pairs": int(pairs[i]),
-              "max_fp32_steps": int(worst[i])}, args.out)
-    emit({"benchmark": "fast_silu_error", "incomparable_pairs": incomparable,
-          "fix_min_g": args.fix_min_g,
-          "note": "pairs with g >= -fix_min_g where one p is finite and the other not, or signs differ"}, args.out)
+        emit(
+            {
+                "benchmark": "fast_silu_error",
+                "g_from": lower,
+                "g_to": upper,
+                "pairs": int(pairs[i]),
+                "max_fp32_steps": int(worst[i]),
+            },
+            args.out,
+        )
+    emit(
+        {
+            "benchmark": "fast_silu_error",
+            "incomparable_pairs": incomparable,
+            "fix_min_g": args.fix_min_g,
+            "note": "pairs with g >= -fix_min_g where one p is finite and the other not, or signs differ",
+        },
+        args.out,
+    )
     for cut in (4.0, 8.0, 16.0, 32.0):
         covered = [int(worst[i]) for i, lower in enumerate(G_EDGES) if lower >= -cut]
-        emit({"benchmark": "fast_silu_error", "fix_min_g": cut, "max_fp32_steps": max(covered),
-              "smallest_safe_fix_ulps": max(covered) + 1}, args.out)
+        emit(
+            {
+                "benchmark": "fast_silu_error",
+                "fix_min_g": cut,
+                "max_fp32_steps": max(covered),
+                "smallest_safe_fix_ulps": max(covered) + 1,
+            },
+            args.out,
+        )
     for k in ulps_list:
-        emit({"benchmark": "fast_silu_error", "data": "all bf16 pairs", "fix_ulps": k,
-              "fix_min_g": args.fix_min_g, "lanes_fixed": fixups[k] / total}, args.out)
+        emit(
+            {
+                "benchmark": "fast_silu_error",
+                "data": "all bf16 pairs",
+                "fix_ulps": k,
+                "fix_min_g": args.fix_min_g,
+                "lanes_fixed": fixups[k] / total,
+            },
+            args.out,
+        )
     gen = torch.Generator(device="cuda").manual_seed(0)
     for sigma in (1.0, 3.0, 8.0):
         g = (torch.randn(1 << 26, device="cuda", generator=gen) * sigma).to(torch.bfloat16)
@@ -131,9 +163,17 @@ def main() -> int:
         for k in ulps_list:
             lane = near_midpoint(p_fast, k) | ~(g.float() >= -args.fix_min_g)
             warp = lane.view(-1, 32).any(dim=1)  # one warp instruction covers 32 lanes' elements
-            emit({"benchmark": "fast_silu_error", "data": f"g ~ N(0, {sigma}^2), u ~ N(0, 1)",
-                  "fix_ulps": k, "fix_min_g": args.fix_min_g, "lanes_fixed": float(lane.float().mean()),
-                  "warp_instructions_diverging": float(warp.float().mean())}, args.out)
+            emit(
+                {
+                    "benchmark": "fast_silu_error",
+                    "data": f"g ~ N(0, {sigma}^2), u ~ N(0, 1)",
+                    "fix_ulps": k,
+                    "fix_min_g": args.fix_min_g,
+                    "lanes_fixed": float(lane.float().mean()),
+                    "warp_instructions_diverging": float(warp.float().mean()),
+                },
+                args.out,
+            )
     return 0
 
 

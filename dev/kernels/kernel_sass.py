@@ -47,20 +47,38 @@ TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 _INSTRUCTION = re.compile(r"\s+/\*([0-9a-f]{4})\*/\s+(.*?);")
 
 
-def compile_forward(activation: str, count: bool, thresholds: bool, row_mask: bool,
-                    config: ForwardConfig) -> bytes:
+def compile_forward(activation: str, count: bool, thresholds: bool, row_mask: bool, config: ForwardConfig) -> bytes:
     """The cubin of one forward-kernel launch for sm_90, bf16 tensors, f divisible by 16."""
     kernel = gated_act_fwd_kernel
-    types = {"G": "*bf16", "U": "*bf16", "H": "*bf16", "ACTIVE": "*i64", "ABOVE": "*i64", "TOKENS": "*i64",
-             "THRESHOLDS": "*fp32", "ROW_MASK": "*i32", "T": "i32", "F": "i32"}
-    constants = forward_kernel_constants(activation, config, torch.bfloat16, torch.bfloat16, count=count,
-                                         thresholds=thresholds, row_mask=row_mask, compiled=True)
+    types = {
+        "G": "*bf16",
+        "U": "*bf16",
+        "H": "*bf16",
+        "ACTIVE": "*i64",
+        "ABOVE": "*i64",
+        "TOKENS": "*i64",
+        "THRESHOLDS": "*fp32",
+        "ROW_MASK": "*i32",
+        "T": "i32",
+        "F": "i32",
+    }
+    constants = forward_kernel_constants(
+        activation,
+        config,
+        torch.bfloat16,
+        torch.bfloat16,
+        count=count,
+        thresholds=thresholds,
+        row_mask=row_mask,
+        compiled=True,
+    )
     names = list(kernel.arg_names)
     signature = {name: types.get(name, "constexpr") for name in names}
     # Pointers and sizes divisible by 16, as at real launches with f % 16 == 0.
     attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in types}
-    source = ASTSource(fn=kernel, signature=signature, attrs=attrs,
-                       constexprs={(names.index(k),): v for k, v in constants.items()})
+    source = ASTSource(
+        fn=kernel, signature=signature, attrs=attrs, constexprs={(names.index(k),): v for k, v in constants.items()}
+    )
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": config.num_warps})
     return compiled.asm["cubin"]
 
@@ -69,13 +87,20 @@ def analyse(cubin: bytes, elements_per_thread: float) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        usage = subprocess.run([str(TOOLS / "cuobjdump"), "-res-usage", f.name], capture_output=True,
-                               text=True, check=True).stdout
-        sass = subprocess.run([str(TOOLS / "cuobjdump"), "-sass", f.name], capture_output=True,
-                              text=True, check=True).stdout
+        usage = subprocess.run(
+            [str(TOOLS / "cuobjdump"), "-res-usage", f.name], capture_output=True, text=True, check=True
+        ).stdout
+        sass = subprocess.run(
+            [str(TOOLS / "cuobjdump"), "-sass", f.name], capture_output=True, text=True, check=True
+        ).stdout
     code = [(int(m.group(1), 16), m.group(2).strip()) for m in map(_INSTRUCTION.match, sass.splitlines()) if m]
-    backward = [(int(t.group(1), 16), address) for address, text in code if "BRA" in text
-                for t in [re.search(r"0x([0-9a-f]+)", text)] if t and int(t.group(1), 16) < address]
+    backward = [
+        (int(t.group(1), 16), address)
+        for address, text in code
+        if "BRA" in text
+        for t in [re.search(r"0x([0-9a-f]+)", text)]
+        if t and int(t.group(1), 16) < address
+    ]
     if backward:  # the row-tile loop: from the target of its backward branch to the branch
         start, end = backward[0]
         body = [(address, text) for address, text in code if start <= address <= end]
@@ -93,11 +118,16 @@ def analyse(cubin: bytes, elements_per_thread: float) -> dict:
                 fixups.append((address, int(target.group(1), 16)))
     common = [text for address, text in body if not any(a < address < t for a, t in fixups)]
     opcodes = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", text).split()[0] for text in common)
-    return {"registers": int(re.search(r"REG:(\d+)", usage).group(1)), "loop": bool(backward),
-            "instructions": len(body), "per_element": round(len(body) / elements_per_thread, 2),
-            "fixup_blocks": len(fixups), "common_path": len(common),
-            "common_per_element": round(len(common) / elements_per_thread, 2),
-            "histogram": dict(opcodes.most_common())}
+    return {
+        "registers": int(re.search(r"REG:(\d+)", usage).group(1)),
+        "loop": bool(backward),
+        "instructions": len(body),
+        "per_element": round(len(body) / elements_per_thread, 2),
+        "fixup_blocks": len(fixups),
+        "common_path": len(common),
+        "common_per_element": round(len(common) / elements_per_thread, 2),
+        "histogram": dict(opcodes.most_common()),
+    }
 
 
 def main() -> int:
@@ -109,25 +139,45 @@ def main() -> int:
     p.add_argument("--tile", default="16x64x4", help="BLOCK_TxBLOCK_FxWARPS (default: %(default)s)")
     p.add_argument("--row-tiles", type=int, default=16)
     p.add_argument("--stages", type=int, default=3)
-    p.add_argument("--exact-silu", action="store_true",
-                   help="SiLU with libdevice exp and IEEE division everywhere (default: the fast "
-                        "exp2/reciprocal with the exact per-lane fix-up, as bf16 training runs)")
+    p.add_argument(
+        "--exact-silu",
+        action="store_true",
+        help="SiLU with libdevice exp and IEEE division everywhere (default: the fast "
+        "exp2/reciprocal with the exact per-lane fix-up, as bf16 training runs)",
+    )
     p.add_argument("--histogram", action="store_true", help="also print instructions by opcode")
     args = p.parse_args()
     block_t, block_f, warps = (int(x) for x in args.tile.split("x"))
     count, thresholds = not args.no_count, not args.no_thresholds
     # The launch bf16 training runs (threshold compare on the product, fast SiLU), at these tiles.
-    config = ForwardConfig(block_t=block_t, block_f=block_f, num_warps=warps, row_tiles=args.row_tiles,
-                           stages=args.stages, thr_on_product=count and thresholds,
-                           fast_silu=args.activation == "silu" and not args.exact_silu)
+    config = ForwardConfig(
+        block_t=block_t,
+        block_f=block_f,
+        num_warps=warps,
+        row_tiles=args.row_tiles,
+        stages=args.stages,
+        thr_on_product=count and thresholds,
+        fast_silu=args.activation == "silu" and not args.exact_silu,
+    )
     cubin = compile_forward(args.activation, count, thresholds, args.row_mask, config)
     report = analyse(cubin, block_t * block_f / (32 * warps))
     if not args.histogram:
         report.pop("histogram")
-    print(json.dumps({"activation": args.activation, "count": not args.no_count,
-                      "thresholds": not args.no_thresholds, "row_mask": args.row_mask,
-                      "exact_silu": args.exact_silu, "tile": args.tile,
-                      "row_tiles": args.row_tiles, "stages": args.stages, **report}))
+    print(
+        json.dumps(
+            {
+                "activation": args.activation,
+                "count": not args.no_count,
+                "thresholds": not args.no_thresholds,
+                "row_mask": args.row_mask,
+                "exact_silu": args.exact_silu,
+                "tile": args.tile,
+                "row_tiles": args.row_tiles,
+                "stages": args.stages,
+                **report,
+            }
+        )
+    )
     return 0
 
 

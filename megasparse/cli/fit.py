@@ -28,7 +28,7 @@ RUN is one of
   a .json/.txt file: {{"token_passed": [...], "activation_ratio": [...]}} (the authors' format;
       also "tokens_b" = billions, "tokens" = raw counts) or a list of such records; .jsonl = records
   a .csv file with a header: tokens (raw count) or tokens_b (billions), activation_ratio
-  ref:NAME, a packaged released curve of the paper: {', '.join('ref:' + n for n in REFERENCE_CURVES)}
+  ref:NAME, a packaged released curve of the paper: {", ".join("ref:" + n for n in REFERENCE_CURVES)}
 Activation ratios may be fractions or percent (any value > 1 means percent).
 
 examples:
@@ -47,31 +47,56 @@ exit status: 0 ok, 1 a fit failed (reported), 2 bad input.
 
 def build_parser(prog: str = "megasparse fit") -> argparse.ArgumentParser:
     p = command_parser(
-        prog, __doc__, EPILOG,
+        prog,
+        __doc__,
+        EPILOG,
         description="Fit the Sparsing Law by non-linear least squares (D = tokens in billions):\n"
-                    "  ReLU: A(D) = exp(-c*D^alpha + b) + A0      SiLU: A(D) = -c*D^(-alpha) + A0\n"
-                    "Prints a table; optionally writes JSON, a plot, and a markdown report with the\n"
-                    "paper's Table 2 alongside released runs.")
+        "  ReLU: A(D) = exp(-c*D^alpha + b) + A0      SiLU: A(D) = -c*D^(-alpha) + A0\n"
+        "Prints a table; optionally writes JSON, a plot, and a markdown report with the\n"
+        "paper's Table 2 alongside released runs.",
+    )
     p.add_argument("runs", nargs="*", metavar="RUN", help="runs to fit (see below)")
     p.add_argument("--law", choices=LAWS, help="which law to fit (the gate activation of the runs)")
-    p.add_argument("--tag", default=DEFAULT_RATIO_TAG, help=f"activation-ratio scalar tag (default {DEFAULT_RATIO_TAG})")
+    p.add_argument(
+        "--tag", default=DEFAULT_RATIO_TAG, help=f"activation-ratio scalar tag (default {DEFAULT_RATIO_TAG})"
+    )
     p.add_argument("--tokens-tag", default=TOKENS_TAG, help=f"cumulative-token scalar tag (default {TOKENS_TAG})")
-    p.add_argument("--skip-first", type=int, default=0, metavar="N",
-                   help="drop the N earliest points (warmup / noisy start) before fitting")
-    p.add_argument("--paper-skip", action="store_true",
-                   help="for released runs (ref:NAME, or the authors' files such as 0.2b_silu.txt) use the "
-                        "early-point skip of the published fit instead of --skip-first")
-    p.add_argument("--method", choices=METHODS, default="auto",
-                   help="lm = unbounded Levenberg-Marquardt (the paper), trf = bounded trust region, "
-                        "auto = both from every start, best admissible fit (default)")
-    p.add_argument("--params", type=float, nargs="+", metavar="N",
-                   help="non-embedding parameter count, one for all runs or one per run: adds the "
-                        "d(1-A)/dD vs tokens/params panel to --plot")
+    p.add_argument(
+        "--skip-first",
+        type=int,
+        default=0,
+        metavar="N",
+        help="drop the N earliest points (warmup / noisy start) before fitting",
+    )
+    p.add_argument(
+        "--paper-skip",
+        action="store_true",
+        help="for released runs (ref:NAME, or the authors' files such as 0.2b_silu.txt) use the "
+        "early-point skip of the published fit instead of --skip-first",
+    )
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="auto",
+        help="lm = unbounded Levenberg-Marquardt (the paper), trf = bounded trust region, "
+        "auto = both from every start, best admissible fit (default)",
+    )
+    p.add_argument(
+        "--params",
+        type=float,
+        nargs="+",
+        metavar="N",
+        help="non-embedding parameter count, one for all runs or one per run: adds the "
+        "d(1-A)/dD vs tokens/params panel to --plot",
+    )
     p.add_argument("--json", metavar="OUT.json", help="write the fitted parameters per run")
     p.add_argument("--plot", metavar="OUT.png", help="write data + fitted curves")
     p.add_argument("--report", metavar="OUT.md", help="write a markdown report")
-    p.add_argument("--width-depth", metavar="FILE.json",
-                   help='fit the "linear, then flat" bottleneck to [{"ratio": r, "A0": a}, ...]')
+    p.add_argument(
+        "--width-depth",
+        metavar="FILE.json",
+        help='fit the "linear, then flat" bottleneck to [{"ratio": r, "A0": a}, ...]',
+    )
     return p
 
 
@@ -86,8 +111,9 @@ def _fit_runs(args) -> tuple[list[RunFit], int]:
         if args.paper_skip and row is not None and row["law"] == args.law and row["skip"] is not None:
             skip = row["skip"]
         try:
-            fit = fit_sparsing_law(curve.tokens_b, curve.activation_ratio, args.law, skip_first=skip,
-                                   method=args.method)
+            fit = fit_sparsing_law(
+                curve.tokens_b, curve.activation_ratio, args.law, skip_first=skip, method=args.method
+            )
         except LawFitError as e:
             raise LawFitError(f"{curve.source}: {e}") from None
         results.append(RunFit(curve, fit))
@@ -98,8 +124,10 @@ def _width_depth(path: str) -> str:
     ratios, a0 = read_pairs_json(path, "ratio", "A0")
     a0, _ = ratios_to_fraction(a0, f"{path}: A0")
     fit = fit_bottleneck(ratios, a0)
-    return (f"width-depth ({fit.n_points} points): A0 = {fit.intercept:.4g} + {fit.slope:.4g} * min(ratio, "
-            f"{fit.bottleneck:.4g}); plateau A0 = {fit.plateau:.4f}; SSE {fit.sse:.3g}")
+    return (
+        f"width-depth ({fit.n_points} points): A0 = {fit.intercept:.4g} + {fit.slope:.4g} * min(ratio, "
+        f"{fit.bottleneck:.4g}); plateau A0 = {fit.plateau:.4f}; SSE {fit.sse:.3g}"
+    )
 
 
 def main(argv: list[str] | None = None, prog: str = "megasparse fit") -> int:
@@ -115,7 +143,9 @@ def main(argv: list[str] | None = None, prog: str = "megasparse fit") -> int:
             raise LawDataError(f"--skip-first must be >= 0, got {args.skip_first}")
         if args.params is not None:
             if len(args.params) not in (1, len(args.runs)):
-                raise LawDataError(f"--params: give one count or one per run ({len(args.runs)}), got {len(args.params)}")
+                raise LawDataError(
+                    f"--params: give one count or one per run ({len(args.runs)}), got {len(args.params)}"
+                )
             if min(args.params) <= 0:
                 raise LawDataError("--params: parameter counts must be > 0")
         status = 0

@@ -43,8 +43,9 @@ exit status: 0 ok, 2 bad input.
 
 
 def build_parser(prog: str = "megasparse measure") -> argparse.ArgumentParser:
-    p = command_parser(prog, __doc__, EPILOG,
-                       description="Measure activation sparsity of checkpoints on fixed validation batches.")
+    p = command_parser(
+        prog, __doc__, EPILOG, description="Measure activation sparsity of checkpoints on fixed validation batches."
+    )
     p.add_argument("checkpoints", nargs="+", metavar="CKPT_OR_RUN_DIR")
     p.add_argument("--data", nargs="+", required=True, metavar="PREFIX", help="validation .bin/.idx prefix(es)")
     p.add_argument("--tokenizer-model", help="appends EOD between documents that lack it (default: as stored)")
@@ -56,10 +57,17 @@ def build_parser(prog: str = "megasparse measure") -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=1e-3, help="CETT search bracket width (default 1e-3)")
     p.add_argument("--method", default="cett", choices=["cett", "fat", "topk", "topk-batch", "zero"])
     p.add_argument("--arg", type=float, help="eps (fat), kept fraction (topk*), fixed CETT value (cett)")
-    p.add_argument("--sidecar", default="last", choices=["all", "last", "none"],
-                   help="write the sparse-inference sidecar for all checkpoints, the last, or none")
-    p.add_argument("--sidecar-into-checkpoint", action="store_true",
-                   help="write the sidecar into the checkpoint folder instead of --out")
+    p.add_argument(
+        "--sidecar",
+        default="last",
+        choices=["all", "last", "none"],
+        help="write the sparse-inference sidecar for all checkpoints, the last, or none",
+    )
+    p.add_argument(
+        "--sidecar-into-checkpoint",
+        action="store_true",
+        help="write the sidecar into the checkpoint folder instead of --out",
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--tensorboard", help="also write TensorBoard scalars here")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -82,8 +90,9 @@ def main(argv: list[str] | None = None, prog: str = "megasparse measure") -> int
     try:
         if args.batches < 1 or args.micro_batch < 1:
             raise MeasureError("--batches and --micro-batch must be ≥ 1")
-        infos = sorted({c.path: c for path in args.checkpoints for c in list_checkpoints(path)}.values(),
-                       key=lambda c: c.step)
+        infos = sorted(
+            {c.path: c for path in args.checkpoints for c in list_checkpoints(path)}.values(), key=lambda c: c.step
+        )
         seq = args.seq_length or infos[-1].meta.get("run", {}).get("data", {}).get("seq_length")
         if not seq or seq < 1:
             raise MeasureError("--seq-length is needed (the checkpoint's metadata does not give data.seq_length)")
@@ -94,8 +103,15 @@ def main(argv: list[str] | None = None, prog: str = "megasparse measure") -> int
         eod = Tokenizer(args.tokenizer_model).eod_id if args.tokenizer_model else None
         batches = fixed_batches(args.data, int(seq), args.batches, args.micro_batch, eod)
         device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
-        options = MeasureOptions(method=args.method, p=args.p, last_k=args.last_k, tolerance=args.tolerance,
-                                 arg=args.arg, sidecar=args.sidecar, sidecar_into_checkpoint=args.sidecar_into_checkpoint)
+        options = MeasureOptions(
+            method=args.method,
+            p=args.p,
+            last_k=args.last_k,
+            tolerance=args.tolerance,
+            arg=args.arg,
+            sidecar=args.sidecar,
+            sidecar_into_checkpoint=args.sidecar_into_checkpoint,
+        )
         progress = (lambda it, **kw: it) if args.no_progress else (lambda it, **kw: tqdm(it, **kw))
         records = Measurement(infos, batches, options, device=device, progress=progress).run(args.out, args.tensorboard)
     except (CheckpointError, MeasureError, DatasetBuildError, IndexedDatasetError, TokenizerError) as e:
@@ -106,8 +122,10 @@ def main(argv: list[str] | None = None, prog: str = "megasparse measure") -> int
         return 2
     for r in records:
         cett = "" if r["cett"] is None else f" cett {r['cett']:.4f}"
-        print(f"step {r['step']:>8} tokens {r['tokens']:>14,} loss {r['dense_loss']:.4f} ppl_ratio {r['ppl_ratio']:.4f}"
-              f"{cett} activation {100 * r['activation_ratio']:.2f}% dead {100 * r['dead_neuron_ratio']:.2f}%")
+        print(
+            f"step {r['step']:>8} tokens {r['tokens']:>14,} loss {r['dense_loss']:.4f} ppl_ratio {r['ppl_ratio']:.4f}"
+            f"{cett} activation {100 * r['activation_ratio']:.2f}% dead {100 * r['dead_neuron_ratio']:.2f}%"
+        )
     print(f"wrote {Path(args.out) / 'measurements.json'}")
     return 0
 

@@ -62,8 +62,10 @@ def main(argv: Optional[list[str]] = None, prog: str = "megasparse merge") -> in
         msg = str(exc) if isinstance(exc, (ValueError, IndexedDatasetError)) else f"{exc.filename}: {exc.strerror}"
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2
-    print(f"merged {len(prefixes)} datasets into {out}.bin/.idx: {documents} documents, {tokens} tokens, "
-          f"dtype {inputs[0].dtype}")
+    print(
+        f"merged {len(prefixes)} datasets into {out}.bin/.idx: {documents} documents, {tokens} tokens, "
+        f"dtype {inputs[0].dtype}"
+    )
     return 0
 
 

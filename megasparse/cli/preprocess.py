@@ -27,24 +27,44 @@ and no output files are left behind. The output is byte-identical for any --work
 
 def build_parser(prog: str = "megasparse preprocess") -> argparse.ArgumentParser:
     p = command_parser(prog, __doc__, EPILOG)
-    p.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                   help="input files, glob patterns (quote them) or directories, read in the order given")
-    p.add_argument("--output-prefix", required=True,
-                   help="outputs are {prefix}_{key}_document.bin/.idx and {prefix}_report.json")
+    p.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="input files, glob patterns (quote them) or directories, read in the order given",
+    )
+    p.add_argument(
+        "--output-prefix", required=True, help="outputs are {prefix}_{key}_document.bin/.idx and {prefix}_report.json"
+    )
     p.add_argument("--tokenizer-model", required=True, help="SentencePiece .model file")
-    p.add_argument("--tokenizer-type", default="SentencePieceTokenizer",
-                   choices=["SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer"],
-                   help="accepted so that Megatron command lines run unchanged; every choice means the "
-                        "SentencePiece model given by --tokenizer-model")
-    p.add_argument("--json-keys", nargs="+", default=["text"],
-                   help="fields (jsonl keys or parquet/arrow columns) to tokenize, one output each (default: text)")
-    p.add_argument("--append-eod", action="store_true",
-                   help="append the end-of-document token (<eod>, or </s> for models without it) to every document")
+    p.add_argument(
+        "--tokenizer-type",
+        default="SentencePieceTokenizer",
+        choices=["SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer"],
+        help="accepted so that Megatron command lines run unchanged; every choice means the "
+        "SentencePiece model given by --tokenizer-model",
+    )
+    p.add_argument(
+        "--json-keys",
+        nargs="+",
+        default=["text"],
+        help="fields (jsonl keys or parquet/arrow columns) to tokenize, one output each (default: text)",
+    )
+    p.add_argument(
+        "--append-eod",
+        action="store_true",
+        help="append the end-of-document token (<eod>, or </s> for models without it) to every document",
+    )
     p.add_argument("--workers", type=int, default=1, help="tokenizer processes (default: 1)")
     p.add_argument("--chunk-size", type=int, default=256, help="documents per worker task (default: 256)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad record with file:line and exit code 2")
-    p.add_argument("--log-interval", type=int, default=0,
-                   help="also print a progress line every N documents (for logs without a terminal)")
+    p.add_argument(
+        "--log-interval",
+        type=int,
+        default=0,
+        help="also print a progress line every N documents (for logs without a terminal)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -57,9 +77,17 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "megasparse preproces
 
     try:
         report = preprocess(
-            args.input, args.output_prefix, args.tokenizer_model, json_keys=args.json_keys,
-            append_eod=args.append_eod, workers=args.workers, strict=args.strict,
-            chunk_size=args.chunk_size, progress=not args.no_progress, log_interval=args.log_interval)
+            args.input,
+            args.output_prefix,
+            args.tokenizer_model,
+            json_keys=args.json_keys,
+            append_eod=args.append_eod,
+            workers=args.workers,
+            strict=args.strict,
+            chunk_size=args.chunk_size,
+            progress=not args.no_progress,
+            log_interval=args.log_interval,
+        )
     except (InputError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -31,23 +31,45 @@ def build_parser(prog: str = "megasparse tokenizer") -> argparse.ArgumentParser:
     from megasparse.data.tokenizer_training import TokenizerTrainingConfig as C
 
     p = command_parser(prog, __doc__, EPILOG)
-    p.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                   help="input files, glob patterns (quote them) or directories")
+    p.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="input files, glob patterns (quote them) or directories",
+    )
     p.add_argument("--output-prefix", required=True, help="writes {prefix}.model and {prefix}.vocab")
-    p.add_argument("--json-keys", nargs="+", default=["text"],
-                   help="jsonl keys / parquet or arrow columns holding text (default: text)")
+    p.add_argument(
+        "--json-keys",
+        nargs="+",
+        default=["text"],
+        help="jsonl keys / parquet or arrow columns holding text (default: text)",
+    )
     p.add_argument("--model-type", choices=MODEL_TYPES, default=C.model_type)
     p.add_argument("--vocab-size", type=int, default=C.vocab_size)
-    p.add_argument("--no-byte-fallback", dest="byte_fallback", action="store_false",
-                   help="map unknown characters to <unk> instead of UTF-8 byte pieces")
+    p.add_argument(
+        "--no-byte-fallback",
+        dest="byte_fallback",
+        action="store_false",
+        help="map unknown characters to <unk> instead of UTF-8 byte pieces",
+    )
     p.add_argument("--character-coverage", type=float, default=C.character_coverage)
-    p.add_argument("--input-sentence-size", type=int, default=C.input_sentence_size,
-                   help=f"lines sampled for training, 0 = all (default: {C.input_sentence_size:,})")
-    p.add_argument("--no-shuffle", dest="shuffle", action="store_false",
-                   help="take the first --input-sentence-size lines instead of a random sample")
+    p.add_argument(
+        "--input-sentence-size",
+        type=int,
+        default=C.input_sentence_size,
+        help=f"lines sampled for training, 0 = all (default: {C.input_sentence_size:,})",
+    )
+    p.add_argument(
+        "--no-shuffle",
+        dest="shuffle",
+        action="store_false",
+        help="take the first --input-sentence-size lines instead of a random sample",
+    )
     p.add_argument("--num-threads", type=int, default=C.num_threads)
-    p.add_argument("--max-sentence-length", type=int, default=C.max_sentence_length,
-                   help="bytes; longer lines are cut at spaces")
+    p.add_argument(
+        "--max-sentence-length", type=int, default=C.max_sentence_length, help="bytes; longer lines are cut at spaces"
+    )
     for name in ("unk", "bos", "eos", "pad", "eod"):
         p.add_argument(f"--{name}-id", type=int, default=getattr(C, f"{name}_id"))
     p.add_argument("--verbose", action="store_true", help="show SentencePiece's own log")
@@ -61,11 +83,21 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "megasparse tokenizer
     from megasparse.data.tokenizer_training import TokenizerTrainingConfig, TokenizerTrainingError, train_tokenizer
 
     config = TokenizerTrainingConfig(
-        model_type=args.model_type, vocab_size=args.vocab_size, byte_fallback=args.byte_fallback,
-        character_coverage=args.character_coverage, input_sentence_size=args.input_sentence_size,
-        shuffle_input_sentence=args.shuffle, num_threads=args.num_threads,
-        max_sentence_length=args.max_sentence_length, unk_id=args.unk_id, bos_id=args.bos_id,
-        eos_id=args.eos_id, pad_id=args.pad_id, eod_id=args.eod_id, verbose=args.verbose)
+        model_type=args.model_type,
+        vocab_size=args.vocab_size,
+        byte_fallback=args.byte_fallback,
+        character_coverage=args.character_coverage,
+        input_sentence_size=args.input_sentence_size,
+        shuffle_input_sentence=args.shuffle,
+        num_threads=args.num_threads,
+        max_sentence_length=args.max_sentence_length,
+        unk_id=args.unk_id,
+        bos_id=args.bos_id,
+        eos_id=args.eos_id,
+        pad_id=args.pad_id,
+        eod_id=args.eod_id,
+        verbose=args.verbose,
+    )
     try:
         tok = train_tokenizer(args.input, args.output_prefix, args.json_keys, config)
     except (InputError, TokenizerError, TokenizerTrainingError) as e:

@@ -25,9 +25,11 @@ def bundled_corpus_dir() -> Path:
     path = Path(str(folder))
     # Zip-imported packages have no real folder; the data tools need real files to open by name.
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: bundled corpus folder not found; megasparse must be "
-                                f"installed from a source tree or wheel that includes "
-                                f"megasparse/resources/corpus (package data)")
+        raise FileNotFoundError(
+            f"{path}: bundled corpus folder not found; megasparse must be "
+            f"installed from a source tree or wheel that includes "
+            f"megasparse/resources/corpus (package data)"
+        )
     return path
 
 
@@ -37,8 +39,10 @@ def bundled_corpus_files() -> dict[str, Path]:
     files = {split: folder / f"{split}.jsonl.gz" for split in SPLITS}
     for split, path in files.items():
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: bundled {split} split missing; reinstall megasparse "
-                                    f"or rebuild it with examples/data/build_bundled_corpus.py")
+            raise FileNotFoundError(
+                f"{path}: bundled {split} split missing; reinstall megasparse "
+                f"or rebuild it with examples/data/build_bundled_corpus.py"
+            )
     return files
 
 
@@ -63,7 +67,9 @@ def describe_bundled_corpus() -> str:
     for split in SPLITS:
         info = manifest["files"][f"{split}.jsonl.gz"]
         sources = ", ".join(f"{name} {v['docs']}" for name, v in info["per_source"].items())
-        lines.append(f"  {split}: {info['docs']:,} documents, {info['chars'] / 1e6:.2f} M chars, "
-                     f"{info['bytes'] / 1e6:.2f} MB gzip ({sources})")
+        lines.append(
+            f"  {split}: {info['docs']:,} documents, {info['chars'] / 1e6:.2f} M chars, "
+            f"{info['bytes'] / 1e6:.2f} MB gzip ({sources})"
+        )
     lines.append("  sources and licences: ATTRIBUTION.md in the same folder")
     return "\n".join(lines)

@@ -128,8 +128,12 @@ class IndexedDatasetWriter:
         if self._finalized:
             return
         self._bin.close()
-        write_index(index_file_path(self.prefix), self.dtype, np.frombuffer(self._lengths, dtype=np.int32),
-                    np.frombuffer(self._doc_indices, dtype=np.int64))
+        write_index(
+            index_file_path(self.prefix),
+            self.dtype,
+            np.frombuffer(self._lengths, dtype=np.int32),
+            np.frombuffer(self._doc_indices, dtype=np.int64),
+        )
         os.replace(self._bin_tmp, data_file_path(self.prefix))
         self._finalized = True
 
@@ -195,9 +199,7 @@ class IndexedDataset:
         n_seq, n_doc = struct.unpack("<QQ", header[18:34])
         expected = HEADER_SIZE + 12 * n_seq + 8 * n_doc
         if idx_size < expected:
-            raise IndexedDatasetError(
-                f"{idx_path}: truncated index ({idx_size} bytes, header promises {expected})"
-            )
+            raise IndexedDatasetError(f"{idx_path}: truncated index ({idx_size} bytes, header promises {expected})")
         self._idx = np.memmap(idx_path, mode="r", order="C")
         off = HEADER_SIZE
         self.sequence_lengths = np.frombuffer(self._idx, dtype=np.int32, count=n_seq, offset=off)
@@ -205,7 +207,9 @@ class IndexedDataset:
         self.sequence_pointers = np.frombuffer(self._idx, dtype=np.int64, count=n_seq, offset=off)
         off += 8 * n_seq
         self.document_indices = np.frombuffer(self._idx, dtype=np.int64, count=n_doc, offset=off)
-        total_bytes = int(self.sequence_pointers[-1]) + int(self.sequence_lengths[-1]) * self.dtype.itemsize if n_seq else 0
+        total_bytes = (
+            int(self.sequence_pointers[-1]) + int(self.sequence_lengths[-1]) * self.dtype.itemsize if n_seq else 0
+        )
         bin_size = os.path.getsize(bin_path)
         if bin_size < total_bytes:
             raise IndexedDatasetError(

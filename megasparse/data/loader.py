@@ -180,6 +180,9 @@ class MicroBatchLoader:
         saved_len = state.get("num_samples")
         if saved_len is not None and saved_len != len(self.dataset):
             # Not fatal (e.g. the run was extended), but the sample order is no longer the same.
-            logger.warning("resuming a loader saved over %d samples on a dataset of %d: the data order differs",
-                           saved_len, len(self.dataset))
+            logger.warning(
+                "resuming a loader saved over %d samples on a dataset of %d: the data order differs",
+                saved_len,
+                len(self.dataset),
+            )
         self.consumed_samples = int(state["consumed_samples"])

@@ -105,20 +105,27 @@ class PreprocessReport:
         for key, kr in self.keys.items():
             d["keys"][key]["documents_read"] = self.documents_read
             d["keys"][key]["documents_skipped"] = kr.documents_skipped
-        d.update(tokens_written=self.tokens_written, docs_per_sec=self.docs_per_sec,
-                 tokens_per_sec=self.tokens_per_sec,
-                 mb_per_sec=self.input_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0)
+        d.update(
+            tokens_written=self.tokens_written,
+            docs_per_sec=self.docs_per_sec,
+            tokens_per_sec=self.tokens_per_sec,
+            mb_per_sec=self.input_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0,
+        )
         return d
 
     def summary_lines(self) -> list[str]:
-        lines = [f"read {self.documents_read:,} documents ({self.input_bytes / 1e6:,.1f} MB) from "
-                 f"{len(self.inputs)} file(s) in {self.seconds:.2f} s: {self.docs_per_sec:,.0f} docs/s, "
-                 f"{self.tokens_per_sec:,.0f} tokens/s ({self.workers} worker(s), {self.dtype})"]
+        lines = [
+            f"read {self.documents_read:,} documents ({self.input_bytes / 1e6:,.1f} MB) from "
+            f"{len(self.inputs)} file(s) in {self.seconds:.2f} s: {self.docs_per_sec:,.0f} docs/s, "
+            f"{self.tokens_per_sec:,.0f} tokens/s ({self.workers} worker(s), {self.dtype})"
+        ]
         for kr in self.keys.values():
             reasons = ", ".join(f"{r} {n:,}" for r, n in kr.skipped.items() if n) or "none"
-            lines.append(f"key {kr.key!r}: read {self.documents_read:,} = written {kr.documents_written:,}"
-                         f" + skipped {kr.documents_skipped:,} ({reasons}); "
-                         f"{kr.tokens_written:,} tokens -> {kr.output_prefix}.bin/.idx")
+            lines.append(
+                f"key {kr.key!r}: read {self.documents_read:,} = written {kr.documents_written:,}"
+                f" + skipped {kr.documents_skipped:,} ({reasons}); "
+                f"{kr.tokens_written:,} tokens -> {kr.output_prefix}.bin/.idx"
+            )
             for reason, locations in kr.examples.items():
                 lines.append(f"  {reason}: e.g. {', '.join(locations)}")
         return lines
@@ -147,8 +154,9 @@ _worker_state: dict = {}
 
 def _init_worker(tokenizer_model: str, keys: Sequence[str], append_eod: bool, dtype: str) -> None:
     tok = Tokenizer(tokenizer_model)
-    _worker_state.update(tokenizer=tok, keys=list(keys), dtype=np.dtype(dtype),
-                         append_id=tok.eod_id if append_eod else None)
+    _worker_state.update(
+        tokenizer=tok, keys=list(keys), dtype=np.dtype(dtype), append_id=tok.eod_id if append_eod else None
+    )
 
 
 def _encode_texts(tok: Tokenizer, texts: list[str], append_id: Optional[int]):
@@ -272,9 +280,16 @@ def preprocess(
     if append_eod and tok.eod_id < 0:
         raise InputError(f"{tokenizer_model}: the model has neither <eod> nor </s>; cannot --append-eod")
     dtype = token_dtype_for_vocab(tok.vocab_size)
-    report = PreprocessReport(inputs=files, output_prefix=str(output_prefix), tokenizer_model=str(tokenizer_model),
-                              append_eod=append_eod, workers=workers, chunk_size=chunk_size, dtype=dtype.name,
-                              input_bytes=sum(os.path.getsize(f) for f in files))
+    report = PreprocessReport(
+        inputs=files,
+        output_prefix=str(output_prefix),
+        tokenizer_model=str(tokenizer_model),
+        append_eod=append_eod,
+        workers=workers,
+        chunk_size=chunk_size,
+        dtype=dtype.name,
+        input_bytes=sum(os.path.getsize(f) for f in files),
+    )
     for key in keys:
         report.keys[key] = KeyReport(key, output_prefix_for_key(str(output_prefix), key))
     init_args = (str(tokenizer_model), keys, append_eod, dtype.name)
@@ -300,8 +315,10 @@ def preprocess(
             elapsed = time.perf_counter() - start
             bar.set_postfix_str(f"{report.tokens_written / max(elapsed, 1e-9):,.0f} tok/s", refresh=False)
             if log_interval and report.documents_read >= next_log:
-                log(f"processed {report.documents_read:,} documents, {report.tokens_written:,} tokens, "
-                    f"{report.documents_read / elapsed:,.0f} docs/s, {report.tokens_written / elapsed:,.0f} tokens/s")
+                log(
+                    f"processed {report.documents_read:,} documents, {report.tokens_written:,} tokens, "
+                    f"{report.documents_read / elapsed:,.0f} docs/s, {report.tokens_written / elapsed:,.0f} tokens/s"
+                )
                 next_log = (report.documents_read // log_interval + 1) * log_interval
         for writer in writers:
             writer.finalize()
@@ -329,7 +346,8 @@ def _account(report: PreprocessReport, keys: list[str], result: _ChunkResult, st
             (number, reason, detail), key = min(firsts)
             raise BadRecordError(
                 f"{result.source}:{number}: {reason} (key {key!r}: {detail}); fix the record, "
-                "or run without --strict to skip bad records and count them in the report")
+                "or run without --strict to skip bad records and count them in the report"
+            )
     for key, kres in zip(keys, result.keys):
         kr = report.keys[key]
         kr.documents_written += int(kres.lengths.size)

@@ -142,10 +142,7 @@ def resolve_inputs(patterns: Sequence[str]) -> list[str]:
                 raise InputError(f"{pattern}: the pattern matches no files; check the path")
         elif os.path.isdir(pattern):
             matches = sorted(
-                os.path.join(root, f)
-                for root, _, names in os.walk(pattern)
-                for f in names
-                if _is_supported(f)
+                os.path.join(root, f) for root, _, names in os.walk(pattern) for f in names if _is_supported(f)
             )
             if not matches:
                 raise InputError(f"{pattern}: the directory holds no supported input files")
@@ -272,16 +269,19 @@ def _read_errors(fmt: str, compression: str) -> tuple:
     return errors
 
 
-def iter_raw_chunks(paths: Sequence[str], keys: Sequence[str], chunk_size: int = 1000,
-                    allow_text: bool = True) -> Iterator[RawChunk]:
+def iter_raw_chunks(
+    paths: Sequence[str], keys: Sequence[str], chunk_size: int = 1000, allow_text: bool = True
+) -> Iterator[RawChunk]:
     """Raw chunks of every file in order. Read errors become one InputError naming the file."""
     if chunk_size < 1:
         raise InputError(f"chunk size must be at least 1, got {chunk_size}")
     for path in paths:
         fmt, compression = detect_format(path)
         if fmt == FORMAT_TEXT and not allow_text:
-            raise InputError(f"{path}: plain text is accepted for tokenizer training only; "
-                             "convert it to jsonl with one {\"text\": ...} object per document")
+            raise InputError(
+                f"{path}: plain text is accepted for tokenizer training only; "
+                'convert it to jsonl with one {"text": ...} object per document'
+            )
         try:
             if fmt in (FORMAT_JSONL, FORMAT_TEXT):
                 yield from _iter_line_chunks(path, compression, fmt, chunk_size)
@@ -350,8 +350,9 @@ def decode_chunk(chunk: RawChunk, keys: Sequence[str]) -> list[tuple[Union[str, 
     ]
 
 
-def iter_records(inputs: Union[str, Sequence[str]], keys: Sequence[str] = ("text",),
-                 chunk_size: int = 1000, allow_text: bool = True) -> Iterator[Record]:
+def iter_records(
+    inputs: Union[str, Sequence[str]], keys: Sequence[str] = ("text",), chunk_size: int = 1000, allow_text: bool = True
+) -> Iterator[Record]:
     """Every record of the inputs (files, globs, directories) in a deterministic order."""
     keys = [keys] if isinstance(keys, str) else list(keys)
     for chunk in iter_raw_chunks(resolve_inputs(inputs), keys, chunk_size, allow_text):

@@ -33,8 +33,10 @@ class Tokenizer:
 
         self.model_path = str(model_path)
         if not os.path.isfile(self.model_path):
-            raise TokenizerError(f"{self.model_path}: tokenizer model not found; "
-                                 "train one with tools/train_tokenizer.py or check the path")
+            raise TokenizerError(
+                f"{self.model_path}: tokenizer model not found; "
+                "train one with tools/train_tokenizer.py or check the path"
+            )
         try:
             self._sp = spm.SentencePieceProcessor(model_file=self.model_path)
         except (RuntimeError, OSError) as e:
@@ -64,8 +66,9 @@ class Tokenizer:
         """Encodes many texts in C++ threads (``num_threads=-1``: SentencePiece's default)."""
         return self._sp.encode(list(texts), out_type=int, num_threads=num_threads)
 
-    def encode_batch_to_buffer(self, texts: Sequence[str], append_id: Optional[int] = None,
-                               num_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    def encode_batch_to_buffer(
+        self, texts: Sequence[str], append_id: Optional[int] = None, num_threads: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Encodes many texts into one flat int32 token array and the per-text lengths.
 
         ``append_id`` (e.g. ``eod_id``) is added after every text. This is the preprocessing hot
@@ -95,5 +98,7 @@ class Tokenizer:
         return self._sp.id_to_piece(token_id)
 
     def __repr__(self) -> str:
-        return (f"Tokenizer({self.model_path!r}, vocab_size={self.vocab_size}, unk={self.unk_id}, "
-                f"bos={self.bos_id}, eos={self.eos_id}, pad={self.pad_id}, eod={self.eod_id})")
+        return (
+            f"Tokenizer({self.model_path!r}, vocab_size={self.vocab_size}, unk={self.unk_id}, "
+            f"bos={self.bos_id}, eos={self.eos_id}, pad={self.pad_id}, eod={self.eod_id})"
+        )

@@ -69,7 +69,7 @@ def _split_long_line(line: str, max_bytes: int) -> Iterator[str]:
         if wbytes > max_bytes:  # one enormous "word": cut it by characters
             step = max(1, max_bytes // 4)
             for i in range(0, len(word), step):
-                yield word[i:i + step]
+                yield word[i : i + step]
             continue
         piece.append(word)
         size += wbytes
@@ -77,8 +77,9 @@ def _split_long_line(line: str, max_bytes: int) -> Iterator[str]:
         yield " ".join(piece)
 
 
-def iter_training_sentences(files: Sequence[str], json_keys: Sequence[str], max_bytes: int,
-                            stats: Optional[dict] = None) -> Iterator[str]:
+def iter_training_sentences(
+    files: Sequence[str], json_keys: Sequence[str], max_bytes: int, stats: Optional[dict] = None
+) -> Iterator[str]:
     """Non-empty lines of every document, as the SentencePiece trainer wants them."""
     for doc in iter_documents(files, json_keys):
         if stats is not None:
@@ -106,18 +107,24 @@ def _special_ids_check(cfg: TokenizerTrainingConfig) -> None:
         raise TokenizerTrainingError(f"special ids must differ, got {used}")
     if max(used.values()) >= len(used):
         raise TokenizerTrainingError(
-            f"special ids must be 0..{len(used) - 1} without gaps (SentencePiece places them first), got {used}")
+            f"special ids must be 0..{len(used) - 1} without gaps (SentencePiece places them first), got {used}"
+        )
     if cfg.eod_id >= 0:
         # SentencePiece puts control symbols into the first free ids after unk/bos/eos/pad.
         others = sorted(v for k, v in used.items() if k != "eod")
         first_free = next(i for i in range(len(used)) if i not in others)
         if cfg.eod_id != first_free:
             raise TokenizerTrainingError(
-                f"eod id {cfg.eod_id} is not possible with {used}: SentencePiece gives <eod> id {first_free}")
+                f"eod id {cfg.eod_id} is not possible with {used}: SentencePiece gives <eod> id {first_free}"
+            )
 
 
-def train_tokenizer(inputs: Sequence[str], output_prefix: str, json_keys: Sequence[str] = ("text",),
-                    config: Optional[TokenizerTrainingConfig] = None) -> Tokenizer:
+def train_tokenizer(
+    inputs: Sequence[str],
+    output_prefix: str,
+    json_keys: Sequence[str] = ("text",),
+    config: Optional[TokenizerTrainingConfig] = None,
+) -> Tokenizer:
     """Trains a SentencePiece model on the inputs; writes ``{output_prefix}.model`` and ``.vocab``.
 
     ``inputs`` are files, globs or directories of jsonl (.gz/.zst), parquet, arrow or text.
@@ -150,7 +157,10 @@ def train_tokenizer(inputs: Sequence[str], output_prefix: str, json_keys: Sequen
         num_threads=cfg.num_threads,
         max_sentence_length=cfg.max_sentence_length,
         seed_sentencepiece_size=cfg.seed_sentencepiece_size,
-        unk_id=cfg.unk_id, bos_id=cfg.bos_id, eos_id=cfg.eos_id, pad_id=cfg.pad_id,
+        unk_id=cfg.unk_id,
+        bos_id=cfg.bos_id,
+        eos_id=cfg.eos_id,
+        pad_id=cfg.pad_id,
         control_symbols=[EOD_PIECE] if cfg.eod_id >= 0 else [],
         # Lossless text (no NFKC, keep repeated spaces) and digits split one by one, as in Llama:
         # with byte fallback, decode(encode(text)) == text for any text.
@@ -167,8 +177,7 @@ def train_tokenizer(inputs: Sequence[str], output_prefix: str, json_keys: Sequen
     except RuntimeError as e:
         message = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
         if not stats.get("sentences"):
-            raise TokenizerTrainingError(
-                f"{', '.join(files)}: no usable text found for keys {list(json_keys)}") from e
+            raise TokenizerTrainingError(f"{', '.join(files)}: no usable text found for keys {list(json_keys)}") from e
         raise TokenizerTrainingError(f"SentencePiece training failed: {message}") from e
     if not os.path.isfile(f"{output_prefix}.model"):
         raise TokenizerTrainingError(f"{output_prefix}.model was not written")

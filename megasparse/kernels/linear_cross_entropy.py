@@ -50,8 +50,14 @@ def _chunk_loss_and_softmax(z: torch.Tensor, labels: torch.Tensor, valid: torch.
     return loss, safe
 
 
-def _chunk_loss_and_grad_fused(hs: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                               inv_n_valid: torch.Tensor, ignore_index: int, with_grad: bool):
+def _chunk_loss_and_grad_fused(
+    hs: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    inv_n_valid: torch.Tensor,
+    ignore_index: int,
+    with_grad: bool,
+):
     """The Triton path: logits in the input dtype, then one kernel turns them into dz in place.
 
     Returns (per-token loss [c], dz [c, V] in the input dtype or None)."""
@@ -64,8 +70,16 @@ def _chunk_loss_and_grad_fused(hs: torch.Tensor, weight: torch.Tensor, labels: t
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                scale: float, chunk_tokens: int, ignore_index: int, fused: bool) -> torch.Tensor:
+    def forward(
+        ctx,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        labels: torch.Tensor,
+        scale: float,
+        chunk_tokens: int,
+        ignore_index: int,
+        fused: bool,
+    ) -> torch.Tensor:
         need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         n = hidden.shape[0]
         valid_all = labels != ignore_index  # [N]
@@ -82,8 +96,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             stop = min(start + chunk_tokens, n)
             hs = hidden[start:stop] * scale  # [c, d], rounded to the input dtype like the unchunked path
             if fused:
-                loss, dz = _chunk_loss_and_grad_fused(hs, weight, labels[start:stop], inv_n_valid,
-                                                      ignore_index, with_grad)
+                loss, dz = _chunk_loss_and_grad_fused(
+                    hs, weight, labels[start:stop], inv_n_valid, ignore_index, with_grad
+                )
                 total += loss.sum()
             else:
                 valid = valid_all[start:stop]  # [c]
@@ -119,8 +134,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None, None, None, None
 
 
-def _loss_only(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-               scale: float, chunk_tokens: int, ignore_index: int, fused: bool) -> torch.Tensor:
+def _loss_only(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    scale: float,
+    chunk_tokens: int,
+    ignore_index: int,
+    fused: bool,
+) -> torch.Tensor:
     """The same loss without any gradient work (evaluation under ``torch.no_grad``)."""
     valid_all = labels != ignore_index
     n_valid = valid_all.sum().to(torch.float32)
@@ -137,10 +159,15 @@ def _loss_only(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
     return total / n_valid
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                         scale: float = 1.0, chunk_tokens: int = 4096,
-                         ignore_index: Optional[int] = IGNORE_INDEX,
-                         impl: KernelImpl = "auto") -> torch.Tensor:
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    scale: float = 1.0,
+    chunk_tokens: int = 4096,
+    ignore_index: Optional[int] = IGNORE_INDEX,
+    impl: KernelImpl = "auto",
+) -> torch.Tensor:
     """Mean next-token cross-entropy of ``(hidden · scale) @ weightᵀ``, computed chunk by chunk.
 
     hidden: [N, d] (fp32 / bf16 / fp16); weight: [V, d], same dtype; labels: [N] int64 in [0, V),
@@ -169,8 +196,11 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     if impl not in ("auto", "reference", "triton"):
         raise ValueError(f"impl must be 'auto', 'reference' or 'triton' (got {impl!r})")
     ignore = IGNORE_INDEX if ignore_index is None else ignore_index
-    fused = impl == "triton" or (impl == "auto" and hidden.dtype in (torch.bfloat16, torch.float16)
-                                 and triton_kernels_usable(hidden, "triton_cross_entropy"))
+    fused = impl == "triton" or (
+        impl == "auto"
+        and hidden.dtype in (torch.bfloat16, torch.float16)
+        and triton_kernels_usable(hidden, "triton_cross_entropy")
+    )
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(hidden, weight, labels, float(scale), int(chunk_tokens), ignore, fused)
     return _loss_only(hidden, weight, labels, float(scale), int(chunk_tokens), ignore, fused)

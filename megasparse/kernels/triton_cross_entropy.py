@@ -82,8 +82,9 @@ def _launch_config(vocab: int, interpreted: bool) -> tuple[int, int]:
 _INTERPRETED = not isinstance(_cross_entropy_rows_kernel, triton.runtime.JITFunction)
 
 
-def cross_entropy_rows_(z: torch.Tensor, labels: torch.Tensor, inv_n_valid: torch.Tensor,
-                        ignore_index: int, with_grad: bool) -> torch.Tensor:
+def cross_entropy_rows_(
+    z: torch.Tensor, labels: torch.Tensor, inv_n_valid: torch.Tensor, ignore_index: int, with_grad: bool
+) -> torch.Tensor:
     """Per-row loss [c] (fp32, 0 at ignored labels) of logits ``z`` [c, V]; with ``with_grad``
     ``z`` is overwritten in place by d(mean loss)/dz = (softmax − onehot) · inv_n_valid.
 
@@ -91,14 +92,24 @@ def cross_entropy_rows_(z: torch.Tensor, labels: torch.Tensor, inv_n_valid: torc
     one-element fp32 tensor on z's device.
     """
     if z.dim() != 2 or z.stride(1) != 1:
-        raise ValueError(f"logits must be [c, V] with contiguous rows (got shape {tuple(z.shape)}, stride {z.stride()})")
+        raise ValueError(
+            f"logits must be [c, V] with contiguous rows (got shape {tuple(z.shape)}, stride {z.stride()})"
+        )
     rows, vocab = z.shape
     loss = torch.empty(rows, dtype=torch.float32, device=z.device)
     if rows == 0:
         return loss
     block_v, num_warps = _launch_config(vocab, _INTERPRETED)
     _cross_entropy_rows_kernel[(rows,)](
-        z, z.stride(0), labels.contiguous(), loss, inv_n_valid.reshape(1).to(torch.float32),
-        vocab, ignore_index, WITH_GRAD=with_grad, BLOCK_V=block_v, num_warps=num_warps,
+        z,
+        z.stride(0),
+        labels.contiguous(),
+        loss,
+        inv_n_valid.reshape(1).to(torch.float32),
+        vocab,
+        ignore_index,
+        WITH_GRAD=with_grad,
+        BLOCK_V=block_v,
+        num_warps=num_warps,
     )
     return loss

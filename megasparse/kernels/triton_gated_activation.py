@@ -163,10 +163,8 @@ or.pred any, near, out;
 def _silu_product(g, u, PRECISE: tl.constexpr, FIXUP_ASM: tl.constexpr):
     """fp32 σ(g)·u for SiLU (g, u: fp32 tensors of one shape); FIXUP_ASM "" = no fast path."""
     if FIXUP_ASM != "":
-        p = tl.inline_asm_elementwise(FAST_SILU_PRODUCT_PTX, "=r,r,r", [g, u], dtype=tl.float32,
-                                      is_pure=True, pack=1)
-        return tl.inline_asm_elementwise(FIXUP_ASM, "=r,r,r,r", [g, u, p], dtype=tl.float32,
-                                         is_pure=True, pack=1)
+        p = tl.inline_asm_elementwise(FAST_SILU_PRODUCT_PTX, "=r,r,r", [g, u], dtype=tl.float32, is_pure=True, pack=1)
+        return tl.inline_asm_elementwise(FIXUP_ASM, "=r,r,r,r", [g, u, p], dtype=tl.float32, is_pure=True, pack=1)
     else:
         return _div(g, 1.0 + _exp(-g, PRECISE), PRECISE) * u
 
@@ -213,10 +211,28 @@ def _bf16_count_boundary(thr):
 
 
 @triton.jit
-def _fwd_row_tile(G, U, H, ROW_MASK, THR_ROW, tally, row0, cols, col_ok, T, F,
-                  ACTIVATION: tl.constexpr, COUNT: tl.constexpr, HAS_THRESHOLDS: tl.constexpr,
-                  HAS_ROW_MASK: tl.constexpr, PRECISE: tl.constexpr, FIXUP_ASM: tl.constexpr,
-                  ROUND_H: tl.constexpr, THR_ON_PRODUCT: tl.constexpr, BLOCK_T: tl.constexpr):
+def _fwd_row_tile(
+    G,
+    U,
+    H,
+    ROW_MASK,
+    THR_ROW,
+    tally,
+    row0,
+    cols,
+    col_ok,
+    T,
+    F,
+    ACTIVATION: tl.constexpr,
+    COUNT: tl.constexpr,
+    HAS_THRESHOLDS: tl.constexpr,
+    HAS_ROW_MASK: tl.constexpr,
+    PRECISE: tl.constexpr,
+    FIXUP_ASM: tl.constexpr,
+    ROUND_H: tl.constexpr,
+    THR_ON_PRODUCT: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
     rows = row0 + tl.arange(0, BLOCK_T)  # [BT]
     row_ok = rows < T
     offs = rows.to(tl.int64)[:, None] * F + cols[None, :]  # [BT, BF]; int64: T·F may pass 2³¹
@@ -255,9 +271,16 @@ def _fwd_row_tile(G, U, H, ROW_MASK, THR_ROW, tally, row0, cols, col_ok, T, F,
 
 @triton.jit
 def gated_act_fwd_kernel(
-    G, U, H,  # [T, F] each, contiguous
-    ACTIVE, ABOVE, TOKENS, THRESHOLDS, ROW_MASK,  # [F] int, [F] int, [] int, [F] fp32, [T] int32
-    T, F,
+    G,
+    U,
+    H,  # [T, F] each, contiguous
+    ACTIVE,
+    ABOVE,
+    TOKENS,
+    THRESHOLDS,
+    ROW_MASK,  # [F] int, [F] int, [] int, [F] fp32, [T] int32
+    T,
+    F,
     ACTIVATION: tl.constexpr,  # 0 = relu, 1 = silu
     COUNT: tl.constexpr,
     HAS_THRESHOLDS: tl.constexpr,
@@ -293,9 +316,28 @@ def gated_act_fwd_kernel(
     row_base = pid_t * ROW_TILES * BLOCK_T
     # A pipelined loop, not an unrolled one (tl.static_range measured 1.5-5x slower on an H200).
     for i in tl.range(0, ROW_TILES, num_stages=STAGES):
-        tally = _fwd_row_tile(G, U, H, ROW_MASK, thr_row, tally, row_base + i * BLOCK_T, cols,
-                              col_ok, T, F, ACTIVATION, COUNT, HAS_THRESHOLDS, HAS_ROW_MASK,
-                              PRECISE, FIXUP_ASM, ROUND_H, THR_ON_PRODUCT, BLOCK_T)
+        tally = _fwd_row_tile(
+            G,
+            U,
+            H,
+            ROW_MASK,
+            thr_row,
+            tally,
+            row_base + i * BLOCK_T,
+            cols,
+            col_ok,
+            T,
+            F,
+            ACTIVATION,
+            COUNT,
+            HAS_THRESHOLDS,
+            HAS_ROW_MASK,
+            PRECISE,
+            FIXUP_ASM,
+            ROUND_H,
+            THR_ON_PRODUCT,
+            BLOCK_T,
+        )
 
     if COUNT:
         col_tally = tl.sum(tally, axis=0)  # [BF]
@@ -317,8 +359,13 @@ def gated_act_fwd_kernel(
 
 @triton.jit
 def gated_act_bwd_kernel(
-    DH, G, U, DG, DU,  # [T, F] each, contiguous
-    T, F,
+    DH,
+    G,
+    U,
+    DG,
+    DU,  # [T, F] each, contiguous
+    T,
+    F,
     ACTIVATION: tl.constexpr,
     PRECISE: tl.constexpr,
     ROUND_DG: tl.constexpr,
@@ -392,8 +439,9 @@ def _tile_config(f: int) -> Tuple[int, int, int]:
 _DEFAULT_STAGES = 3
 
 
-def _count_tiles(activation: Activation, f: int, interpret: bool,
-                 fast_silu: bool = False) -> Tuple[int, int, int, int, int]:
+def _count_tiles(
+    activation: Activation, f: int, interpret: bool, fast_silu: bool = False
+) -> Tuple[int, int, int, int, int]:
     """(BLOCK_T, BLOCK_F, num_warps, ROW_TILES, STAGES) of a counting program. BLOCK_T·ROW_TILES
     rows per program bounds the number of atomics (ceil(T / that) · f) and amortises the
     per-program column reduction, while leaving enough programs to fill the GPU.
@@ -458,20 +506,33 @@ class ForwardConfig:
 
 
 @functools.lru_cache(maxsize=None)
-def _dispatch_config(f: int, activation: Activation, count: bool, dtype: Optional[torch.dtype],
-                     device: Optional[torch.device]) -> ForwardConfig:
+def _dispatch_config(
+    f: int, activation: Activation, count: bool, dtype: Optional[torch.dtype], device: Optional[torch.device]
+) -> ForwardConfig:
     bf16 = dtype == torch.bfloat16
     fast_silu = activation == "silu" and bf16 and device is not None and _fast_silu_proven(device)
     if count:
         block_t, block_f, num_warps, row_tiles, stages = _count_tiles(activation, f, INTERPRETED, fast_silu)
     else:
         (block_t, block_f, num_warps), row_tiles, stages = _tile_config(f), 1, _DEFAULT_STAGES
-    return ForwardConfig(block_t=block_t, block_f=block_f, num_warps=num_warps, row_tiles=row_tiles,
-                         stages=stages, thr_on_product=bf16, fast_silu=fast_silu)
+    return ForwardConfig(
+        block_t=block_t,
+        block_f=block_f,
+        num_warps=num_warps,
+        row_tiles=row_tiles,
+        stages=stages,
+        thr_on_product=bf16,
+        fast_silu=fast_silu,
+    )
 
 
-def forward_config(f: int, activation: Activation, count: bool, dtype: Optional[torch.dtype],
-                   device: Union[torch.device, str, None] = None) -> ForwardConfig:
+def forward_config(
+    f: int,
+    activation: Activation,
+    count: bool,
+    dtype: Optional[torch.dtype],
+    device: Union[torch.device, str, None] = None,
+) -> ForwardConfig:
     """The launch :func:`gated_activation_triton` chooses for a [T, f] forward, counting or not,
     with g, u and h of ``dtype`` (None when g and u differ: then exact math, no bf16 compare) on
     ``device`` (None: as if not on a GPU where the fast SiLU is enabled)."""
@@ -480,9 +541,17 @@ def forward_config(f: int, activation: Activation, count: bool, dtype: Optional[
     return _dispatch_config(f, activation, bool(count), dtype, None if device is None else torch.device(device))
 
 
-def forward_kernel_constants(activation: Activation, config: ForwardConfig, g_dtype: torch.dtype,
-                             u_dtype: torch.dtype, *, count: bool, thresholds: bool, row_mask: bool,
-                             compiled: bool = not INTERPRETED) -> Dict[str, object]:
+def forward_kernel_constants(
+    activation: Activation,
+    config: ForwardConfig,
+    g_dtype: torch.dtype,
+    u_dtype: torch.dtype,
+    *,
+    count: bool,
+    thresholds: bool,
+    row_mask: bool,
+    compiled: bool = not INTERPRETED,
+) -> Dict[str, object]:
     """The compile-time (``tl.constexpr``) arguments of ``gated_act_fwd_kernel`` for one launch:
     g of ``g_dtype`` and u of ``u_dtype`` (h has g's dtype), counting or not, with or without
     thresholds and a row mask, compiled or under the interpreter. :func:`gated_activation_forward`
@@ -495,17 +564,25 @@ def forward_kernel_constants(activation: Activation, config: ForwardConfig, g_dt
         raise ValueError("thr_on_product needs a bf16 output (its boundary is bf16's rounding)")
     precise = _precise_math(compiled)
     if config.fast_silu and not (bf16 and precise):
-        raise ValueError("fast_silu needs bf16 tensors and compiled Triton on a GPU (its exact fix-up "
-                         "is PTX and watches bf16 rounding midpoints)")
+        raise ValueError(
+            "fast_silu needs bf16 tensors and compiled Triton on a GPU (its exact fix-up "
+            "is PTX and watches bf16 rounding midpoints)"
+        )
     has_thr = bool(count and thresholds)
     fast = config.fast_silu and activation == "silu"
     return dict(
-        ACTIVATION=_ACTIVATION_CODES[activation], COUNT=bool(count), HAS_THRESHOLDS=has_thr,
-        HAS_ROW_MASK=bool(count and row_mask), PRECISE=precise,
+        ACTIVATION=_ACTIVATION_CODES[activation],
+        COUNT=bool(count),
+        HAS_THRESHOLDS=has_thr,
+        HAS_ROW_MASK=bool(count and row_mask),
+        PRECISE=precise,
         FIXUP_ASM=_silu_fixup_ptx(config.fix_ulps, config.fix_min_g) if fast else "",
         ROUND_H=not compiled and g_dtype == torch.bfloat16,
         THR_ON_PRODUCT=config.thr_on_product and has_thr,
-        BLOCK_T=config.block_t, BLOCK_F=config.block_f, ROW_TILES=config.row_tiles, STAGES=config.stages,
+        BLOCK_T=config.block_t,
+        BLOCK_F=config.block_f,
+        ROW_TILES=config.row_tiles,
+        STAGES=config.stages,
     )
 
 
@@ -521,8 +598,10 @@ def _check_counts(counts: CountTarget, f: int, t: int, device: torch.device) -> 
     check_vector("active", counts.active, ints)
     tok = counts.tokens
     if tok.dtype not in ints or tok.dim() != 0 or tok.device != device:
-        raise ValueError(f"CountTarget.tokens must be a 0-d int64/int32 tensor on {device}; got "
-                         f"{tok.dtype} {tuple(tok.shape)} on {tok.device}")
+        raise ValueError(
+            f"CountTarget.tokens must be a 0-d int64/int32 tensor on {device}; got "
+            f"{tok.dtype} {tuple(tok.shape)} on {tok.device}"
+        )
     if counts.above_threshold is not None:
         if counts.thresholds is None:
             raise ValueError("CountTarget.above_threshold needs CountTarget.thresholds")
@@ -537,8 +616,13 @@ def _check_counts(counts: CountTarget, f: int, t: int, device: torch.device) -> 
             )
 
 
-def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
-             counts: Optional[CountTarget], config: Optional[ForwardConfig]) -> torch.Tensor:
+def _forward(
+    g2: torch.Tensor,
+    u2: torch.Tensor,
+    activation: Activation,
+    counts: Optional[CountTarget],
+    config: Optional[ForwardConfig],
+) -> torch.Tensor:
     """Launches the forward kernel on contiguous [T, f] views (already checked by the caller)."""
     t, f = g2.shape
     h2 = torch.empty((t, f), dtype=g2.dtype, device=g2.device)  # [T, f]
@@ -553,8 +637,9 @@ def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
         # Mixed input dtypes take the exact path: the fast SiLU's proof covers bf16 pairs only.
         dtype = g2.dtype if u2.dtype == g2.dtype else None
         config = _dispatch_config(f, activation, count, dtype, g2.device)
-    constants = forward_kernel_constants(activation, config, g2.dtype, u2.dtype, count=count,
-                                         thresholds=has_thr, row_mask=has_mask)
+    constants = forward_kernel_constants(
+        activation, config, g2.dtype, u2.dtype, count=count, thresholds=has_thr, row_mask=has_mask
+    )
     if t == 0 or f == 0:
         return h2
     grid = (triton.cdiv(f, config.block_f) * triton.cdiv(t, config.block_t * config.row_tiles),)
@@ -567,14 +652,25 @@ def _forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
     # (measured: ReLU 78-91% of copy bandwidth with it).
     row_mask = counts.row_mask.reshape(-1).to(torch.int32) if has_mask else h2  # [T]
     gated_act_fwd_kernel[grid](
-        g2, u2, h2, active, above, tokens, thresholds, row_mask, t, f,
-        **constants, num_warps=config.num_warps,
+        g2,
+        u2,
+        h2,
+        active,
+        above,
+        tokens,
+        thresholds,
+        row_mask,
+        t,
+        f,
+        **constants,
+        num_warps=config.num_warps,
     )
     return h2
 
 
-def _backward(dh2: torch.Tensor, g2: torch.Tensor, u2: torch.Tensor,
-              activation: Activation) -> Tuple[torch.Tensor, torch.Tensor]:
+def _backward(
+    dh2: torch.Tensor, g2: torch.Tensor, u2: torch.Tensor, activation: Activation
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Launches the backward kernel on contiguous [T, f] views (already checked by the caller)."""
     t, f = g2.shape
     dg2 = torch.empty_like(g2)  # [T, f]
@@ -585,11 +681,20 @@ def _backward(dh2: torch.Tensor, g2: torch.Tensor, u2: torch.Tensor,
     grid = (triton.cdiv(f, block_f) * triton.cdiv(t, block_t),)
     compiled = not INTERPRETED
     gated_act_bwd_kernel[grid](
-        dh2, g2, u2, dg2, du2, t, f,
-        ACTIVATION=_ACTIVATION_CODES[activation], PRECISE=_precise_math(compiled),
+        dh2,
+        g2,
+        u2,
+        dg2,
+        du2,
+        t,
+        f,
+        ACTIVATION=_ACTIVATION_CODES[activation],
+        PRECISE=_precise_math(compiled),
         ROUND_DG=not compiled and dg2.dtype == torch.bfloat16,
         ROUND_DU=not compiled and du2.dtype == torch.bfloat16,
-        BLOCK_T=block_t, BLOCK_F=block_f, num_warps=num_warps,
+        BLOCK_T=block_t,
+        BLOCK_F=block_f,
+        num_warps=num_warps,
     )
     return dg2, du2
 
@@ -602,17 +707,25 @@ def _check_views(activation: Activation, **views: torch.Tensor) -> None:
     (first_name, first), *others = views.items()
     for name, x in views.items():
         if x.dim() != 2 or not x.is_contiguous():
-            raise ValueError(f"{name} must be a contiguous [T, f] tensor; got shape {tuple(x.shape)}"
-                             f"{'' if x.is_contiguous() else ', not contiguous'}")
+            raise ValueError(
+                f"{name} must be a contiguous [T, f] tensor; got shape {tuple(x.shape)}"
+                f"{'' if x.is_contiguous() else ', not contiguous'}"
+            )
     for name, x in others:
         if x.shape != first.shape or x.device != first.device:
-            raise ValueError(f"{name} ({tuple(x.shape)} on {x.device}) must match {first_name} "
-                             f"({tuple(first.shape)} on {first.device})")
+            raise ValueError(
+                f"{name} ({tuple(x.shape)} on {x.device}) must match {first_name} "
+                f"({tuple(first.shape)} on {first.device})"
+            )
 
 
-def gated_activation_forward(g2: torch.Tensor, u2: torch.Tensor, activation: Activation,
-                             counts: Optional[CountTarget] = None,
-                             config: Optional[ForwardConfig] = None) -> torch.Tensor:
+def gated_activation_forward(
+    g2: torch.Tensor,
+    u2: torch.Tensor,
+    activation: Activation,
+    counts: Optional[CountTarget] = None,
+    config: Optional[ForwardConfig] = None,
+) -> torch.Tensor:
     """One forward launch on contiguous [T, f] tensors: returns h2 [T, f] (g2's dtype) and adds
     the counts into ``counts`` when given. ``config`` None = the dispatch's own choice
     (:func:`forward_config`). Not differentiable: for benchmarks and tests (the model calls
@@ -621,8 +734,9 @@ def gated_activation_forward(g2: torch.Tensor, u2: torch.Tensor, activation: Act
     return _forward(g2, u2, activation, counts, config)
 
 
-def gated_activation_backward(dh2: torch.Tensor, g2: torch.Tensor, u2: torch.Tensor,
-                              activation: Activation) -> Tuple[torch.Tensor, torch.Tensor]:
+def gated_activation_backward(
+    dh2: torch.Tensor, g2: torch.Tensor, u2: torch.Tensor, activation: Activation
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """One backward launch on contiguous [T, f] tensors: returns (dg2, du2) in g2's and u2's
     dtypes, σ recomputed from g2. For benchmarks and tests (autograd runs the same launch under
     :func:`gated_activation_triton`)."""
@@ -632,8 +746,9 @@ def gated_activation_backward(dh2: torch.Tensor, g2: torch.Tensor, u2: torch.Ten
 
 class _GatedActivationFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, g: torch.Tensor, u: torch.Tensor, activation: Activation,
-                counts: Optional[CountTarget]) -> torch.Tensor:
+    def forward(
+        ctx, g: torch.Tensor, u: torch.Tensor, activation: Activation, counts: Optional[CountTarget]
+    ) -> torch.Tensor:
         shape = g.shape
         f = shape[-1] if len(shape) else 1
         g2 = g.contiguous().view(-1, f)  # [T, f]

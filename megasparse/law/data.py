@@ -62,8 +62,10 @@ def ratios_to_fraction(values: Sequence[float], where: str) -> tuple[np.ndarray,
     if arr.size and not np.all(np.isfinite(arr)):
         raise LawDataError(f"{where}: activation_ratio has non-finite values")
     if arr.size and (arr.min() < 0 or arr.max() > 100):
-        raise LawDataError(f"{where}: activation_ratio must lie in [0, 1] (fraction) or [0, 100] (percent); "
-                           f"found {arr.min():g}..{arr.max():g}")
+        raise LawDataError(
+            f"{where}: activation_ratio must lie in [0, 1] (fraction) or [0, 100] (percent); "
+            f"found {arr.min():g}..{arr.max():g}"
+        )
     if arr.size and arr.max() > 1.0:
         return arr / 100.0, True
     return arr, False
@@ -91,23 +93,30 @@ def _curve(name, tokens_key, tokens, ratios, where, notes=None) -> SparsityCurve
     notes = list(notes or [])
     if converted:
         notes.append("activation_ratio given in percent; divided by 100")
-    return SparsityCurve(name=name, tokens_b=tokens_to_billions(tokens, tokens_key, where),
-                         activation_ratio=frac, source=where, notes=notes)
+    return SparsityCurve(
+        name=name,
+        tokens_b=tokens_to_billions(tokens, tokens_key, where),
+        activation_ratio=frac,
+        source=where,
+        notes=notes,
+    )
 
 
 def _pick_token_key(keys, where: str) -> str:
     for key in TOKEN_KEYS:
         if key in keys:
             return key
-    raise LawDataError(f"{where}: no token field; expected one of {', '.join(TOKEN_KEYS)} "
-                       f"(found {', '.join(map(str, keys)) or 'nothing'})")
+    raise LawDataError(
+        f"{where}: no token field; expected one of {', '.join(TOKEN_KEYS)} "
+        f"(found {', '.join(map(str, keys)) or 'nothing'})"
+    )
 
 
 def _from_records(records: list, name: str, where: str) -> SparsityCurve:
     if not records:
         raise LawDataError(f"{where}: empty list of records")
     if not all(isinstance(r, dict) for r in records):
-        raise LawDataError(f"{where}: a list must hold objects like {{\"tokens\": ..., \"activation_ratio\": ...}}")
+        raise LawDataError(f'{where}: a list must hold objects like {{"tokens": ..., "activation_ratio": ...}}')
     key = _pick_token_key(records[0].keys(), where)
     for i, r in enumerate(records):
         if key not in r or RATIO_KEY not in r:
@@ -185,8 +194,9 @@ def _last_by_step(events) -> dict[int, float]:
     return {s: v for s, (_, v) in out.items()}
 
 
-def read_tensorboard_curve(logdir: str | Path, tag: str = DEFAULT_RATIO_TAG, tokens_tag: str = TOKENS_TAG,
-                           name: str | None = None) -> SparsityCurve:
+def read_tensorboard_curve(
+    logdir: str | Path, tag: str = DEFAULT_RATIO_TAG, tokens_tag: str = TOKENS_TAG, name: str | None = None
+) -> SparsityCurve:
     """Pair `tag` with `tokens_tag` by step from a TensorBoard logdir or event file."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -203,8 +213,10 @@ def read_tensorboard_curve(logdir: str | Path, tag: str = DEFAULT_RATIO_TAG, tok
         raise LawDataError(f"{where}: the event files hold no scalar summaries")
     for wanted in (tag, tokens_tag):
         if wanted not in available:
-            raise LawDataError(f"{where}: scalar tag {wanted!r} not found; available tags: {', '.join(available)}"
-                               + (" (choose one with --tag)" if wanted == tag else ""))
+            raise LawDataError(
+                f"{where}: scalar tag {wanted!r} not found; available tags: {', '.join(available)}"
+                + (" (choose one with --tag)" if wanted == tag else "")
+            )
     ratio_by_step = _last_by_step(acc.Scalars(tag))
     tokens_by_step = _last_by_step(acc.Scalars(tokens_tag))
     steps = sorted(s for s in ratio_by_step if s in tokens_by_step)
@@ -215,8 +227,14 @@ def read_tensorboard_curve(logdir: str | Path, tag: str = DEFAULT_RATIO_TAG, tok
     if not steps:
         raise LawDataError(f"{where}: no step has both {tag!r} and {tokens_tag!r}")
     default_name = path.name if path.is_dir() else path.parent.name
-    return _curve(name or default_name, "tokens", [tokens_by_step[s] for s in steps],
-                  [ratio_by_step[s] for s in steps], where, notes)
+    return _curve(
+        name or default_name,
+        "tokens",
+        [tokens_by_step[s] for s in steps],
+        [ratio_by_step[s] for s in steps],
+        where,
+        notes,
+    )
 
 
 def reference_curve_path(name: str) -> Path:
@@ -237,7 +255,7 @@ def load_curve(run: str | Path, *, tag: str = DEFAULT_RATIO_TAG, tokens_tag: str
     """Read a run: `ref:NAME`, a TensorBoard logdir/event file, or a .json/.jsonl/.txt/.csv file."""
     text = str(run)
     if text.startswith(REFERENCE_PREFIX):
-        return load_reference_curve(text[len(REFERENCE_PREFIX):])
+        return load_reference_curve(text[len(REFERENCE_PREFIX) :])
     path = Path(text)
     if not path.exists():
         raise LawDataError(f"{text}: no such file or directory")
@@ -248,9 +266,9 @@ def load_curve(run: str | Path, *, tag: str = DEFAULT_RATIO_TAG, tokens_tag: str
         return read_csv_curve(path)
     if suffix in (".json", ".jsonl", ".txt"):
         return read_json_curve(path)
-    raise LawDataError(f"{text}: unknown file type {suffix or '(none)'}; give a TensorBoard logdir, "
-                       ".json/.jsonl/.txt (JSON) or .csv")
-
+    raise LawDataError(
+        f"{text}: unknown file type {suffix or '(none)'}; give a TensorBoard logdir, .json/.jsonl/.txt (JSON) or .csv"
+    )
 
 
 def read_pairs_json(path: str | Path, x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -263,11 +281,16 @@ def read_pairs_json(path: str | Path, x_key: str, y_key: str) -> tuple[np.ndarra
     except json.JSONDecodeError as e:
         raise LawDataError(f"{where}: not valid JSON (line {e.lineno}: {e.msg})") from None
     if isinstance(data, dict):
-        data = [dict(zip((x_key, y_key), xy)) for xy in zip(data.get(x_key, []), data.get(y_key, []))] \
-            if x_key in data and y_key in data else None
+        data = (
+            [dict(zip((x_key, y_key), xy)) for xy in zip(data.get(x_key, []), data.get(y_key, []))]
+            if x_key in data and y_key in data
+            else None
+        )
     if not isinstance(data, list) or not data or not all(isinstance(r, dict) for r in data):
-        raise LawDataError(f"{where}: expected a non-empty list of {{\"{x_key}\": .., \"{y_key}\": ..}} records "
-                           f"or an object with {x_key!r} and {y_key!r} lists")
+        raise LawDataError(
+            f'{where}: expected a non-empty list of {{"{x_key}": .., "{y_key}": ..}} records '
+            f"or an object with {x_key!r} and {y_key!r} lists"
+        )
     for i, r in enumerate(data):
         if not _is_number(r.get(x_key)) or not _is_number(r.get(y_key)):
             raise LawDataError(f"{where}: record {i} needs numeric {x_key!r} and {y_key!r}")

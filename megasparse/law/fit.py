@@ -139,8 +139,15 @@ class LawFit:
         for name in ("alpha", "b", "c", "A0"):
             out[name] = clean(self.params.get(name))
             out[f"{name}_se"] = clean(self.stderr.get(name))
-        out.update(mae=clean(self.mae), sse=clean(self.sse), n_points=self.n_points,
-                   skipped=self.skipped, method=self.method, warnings=list(self.warnings), error=self.error)
+        out.update(
+            mae=clean(self.mae),
+            sse=clean(self.sse),
+            n_points=self.n_points,
+            skipped=self.skipped,
+            method=self.method,
+            warnings=list(self.warnings),
+            error=self.error,
+        )
         return out
 
 
@@ -207,8 +214,7 @@ def _identification_warnings(law: str, p: np.ndarray, se: np.ndarray, cov_ok: bo
     names = PARAM_NAMES[law]
     out = []
     if n == len(names):
-        out.append(f"only {n} points for {len(names)} parameters: the curve is interpolated, "
-                   "no standard errors")
+        out.append(f"only {n} points for {len(names)} parameters: the curve is interpolated, no standard errors")
     elif not cov_ok:
         out.append("covariance could not be estimated (singular Jacobian): parameters are not identified")
     else:
@@ -219,8 +225,7 @@ def _identification_warnings(law: str, p: np.ndarray, se: np.ndarray, cov_ok: bo
     lo, hi = _BOUNDS[law]
     a0 = dict(zip(names, p))["A0"]
     if a0 <= lo[-1] + 1e-9:
-        out.append("A0 reached its lower bound 0: the data do not show the limit; drop early points "
-                   "or train longer")
+        out.append("A0 reached its lower bound 0: the data do not show the limit; drop early points or train longer")
     return out
 
 
@@ -259,8 +264,10 @@ def fit_sparsing_law(
     D, A = D[skip_first:], A[skip_first:]
     names = PARAM_NAMES[law]
     if D.size < len(names):
-        raise LawFitError(f"too few points for the {law} law: {D.size} after skipping {skip_first} "
-                          f"(need at least {len(names)}, one per parameter)")
+        raise LawFitError(
+            f"too few points for the {law} law: {D.size} after skipping {skip_first} "
+            f"(need at least {len(names)}, one per parameter)"
+        )
 
     candidates = [tuple(map(float, s)) for s in (starts if starts is not None else default_starts(law, D, A))]
     solvers = ("lm", "trf") if method == "auto" else (method,)
@@ -271,16 +278,29 @@ def fit_sparsing_law(
             if res is None:
                 continue
             # Prefer LM (the paper's method) unless trf is better by more than round-off.
-            if best is None or res[2] < best[2] * (1 - 1e-9) - 1e-18 or (
-                    solver == "lm" and best[3] != "lm" and res[2] <= best[2] * (1 + 1e-9) + 1e-18):
+            if (
+                best is None
+                or res[2] < best[2] * (1 - 1e-9) - 1e-18
+                or (solver == "lm" and best[3] != "lm" and res[2] <= best[2] * (1 + 1e-9) + 1e-18)
+            ):
                 best = (*res, solver)
     n = int(D.size)
     if best is None:
         nan = {k: math.nan for k in names}
-        return LawFit(law=law, params=nan, stderr=dict(nan), mae=math.nan, sse=math.nan, n_points=n,
-                      skipped=skip_first, method=method, warnings=notes, ok=False,
-                      error=f"no admissible fit from {len(candidates)} starts (method {method}); "
-                            "try --method trf, more points, or --skip-first")
+        return LawFit(
+            law=law,
+            params=nan,
+            stderr=dict(nan),
+            mae=math.nan,
+            sse=math.nan,
+            n_points=n,
+            skipped=skip_first,
+            method=method,
+            warnings=notes,
+            ok=False,
+            error=f"no admissible fit from {len(candidates)} starts (method {method}); "
+            "try --method trf, more points, or --skip-first",
+        )
     p, cov, sse, solver = best
     cov = np.asarray(cov, dtype=float)
     cov_ok = bool(np.all(np.isfinite(cov))) and n > len(names)
@@ -291,5 +311,14 @@ def fit_sparsing_law(
     if law == "silu":
         params["b"], stderr["b"] = None, None
     mae = float(np.mean(np.abs(law_value(law, D, params) - A)))  # type: ignore[arg-type]
-    return LawFit(law=law, params=params, stderr=stderr, mae=mae, sse=sse, n_points=n,
-                  skipped=skip_first, method=solver, warnings=notes)
+    return LawFit(
+        law=law,
+        params=params,
+        stderr=stderr,
+        mae=mae,
+        sse=sse,
+        n_points=n,
+        skipped=skip_first,
+        method=solver,
+        warnings=notes,
+    )

@@ -47,28 +47,54 @@ def text_table(results: Sequence[RunFit]) -> str:
     for r in results:
         f = r.fit
         p, se = f.params, f.stderr
-        rows.append((r.curve.name, f.law, str(f.n_points), str(f.skipped), _num(p.get("alpha")), _num(p.get("b")),
-                     _num(p.get("c")), _num(p.get("A0"), ".4f"), _num(se.get("A0"), ".2g"), _num(f.mae, ".2e"),
-                     "FAILED" if not f.ok else str(len(f.warnings) + len(r.curve.notes))))
+        rows.append(
+            (
+                r.curve.name,
+                f.law,
+                str(f.n_points),
+                str(f.skipped),
+                _num(p.get("alpha")),
+                _num(p.get("b")),
+                _num(p.get("c")),
+                _num(p.get("A0"), ".4f"),
+                _num(se.get("A0"), ".2g"),
+                _num(f.mae, ".2e"),
+                "FAILED" if not f.ok else str(len(f.warnings) + len(r.curve.notes)),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
 
 
 def markdown_report(results: Sequence[RunFit], title: str = "Sparsing-Law fits") -> str:
     """Markdown: fitted parameters per run, the paper's Table 2 alongside for released runs, warnings."""
-    lines = [f"# {title}", "",
-             "Laws (D = tokens in billions, A = activation ratio as a fraction): "
-             "ReLU `A = exp(-c·D^α + b) + A0`; SiLU `A = -c·D^(-α) + A0`. "
-             "A0 is the limit activation ratio; it is the robust quantity, α, b, c trade off "
-             "against each other.", "",
-             "| run | law | points | skipped | α | b | c | A0 (± s.e.) | MAE | method | paper α | paper b | paper c "
-             "| paper A0 | ΔA0 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {title}",
+        "",
+        "Laws (D = tokens in billions, A = activation ratio as a fraction): "
+        "ReLU `A = exp(-c·D^α + b) + A0`; SiLU `A = -c·D^(-α) + A0`. "
+        "A0 is the limit activation ratio; it is the robust quantity, α, b, c trade off "
+        "against each other.",
+        "",
+        "| run | law | points | skipped | α | b | c | A0 (± s.e.) | MAE | method | paper α | paper b | paper c "
+        "| paper A0 | ΔA0 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         f, p = r.fit, r.fit.params
         a0 = f"{_num(p.get('A0'), '.4f')} ± {_num(f.stderr.get('A0'), '.2g')}" if f.ok else "FAILED"
-        cells = [r.curve.name, f.law, str(f.n_points), str(f.skipped), _num(p.get("alpha")), _num(p.get("b")),
-                 _num(p.get("c")), a0, _num(f.mae, ".2e"), f.method]
+        cells = [
+            r.curve.name,
+            f.law,
+            str(f.n_points),
+            str(f.skipped),
+            _num(p.get("alpha")),
+            _num(p.get("b")),
+            _num(p.get("c")),
+            a0,
+            _num(f.mae, ".2e"),
+            f.method,
+        ]
         if r.paper_key:
             row = PAPER_TABLE2[r.paper_key]
             delta = p["A0"] - row["A0"] if f.ok else math.nan
@@ -78,11 +104,17 @@ def markdown_report(results: Sequence[RunFit], title: str = "Sparsing-Law fits")
         lines.append("| " + " | ".join(cells) + " |")
     released = [r for r in results if r.paper_key]
     if released:
-        lines += ["", "Paper values: Table 2 of arXiv 2411.02335. Points the published fit dropped: "
-                  + ", ".join(f"{r.paper_key} {_skip_text(PAPER_TABLE2[r.paper_key]['skip'])}" for r in released)
-                  + ". Compare A0; α, b, c are poorly identified."]
-    notes = [(r.curve.name, w) for r in results for w in r.curve.notes + r.fit.warnings
-             + ([r.fit.error] if r.fit.error else [])]
+        lines += [
+            "",
+            "Paper values: Table 2 of arXiv 2411.02335. Points the published fit dropped: "
+            + ", ".join(f"{r.paper_key} {_skip_text(PAPER_TABLE2[r.paper_key]['skip'])}" for r in released)
+            + ". Compare A0; α, b, c are poorly identified.",
+        ]
+    notes = [
+        (r.curve.name, w)
+        for r in results
+        for w in r.curve.notes + r.fit.warnings + ([r.fit.error] if r.fit.error else [])
+    ]
     if notes:
         lines += ["", "## Warnings", ""] + [f"- **{name}**: {w}" for name, w in notes]
     lines += ["", "## Sources", ""] + [f"- {r.curve.name}: `{r.curve.source}`" for r in results]
@@ -113,8 +145,12 @@ def plot_fits(results: Sequence[RunFit], out_png: str | Path, params: Sequence[f
         if r.fit.ok:
             pos = D[D > 0]
             grid = np.geomspace(pos.min(), pos.max(), 200) if pos.size else np.array([])
-            ax.plot(grid, 100 * r.fit.predict(grid), color=color,
-                    label=f"{r.fit.law} fit, A0={100 * r.fit.params['A0']:.2f}%")
+            ax.plot(
+                grid,
+                100 * r.fit.predict(grid),
+                color=color,
+                label=f"{r.fit.law} fit, A0={100 * r.fit.params['A0']:.2f}%",
+            )
             ax.axhline(100 * r.fit.params["A0"], color=color, ls=":", lw=0.8)
     ax.set_xlabel("tokens passed (B)")
     ax.set_ylabel("activation ratio (%)")
@@ -136,4 +172,3 @@ def plot_fits(results: Sequence[RunFit], out_png: str | Path, params: Sequence[f
     fig.tight_layout()
     fig.savefig(str(out_png), dpi=120)
     plt.close(fig)
-

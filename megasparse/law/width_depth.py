@@ -75,8 +75,14 @@ def fit_bottleneck(ratios: Sequence[float], limit_ratios: Sequence[float], grid_
         if best is None or sse < best[0] - 1e-15:
             best = (sse, float(r_star), float(coef[0]), float(coef[1]))
     sse, r_star, intercept, slope = best
-    return BottleneckFit(intercept=intercept, slope=slope, bottleneck=r_star,
-                         plateau=intercept + slope * r_star, sse=sse, n_points=int(r.size))
+    return BottleneckFit(
+        intercept=intercept,
+        slope=slope,
+        bottleneck=r_star,
+        plateau=intercept + slope * r_star,
+        sse=sse,
+        n_points=int(r.size),
+    )
 
 
 @dataclass

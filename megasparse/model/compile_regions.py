@@ -5,10 +5,11 @@ weight) and the rotary embedding five per tensor (two halves, negate, concatenat
 multiply-adds), each reading and writing the whole activation. Compiled, each is one kernel.
 
 Only these regions are compiled, not whole blocks: they hold no collectives (tensor-parallel
-layers all-reduce in their own autograd functions; the sequence-parallel RMSNorm stays eager), no activation counters (the fused Triton
-kernel already does that work) and no Python state, so they compile the same in every layout
-and never graph-break. Compilation happens on first use per input shape, i.e. in the first
-training step, and again for evaluation when its batch shape differs.
+layers all-reduce in their own autograd functions; the sequence-parallel RMSNorm stays eager),
+no activation counters (the fused Triton kernel already does that work) and no Python state, so
+they compile the same in every layout and never graph-break. Compilation happens on first use
+per input shape, i.e. in the first training step, and again for evaluation when its batch shape
+differs.
 """
 
 from __future__ import annotations

@@ -42,8 +42,9 @@ from megasparse.model.rotary import rotary_cos_sin
 # The decoder's three pieces around the blocks, as functions of the modules that hold their
 # weights: Transformer.forward calls them, and so do the pipeline stages, which hold only some
 # of those modules. A µP change made here holds for every layout.
-def embed_tokens(embed: nn.Module, tokens: torch.Tensor, config: ModelConfig,
-                 eod_token_id: Optional[int] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+def embed_tokens(
+    embed: nn.Module, tokens: torch.Tensor, config: ModelConfig, eod_token_id: Optional[int] = None
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """tokens [b, s] -> (Emb[tokens] · scale_emb [b, s, d], document ids [b, s] or None).
 
     Under sequence parallelism the embedding returns this rank's slice [b, s/tp, d]. Document
@@ -64,9 +65,14 @@ class BlockInputs:
     attention_mask: Optional[torch.Tensor]  # bool [b, 1, s, s]; None = plain causal
 
 
-def block_inputs(config: ModelConfig, seq_length: int, device: torch.device, dtype: torch.dtype,
-                 doc_ids: Optional[torch.Tensor] = None,
-                 position_ids: Optional[torch.Tensor] = None) -> BlockInputs:
+def block_inputs(
+    config: ModelConfig,
+    seq_length: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    doc_ids: Optional[torch.Tensor] = None,
+    position_ids: Optional[torch.Tensor] = None,
+) -> BlockInputs:
     """Rotary tables and attention mask for ``seq_length`` positions (the whole sequence, also
     when sequence parallelism holds only a slice of it).
 
@@ -84,8 +90,14 @@ def block_inputs(config: ModelConfig, seq_length: int, device: torch.device, dty
     return BlockInputs(cos, sin, attention_mask)
 
 
-def scaled_logits(hidden: torch.Tensor, config: ModelConfig, *, lm_head: Optional[nn.Module] = None,
-                  tied_weight: Optional[torch.Tensor] = None, factory: LayerFactory = LOCAL_LAYERS) -> torch.Tensor:
+def scaled_logits(
+    hidden: torch.Tensor,
+    config: ModelConfig,
+    *,
+    lm_head: Optional[nn.Module] = None,
+    tied_weight: Optional[torch.Tensor] = None,
+    factory: LayerFactory = LOCAL_LAYERS,
+) -> torch.Tensor:
     """Final-normed hidden [b, s, d] -> logits (hidden / scale_width) @ Hᵀ, [b, s, V].
 
     H is ``lm_head`` when the head is untied, else the embedding ``tied_weight`` multiplied by
@@ -141,9 +153,7 @@ class Transformer(nn.Module):
         # the paper's init would overwrite anyway (seconds saved at 2.4B).
         with torch.device("meta"):
             self.embed = layer_factory.embedding(self.vocab_size, config.hidden_size)
-            self.layers = nn.ModuleList(
-                Block(config, layer_factory, i) for i in range(config.num_layers)
-            )
+            self.layers = nn.ModuleList(Block(config, layer_factory, i) for i in range(config.num_layers))
             self.final_norm = layer_factory.norm(config.hidden_size, config.norm_eps)
             self.lm_head = None
             if not config.tie_embeddings:
@@ -178,9 +188,7 @@ class Transformer(nn.Module):
         """tokens [b, s] (int64) -> logits [b, s, V]."""
         return self.logits(self.forward_hidden(tokens, position_ids))
 
-    def forward_hidden(
-        self, tokens: torch.Tensor, position_ids: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
+    def forward_hidden(self, tokens: torch.Tensor, position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """tokens [b, s] -> final-normed hidden state [b, s, d], before the output head.
 
         Under sequence parallelism the result is this rank's sequence slice [b, s/tp, d].
@@ -195,8 +203,13 @@ class Transformer(nn.Module):
         for block in self.layers:
             if use_checkpoint:
                 x = checkpoint(
-                    block, x, inputs.cos, inputs.sin, inputs.attention_mask,
-                    use_reentrant=False, context_fn=checkpoint_context_fn,
+                    block,
+                    x,
+                    inputs.cos,
+                    inputs.sin,
+                    inputs.attention_mask,
+                    use_reentrant=False,
+                    context_fn=checkpoint_context_fn,
                 )
             else:
                 x = block(x, inputs.cos, inputs.sin, inputs.attention_mask)

@@ -187,9 +187,7 @@ def gather_from_sequence_parallel_region(x: torch.Tensor, group: Group, dim: int
     return x if group_size(group) == 1 else _GatherSequence.apply(x, group, dim)
 
 
-def reduce_scatter_to_sequence_parallel_region(
-    x: torch.Tensor, group: Group, dim: int = 1
-) -> torch.Tensor:
+def reduce_scatter_to_sequence_parallel_region(x: torch.Tensor, group: Group, dim: int = 1) -> torch.Tensor:
     """Partial sums [b, s, d] -> this rank's slice of their sum [b, s/tp, d]; backward gathers."""
     return x if group_size(group) == 1 else _ReduceScatterSequence.apply(x, group, dim)
 

@@ -60,23 +60,27 @@ class ParallelLayout:
 
     def tensor_groups(self) -> list[list[int]]:
         """Ranks that split the same layers (same pp, dp)."""
-        return [[self.rank(p, d, t) for t in range(self.tensor)]
-                for p in range(self.pipeline) for d in range(self.data)]
+        return [
+            [self.rank(p, d, t) for t in range(self.tensor)] for p in range(self.pipeline) for d in range(self.data)
+        ]
 
     def data_groups(self) -> list[list[int]]:
         """Ranks that hold the same parameters and average their gradients (same pp, tp)."""
-        return [[self.rank(p, d, t) for d in range(self.data)]
-                for p in range(self.pipeline) for t in range(self.tensor)]
+        return [
+            [self.rank(p, d, t) for d in range(self.data)] for p in range(self.pipeline) for t in range(self.tensor)
+        ]
 
     def pipeline_groups(self) -> list[list[int]]:
         """Ranks that form one pipeline (same dp, tp), in stage order."""
-        return [[self.rank(p, d, t) for p in range(self.pipeline)]
-                for d in range(self.data) for t in range(self.tensor)]
+        return [
+            [self.rank(p, d, t) for p in range(self.pipeline)] for d in range(self.data) for t in range(self.tensor)
+        ]
 
     def model_groups(self) -> list[list[int]]:
         """Ranks that together hold one full model replica, TP × PP (same dp)."""
-        return [[self.rank(p, d, t) for p in range(self.pipeline) for t in range(self.tensor)]
-                for d in range(self.data)]
+        return [
+            [self.rank(p, d, t) for p in range(self.pipeline) for t in range(self.tensor)] for d in range(self.data)
+        ]
 
 
 def _my_group(all_ranks: list[list[int]], rank: int, distributed: bool):
@@ -146,8 +150,10 @@ class ParallelGroups:
         return PipeModelDataParallelTopology(num_pp=self.pp_size, num_mp=self.tp_size, num_dp=self.dp_size)
 
     def __repr__(self) -> str:
-        return (f"ParallelGroups(rank={self.rank}, pp={self.pp_rank}/{self.pp_size}, "
-                f"dp={self.dp_rank}/{self.dp_size}, tp={self.tp_rank}/{self.tp_size})")
+        return (
+            f"ParallelGroups(rank={self.rank}, pp={self.pp_rank}/{self.pp_size}, "
+            f"dp={self.dp_rank}/{self.dp_size}, tp={self.tp_rank}/{self.tp_size})"
+        )
 
 
 class DeepSpeedMPU:

@@ -103,8 +103,15 @@ class EmbeddingPipe(nn.Module):
     plain model.
     """
 
-    def __init__(self, config: ModelConfig, factory: LayerFactory, eod_token_id: Optional[int] = None, *,
-                 seed: int, device: Device) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        factory: LayerFactory,
+        eod_token_id: Optional[int] = None,
+        *,
+        seed: int,
+        device: Device,
+    ) -> None:
         super().__init__()
         self.config, self.factory, self.eod_token_id = config, factory, eod_token_id
         vocab = config.padded_vocab_size(factory.tensor_parallel_size)
@@ -128,8 +135,9 @@ class TransformerBlockPipe(Block):
     document ids): a few hundred flops per token, against the block's millions.
     """
 
-    def __init__(self, config: ModelConfig, factory: LayerFactory, layer_index: int, *, seed: int,
-                 device: Device) -> None:
+    def __init__(
+        self, config: ModelConfig, factory: LayerFactory, layer_index: int, *, seed: int, device: Device
+    ) -> None:
         with torch.device("meta"):
             super().__init__(config, factory, layer_index)
         self.config = config
@@ -198,8 +206,9 @@ def recompute_in_backward(function, *args):
     return checkpoint(function, *args, use_reentrant=False, context_fn=checkpoint_context_fn)
 
 
-def layer_specs(config: ModelConfig, factory: LayerFactory, *, seed: int, device: Device,
-                eod_token_id: Optional[int] = None) -> list:
+def layer_specs(
+    config: ModelConfig, factory: LayerFactory, *, seed: int, device: Device, eod_token_id: Optional[int] = None
+) -> list:
     """The decoder as DeepSpeed layer specs (order in the module docstring)."""
     from deepspeed.pipe import LayerSpec, TiedLayerSpec
 
@@ -207,17 +216,33 @@ def layer_specs(config: ModelConfig, factory: LayerFactory, *, seed: int, device
         raise ValueError("model.attention_within_document needs eod_token_id (the tokenizer's EOD)")
     common = dict(seed=seed, device=device)
     if config.tie_embeddings:
-        first = TiedLayerSpec(TIED_EMBEDDING_KEY, EmbeddingPipe, config, factory, eod_token_id,
-                              tied_weight_attr=["embed.weight"], **common)
+        first = TiedLayerSpec(
+            TIED_EMBEDDING_KEY,
+            EmbeddingPipe,
+            config,
+            factory,
+            eod_token_id,
+            tied_weight_attr=["embed.weight"],
+            **common,
+        )
     else:
         first = LayerSpec(EmbeddingPipe, config, factory, eod_token_id, **common)
     specs = [first]
     specs += [LayerSpec(TransformerBlockPipe, config, factory, i, **common) for i in range(config.num_layers)]
     specs.append(LayerSpec(FinalNormPipe, config, factory, **common))
     if config.tie_embeddings:
-        specs.append(TiedLayerSpec(TIED_EMBEDDING_KEY, EmbeddingPipe, config, factory, eod_token_id,
-                                   forward_fn=EmbeddingPipe.tied_logits, tied_weight_attr=["embed.weight"],
-                                   **common))
+        specs.append(
+            TiedLayerSpec(
+                TIED_EMBEDDING_KEY,
+                EmbeddingPipe,
+                config,
+                factory,
+                eod_token_id,
+                forward_fn=EmbeddingPipe.tied_logits,
+                tied_weight_attr=["embed.weight"],
+                **common,
+            )
+        )
     return specs
 
 
@@ -258,9 +283,14 @@ def partition_method(name: str) -> str:
     raise ValueError(f"parallel.pipeline_partition={name!r}: expected 'uniform' or 'parameters'")
 
 
-def build_pipeline_module(cfg: "RunConfig", groups: "ParallelGroups", *, device: Device,
-                          eod_token_id: Optional[int] = None,
-                          activation_checkpointing: Optional[bool] = None):
+def build_pipeline_module(
+    cfg: "RunConfig",
+    groups: "ParallelGroups",
+    *,
+    device: Device,
+    eod_token_id: Optional[int] = None,
+    activation_checkpointing: Optional[bool] = None,
+):
     """This rank's stage of the model as a DeepSpeed ``PipelineModule`` (collective: every rank calls it).
 
     ``cfg.model`` with a resolved ``vocab_size``; ``cfg.train.seed`` initialises (same model as
@@ -299,8 +329,9 @@ def _check_every_stage_has_blocks(module: nn.Module, groups: "ParallelGroups", p
     """
     import torch.distributed as dist
 
-    mine = torch.tensor([sum(isinstance(m, TransformerBlockPipe) for m in module.children())],
-                        dtype=torch.int64, device=device)
+    mine = torch.tensor(
+        [sum(isinstance(m, TransformerBlockPipe) for m in module.children())], dtype=torch.int64, device=device
+    )
     counts = [torch.zeros_like(mine) for _ in range(groups.pp_size)]
     dist.all_gather(counts, mine, group=groups.pp_group)
     empty = [stage for stage, n in enumerate(counts) if int(n) == 0]
@@ -308,7 +339,8 @@ def _check_every_stage_has_blocks(module: nn.Module, groups: "ParallelGroups", p
         raise ConfigError(
             f"parallel.pipeline_partition={partition} leaves pipeline stage(s) {', '.join(map(str, empty))} "
             f"without a transformer block (blocks per stage: {[int(n) for n in counts]}); "
-            "use parallel.pipeline_partition=uniform or fewer stages")
+            "use parallel.pipeline_partition=uniform or fewer stages"
+        )
 
 
 def pipeline_engine_config(cfg: "RunConfig") -> dict:

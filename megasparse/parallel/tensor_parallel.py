@@ -89,8 +89,10 @@ class ColumnParallelLinear(nn.Module):
         return F.linear(x, self.weight)  # [b, s, out/tp]
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features} (local "
-                f"{self.weight.shape[0]}), sequence_parallel={self.sequence_parallel}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features} (local "
+            f"{self.weight.shape[0]}), sequence_parallel={self.sequence_parallel}"
+        )
 
 
 class RowParallelLinear(nn.Module):
@@ -113,8 +115,10 @@ class RowParallelLinear(nn.Module):
         return reduce_from_tensor_parallel_region(partial, self.group)  # [b, s, out]
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features} (local {self.weight.shape[1]}), "
-                f"out_features={self.out_features}, sequence_parallel={self.sequence_parallel}")
+        return (
+            f"in_features={self.in_features} (local {self.weight.shape[1]}), "
+            f"out_features={self.out_features}, sequence_parallel={self.sequence_parallel}"
+        )
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -141,8 +145,10 @@ class VocabParallelEmbedding(nn.Module):
         return reduce_from_tensor_parallel_region(out, self.group)  # [b, s, d]
 
     def extra_repr(self) -> str:
-        return (f"{self.num_embeddings}, {self.embedding_dim} (local rows {self.vocab_start}.."
-                f"{self.vocab_start + self.weight.shape[0]}), sequence_parallel={self.sequence_parallel}")
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim} (local rows {self.vocab_start}.."
+            f"{self.vocab_start + self.weight.shape[0]}), sequence_parallel={self.sequence_parallel}"
+        )
 
 
 class SequenceParallelRMSNorm(RMSNorm):

@@ -50,7 +50,6 @@ SUBSAMPLE = 65536  # values in the strided subsample that gives q99
 GRID_QUANTILE = 0.99
 
 
-
 def _distributed(group) -> bool:
     """Data-parallel group semantics: ``None`` is the world when torch.distributed is up."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
@@ -72,9 +71,11 @@ def _tp_all_reduce(t: torch.Tensor, op, tp_group: Group) -> torch.Tensor:
 def check_groups(group: Group, tp_group: Group) -> None:
     """Refuses ``group=None`` under TP: it would mean the world, and sum the TP ranks' tokens."""
     if group_size(tp_group) > 1 and group is None:
-        raise ValueError("CETT calibration under tensor parallelism needs the data-parallel group "
-                         "(e.g. ParallelGroups.dp_group), not None: None would mean the whole world, "
-                         "which also holds the tensor-parallel ranks")
+        raise ValueError(
+            "CETT calibration under tensor parallelism needs the data-parallel group "
+            "(e.g. ParallelGroups.dp_group), not None: None would mean the whole world, "
+            "which also holds the tensor-parallel ranks"
+        )
 
 
 def gather_values(values: torch.Tensor, group: Group, distributed: bool) -> torch.Tensor:
@@ -87,7 +88,7 @@ def gather_values(values: torch.Tensor, group: Group, distributed: bool) -> torc
     dist.all_gather(all_lengths, lengths, group=group)
     sizes = [int(x) for x in all_lengths]
     padded = torch.zeros(max(sizes), dtype=values.dtype, device=values.device)
-    padded[:values.numel()] = values
+    padded[: values.numel()] = values
     parts = [torch.empty_like(padded) for _ in range(n)]
     dist.all_gather(parts, padded, group=group)
     return torch.cat([part[:size] for part, size in zip(parts, sizes)])
@@ -101,7 +102,7 @@ def _token_offset(tokens: int, group: Group, device) -> tuple[int, int]:
     every = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
     dist.all_gather(every, mine, group=group)
     counts = [int(x) for x in every]
-    return sum(counts[:dist.get_rank(group)]), sum(counts)
+    return sum(counts[: dist.get_rank(group)]), sum(counts)
 
 
 def down_column_norms(w_down: torch.Tensor) -> torch.Tensor:
@@ -133,8 +134,9 @@ def strided_entries(norms: torch.Tensor, stride: int, first_index: int, row_leng
     return values[inside]
 
 
-def candidate_thresholds(norms: torch.Tensor, num_candidates: int = NUM_CANDIDATES,
-                         group: Group = None, tp_group: Group = None) -> torch.Tensor:
+def candidate_thresholds(
+    norms: torch.Tensor, num_candidates: int = NUM_CANDIDATES, group: Group = None, tp_group: Group = None
+) -> torch.Tensor:
     """``linspace(min(norm), q99, num_candidates)`` of one layer's GLOBAL [T_global, f] norm matrix.
 
     ``norms`` is this rank's block ``[T, f/tp]`` (or ``[..., f/tp]``). The minimum is all-reduced
@@ -226,8 +228,14 @@ class LayerThresholdSearch:
     collectives inside CETT(τ) stay matched across ranks.
     """
 
-    def __init__(self, h: torch.Tensor, w_down: torch.Tensor, num_candidates: int = NUM_CANDIDATES,
-                 group: Group = None, tp_group: Group = None):
+    def __init__(
+        self,
+        h: torch.Tensor,
+        w_down: torch.Tensor,
+        num_candidates: int = NUM_CANDIDATES,
+        group: Group = None,
+        tp_group: Group = None,
+    ):
         self.layer = LayerCETT(h.reshape(-1, h.shape[-1]), w_down, group, tp_group)
         self.candidates = candidate_thresholds(self.layer.norms, num_candidates, group, tp_group)
         self._cett_at: dict[int, float] = {}
@@ -249,24 +257,37 @@ class LayerThresholdSearch:
         return float(self.candidates[left - 1]) if left > 0 else 0.0
 
 
-def layer_threshold_for_cett(h: torch.Tensor, w_down: torch.Tensor, cett: float,
-                             num_candidates: int = NUM_CANDIDATES, group: Group = None,
-                             tp_group: Group = None) -> float:
+def layer_threshold_for_cett(
+    h: torch.Tensor,
+    w_down: torch.Tensor,
+    cett: float,
+    num_candidates: int = NUM_CANDIDATES,
+    group: Group = None,
+    tp_group: Group = None,
+) -> float:
     """τ_l for CETT value ``cett`` on one layer (h [T, f/tp] of valid tokens, w_down [d, f/tp])."""
     return LayerThresholdSearch(h, w_down, num_candidates, group, tp_group).threshold_for(cett)
 
 
-def layer_thresholds_for_cett(hs: list[torch.Tensor], down_weights: list[torch.Tensor], cett: float,
-                              num_candidates: int = NUM_CANDIDATES, group: Group = None,
-                              tp_group: Group = None) -> torch.Tensor:
+def layer_thresholds_for_cett(
+    hs: list[torch.Tensor],
+    down_weights: list[torch.Tensor],
+    cett: float,
+    num_candidates: int = NUM_CANDIDATES,
+    group: Group = None,
+    tp_group: Group = None,
+) -> torch.Tensor:
     """τ per layer (float32 [L]) for one shared CETT value; hs[l] is [T, f/tp] (or [b, s, f/tp])."""
-    taus = [layer_threshold_for_cett(h.reshape(-1, h.shape[-1]), w, cett, num_candidates, group, tp_group)
-            for h, w in zip(hs, down_weights)]
+    taus = [
+        layer_threshold_for_cett(h.reshape(-1, h.shape[-1]), w, cett, num_candidates, group, tp_group)
+        for h, w in zip(hs, down_weights)
+    ]
     return torch.tensor(taus, dtype=torch.float32)
 
 
-def cett_of_threshold(h: torch.Tensor, w_down: torch.Tensor, tau: float, group: Group = None,
-                      tp_group: Group = None) -> float:
+def cett_of_threshold(
+    h: torch.Tensor, w_down: torch.Tensor, tau: float, group: Group = None, tp_group: Group = None
+) -> float:
     """Token-averaged CETT of one layer when neurons with norm ≤ τ are dropped."""
     return LayerCETT(h.reshape(-1, h.shape[-1]), w_down, group, tp_group)(tau)
 

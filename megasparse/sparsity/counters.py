@@ -67,8 +67,9 @@ class ActivationCounters:
             return
         norms = torch.stack([n.float().to(self.active.device) for n in column_norms])  # [L_local, f_local]
         # A zero column contributes nothing however large h is: it can never be active.
-        self.neuron_thresholds = torch.where(norms > 0, self.layer_thresholds[:, None] / norms,
-                                             torch.full_like(norms, float("inf")))
+        self.neuron_thresholds = torch.where(
+            norms > 0, self.layer_thresholds[:, None] / norms, torch.full_like(norms, float("inf"))
+        )
 
     def state_dict(self) -> dict:
         return {

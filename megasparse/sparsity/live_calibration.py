@@ -56,13 +56,17 @@ class CalibrationResult:
 
     def scalars(self) -> dict[str, float]:
         """TensorBoard scalars of the calibration, and its cost."""
-        return {tags.CETT_VALUE: self.cett, tags.CETT_PPL_RATIO: self.ppl_ratio,
-                tags.CETT_CALIBRATION_ACTIVATION_RATIO: self.activation_ratio,
-                tags.PERF_CETT_CALIBRATION_S: self.seconds}
+        return {
+            tags.CETT_VALUE: self.cett,
+            tags.CETT_PPL_RATIO: self.ppl_ratio,
+            tags.CETT_CALIBRATION_ACTIVATION_RATIO: self.activation_ratio,
+            tags.PERF_CETT_CALIBRATION_S: self.seconds,
+        }
 
 
-def heldout_batches(dataset, num_batches: int, micro_batch_size: int, dp_rank: int = 0,
-                    dp_size: int = 1) -> list[torch.Tensor]:
+def heldout_batches(
+    dataset, num_batches: int, micro_batch_size: int, dp_rank: int = 0, dp_size: int = 1
+) -> list[torch.Tensor]:
     """The first ``num_batches`` micro-batches [mbs, s+1] of a dataset for this DP rank (fixed set)."""
     from megasparse.data.loader import MicroBatchLoader
 
@@ -82,9 +86,15 @@ class LiveCalibrator:
             data-parallel ``group`` explicitly. :meth:`for_groups` picks both from ParallelGroups.
     """
 
-    def __init__(self, batches: Sequence[torch.Tensor], p: float = 1.0, tolerance: float = 1e-3,
-                 num_candidates: int = NUM_CANDIDATES, group: Optional[dist.ProcessGroup] = None,
-                 tp_group: Optional[dist.ProcessGroup] = None):
+    def __init__(
+        self,
+        batches: Sequence[torch.Tensor],
+        p: float = 1.0,
+        tolerance: float = 1e-3,
+        num_candidates: int = NUM_CANDIDATES,
+        group: Optional[dist.ProcessGroup] = None,
+        tp_group: Optional[dist.ProcessGroup] = None,
+    ):
         if not batches:
             raise ValueError("LiveCalibrator needs at least one held-out batch")
         check_groups(group, tp_group)
@@ -104,8 +114,9 @@ class LiveCalibrator:
         ``batches`` are this rank's: its DP rank's share of the held-out set (the same on every
         TP rank of a TP group and every stage of a pipeline).
         """
-        calibrator = cls(batches, group=groups.dp_group, tp_group=groups.tp_group if groups.tp_size > 1 else None,
-                         **kwargs)
+        calibrator = cls(
+            batches, group=groups.dp_group, tp_group=groups.tp_group if groups.tp_size > 1 else None, **kwargs
+        )
         if groups.pp_size > 1:
             calibrator.pp_group, calibrator.pp_last_rank = groups.pp_group, groups.pp_ranks[-1]
         return calibrator
@@ -122,9 +133,16 @@ class LiveCalibrator:
         try:
             for m in mlps:  # belt and braces: measurement_mode detaches them too
                 m.count_slot = None
-            result = search_cett_for_ppl([model], [self.batches], self.p, self.tolerance,
-                                         num_candidates=self.num_candidates, group=self.group,
-                                         tp_group=self.tp_group, stages=stages)
+            result = search_cett_for_ppl(
+                [model],
+                [self.batches],
+                self.p,
+                self.tolerance,
+                num_candidates=self.num_candidates,
+                group=self.group,
+                tp_group=self.tp_group,
+                stages=stages,
+            )
         finally:
             for m, slot in zip(mlps, slots):
                 m.count_slot = slot

@@ -26,8 +26,8 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from megasparse.checkpoint.reader import CheckpointInfo, load_model
 from megasparse import tags
+from megasparse.checkpoint.reader import CheckpointInfo, load_model
 from megasparse.sparsity.baselines import METHODS, baseline_mask
 from megasparse.sparsity.cett import NUM_CANDIDATES, neuron_thresholds
 from megasparse.sparsity.passes import SparseStats, dense_pass, measurement_mode, sparse_pass, token_activation_table
@@ -68,9 +68,15 @@ class MeasureOptions:
             raise MeasureError("--last-k must be ≥ 1, --tolerance > 0 and --p > 0")
 
 
-def fixed_batches(prefixes: Sequence[str], seq_length: int, num_batches: int, micro_batch: int,
-                  eod_id: Optional[int] = None, seed: int = MEASUREMENT_SEED,
-                  cache_dir: Optional[str] = None) -> list[torch.Tensor]:
+def fixed_batches(
+    prefixes: Sequence[str],
+    seq_length: int,
+    num_batches: int,
+    micro_batch: int,
+    eod_id: Optional[int] = None,
+    seed: int = MEASUREMENT_SEED,
+    cache_dir: Optional[str] = None,
+) -> list[torch.Tensor]:
     """The first ``num_batches`` micro-batches [micro_batch, seq_length+1] of a seeded sample order."""
     from megasparse.config import DataConfig
     from megasparse.data.loader import MicroBatchLoader, build_datasets
@@ -84,16 +90,19 @@ def fixed_batches(prefixes: Sequence[str], seq_length: int, num_batches: int, mi
 def _check_vocab(batches: Sequence[torch.Tensor], model: nn.Module, where: str) -> None:
     top = max(int(b.max()) for b in batches)
     if top >= model.vocab_size:
-        raise MeasureError(f"{where}: the data holds token id {top} but the model's vocabulary has "
-                           f"{model.vocab_size} rows; tokenize with the run's tokenizer")
+        raise MeasureError(
+            f"{where}: the data holds token id {top} but the model's vocabulary has "
+            f"{model.vocab_size} rows; tokenize with the run's tokenizer"
+        )
 
 
-def evaluate_baseline(model: nn.Module, batches: Sequence[torch.Tensor], method: str, arg: float
-                      ) -> tuple[float, float, float, SparseStats]:
+def evaluate_baseline(
+    model: nn.Module, batches: Sequence[torch.Tensor], method: str, arg: float
+) -> tuple[float, float, float, SparseStats]:
     """(dense loss, sparse loss, PPL ratio, statistics): mean over batches, ratio = mean of exp(Δ)."""
     device = next(model.parameters()).device
     dense, sparse, ratios, total = [], [], [], None
-    keep = (lambda _pos, _h, s: baseline_mask(method, s, arg))
+    keep = lambda _pos, _h, s: baseline_mask(method, s, arg)
     with measurement_mode(model) as mlps:
         for tokens in batches:
             tokens = tokens.to(device)
@@ -113,9 +122,14 @@ def evaluate_baseline(model: nn.Module, batches: Sequence[torch.Tensor], method:
 class Measurement:
     """Runs the pipeline; ``on_event(text)`` receives progress lines (tqdm lives in the tool)."""
 
-    def __init__(self, checkpoints: Sequence[CheckpointInfo], batches: Sequence[torch.Tensor],
-                 options: MeasureOptions, device: Union[str, torch.device] = "cpu",
-                 progress: Optional[Callable] = None):
+    def __init__(
+        self,
+        checkpoints: Sequence[CheckpointInfo],
+        batches: Sequence[torch.Tensor],
+        options: MeasureOptions,
+        device: Union[str, torch.device] = "cpu",
+        progress: Optional[Callable] = None,
+    ):
         if not checkpoints:
             raise MeasureError("no checkpoints to measure")
         options.check()
@@ -142,7 +156,7 @@ class Measurement:
         """The stabilising strategy's CETT value (or the fixed --arg) and a summary of the search."""
         if self.options.arg is not None:
             return float(self.options.arg), None
-        last = self.checkpoints[-self.options.last_k:]
+        last = self.checkpoints[-self.options.last_k :]
         models = [self.model(c) for c in last]
         steps = math.ceil(math.log2(1.0 / self.options.tolerance))
         bar = self.progress(range(steps), desc=f"CETT search on {len(last)} ckpt", unit="trial")
@@ -152,31 +166,59 @@ class Measurement:
             next(it, None)
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(cett=f"{c:.4f}", ppl_ratio=f"{r:.4f}")
-        result = search_cett_for_ppl(models, [self.batches] * len(models), self.options.p, self.options.tolerance,
-                                     num_candidates=self.options.num_candidates, on_step=on_step)
+
+        result = search_cett_for_ppl(
+            models,
+            [self.batches] * len(models),
+            self.options.p,
+            self.options.tolerance,
+            num_candidates=self.options.num_candidates,
+            on_step=on_step,
+        )
         if hasattr(bar, "close"):
             bar.close()
         self._release()
-        return result.cett, {"cett": result.cett, "ppl_ratio": result.ppl_ratio, "target_ratio": result.target_ratio,
-                             "low": result.low, "high": result.high, "iterations": result.iterations,
-                             "checkpoints": [str(c.path) for c in last]}
+        return result.cett, {
+            "cett": result.cett,
+            "ppl_ratio": result.ppl_ratio,
+            "target_ratio": result.target_ratio,
+            "low": result.low,
+            "high": result.high,
+            "iterations": result.iterations,
+            "checkpoints": [str(c.path) for c in last],
+        }
 
-    def measure_one(self, info: CheckpointInfo, cett: Optional[float]) -> tuple[dict, SparseStats, Optional[torch.Tensor]]:
+    def measure_one(
+        self, info: CheckpointInfo, cett: Optional[float]
+    ) -> tuple[dict, SparseStats, Optional[torch.Tensor]]:
         model = self.model(info)
         o = self.options
         if o.method == "cett":
-            ev = evaluate_cett(model, self.batches, cett, per_neuron=True, per_token=True,
-                               num_candidates=o.num_candidates)
-            dense, sparse, ratio, stats, tau = ev.dense_loss, ev.sparse_loss, ev.ppl_ratio, ev.stats, ev.layer_thresholds
+            ev = evaluate_cett(
+                model, self.batches, cett, per_neuron=True, per_token=True, num_candidates=o.num_candidates
+            )
+            dense, sparse, ratio, stats, tau = (
+                ev.dense_loss,
+                ev.sparse_loss,
+                ev.ppl_ratio,
+                ev.stats,
+                ev.layer_thresholds,
+            )
         else:
             dense, sparse, ratio, stats = evaluate_baseline(model, self.batches, o.method, o.arg)
             tau = None
         freq = stats.neuron_frequency()
         record = {
-            "checkpoint": str(info.path), "step": info.step, "tokens": info.tokens,
-            "method": o.method, "arg": o.arg,
-            "dense_loss": dense, "dense_ppl": math.exp(min(dense, 50.0)), "sparse_loss": sparse,
-            "ppl_ratio": ratio, "cett": cett,
+            "checkpoint": str(info.path),
+            "step": info.step,
+            "tokens": info.tokens,
+            "method": o.method,
+            "arg": o.arg,
+            "dense_loss": dense,
+            "dense_ppl": math.exp(min(dense, 50.0)),
+            "sparse_loss": sparse,
+            "ppl_ratio": ratio,
+            "cett": cett,
             "layer_thresholds": None if tau is None else [float(t) for t in tau],
             "layer_activation_ratio": [float(r) for r in stats.layer_activation_ratio()],
             "activation_ratio": stats.activation_ratio(),
@@ -189,14 +231,14 @@ class Measurement:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         o = self.options
-        cett, search = (self.search_cett() if o.method == "cett" else (None, None))
+        cett, search = self.search_cett() if o.method == "cett" else (None, None)
         writer = None
         if tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(log_dir=tensorboard_dir)
         records = []
-        for i, info in enumerate(self.progress(self.checkpoints, desc="measure", unit="ckpt")):
+        for info in self.progress(self.checkpoints, desc="measure", unit="ckpt"):
             record, stats, tau = self.measure_one(info, cett)
             self._write_checkpoint_files(out, info, record, stats, tau)
             records.append(record)
@@ -205,25 +247,39 @@ class Measurement:
             self._release()
         if writer is not None:
             writer.close()
-        summary = {"method": o.method, "arg": o.arg, "p": o.p, "last_k": o.last_k, "tolerance": o.tolerance,
-                   "batches": len(self.batches), "batch_shape": list(self.batches[0].shape), "search": search,
-                   "records": records}
+        summary = {
+            "method": o.method,
+            "arg": o.arg,
+            "p": o.p,
+            "last_k": o.last_k,
+            "tolerance": o.tolerance,
+            "batches": len(self.batches),
+            "batch_shape": list(self.batches[0].shape),
+            "search": search,
+            "records": records,
+        }
         # `measurements.json` is the records list itself, which the fit tool reads directly.
         (out / "measurements.json").write_text(json.dumps(records, indent=2))
         (out / "measurement_summary.json").write_text(json.dumps(summary, indent=2))
         _write_csv(out / "measurements.csv", records)
         return records
 
-    def _write_checkpoint_files(self, out: Path, info: CheckpointInfo, record: dict, stats: SparseStats,
-                                tau: Optional[torch.Tensor]) -> None:
+    def _write_checkpoint_files(
+        self, out: Path, info: CheckpointInfo, record: dict, stats: SparseStats, tau: Optional[torch.Tensor]
+    ) -> None:
         from safetensors.torch import save_file
 
         step = info.step
         freq = stats.neuron_frequency().float()
-        save_file({"frequency": freq.contiguous(), "active_count": stats.kept_per_neuron.contiguous(),
-                   "tokens": torch.tensor([stats.tokens], dtype=torch.int64)},
-                  str(out / f"neuron_frequency_step{step}.safetensors"),
-                  metadata={"method": record["method"], "step": str(step), "tokens_trained": str(info.tokens)})
+        save_file(
+            {
+                "frequency": freq.contiguous(),
+                "active_count": stats.kept_per_neuron.contiguous(),
+                "tokens": torch.tensor([stats.tokens], dtype=torch.int64),
+            },
+            str(out / f"neuron_frequency_step{step}.safetensors"),
+            metadata={"method": record["method"], "step": str(step), "tokens_trained": str(info.tokens)},
+        )
         table = token_activation_table(stats, int(self.model(info).vocab_size))
         (out / f"token_activation_step{step}.json").write_text(json.dumps({"step": step, **table}))
         o = self.options
@@ -231,11 +287,17 @@ class Measurement:
         if tau is not None and want:
             model = self.model(info)
             weights = [m.down_proj.weight for m in model.mlps()]
-            info_doc = {"method": "cett", "cett": record["cett"], "target_ppl_increase_percent": o.p,
-                        "ppl_ratio": record["ppl_ratio"], "activation": model.config.activation,
-                        "layer_activation_ratio": record["layer_activation_ratio"],
-                        "activation_ratio": record["activation_ratio"], "tokens_measured": stats.tokens,
-                        "checkpoint": {"step": step, "tokens": info.tokens, "path": str(info.path)}}
+            info_doc = {
+                "method": "cett",
+                "cett": record["cett"],
+                "target_ppl_increase_percent": o.p,
+                "ppl_ratio": record["ppl_ratio"],
+                "activation": model.config.activation,
+                "layer_activation_ratio": record["layer_activation_ratio"],
+                "activation_ratio": record["activation_ratio"],
+                "tokens_measured": stats.tokens,
+                "checkpoint": {"step": step, "tokens": info.tokens, "path": str(info.path)},
+            }
             car = sidecar_from_measurement(tau, neuron_thresholds(tau, weights), freq, info_doc, o.hot_coverage)
             write_sidecar(info.path if o.sidecar_into_checkpoint else out / f"sidecar_step{step}", car)
 
@@ -252,8 +314,22 @@ def _tensorboard(writer, record: dict) -> None:
     writer.add_scalar(tags.TRAIN_TOKENS, record["tokens"], step)
 
 
-CSV_COLUMNS = ["step", "tokens", "method", "arg", "dense_loss", "dense_ppl", "sparse_loss", "ppl_ratio", "cett",
-               "activation_ratio", "dead_neuron_ratio", "layer_activation_ratio", "layer_thresholds", "checkpoint"]
+CSV_COLUMNS = [
+    "step",
+    "tokens",
+    "method",
+    "arg",
+    "dense_loss",
+    "dense_ppl",
+    "sparse_loss",
+    "ppl_ratio",
+    "cett",
+    "activation_ratio",
+    "dead_neuron_ratio",
+    "layer_activation_ratio",
+    "layer_thresholds",
+    "checkpoint",
+]
 
 
 def _write_csv(path: Path, records: list[dict]) -> None:

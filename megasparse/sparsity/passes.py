@@ -77,15 +77,18 @@ class DensePass:
     gates: list[Optional[torch.Tensor]]  # per layer σ(g) [b, s, f] when asked for, else None
 
 
-def dense_pass(model: nn.Module, mlps: list[nn.Module], tokens: torch.Tensor, want_gates: bool = False,
-               tp_group=None) -> DensePass:
+def dense_pass(
+    model: nn.Module, mlps: list[nn.Module], tokens: torch.Tensor, want_gates: bool = False, tp_group=None
+) -> DensePass:
     """One dense forward that caches h (and optionally σ(g)) of every layer."""
     hs: list = [None] * len(mlps)
     gates: list = [None] * len(mlps)
     handles = []
     for pos, mlp in enumerate(mlps):
+
         def grab_h(_module, args, pos=pos):
             hs[pos] = args[0].detach()
+
         handles.append(mlp.down_proj.register_forward_pre_hook(grab_h))
         if want_gates:
             handles.append(_gate_hook(mlp, lambda s, pos=pos: gates.__setitem__(pos, s)))
@@ -104,6 +107,7 @@ def _gate_hook(mlp: nn.Module, store: Callable[[torch.Tensor], None]):
 
     def hook(_module, _args, out):
         store(act(out.detach()))
+
     return source.register_forward_hook(hook)
 
 
@@ -130,17 +134,27 @@ class SparseStats:
 
     def merge(self, other: "SparseStats") -> None:
         self.tokens += other.tokens
-        self.kept_per_layer = other.kept_per_layer if self.kept_per_layer is None else self.kept_per_layer + other.kept_per_layer
+        self.kept_per_layer = (
+            other.kept_per_layer if self.kept_per_layer is None else self.kept_per_layer + other.kept_per_layer
+        )
         if other.kept_per_neuron is not None:
-            self.kept_per_neuron = (other.kept_per_neuron if self.kept_per_neuron is None
-                                    else self.kept_per_neuron + other.kept_per_neuron)
+            self.kept_per_neuron = (
+                other.kept_per_neuron if self.kept_per_neuron is None else self.kept_per_neuron + other.kept_per_neuron
+            )
         self.token_ids += other.token_ids
         self.token_ratio += other.token_ratio
 
 
-def sparse_pass(model: nn.Module, mlps: list[nn.Module], tokens: torch.Tensor, keep: KeepFn,
-                want_gates: bool = False, per_neuron: bool = False, per_token: bool = False,
-                tp_group=None) -> tuple[float, SparseStats]:
+def sparse_pass(
+    model: nn.Module,
+    mlps: list[nn.Module],
+    tokens: torch.Tensor,
+    keep: KeepFn,
+    want_gates: bool = False,
+    per_neuron: bool = False,
+    per_token: bool = False,
+    tp_group=None,
+) -> tuple[float, SparseStats]:
     """One forward with ``h`` masked by ``keep`` in every layer → (loss, statistics).
 
     Under TP (``tp_group``) the statistics cover this rank's neurons only: ``ffn_size`` and the
@@ -168,6 +182,7 @@ def sparse_pass(model: nn.Module, mlps: list[nn.Module], tokens: torch.Tensor, k
                 frac = mask.float().mean(dim=-1).reshape(-1).cpu()  # [b*s]
                 token_sum[0] = frac if token_sum[0] is None else token_sum[0] + frac
             return (h * mask.to(h.dtype),)
+
         handles.append(mlp.down_proj.register_forward_pre_hook(apply_mask))
     try:
         loss = float(lm_loss(model, tokens, tp_group))

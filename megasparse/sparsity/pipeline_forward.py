@@ -56,7 +56,7 @@ def _send_tensors(tensors: tuple[torch.Tensor, ...], dst: int, device: torch.dev
         base = 1 + i * (2 + _MAX_DIMS)
         header[base] = _DTYPES.index(t.dtype)
         header[base + 1] = t.dim()
-        header[base + 2: base + 2 + t.dim()] = torch.tensor(t.shape)
+        header[base + 2 : base + 2 + t.dim()] = torch.tensor(t.shape)
     dist.send(header.to(device), dst)
     for t in tensors:
         dist.send(t.contiguous(), dst)
@@ -70,7 +70,7 @@ def _recv_tensors(src: int, device: torch.device) -> tuple[torch.Tensor, ...]:
     for i in range(int(header[0])):
         base = 1 + i * (2 + _MAX_DIMS)
         ndim = int(header[base + 1])
-        shape = [int(x) for x in header[base + 2: base + 2 + ndim]]
+        shape = [int(x) for x in header[base + 2 : base + 2 + ndim]]
         t = torch.empty(shape, dtype=_DTYPES[int(header[base])], device=device)
         dist.recv(t, src)
         out.append(t)

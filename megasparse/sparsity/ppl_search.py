@@ -81,11 +81,18 @@ def _global_batch_losses(dense: float, sparse: float, tokens: int, device, group
 
 
 @torch.no_grad()
-def evaluate_cett(model: nn.Module, batches: Sequence[torch.Tensor], cett: float, *,
-                  per_neuron: bool = False, per_token: bool = False,
-                  num_candidates: int = NUM_CANDIDATES,
-                  group: Group = None, tp_group: Group = None,
-                  dense_cache: Optional["DenseCache"] = None) -> CETTEvaluation:
+def evaluate_cett(
+    model: nn.Module,
+    batches: Sequence[torch.Tensor],
+    cett: float,
+    *,
+    per_neuron: bool = False,
+    per_token: bool = False,
+    num_candidates: int = NUM_CANDIDATES,
+    group: Group = None,
+    tp_group: Group = None,
+    dense_cache: Optional["DenseCache"] = None,
+) -> CETTEvaluation:
     """Per batch: dense → τ_l(c) → sparse. Batches are [b, s+1] token tensors on any device.
 
     ``dense_cache`` keeps dense passes (they do not depend on c) across calls of one search.
@@ -110,20 +117,23 @@ def evaluate_cett(model: nn.Module, batches: Sequence[torch.Tensor], cett: float
             else:
                 d = dense_pass(model, mlps, tokens, tp_group=tp_group)
                 if dense_cache is not None and dense_cache.fits(d):
-                    searches = [LayerThresholdSearch(h, w, num_candidates, group, tp_group)
-                                for h, w in zip(d.hs, weights)]
+                    searches = [
+                        LayerThresholdSearch(h, w, num_candidates, group, tp_group) for h, w in zip(d.hs, weights)
+                    ]
                     dense_cache.keep(index, d, searches)
                     tau = torch.tensor([s.threshold_for(cett) for s in searches], dtype=torch.float32)
                 else:
                     tau = layer_thresholds_for_cett(d.hs, weights, cett, num_candidates, group, tp_group)  # [L]
-            bounds = [tau[i].item() / torch.where(n > 0, n, torch.full_like(n, float("nan")))
-                      for i, n in enumerate(col_norms)]
+            bounds = [
+                tau[i].item() / torch.where(n > 0, n, torch.full_like(n, float("nan"))) for i, n in enumerate(col_norms)
+            ]
             # norm ≥ τ  ⇔  |h| ≥ τ/‖W[:, i]‖; a zero column (nan bound) is never kept.
-            keep = (lambda pos, h, _s: (h.float().abs() >= bounds[pos]) & ~bounds[pos].isnan())
+            keep = lambda pos, h, _s: (h.float().abs() >= bounds[pos]) & ~bounds[pos].isnan()
             dense_loss = d.loss
             d = None  # drop this batch's h unless the cache holds it
-            loss_s, stats = sparse_pass(model, mlps, tokens, keep, per_neuron=per_neuron, per_token=per_token,
-                                        tp_group=tp_group)
+            loss_s, stats = sparse_pass(
+                model, mlps, tokens, keep, per_neuron=per_neuron, per_token=per_token, tp_group=tp_group
+            )
             loss_d, loss_s = _global_batch_losses(dense_loss, loss_s, stats.tokens, device, group)
             dense.append(loss_d)
             sparse.append(loss_s)
@@ -168,8 +178,9 @@ def _reduce_stats(stats: SparseStats, device, group: Group, tp_group: Group) -> 
             local = torch.cat(parts, dim=1)  # [L, f], neurons in TP rank order
         stats.kept_per_neuron = _all_reduce(local, dist.ReduceOp.SUM, group).cpu()
     if tp > 1:
-        stats.token_ratio = [(_tp_all_reduce(r.to(device, copy=True), dist.ReduceOp.SUM, tp_group) / tp).cpu()
-                             for r in stats.token_ratio]
+        stats.token_ratio = [
+            (_tp_all_reduce(r.to(device, copy=True), dist.ReduceOp.SUM, tp_group) / tp).cpu() for r in stats.token_ratio
+        ]
     stats.ffn_size *= tp
     tokens = torch.tensor([stats.tokens], dtype=torch.int64, device=device)
     stats.tokens = int(_all_reduce(tokens, dist.ReduceOp.SUM, group))
@@ -224,12 +235,20 @@ class DenseCache:
         self.entries[index] = (dense, searches)
 
 
-def search_cett_for_ppl(models: Sequence[nn.Module], batch_sets: Sequence[Sequence[torch.Tensor]],
-                        p: float = 1.0, tolerance: float = 1e-3, *,
-                        num_candidates: int = NUM_CANDIDATES, group: Group = None, tp_group: Group = None,
-                        on_step: Optional[Callable[[float, float], None]] = None,
-                        final_per_neuron: bool = False, dense_cache_bytes: int = 1 << 30,
-                        stages: Optional[StageAgreement] = None) -> PPLSearchResult:
+def search_cett_for_ppl(
+    models: Sequence[nn.Module],
+    batch_sets: Sequence[Sequence[torch.Tensor]],
+    p: float = 1.0,
+    tolerance: float = 1e-3,
+    *,
+    num_candidates: int = NUM_CANDIDATES,
+    group: Group = None,
+    tp_group: Group = None,
+    on_step: Optional[Callable[[float, float], None]] = None,
+    final_per_neuron: bool = False,
+    dense_cache_bytes: int = 1 << 30,
+    stages: Optional[StageAgreement] = None,
+) -> PPLSearchResult:
     """Bisect c ∈ [0, 1] so that the mean PPL ratio over ``models`` reaches ``1 + p/100``.
 
     ``batch_sets[i]`` are the validation batches of ``models[i]`` (usually the same list).
@@ -247,9 +266,10 @@ def search_cett_for_ppl(models: Sequence[nn.Module], batch_sets: Sequence[Sequen
     caches = [DenseCache(dense_cache_bytes, stages) for _ in models]
 
     def mean_ratio(c: float) -> float:
-        evals = [evaluate_cett(m, b, c, num_candidates=num_candidates, group=group, tp_group=tp_group,
-                               dense_cache=cache)
-                 for m, b, cache in zip(models, batch_sets, caches)]
+        evals = [
+            evaluate_cett(m, b, c, num_candidates=num_candidates, group=group, tp_group=tp_group, dense_cache=cache)
+            for m, b, cache in zip(models, batch_sets, caches)
+        ]
         ratio = sum(e.ppl_ratio for e in evals) / len(evals)
         return ratio if stages is None else stages.value(ratio)
 
@@ -266,9 +286,26 @@ def search_cett_for_ppl(models: Sequence[nn.Module], batch_sets: Sequence[Sequen
         else:
             high = mid
     cett = (low + high) / 2
-    final = [evaluate_cett(m, b, cett, num_candidates=num_candidates, group=group, tp_group=tp_group,
-                           per_neuron=final_per_neuron, dense_cache=cache)
-             for m, b, cache in zip(models, batch_sets, caches)]
-    return PPLSearchResult(cett=cett, target_ratio=target,
-                           ppl_ratio=sum(e.ppl_ratio for e in final) / len(final),
-                           low=low, high=high, iterations=iterations, evaluations=final, history=history)
+    final = [
+        evaluate_cett(
+            m,
+            b,
+            cett,
+            num_candidates=num_candidates,
+            group=group,
+            tp_group=tp_group,
+            per_neuron=final_per_neuron,
+            dense_cache=cache,
+        )
+        for m, b, cache in zip(models, batch_sets, caches)
+    ]
+    return PPLSearchResult(
+        cett=cett,
+        target_ratio=target,
+        ppl_ratio=sum(e.ppl_ratio for e in final) / len(final),
+        low=low,
+        high=high,
+        iterations=iterations,
+        evaluations=final,
+        history=history,
+    )

@@ -36,8 +36,11 @@ def counter_groups(groups: ParallelGroups) -> CounterGroups:
     def real(group, size):
         return group if size > 1 else None
 
-    return CounterGroups(data=real(groups.dp_group, groups.dp_size), tensor=real(groups.tp_group, groups.tp_size),
-                         pipeline=real(groups.pp_group, groups.pp_size))
+    return CounterGroups(
+        data=real(groups.dp_group, groups.dp_size),
+        tensor=real(groups.tp_group, groups.tp_size),
+        pipeline=real(groups.pp_group, groups.pp_size),
+    )
 
 
 @dataclass
@@ -88,7 +91,7 @@ def reduce_counters(counters: ActivationCounters, groups: CounterGroups) -> Opti
     if _group_size(groups.data) > 1:
         dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=groups.data)
     f = counters.ffn_size
-    active, above, tokens = packed[:, :f], packed[:, f:2 * f], packed[:, 2 * f]
+    active, above, tokens = packed[:, :f], packed[:, f : 2 * f], packed[:, 2 * f]
 
     tp = _group_size(groups.tensor)
     if tp > 1:

@@ -94,8 +94,11 @@ def write_sidecar(folder: Union[str, Path], sidecar: Sidecar) -> Path:
     save_file(tensors, str(folder / TENSOR_FILE), metadata={"format": FORMAT, "version": str(VERSION)})
     L, f = tensors["neuron_frequency"].shape
     doc = {
-        "format": FORMAT, "version": VERSION, **sidecar.info,
-        "num_layers": int(L), "ffn_size": int(f),
+        "format": FORMAT,
+        "version": VERSION,
+        **sidecar.info,
+        "num_layers": int(L),
+        "ffn_size": int(f),
         "layer_thresholds": tensors["layer_thresholds"].tolist(),
         "hot_coverage": sidecar.hot_coverage,
         "hot_neurons_per_layer": hot.sum(dim=1).tolist(),
@@ -118,8 +121,9 @@ def read_sidecar(folder: Union[str, Path]) -> Sidecar:
     except json.JSONDecodeError as e:
         raise SidecarError(f"{json_path}: not valid JSON ({e.msg})") from None
     if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-        raise SidecarError(f"{json_path}: format {doc.get('format')!r} v{doc.get('version')}, "
-                           f"expected {FORMAT!r} v{VERSION}")
+        raise SidecarError(
+            f"{json_path}: format {doc.get('format')!r} v{doc.get('version')}, expected {FORMAT!r} v{VERSION}"
+        )
     try:
         t = load_file(str(tensor_path))
     except SafetensorError as e:
@@ -127,14 +131,40 @@ def read_sidecar(folder: Union[str, Path]) -> Sidecar:
     missing = {"layer_thresholds", "neuron_thresholds", "neuron_frequency"} - set(t)
     if missing:
         raise SidecarError(f"{tensor_path}: tensors {sorted(missing)} missing")
-    info = {k: v for k, v in doc.items() if k not in
-            {"format", "version", "num_layers", "ffn_size", "layer_thresholds", "hot_coverage", "hot_neurons_per_layer"}}
-    return Sidecar(layer_thresholds=t["layer_thresholds"], neuron_thresholds=t["neuron_thresholds"],
-                   neuron_frequency=t["neuron_frequency"], hot_coverage=float(doc["hot_coverage"]), info=info)
+    info = {
+        k: v
+        for k, v in doc.items()
+        if k
+        not in {
+            "format",
+            "version",
+            "num_layers",
+            "ffn_size",
+            "layer_thresholds",
+            "hot_coverage",
+            "hot_neurons_per_layer",
+        }
+    }
+    return Sidecar(
+        layer_thresholds=t["layer_thresholds"],
+        neuron_thresholds=t["neuron_thresholds"],
+        neuron_frequency=t["neuron_frequency"],
+        hot_coverage=float(doc["hot_coverage"]),
+        info=info,
+    )
 
 
-def sidecar_from_measurement(layer_thresholds: torch.Tensor, neuron_thresholds: torch.Tensor,
-                             neuron_frequency: torch.Tensor, info: Optional[dict] = None,
-                             hot_coverage: float = 0.8) -> Sidecar:
-    return Sidecar(layer_thresholds=layer_thresholds.float(), neuron_thresholds=neuron_thresholds.float(),
-                   neuron_frequency=neuron_frequency.float(), hot_coverage=hot_coverage, info=dict(info or {}))
+def sidecar_from_measurement(
+    layer_thresholds: torch.Tensor,
+    neuron_thresholds: torch.Tensor,
+    neuron_frequency: torch.Tensor,
+    info: Optional[dict] = None,
+    hot_coverage: float = 0.8,
+) -> Sidecar:
+    return Sidecar(
+        layer_thresholds=layer_thresholds.float(),
+        neuron_thresholds=neuron_thresholds.float(),
+        neuron_frequency=neuron_frequency.float(),
+        hot_coverage=hot_coverage,
+        info=dict(info or {}),
+    )

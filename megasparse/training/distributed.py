@@ -34,8 +34,9 @@ def _first_slurm_host() -> str:
     if not nodelist:
         return "127.0.0.1"
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
-                             text=True, check=True, timeout=30).stdout.split()
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True, timeout=30
+        ).stdout.split()
         return out[0] if out else "127.0.0.1"
     except (OSError, subprocess.SubprocessError):
         # A single plain host name needs no expansion.
@@ -59,8 +60,12 @@ def discover_ranks() -> RankInfo:
         # Derive a job-specific port so two jobs on one node don't collide.
         env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
     elif "OMPI_COMM_WORLD_RANK" in env:
-        info = RankInfo(int(env["OMPI_COMM_WORLD_RANK"]), int(env["OMPI_COMM_WORLD_SIZE"]),
-                        int(env.get("OMPI_COMM_WORLD_LOCAL_RANK", 0)), "mpi")
+        info = RankInfo(
+            int(env["OMPI_COMM_WORLD_RANK"]),
+            int(env["OMPI_COMM_WORLD_SIZE"]),
+            int(env.get("OMPI_COMM_WORLD_LOCAL_RANK", 0)),
+            "mpi",
+        )
         if "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
             from mpi4py import MPI
 
@@ -88,8 +93,9 @@ def init_distributed(device: torch.device, timeout_minutes: float = 10.0) -> Ran
     import deepspeed
 
     backend = "nccl" if device.type == "cuda" else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
-                               timeout=timedelta(minutes=timeout_minutes))
+    deepspeed.init_distributed(
+        dist_backend=backend, auto_mpi_discovery=False, timeout=timedelta(minutes=timeout_minutes)
+    )
     release_cpu_allreduce_buffer()
     return info
 
@@ -106,8 +112,10 @@ def release_cpu_allreduce_buffer() -> None:
     if not dist.is_initialized() or dist.get_backend() != "gloo":
         return
     dist.barrier()
-    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
-            f"{os.environ.get('MASTER_PORT', '')}_{dist.get_rank()}")
+    name = (
+        f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+        f"{os.environ.get('MASTER_PORT', '')}_{dist.get_rank()}"
+    )
     try:
         os.unlink(os.path.join("/dev/shm", name))
     except FileNotFoundError:  # no shm op built (no compiler) or not Linux: nothing was leaked

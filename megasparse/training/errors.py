@@ -8,8 +8,14 @@ from megasparse.data.gpt_dataset import DatasetBuildError
 from megasparse.data.indexed_dataset import IndexedDatasetError
 from megasparse.data.tokenizer import TokenizerError
 
-UserFacingError = (ConfigError, IndexedDatasetError, DatasetBuildError, TokenizerError, CheckpointError,
-                   FileNotFoundError)
+UserFacingError = (
+    ConfigError,
+    IndexedDatasetError,
+    DatasetBuildError,
+    TokenizerError,
+    CheckpointError,
+    FileNotFoundError,
+)
 
 
 def user_error_message(exc: BaseException) -> str:

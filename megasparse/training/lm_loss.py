@@ -40,8 +40,11 @@ class CausalLMLoss(nn.Module):
             hidden = self.model.forward_hidden(inputs)  # [b, s, d]
             # µP's logits = (h / scale_width) @ Embᵀ, as Transformer.logits.
             return linear_cross_entropy(
-                hidden.reshape(-1, hidden.shape[-1]), self.model.head_weight, labels.reshape(-1),
-                scale=1.0 / self.model.config.scale_width, chunk_tokens=self.chunk_tokens,
+                hidden.reshape(-1, hidden.shape[-1]),
+                self.model.head_weight,
+                labels.reshape(-1),
+                scale=1.0 / self.model.config.scale_width,
+                chunk_tokens=self.chunk_tokens,
             )
         logits = self.model(inputs)  # [b, s, V] or [b, s, V/tp]
         return mean_cross_entropy(logits, labels, self.tp_group)

@@ -52,12 +52,15 @@ class MetricsWriter:
         for tag, value in values.items():
             self.scalar(tag, value, step)
 
-    def sparsity(self, snap: CounterSnapshot, step: int, histograms: bool = True,
-                 dead_below: float = 0.001) -> dict[str, float]:
+    def sparsity(
+        self, snap: CounterSnapshot, step: int, histograms: bool = True, dead_below: float = 0.001
+    ) -> dict[str, float]:
         """The window's counter tags (zero threshold, and CETT thresholds once calibrated)."""
         ratios = snap.layer_activation_ratio()
-        out = {tags.SPARSITY_ACTIVATION_RATIO: float(ratios.mean()),
-               tags.dead_neuron_ratio(): snap.dead_neuron_ratio(dead_below)}
+        out = {
+            tags.SPARSITY_ACTIVATION_RATIO: float(ratios.mean()),
+            tags.dead_neuron_ratio(): snap.dead_neuron_ratio(dead_below),
+        }
         for i, layer in enumerate(snap.layer_ids):
             out[tags.layer_activation_ratio(layer)] = float(ratios[i])
         thr = snap.layer_threshold_activation_ratio()

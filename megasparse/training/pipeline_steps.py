@@ -36,12 +36,16 @@ class PipelineSteps:
 
     def __init__(self, engine, train_loader: "MicroBatchLoader", grad_accum: int) -> None:
         if engine.gradient_accumulation_steps() != grad_accum:
-            raise ValueError(f"grad_accum={grad_accum} but the engine accumulates "
-                             f"{engine.gradient_accumulation_steps()} micro-batches")
+            raise ValueError(
+                f"grad_accum={grad_accum} but the engine accumulates "
+                f"{engine.gradient_accumulation_steps()} micro-batches"
+            )
         if uses_sequence_parallel(engine.module) and (engine.is_pipe_partitioned or engine.is_grad_partitioned):
-            raise ValueError("sequence parallelism in a pipeline needs DeepSpeed's pipeline.pipe_partitioned and "
-                             "grad_partitioned off: merge megasparse.parallel.pipeline_model.pipeline_engine_config(cfg) "
-                             "into the DeepSpeed config")
+            raise ValueError(
+                "sequence parallelism in a pipeline needs DeepSpeed's pipeline.pipe_partitioned and "
+                "grad_partitioned off: merge megasparse.parallel.pipeline_model.pipeline_engine_config(cfg) "
+                "into the DeepSpeed config"
+            )
         self.engine = engine
         self.loader = train_loader
         self.grad_accum = grad_accum

@@ -22,11 +22,15 @@ def check_inputs(cfg: RunConfig) -> None:
         prefixes, _ = parse_blend(getattr(cfg.data, section), f"data.{section}")
         for prefix in prefixes:
             if not dataset_exists(prefix):
-                raise ConfigError(f"data.{section}: {prefix}.bin/.idx not found; fix the prefix or create the "
-                                  "files with tools/preprocess_data.py")
+                raise ConfigError(
+                    f"data.{section}: {prefix}.bin/.idx not found; fix the prefix or create the "
+                    "files with tools/preprocess_data.py"
+                )
     if cfg.data.tokenizer_model and not Path(cfg.data.tokenizer_model).is_file():
-        raise ConfigError(f"data.tokenizer_model: {cfg.data.tokenizer_model} not found; train one with "
-                          "tools/train_tokenizer.py or fix the path")
+        raise ConfigError(
+            f"data.tokenizer_model: {cfg.data.tokenizer_model} not found; train one with "
+            "tools/train_tokenizer.py or fix the path"
+        )
 
 
 def resolve_device(cfg: RunConfig) -> torch.device:
@@ -41,12 +45,12 @@ def resolve_device(cfg: RunConfig) -> torch.device:
 
 def check_counter_impl(cfg: RunConfig, device: torch.device) -> None:
     """The fused Triton counters need a CUDA device, or Triton's CPU interpreter switched on."""
-    if (cfg.sparsity.counter_impl == "triton" and device.type != "cuda"
-            and os.environ.get("TRITON_INTERPRET") != "1"):
+    if cfg.sparsity.counter_impl == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ConfigError(
             f"sparsity.counter_impl: 'triton' needs a CUDA device, but this run is on {device.type}; "
             "use 'auto' (the PyTorch reference off the GPU) or 'reference', or set TRITON_INTERPRET=1 "
-            "to run the kernel in Triton's CPU interpreter")
+            "to run the kernel in Triton's CPU interpreter"
+        )
 
 
 def seed_everything(seed: int) -> None:

@@ -72,10 +72,21 @@ def format_table(runs: list[RunSummary]) -> str:
     def pct(v: Optional[float]) -> str:
         return "-" if v is None else f"{100 * v:.2f}%"
 
-    rows = [("run", "steps", "tokens", "final loss", "eval PPL", "activation ratio (σ>0)",
-             "activation ratio (CETT-PPL-1%)")]
-    rows += [(r.name, str(r.steps), f"{r.tokens:,.0f}", fmt(r.final_loss, ".4f"), fmt(r.eval_ppl, ".2f"),
-              pct(r.activation_ratio), pct(r.cett_activation_ratio)) for r in runs]
+    rows = [
+        ("run", "steps", "tokens", "final loss", "eval PPL", "activation ratio (σ>0)", "activation ratio (CETT-PPL-1%)")
+    ]
+    rows += [
+        (
+            r.name,
+            str(r.steps),
+            f"{r.tokens:,.0f}",
+            fmt(r.final_loss, ".4f"),
+            fmt(r.eval_ppl, ".2f"),
+            pct(r.activation_ratio),
+            pct(r.cett_activation_ratio),
+        )
+        for r in runs
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
@@ -96,8 +107,15 @@ def plot_activation_ratio(runs: list[RunSummary], out_png: str | Path) -> None:
             ax.plot(xs, [100 * y for y in ys], marker="o", markersize=3, color=color, label=f"{r.name}: σ(gate) > 0")
         if r.cett_curve:
             xs, ys = zip(*r.cett_curve)
-            ax.plot(xs, [100 * y for y in ys], marker="s", markersize=3, linestyle="--", color=color,
-                    label=f"{r.name}: CETT-PPL-1%")
+            ax.plot(
+                xs,
+                [100 * y for y in ys],
+                marker="s",
+                markersize=3,
+                linestyle="--",
+                color=color,
+                label=f"{r.name}: CETT-PPL-1%",
+            )
     ax.set_xlabel("training tokens")
     ax.set_ylabel("activation ratio (%)")
     ax.set_title("Activation ratio during training")

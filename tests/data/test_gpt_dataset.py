@@ -31,8 +31,9 @@ def joined(docs, order, documents, eod=None) -> np.ndarray:
 
 def test_samples_are_windows_of_the_eod_joined_stream(write_dataset, random_documents, tmp_path):
     docs = random_documents(seed=10, count=30, low=1, high=25)
-    ds = GPTDataset(write_dataset("a", docs), seq_length=16, num_samples=90, seed=5, eod_id=EOD,
-                    cache_dir=str(tmp_path / "cache"))
+    ds = GPTDataset(
+        write_dataset("a", docs), seq_length=16, num_samples=90, seed=5, eod_id=EOD, cache_dir=str(tmp_path / "cache")
+    )
     assert len(ds) == 90 and ds.num_epochs >= 2
     for i in range(len(ds)):
         sample = ds[i]
@@ -96,8 +97,16 @@ def test_every_epoch_covers_all_documents_once(write_dataset, random_documents, 
 def test_document_subset(write_dataset, random_documents, tmp_path):
     docs = random_documents(seed=15, count=30, vocab=5000)
     subset = np.arange(10, 20)
-    ds = GPTDataset(write_dataset("sub", docs), 10, 40, seed=4, eod_id=EOD, document_ids=subset,
-                    cache_dir=str(tmp_path / "c"), name="valid")
+    ds = GPTDataset(
+        write_dataset("sub", docs),
+        10,
+        40,
+        seed=4,
+        eod_id=EOD,
+        document_ids=subset,
+        cache_dir=str(tmp_path / "c"),
+        name="valid",
+    )
     np.testing.assert_array_equal(np.sort(ds.documents), subset)
     allowed = set(np.concatenate([docs[i] for i in subset]).tolist()) | {EOD}
     seen = set(np.concatenate([ds[i] for i in range(len(ds))]).tolist())

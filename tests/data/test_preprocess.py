@@ -4,7 +4,7 @@ import warnings
 import numpy as np
 import pytest
 import sentencepiece as spm
-from corpus_fixtures import make_documents, spm_model, write_bytes, write_jsonl, write_table  # noqa: F401
+from corpus_fixtures import make_documents, write_bytes, write_jsonl, write_table
 
 from megasparse.cli.preprocess import main
 from megasparse.data.indexed_dataset import IndexedDataset, IndexedDatasetWriter, token_dtype_for_vocab
@@ -15,8 +15,18 @@ DOCS = make_documents(120, seed=11)
 
 
 def _run(inputs, prefix, model, *extra):
-    return main(["--input", *map(str, inputs), "--output-prefix", str(prefix), "--tokenizer-model", model,
-                 "--no-progress", *extra])
+    return main(
+        [
+            "--input",
+            *map(str, inputs),
+            "--output-prefix",
+            str(prefix),
+            "--tokenizer-model",
+            model,
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def _read(prefix):
@@ -26,8 +36,19 @@ def _read(prefix):
 
 def test_output_equals_direct_tokenization_with_eod(tmp_path, spm_model, capsys):
     path = write_jsonl(tmp_path / "c.jsonl.zst", DOCS)
-    assert _run([path], tmp_path / "out", spm_model, "--append-eod", "--chunk-size", "16",
-                "--tokenizer-type", "GPTSentencePieceTokenizer") == 0
+    assert (
+        _run(
+            [path],
+            tmp_path / "out",
+            spm_model,
+            "--append-eod",
+            "--chunk-size",
+            "16",
+            "--tokenizer-type",
+            "GPTSentencePieceTokenizer",
+        )
+        == 0
+    )
     tok = Tokenizer(spm_model)
     docs, ds = _read(tmp_path / "out_text_document")
     assert ds.dtype == np.uint16
@@ -56,14 +77,17 @@ def test_megatron_core_reads_our_files(tmp_path, spm_model):
 @pytest.mark.timeout(120)  # worker pools: a hang must fail, not block the suite
 def test_identical_bytes_for_any_number_of_workers(tmp_path, spm_model):
     # Two files in two formats and a chunk size that leaves ragged chunks: many tasks in flight.
-    inputs = [write_jsonl(tmp_path / "a.jsonl.gz", DOCS[:70] + ["", "  "]),
-              write_table(tmp_path / "b.parquet", {"text": DOCS[70:]}, row_group_size=9)]
+    inputs = [
+        write_jsonl(tmp_path / "a.jsonl.gz", DOCS[:70] + ["", "  "]),
+        write_table(tmp_path / "b.parquet", {"text": DOCS[70:]}, row_group_size=9),
+    ]
     outputs = {}
     for workers in (1, 4):
         prefix = tmp_path / f"w{workers}"
         assert _run(inputs, prefix, spm_model, "--append-eod", "--workers", str(workers), "--chunk-size", "7") == 0
-        outputs[workers] = [(prefix.parent / f"{prefix.name}_text_document{ext}").read_bytes()
-                            for ext in (".bin", ".idx")]
+        outputs[workers] = [
+            (prefix.parent / f"{prefix.name}_text_document{ext}").read_bytes() for ext in (".bin", ".idx")
+        ]
         report = json.loads((tmp_path / f"w{workers}_report.json").read_text())
         assert report["documents_read"] == 122 and report["keys"]["text"]["documents_written"] == 120
     assert outputs[1] == outputs[4]
@@ -87,8 +111,13 @@ def test_bad_input_accounting_per_reason(tmp_path, spm_model, capsys):
     key = report["keys"]["text"]
     assert report["documents_read"] == 14
     assert key["documents_written"] == 6 and key["documents_skipped"] == 8
-    assert key["skipped"] == {"malformed_json": 1, "missing_key": 1, "not_a_string": 2, "invalid_utf8": 2,
-                              "empty_document": 2}
+    assert key["skipped"] == {
+        "malformed_json": 1,
+        "missing_key": 1,
+        "not_a_string": 2,
+        "invalid_utf8": 2,
+        "empty_document": 2,
+    }
     assert key["examples"]["invalid_utf8"] == [f"{path}:9", f"{path}:11"]
     assert key["tokens_written"] == report["tokens_written"] > 0
     docs, _ = _read(tmp_path / "out_text_document")
@@ -120,19 +149,27 @@ def test_several_keys_give_one_output_each(tmp_path, spm_model):
 
 
 def test_foreign_model_without_eod_appends_eos(tmp_path):
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(DOCS), model_prefix=str(tmp_path / "f"), vocab_size=300,
-                                   model_type="unigram", minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(DOCS),
+        model_prefix=str(tmp_path / "f"),
+        vocab_size=300,
+        model_type="unigram",
+        minloglevel=2,
+    )
     path = write_jsonl(tmp_path / "c.jsonl", DOCS[:10])
     preprocess(str(path), str(tmp_path / "o"), str(tmp_path / "f.model"), append_eod=True, progress=False)
     tok = Tokenizer(tmp_path / "f.model")
     assert _read(tmp_path / "o_text_document")[0] == [tok.encode(d) + [tok.eos_id] for d in DOCS[:10]]
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--tokenizer-model", "missing.model"], "missing.model: tokenizer model not found"),
-    (["--input", "corpus.txt"], "tokenizer training only"),
-    (["--input", "absent-*.jsonl"], "matches no files"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--tokenizer-model", "missing.model"], "missing.model: tokenizer model not found"),
+        (["--input", "corpus.txt"], "tokenizer training only"),
+        (["--input", "absent-*.jsonl"], "matches no files"),
+    ],
+)
 def test_user_errors_give_one_line_and_exit_code_2(tmp_path, spm_model, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     write_jsonl(tmp_path / "c.jsonl", DOCS[:3])

@@ -24,8 +24,9 @@ def _texts(records):
     return [r.values[0] for r in records]
 
 
-@pytest.mark.parametrize("name", ["c.jsonl", "c.jsonl.gz", "c.jsonl.zst", "c.parquet", "c.arrow", "c.feather",
-                                  "stream.arrow"])
+@pytest.mark.parametrize(
+    "name", ["c.jsonl", "c.jsonl.gz", "c.jsonl.zst", "c.parquet", "c.arrow", "c.feather", "stream.arrow"]
+)
 def test_every_format_yields_the_documents_in_order(tmp_path, name):
     path = tmp_path / name
     if name.startswith("stream"):
@@ -45,22 +46,33 @@ def test_every_format_yields_the_documents_in_order(tmp_path, name):
 def test_jsonl_bad_records_are_classified(tmp_path):
     lines = [
         b'{"text": "good one"}',
-        b'{"text": "broken',                 # 2 malformed
-        b'{"title": "no text key"}',         # 3 missing
-        b'{"text": 42}',                      # 4 not a string
-        b'{"text": null}',                    # 5 not a string
-        b'{"text": "caf\xe9"}',               # 6 latin-1 byte: invalid utf-8
-        b'{"text": " \\n\\t "}',              # 7 whitespace only
-        b'{"text": ""}',                      # 8 empty
-        b'',                                  # 9 blank line
-        b'[1, 2]',                            # 10 JSON, but not an object
+        b'{"text": "broken',  # 2 malformed
+        b'{"title": "no text key"}',  # 3 missing
+        b'{"text": 42}',  # 4 not a string
+        b'{"text": null}',  # 5 not a string
+        b'{"text": "caf\xe9"}',  # 6 latin-1 byte: invalid utf-8
+        b'{"text": " \\n\\t "}',  # 7 whitespace only
+        b'{"text": ""}',  # 8 empty
+        b"",  # 9 blank line
+        b"[1, 2]",  # 10 JSON, but not an object
         b'{"text": "good two", "extra": 1}',  # 11
     ]
     path = write_bytes(tmp_path / "bad.jsonl.gz", b"\n".join(lines) + b"\n")
     records = list(iter_records(str(path), "text", chunk_size=4))
     reasons = [v.reason if isinstance(v, BadValue) else v for v in _texts(records)]
-    assert reasons == ["good one", MALFORMED_JSON, MISSING_KEY, NOT_A_STRING, NOT_A_STRING, INVALID_UTF8,
-                       EMPTY_DOCUMENT, EMPTY_DOCUMENT, MALFORMED_JSON, MALFORMED_JSON, "good two"]
+    assert reasons == [
+        "good one",
+        MALFORMED_JSON,
+        MISSING_KEY,
+        NOT_A_STRING,
+        NOT_A_STRING,
+        INVALID_UTF8,
+        EMPTY_DOCUMENT,
+        EMPTY_DOCUMENT,
+        MALFORMED_JSON,
+        MALFORMED_JSON,
+        "good two",
+    ]
     assert list(iter_documents(str(path))) == ["good one", "good two"]
 
 
@@ -76,8 +88,9 @@ def test_tabular_bad_values(tmp_path):
     texts = ["fine", None, "", "also fine"]
     raw = [b"ok", b"\xff\xfe", b"fine", None]
     for name in ("t.parquet", "t.arrow"):
-        path = write_table(tmp_path / name, {"text": texts, "num": [1, 2, 3, 4],
-                                             "raw": pa.array(raw, pa.binary())}, row_group_size=3)
+        path = write_table(
+            tmp_path / name, {"text": texts, "num": [1, 2, 3, 4], "raw": pa.array(raw, pa.binary())}, row_group_size=3
+        )
         records = list(iter_records(str(path), ["text", "num", "raw", "absent"], chunk_size=2))
         got = [[v.reason if isinstance(v, BadValue) else v for v in r.values] for r in records]
         assert got == [

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import sentencepiece as spm
-from corpus_fixtures import make_documents, spm_model  # noqa: F401  (pytest fixture)
+from corpus_fixtures import make_documents
 
 from megasparse.data.tokenizer import EOD_PIECE, Tokenizer, TokenizerError
 
@@ -46,8 +46,16 @@ def test_loads_foreign_model_with_other_special_ids(tmp_path):
     # Like Llama/Mistral models: no <eod>, no pad, and here unusual positions for unk/bos/eos.
     docs = make_documents(200, seed=1)
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(docs), model_prefix=str(tmp_path / "foreign"), vocab_size=300,
-        model_type="unigram", unk_id=2, bos_id=0, eos_id=1, pad_id=-1, minloglevel=2)
+        sentence_iterator=iter(docs),
+        model_prefix=str(tmp_path / "foreign"),
+        vocab_size=300,
+        model_type="unigram",
+        unk_id=2,
+        bos_id=0,
+        eos_id=1,
+        pad_id=-1,
+        minloglevel=2,
+    )
     tok = Tokenizer(tmp_path / "foreign.model")
     assert (tok.unk_id, tok.bos_id, tok.eos_id, tok.pad_id) == (2, 0, 1, -1)
     assert tok.eod_id == tok.eos_id == 1 and not tok.has_dedicated_eod

@@ -17,15 +17,36 @@ def _write(tmp_path, name):
     return write_jsonl(path, DOCS, key="content")
 
 
-@pytest.mark.parametrize("name,model_type", [
-    ("c.jsonl", "bpe"), ("c.jsonl.gz", "bpe"), ("c.jsonl.zst", "unigram"), ("c.parquet", "bpe"),
-    ("c.arrow", "unigram"), ("c.txt", "bpe"),
-])
+@pytest.mark.parametrize(
+    "name,model_type",
+    [
+        ("c.jsonl", "bpe"),
+        ("c.jsonl.gz", "bpe"),
+        ("c.jsonl.zst", "unigram"),
+        ("c.parquet", "bpe"),
+        ("c.arrow", "unigram"),
+        ("c.txt", "bpe"),
+    ],
+)
 def test_trains_from_every_format(tmp_path, name, model_type, capsys):
     path = _write(tmp_path, name)
     prefix = tmp_path / "out" / "tok"
-    rc = main(["--input", str(path), "--output-prefix", str(prefix), "--json-keys", "content",
-               "--model-type", model_type, "--vocab-size", "400", "--num-threads", "1"])
+    rc = main(
+        [
+            "--input",
+            str(path),
+            "--output-prefix",
+            str(prefix),
+            "--json-keys",
+            "content",
+            "--model-type",
+            model_type,
+            "--vocab-size",
+            "400",
+            "--num-threads",
+            "1",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     assert (tmp_path / "out" / "tok.vocab").read_text().count("\n") == 400
     tok = Tokenizer(f"{prefix}.model")
@@ -41,9 +62,26 @@ def test_glob_of_several_files_sampling_and_custom_ids(tmp_path, capfd):
     write_jsonl(tmp_path / "part-0.jsonl", DOCS[:120])
     write_jsonl(tmp_path / "part-1.jsonl.gz", DOCS[120:])
     prefix = tmp_path / "tok"
-    rc = main(["--input", str(tmp_path / "part-*"), "--output-prefix", str(prefix), "--vocab-size", "350",
-               "--input-sentence-size", "200", "--no-byte-fallback", "--character-coverage", "1.0",
-               "--pad-id", "-1", "--eod-id", "3", "--verbose"])
+    rc = main(
+        [
+            "--input",
+            str(tmp_path / "part-*"),
+            "--output-prefix",
+            str(prefix),
+            "--vocab-size",
+            "350",
+            "--input-sentence-size",
+            "200",
+            "--no-byte-fallback",
+            "--character-coverage",
+            "1.0",
+            "--pad-id",
+            "-1",
+            "--eod-id",
+            "3",
+            "--verbose",
+        ]
+    )
     err = capfd.readouterr().err
     assert rc == 0, err
     # SentencePiece's own log: the streamed lines were reservoir-sampled down to 200.
@@ -71,13 +109,16 @@ def test_training_sentences_skip_blank_lines(tmp_path):
     assert stats == {"documents": 2, "sentences": 3}
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--vocab-size", "100000"], "Vocabulary size too high"),
-    (["--eod-id", "7"], "without gaps"),
-    (["--vocab-size", "280"], "Increase vocab_size"),  # below 256 byte pieces + characters
-    (["--bos-id", "0"], "special ids must differ"),
-    (["--json-keys", "nope"], "no usable text"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--vocab-size", "100000"], "Vocabulary size too high"),
+        (["--eod-id", "7"], "without gaps"),
+        (["--vocab-size", "280"], "Increase vocab_size"),  # below 256 byte pieces + characters
+        (["--bos-id", "0"], "special ids must differ"),
+        (["--json-keys", "nope"], "no usable text"),
+    ],
+)
 def test_user_errors_give_one_line_and_exit_code_2(tmp_path, capsys, args, message):
     path = write_jsonl(tmp_path / "c.jsonl", DOCS[:50])
     rc = main(["--input", str(path), "--output-prefix", str(tmp_path / "tok"), "--vocab-size", "300"] + args)

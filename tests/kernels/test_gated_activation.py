@@ -40,10 +40,13 @@ from megasparse.kernels.triton_gated_activation import (  # noqa: E402
 DEVICE = "cpu" if INTERPRETED else "cuda"
 # Without a GPU these tests must run in the interpreter; failing loudly beats a silent skip that
 # would leave CI testing no kernel at all.
-if not torch.cuda.is_available() and (not INTERPRETED or isinstance(triton.language.standard.sum,
-                                                                    triton.runtime.JITFunction)):
-    raise RuntimeError("kernel tests without a GPU need TRITON_INTERPRET=1 set before triton is first "
-                       "imported (tests/conftest.py sets it); run with TRITON_INTERPRET=1 in the environment")
+if not torch.cuda.is_available() and (
+    not INTERPRETED or isinstance(triton.language.standard.sum, triton.runtime.JITFunction)
+):
+    raise RuntimeError(
+        "kernel tests without a GPU need TRITON_INTERPRET=1 set before triton is first "
+        "imported (tests/conftest.py sets it); run with TRITON_INTERPRET=1 in the environment"
+    )
 
 gpu = pytest.mark.gpu
 needs_compiled_gpu = pytest.mark.skipif(
@@ -65,8 +68,14 @@ def _inputs(shape, dtype, seed: int, device: str = DEVICE):
     return g.to(device), u.to(device)
 
 
-def _count_target(f: int, t: int, thresholds: Optional[torch.Tensor], row_mask: Optional[torch.Tensor],
-                  device: str = DEVICE, dtype=torch.int64) -> CountTarget:
+def _count_target(
+    f: int,
+    t: int,
+    thresholds: Optional[torch.Tensor],
+    row_mask: Optional[torch.Tensor],
+    device: str = DEVICE,
+    dtype=torch.int64,
+) -> CountTarget:
     return CountTarget(
         active=torch.zeros(f, dtype=dtype, device=device),
         tokens=torch.zeros((), dtype=torch.int64, device=device),
@@ -93,7 +102,7 @@ def _assert_outputs_match(out: torch.Tensor, ref: torch.Tensor, activation: str)
         if activation == "relu":
             assert torch.equal(out, ref)
         else:
-            torch.testing.assert_close(out, ref, rtol=2 ** -7, atol=1e-6)
+            torch.testing.assert_close(out, ref, rtol=2**-7, atol=1e-6)
     else:
         torch.testing.assert_close(out, ref, rtol=SILU_FP32_RTOL, atol=1e-7)
 
@@ -253,15 +262,20 @@ def _boundary_thresholds(h: torch.Tensor, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     rows = h.reshape(-1, f).float().abs()
     base = rows[torch.randint(0, rows.shape[0], (f,), generator=gen), torch.arange(f)].cpu()
-    step = torch.tensor(2.0 ** -8) * base  # about half a bf16 ulp of base
-    candidates = torch.stack([
-        base,
-        torch.nextafter(base, torch.tensor(float("inf"))),
-        torch.nextafter(base, torch.tensor(0.0)),
-        base + step.to(torch.bfloat16).float(),
-        base - step.to(torch.bfloat16).float(),
-        torch.zeros(f), torch.full((f,), -1.0), torch.full((f,), float("inf")), torch.full((f,), float("nan")),
-    ])  # [9, f]
+    step = torch.tensor(2.0**-8) * base  # about half a bf16 ulp of base
+    candidates = torch.stack(
+        [
+            base,
+            torch.nextafter(base, torch.tensor(float("inf"))),
+            torch.nextafter(base, torch.tensor(0.0)),
+            base + step.to(torch.bfloat16).float(),
+            base - step.to(torch.bfloat16).float(),
+            torch.zeros(f),
+            torch.full((f,), -1.0),
+            torch.full((f,), float("inf")),
+            torch.full((f,), float("nan")),
+        ]
+    )  # [9, f]
     pick = torch.randint(0, 5, (f,), generator=gen)
     pick[: 4 * (f // 9)] = torch.arange(4 * (f // 9)) % 9  # every kind appears in wide tiles
     return candidates[pick, torch.arange(f)].contiguous().to(h.device)
@@ -281,8 +295,7 @@ def test_threshold_compare_on_stored_h_or_product_counts_exactly(thr_on_product,
     thr = _boundary_thresholds(h_plain, seed)
     mask = (torch.rand(t, generator=torch.Generator().manual_seed(seed)) > 0.3).to(g.device) if with_mask else None
     counts = _count_target(f, t, thr, mask)
-    config = dataclasses.replace(forward_config(f, activation, True, g.dtype, g.device),
-                                 thr_on_product=thr_on_product)
+    config = dataclasses.replace(forward_config(f, activation, True, g.dtype, g.device), thr_on_product=thr_on_product)
     h = gated_activation_forward(g, u, activation, counts, config)
     assert torch.equal(h, h_plain)
     own = _count_target(f, t, thr, mask)
@@ -310,8 +323,7 @@ def test_threshold_count_at_exact_rounding_ties(thr_on_product):
     g2[0], u2[0] = g[ties].to(g2.device), u[ties].to(u2.device)
     upper = (bits[ties] + 0x8000).view(torch.float32)  # the bf16 value just above the tie
     counts = _count_target(f, 33, upper.to(g2.device).contiguous(), None)
-    config = dataclasses.replace(forward_config(f, "relu", True, g2.dtype, g2.device),
-                                 thr_on_product=thr_on_product)
+    config = dataclasses.replace(forward_config(f, "relu", True, g2.dtype, g2.device), thr_on_product=thr_on_product)
     h = gated_activation_forward(g2, u2, "relu", counts, config)
     counted_tie = (h[0].float() >= upper.to(h.device)).cpu()
     assert 0 < int(counted_tie.sum()) < f  # both parities occur
@@ -338,16 +350,25 @@ def test_forward_config_rejects_invalid_launches():
     g, u = _inputs((8, 16), torch.bfloat16, seed=2)
     config = forward_config(16, "silu", False, g.dtype, g.device)
     assert config == forward_config(16, "silu", False, torch.bfloat16, str(g.device))
-    for bad in (dict(block_f=48), dict(num_warps=3), dict(block_t=0), dict(row_tiles=0), dict(stages=0),
-                dict(fix_ulps=0), dict(fix_ulps=1 << 14), dict(fix_min_g=float("nan"))):
+    for bad in (
+        dict(block_f=48),
+        dict(num_warps=3),
+        dict(block_t=0),
+        dict(row_tiles=0),
+        dict(stages=0),
+        dict(fix_ulps=0),
+        dict(fix_ulps=1 << 14),
+        dict(fix_min_g=float("nan")),
+    ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             dataclasses.replace(config, **bad)
     if INTERPRETED:  # the fast SiLU's fix-up is PTX: compiled code only
         with pytest.raises(ValueError, match="fast_silu"):
             gated_activation_forward(g, u, "silu", None, dataclasses.replace(config, fast_silu=True))
     with pytest.raises(ValueError, match="fast_silu"):  # ... and watches bf16 midpoints only
-        gated_activation_forward(g.float(), u.float(), "silu", None,
-                                 dataclasses.replace(config, thr_on_product=False, fast_silu=True))
+        gated_activation_forward(
+            g.float(), u.float(), "silu", None, dataclasses.replace(config, thr_on_product=False, fast_silu=True)
+        )
     with pytest.raises(TypeError, match="ForwardConfig"):
         gated_activation_forward(g, u, "silu", None, dict(block_t=16))
     with pytest.raises(ValueError, match="contiguous"):
@@ -453,7 +474,7 @@ def test_gpu_fast_silu_all_bf16_pairs(count):
     rows = 2048
     g = values[None, :].expand(rows, -1).contiguous()  # [rows, 65536]: column j holds g = values[j]
     for start in range(0, values.numel(), rows):
-        u = values[start:start + rows, None].expand(-1, values.numel()).contiguous()  # [rows, 65536]
+        u = values[start : start + rows, None].expand(-1, values.numel()).contiguous()  # [rows, 65536]
         h_ref = gated_activation_reference(g, u, "silu")
         thr = _boundary_thresholds(h_ref, seed=start) if count else None
         counts = _count_target(values.numel(), rows, thr, None, "cuda") if count else None
@@ -477,7 +498,8 @@ def test_gpu_fast_silu_without_its_fixup_differs():
     g = values[None, :].expand(1024, -1).contiguous()
     u = values[48000:49024, None]  # u from about 0.1 to 1
     u = u.expand(-1, values.numel()).contiguous()
-    config = dataclasses.replace(forward_config(g.shape[1], "silu", False, g.dtype, g.device),
-                                 fix_ulps=1, fix_min_g=1e30)
+    config = dataclasses.replace(
+        forward_config(g.shape[1], "silu", False, g.dtype, g.device), fix_ulps=1, fix_min_g=1e30
+    )
     h = gated_activation_forward(g, u, "silu", None, config)
     assert int((~_bitwise_or_both_nan(h, gated_activation_reference(g, u, "silu"))).sum()) > 0

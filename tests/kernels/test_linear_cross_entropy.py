@@ -197,8 +197,13 @@ def test_fused_linear_cross_entropy_matches_reference_impl(dtype, n, chunk):
     hidden, weight, labels = hidden.to(KERNEL_DEVICE), weight.to(KERNEL_DEVICE), labels.to(KERNEL_DEVICE)
 
     def run(impl):
-        return _run(lambda h, w, y: linear_cross_entropy(h, w, y, scale=SCALE, chunk_tokens=chunk, impl=impl),
-                    hidden, weight, labels, grad_scale=1.7)
+        return _run(
+            lambda h, w, y: linear_cross_entropy(h, w, y, scale=SCALE, chunk_tokens=chunk, impl=impl),
+            hidden,
+            weight,
+            labels,
+            grad_scale=1.7,
+        )
 
     (loss, dh, dw), (ref_loss, ref_dh, ref_dw) = run("triton"), run("reference")
     # bf16: dz may round to the neighbouring bf16 value (exp(z − lse) vs exp(z − m)/Σ), ~0.4% apart.
@@ -230,8 +235,12 @@ def test_gpu_fused_at_training_vocabulary():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        results[impl] = _run(lambda h, w, y: linear_cross_entropy(h, w, y, scale=SCALE, chunk_tokens=chunk, impl=impl),
-                             hidden, weight, labels)
+        results[impl] = _run(
+            lambda h, w, y: linear_cross_entropy(h, w, y, scale=SCALE, chunk_tokens=chunk, impl=impl),
+            hidden,
+            weight,
+            labels,
+        )
         results[impl + "_extra"] = torch.cuda.max_memory_allocated() - base
     (loss, dh, dw), (ref_loss, ref_dh, ref_dw) = results["triton"], results["reference"]
     assert math.isclose(float(loss), float(ref_loss), rel_tol=1e-5), (float(loss), float(ref_loss))
@@ -239,4 +248,7 @@ def test_gpu_fused_at_training_vocabulary():
     assert _rel(dh, ref_dh) < 1e-2 and _rel(dw, ref_dw) < 1e-2, (_rel(dh, ref_dh), _rel(dw, ref_dw))
     # The reference holds a chunk's logits as fp32 plus a bf16 copy (6 bytes each), the fused path
     # only the bf16 logits (2 bytes): at this chunk size its extra memory is well under half.
-    assert results["triton_extra"] < results["reference_extra"] / 2, (results["triton_extra"], results["reference_extra"])
+    assert results["triton_extra"] < results["reference_extra"] / 2, (
+        results["triton_extra"],
+        results["reference_extra"],
+    )

@@ -42,16 +42,44 @@ def tb_run(tmp_path_factory):
 
 def test_logdir_fit_writes_json_report_plot(tb_run, tmp_path, capsys):
     out_json, out_md, out_png = tmp_path / "f.json", tmp_path / "f.md", tmp_path / "f.png"
-    rc = main([str(tb_run), "ref:0.8b_relu", "--law", "relu", "--json", str(out_json), "--report", str(out_md),
-               "--plot", str(out_png), "--params", "1.08e8", "7.60e8"])
+    rc = main(
+        [
+            str(tb_run),
+            "ref:0.8b_relu",
+            "--law",
+            "relu",
+            "--json",
+            str(out_json),
+            "--report",
+            str(out_md),
+            "--plot",
+            str(out_png),
+            "--params",
+            "1.08e8",
+            "7.60e8",
+        ]
+    )
     assert rc == 0
     table = capsys.readouterr().out
     assert "relu_run" in table and "0.8b_relu" in table and "A0" in table
     fits = json.loads(out_json.read_text())
     assert [f["run"] for f in fits] == ["relu_run", "0.8b_relu"]
     for f in fits:
-        for key in ("alpha", "b", "c", "A0", "alpha_se", "b_se", "c_se", "A0_se", "mae", "n_points", "skipped",
-                    "law", "warnings"):
+        for key in (
+            "alpha",
+            "b",
+            "c",
+            "A0",
+            "alpha_se",
+            "b_se",
+            "c_se",
+            "A0_se",
+            "mae",
+            "n_points",
+            "skipped",
+            "law",
+            "warnings",
+        ):
             assert key in f
     assert fits[0]["n_points"] == 40 and fits[0]["A0"] == pytest.approx(TRUE["A0"], abs=2e-3)
     assert fits[1]["paper_table2"]["A0"] == PAPER_TABLE2["0.8b_relu"]["A0"]
@@ -71,8 +99,9 @@ def test_paper_skip_reproduces_silu(tmp_path, capsys):
 
 def test_skip_first_and_method(tmp_path, capsys):
     out_json = tmp_path / "r.json"
-    assert main(["ref:0.1b_relu", "--law", "relu", "--skip-first", "3", "--method", "trf",
-                 "--json", str(out_json)]) == 0
+    assert (
+        main(["ref:0.1b_relu", "--law", "relu", "--skip-first", "3", "--method", "trf", "--json", str(out_json)]) == 0
+    )
     fit = json.loads(out_json.read_text())[0]
     assert fit["skipped"] == 3 and fit["n_points"] == 25 and fit["method"] == "trf" and fit["A0"] >= 0
 
@@ -94,16 +123,19 @@ def test_help_has_examples():
     assert "examples:" in res.stdout and "ref:0.1b_silu" in res.stdout
 
 
-@pytest.mark.parametrize("args,match", [
-    (["{empty}", "--law", "relu"], "no TensorBoard event files"),
-    (["{tb}", "--law", "relu", "--tag", "sparsity/cett/nope"], "available tags: sparsity/cett/activation_ratio"),
-    (["{tb}"], "--law relu|silu is required"),
-    (["{few}", "--law", "relu"], "too few points for the relu law: 3"),
-    (["{few}", "--law", "relu", "--skip-first", "-1"], "--skip-first must be >= 0"),
-    (["ref:0.1b_relu", "ref:0.8b_relu", "--law", "relu", "--params", "1", "2", "3"], "one per run (2)"),
-    ([], "no RUN given"),
-    (["ref:0.1b_relu", "--law", "gelu"], "argument --law: invalid choice: 'gelu'"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["{empty}", "--law", "relu"], "no TensorBoard event files"),
+        (["{tb}", "--law", "relu", "--tag", "sparsity/cett/nope"], "available tags: sparsity/cett/activation_ratio"),
+        (["{tb}"], "--law relu|silu is required"),
+        (["{few}", "--law", "relu"], "too few points for the relu law: 3"),
+        (["{few}", "--law", "relu", "--skip-first", "-1"], "--skip-first must be >= 0"),
+        (["ref:0.1b_relu", "ref:0.8b_relu", "--law", "relu", "--params", "1", "2", "3"], "one per run (2)"),
+        ([], "no RUN given"),
+        (["ref:0.1b_relu", "--law", "gelu"], "argument --law: invalid choice: 'gelu'"),
+    ],
+)
 def test_bad_input_is_one_error_line(tb_run, tmp_path, args, match):
     (tmp_path / "empty").mkdir()
     few = tmp_path / "few.csv"

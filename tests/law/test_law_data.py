@@ -19,17 +19,17 @@ from megasparse.law.data import (
 # docs/sparsing-law.md §6: tokens (B) : activation ratio (%), rounded to 2 decimals.
 SPEC_POINTS = {
     "0.1b_relu": "0.8:10.47; 1.6:9.54; 2.4:9.10; 3.2:8.81; 4.8:8.55; 6.4:8.21; 8.0:8.14; 9.6:7.86; 11.2:7.81; "
-                 "12.8:7.70; 14.4:7.58; 16.0:7.55; 17.6:7.37; 19.2:7.55; 20.8:7.46; 22.4:7.33; 24.0:7.32; "
-                 "25.6:7.35; 27.2:7.23; 28.8:7.30; 30.4:7.20; 32.0:7.18; 33.6:7.13; 35.2:7.14; 36.8:7.07; "
-                 "38.4:7.13; 40.0:7.12; 41.6:7.09",
+    "12.8:7.70; 14.4:7.58; 16.0:7.55; 17.6:7.37; 19.2:7.55; 20.8:7.46; 22.4:7.33; 24.0:7.32; "
+    "25.6:7.35; 27.2:7.23; 28.8:7.30; 30.4:7.20; 32.0:7.18; 33.6:7.13; 35.2:7.14; 36.8:7.07; "
+    "38.4:7.13; 40.0:7.12; 41.6:7.09",
     "0.1b_silu": "0.8:31.45; 1.6:34.03; 2.4:34.86; 3.2:35.67; 4.5:36.19; 6.4:36.90; 7.7:36.98; 9.6:37.07; "
-                 "10.9:37.52; 12.8:37.87; 14.1:38.23; 16.0:38.37; 17.3:38.44; 19.2:38.45; 20.5:38.46; "
-                 "22.4:38.56; 23.7:38.66; 25.6:38.77; 26.9:38.94; 28.8:38.95; 30.1:38.49; 32.0:39.05; "
-                 "33.3:39.11; 35.2:38.91; 36.5:39.16; 38.4:39.04; 39.7:39.21; 41.6:39.20",
+    "10.9:37.52; 12.8:37.87; 14.1:38.23; 16.0:38.37; 17.3:38.44; 19.2:38.45; 20.5:38.46; "
+    "22.4:38.56; 23.7:38.66; 25.6:38.77; 26.9:38.94; 28.8:38.95; 30.1:38.49; 32.0:39.05; "
+    "33.3:39.11; 35.2:38.91; 36.5:39.16; 38.4:39.04; 39.7:39.21; 41.6:39.20",
     "0.8b_relu": "11.4:10.00; 22.7:9.72; 34.1:9.47; 45.4:9.28; 56.8:9.12; 68.1:8.91; 79.4:8.80; 90.8:8.62; "
-                 "102.2:8.52; 113.5:8.39; 124.9:8.30; 136.2:8.18; 147.6:8.10; 158.9:7.99; 170.3:7.91; "
-                 "181.6:7.83; 193.0:7.74; 204.3:7.75; 215.7:7.70; 227.0:7.66; 238.4:7.62; 249.7:7.56; "
-                 "261.1:7.55; 272.4:7.53",
+    "102.2:8.52; 113.5:8.39; 124.9:8.30; 136.2:8.18; 147.6:8.10; 158.9:7.99; 170.3:7.91; "
+    "181.6:7.83; 193.0:7.74; 204.3:7.75; 215.7:7.70; 227.0:7.66; 238.4:7.62; 249.7:7.56; "
+    "261.1:7.55; 272.4:7.53",
 }
 
 
@@ -74,11 +74,14 @@ def test_json_billions_and_percent(tmp_path):
 
 def test_json_records_and_jsonl(tmp_path):
     tokens, ratios = _random_curve(seed=2)
-    records = [{"step": i, "tokens": int(t), "activation_ratio": float(a)} for i, (t, a) in enumerate(zip(tokens, ratios))]
+    records = [
+        {"step": i, "tokens": int(t), "activation_ratio": float(a)} for i, (t, a) in enumerate(zip(tokens, ratios))
+    ]
     (tmp_path / "m.json").write_text(json.dumps(records))
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    (tmp_path / "b.json").write_text(json.dumps([{"tokens_b": t / 1e9, "activation_ratio": a}
-                                                  for t, a in zip(tokens.tolist(), ratios.tolist())]))
+    (tmp_path / "b.json").write_text(
+        json.dumps([{"tokens_b": t / 1e9, "activation_ratio": a} for t, a in zip(tokens.tolist(), ratios.tolist())])
+    )
     for name in ("m.json", "m.jsonl", "b.json"):
         curve = load_curve(tmp_path / name)
         np.testing.assert_allclose(curve.tokens_b, tokens / 1e9)
@@ -94,17 +97,20 @@ def test_csv(tmp_path):
     np.testing.assert_allclose(curve.activation_ratio, ratios)
 
 
-@pytest.mark.parametrize("name,content,match", [
-    ("a.json", '{"token_passed": [1, 2]}', "missing field 'activation_ratio'"),
-    ("b.json", '{"steps": [1], "activation_ratio": [0.1]}', "no token field"),
-    ("c.json", '{"token_passed": [1, 2', "not valid JSON"),
-    ("d.json", '{"token_passed": [1, 2], "activation_ratio": [0.1]}', "2 token_passed values but 1"),
-    ("e.json", '{"token_passed": [1, 2], "activation_ratio": [0.1, 130]}', r"\[0, 1\].*\[0, 100\]"),
-    ("f.json", '{"token_passed": [], "activation_ratio": []}', "no data points"),
-    ("g.csv", "tokens,ratio\n1,0.1\n", "missing column 'activation_ratio'"),
-    ("h.csv", "tokens,activation_ratio\n1,abc\n", "row 1 has a non-numeric"),
-    ("i.yaml", "x: 1", "unknown file type"),
-])
+@pytest.mark.parametrize(
+    "name,content,match",
+    [
+        ("a.json", '{"token_passed": [1, 2]}', "missing field 'activation_ratio'"),
+        ("b.json", '{"steps": [1], "activation_ratio": [0.1]}', "no token field"),
+        ("c.json", '{"token_passed": [1, 2', "not valid JSON"),
+        ("d.json", '{"token_passed": [1, 2], "activation_ratio": [0.1]}', "2 token_passed values but 1"),
+        ("e.json", '{"token_passed": [1, 2], "activation_ratio": [0.1, 130]}', r"\[0, 1\].*\[0, 100\]"),
+        ("f.json", '{"token_passed": [], "activation_ratio": []}', "no data points"),
+        ("g.csv", "tokens,ratio\n1,0.1\n", "missing column 'activation_ratio'"),
+        ("h.csv", "tokens,activation_ratio\n1,abc\n", "row 1 has a non-numeric"),
+        ("i.yaml", "x: 1", "unknown file type"),
+    ],
+)
 def test_bad_files_give_clear_errors(tmp_path, name, content, match):
     path = tmp_path / name
     path.write_text(content)

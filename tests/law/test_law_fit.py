@@ -34,7 +34,7 @@ def test_released_curves_reproduce_table2(name):
     assert fit.n_points == curve.tokens_b.size - row["skip"]
     assert abs(fit.params["A0"] - row["A0"]) < A0_TOL[row["law"]]
     # The fit is at least as good as the paper's parameters on the same points.
-    D, A = curve.tokens_b[row["skip"]:], curve.activation_ratio[row["skip"]:]
+    D, A = curve.tokens_b[row["skip"] :], curve.activation_ratio[row["skip"] :]
     paper_mae = np.mean(np.abs(law_value(row["law"], D, row) - A))
     assert fit.mae <= paper_mae + 1e-6
     assert fit.mae < 2e-3
@@ -57,10 +57,13 @@ def test_silu_without_skip_differs_from_table2():
     assert fit.ok and fit.params["A0"] > PAPER_TABLE2["0.1b_silu"]["A0"] + 0.005
 
 
-@pytest.mark.parametrize("law,true", [
-    ("relu", dict(alpha=0.6, b=-2.5, c=0.4, A0=0.065)),
-    ("silu", dict(alpha=0.7, c=0.15, A0=0.39)),
-])
+@pytest.mark.parametrize(
+    "law,true",
+    [
+        ("relu", dict(alpha=0.6, b=-2.5, c=0.4, A0=0.065)),
+        ("silu", dict(alpha=0.7, c=0.15, A0=0.39)),
+    ],
+)
 def test_synthetic_curve_is_recovered(law, true):
     rng = np.random.default_rng(1234)
     D = np.sort(rng.uniform(0.5, 120.0, size=40))
@@ -129,10 +132,13 @@ def test_nonpositive_tokens_are_dropped_with_a_note():
     assert any("dropped 1 point" in w for w in fit.warnings)
 
 
-@pytest.mark.parametrize("law,params", [
-    ("relu", dict(alpha=1.01, b=-3.49, c=7.97e-3, A0=0.0721)),
-    ("silu", dict(alpha=0.479, b=None, c=0.102, A0=0.409)),
-])
+@pytest.mark.parametrize(
+    "law,params",
+    [
+        ("relu", dict(alpha=1.01, b=-3.49, c=7.97e-3, A0=0.0721)),
+        ("silu", dict(alpha=0.479, b=None, c=0.102, A0=0.409)),
+    ],
+)
 def test_derivative_matches_finite_differences(law, params):
     D = np.random.default_rng(11).uniform(1.0, 200.0, size=10)
     h = 1e-5 * D

@@ -23,9 +23,7 @@ def reference_forward(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
         half = hd // 2
         theta = c.rope_base ** (-torch.arange(half, dtype=torch.float64) * 2 / hd)
         angle = torch.arange(s, dtype=torch.float64)[:, None] * theta  # [s, half]
-        z = torch.complex(x[..., :half].double(), x[..., half:].double()) * torch.polar(
-            torch.ones_like(angle), angle
-        )
+        z = torch.complex(x[..., :half].double(), x[..., half:].double()) * torch.polar(torch.ones_like(angle), angle)
         return torch.cat((z.real, z.imag), dim=-1).float()
 
     x = w["embed.weight"][tokens] * 12.0  # scale_emb

@@ -77,8 +77,8 @@ def _reference_counts(model, batches, taus: torch.Tensor) -> SparseStats:
     total = None
     with measurement_mode(model) as mlps:
         for i, tokens in enumerate(batches):
-            bounds = [float(taus[i, l]) / down_column_norms(m.down_proj.weight) for l, m in enumerate(mlps)]
-            keep = (lambda pos, h, _s: h.float().abs() >= bounds[pos])
+            bounds = [float(taus[i, layer]) / down_column_norms(m.down_proj.weight) for layer, m in enumerate(mlps)]
+            keep = lambda pos, h, _s: h.float().abs() >= bounds[pos]
             _, stats = sparse_pass(model, mlps, tokens, keep, per_neuron=True)
             if total is None:
                 total = stats
@@ -91,10 +91,10 @@ def _compare_evaluations(ref_model, ref_batches, ev_ref, ev, alone, what: str) -
     """Asserts the agreements promised in the module docstring of ppl_search; returns the gaps."""
     gaps = {}
     step_bound = []
-    for i, tokens in enumerate(ref_batches):
+    for tokens in ref_batches:
         with measurement_mode(ref_model) as mlps:
             hs = dense_pass(ref_model, mlps, tokens).hs
-        for l, (h, m) in enumerate(zip(hs, mlps)):
+        for h, m in zip(hs, mlps):
             step_bound.append(_grid_step(h.reshape(-1, h.shape[-1]), m.down_proj.weight, alone))
     steps = torch.tensor(step_bound, dtype=torch.float64).reshape(ev_ref.batch_thresholds.shape)
     tau_gap = (ev.batch_thresholds.double() - ev_ref.batch_thresholds.double()).abs()
@@ -103,8 +103,9 @@ def _compare_evaluations(ref_model, ref_batches, ev_ref, ev, alone, what: str) -
     # The grid is layout-invariant, but h (hence the norms and q99) round differently when the
     # matmuls are split (~1e-7 relative), which moves every candidate by as much. A neuron norm
     # inside that sliver flips one binary-search step: τ agree to the same candidate or the next.
-    assert bool((tau_gap <= steps * (1 + 1e-3)).all()), \
+    assert bool((tau_gap <= steps * (1 + 1e-3)).all()), (
         f"{what}: τ differ: {ev.batch_thresholds} vs {ev_ref.batch_thresholds}"
+    )
     gaps["ppl_ratio_rel_gap"] = abs(ev.ppl_ratio / ev_ref.ppl_ratio - 1)
     assert gaps["ppl_ratio_rel_gap"] <= 1e-5, f"{what}: PPL ratio {ev.ppl_ratio} vs {ev_ref.ppl_ratio}"
     assert abs(ev.dense_loss - ev_ref.dense_loss) <= 1e-5 * abs(ev_ref.dense_loss), f"{what}: dense loss"
@@ -130,8 +131,9 @@ def _check_tp(s: Setup, activation: str, sequence_parallel: bool) -> dict:
     g = s.tp2
     cfg = model_config(activation=activation)
     ref = Transformer(cfg, seed=SEED, device=s.device).eval()
-    tp_model = Transformer(cfg, seed=SEED, device=s.device,
-                           layer_factory=tensor_parallel_layer_factory(g, sequence_parallel)).eval()
+    tp_model = Transformer(
+        cfg, seed=SEED, device=s.device, layer_factory=tensor_parallel_layer_factory(g, sequence_parallel)
+    ).eval()
     batches = greedy_batches(ref, 2, b=2)
     out = {}
     for c in CETT_VALUES:
@@ -151,14 +153,14 @@ def _check_tp(s: Setup, activation: str, sequence_parallel: bool) -> dict:
         with measurement_mode(ref) as ref_mlps, measurement_mode(tp_model) as tp_mlps:
             hs_ref = dense_pass(ref, ref_mlps, batches[0]).hs
             hs_tp = dense_pass(tp_model, tp_mlps, batches[0], tp_group=g.tp_group).hs
-            for l, (m_ref, m_tp) in enumerate(zip(ref_mlps, tp_mlps)):
+            for layer, (m_ref, m_tp) in enumerate(zip(ref_mlps, tp_mlps)):
                 # fp32 rounding of the split matmuls: absolute, relative to the layer's largest h.
-                h_gap = float((hs_tp[l] - hs_ref[l][..., cols]).abs().max() / hs_ref[l].abs().max())
+                h_gap = float((hs_tp[layer] - hs_ref[layer][..., cols]).abs().max() / hs_ref[layer].abs().max())
                 gaps["h_gap_relative_to_max"] = max(gaps.get("h_gap_relative_to_max", 0.0), h_gap)
-                assert h_gap <= 1e-5, f"{what}: layer {l} h differs by {h_gap} of its max"
-                tau = float(ev_ref.batch_thresholds[0, l])
-                want = cett_of_threshold(hs_ref[l], m_ref.down_proj.weight, tau, group=s.alone)
-                got = cett_of_threshold(hs_tp[l], m_tp.down_proj.weight, tau, group=g.dp_group, tp_group=g.tp_group)
+                assert h_gap <= 1e-5, f"{what}: layer {layer} h differs by {h_gap} of its max"
+                tau = float(ev_ref.batch_thresholds[0, layer])
+                want = cett_of_threshold(hs_ref[layer], m_ref.down_proj.weight, tau, group=s.alone)
+                got = cett_of_threshold(hs_tp[layer], m_tp.down_proj.weight, tau, group=g.dp_group, tp_group=g.tp_group)
                 cett_gap = max(cett_gap, abs(got - want))
                 assert 0 < want <= c + 1e-9
         assert cett_gap <= 1e-5, f"{what}: CETT(τ) differs by {cett_gap}"
@@ -171,9 +173,14 @@ def _check_tp(s: Setup, activation: str, sequence_parallel: bool) -> dict:
     assert tp_model.training
     assert abs(live.cett - found_ref.cett) <= TOLERANCE, f"search: {live.cett} vs {found_ref.cett}"
     assert abs(live.ppl_ratio / found_ref.ppl_ratio - 1) <= 1e-5 or live.cett != found_ref.cett
-    out["search"] = {"cett_tp": live.cett, "cett_ref": found_ref.cett, "ppl_ratio_tp": live.ppl_ratio,
-                     "ppl_ratio_ref": found_ref.ppl_ratio, "activation_tp": live.activation_ratio,
-                     "activation_ref": found_ref.evaluations[0].activation_ratio}
+    out["search"] = {
+        "cett_tp": live.cett,
+        "cett_ref": found_ref.cett,
+        "ppl_ratio_tp": live.ppl_ratio,
+        "ppl_ratio_ref": found_ref.ppl_ratio,
+        "activation_tp": live.activation_ratio,
+        "activation_ref": found_ref.evaluations[0].activation_ratio,
+    }
     return out
 
 
@@ -190,7 +197,7 @@ def check_dp2(s: Setup) -> dict:
     g = s.dp2
     ref = Transformer(model_config(), seed=SEED, device=s.device).eval()
     global_batches = greedy_batches(ref, 2, b=4, seed=1)  # [4, 33]: rows 2r, 2r+1 go to DP rank r
-    mine = [b[2 * g.dp_rank:2 * g.dp_rank + 2] for b in global_batches]
+    mine = [b[2 * g.dp_rank : 2 * g.dp_rank + 2] for b in global_batches]
     out = {}
     for c in CETT_VALUES[:2]:
         ev_ref = evaluate_cett(ref, global_batches, c, group=s.alone, per_neuron=True)
@@ -211,7 +218,7 @@ def check_grid_is_layout_invariant(s: Setup) -> dict:
     full = (torch.rand(700, 200) * torch.rand(700, 1)).to(s.device)  # 140k values: subsample stride 2
     expected = candidate_thresholds(full, 1025, group=s.alone)
     r = s.rank
-    by_tp = candidate_thresholds(full[:, 100 * r:100 * (r + 1)], 1025, group=s.tp2.dp_group, tp_group=s.tp2.tp_group)
+    by_tp = candidate_thresholds(full[:, 100 * r : 100 * (r + 1)], 1025, group=s.tp2.dp_group, tp_group=s.tp2.tp_group)
     rows = slice(0, 300) if r == 0 else slice(300, 700)  # unequal token counts per DP rank
     by_dp = candidate_thresholds(full[rows], 1025, group=s.dp2.dp_group)
     assert torch.equal(by_tp, expected), "TP grid differs"
@@ -243,8 +250,13 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     if DEVICE == "cuda":
         torch.cuda.set_device(rank)
-    dist.init_process_group("nccl" if DEVICE == "cuda" else "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "nccl" if DEVICE == "cuda" else "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=60),
+    )
     results, numbers = {}, {}
     try:
         setup = Setup()

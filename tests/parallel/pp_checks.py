@@ -47,14 +47,22 @@ WORLD = 2
 def run_config(tensor: int = 1, sequence_parallel: bool = False, lr: float = 0.005, **model):
     # A moderate lr: much higher (0.02; 0.005 with TP) and Adam's first updates, ≈ lr·sign(g), turn fp32
     # summation-order differences in near-zero gradients into visible loss differences by step 6.
-    return config_from_dict({
-        "model": {**MODEL, **model},
-        "parallel": {"pipeline": 2, "tensor": tensor, "sequence_parallel": sequence_parallel, "zero_stage": 1},
-        "train": {"micro_batch_size": MBS, "global_batch_size": GLOBAL_BATCH, "steps": STEPS, "seed": SEED,
-                  "precision": "fp32", "device": "cpu",
-                  "optimizer": {"lr": lr, "weight_decay": 0.1, "grad_clip": 0.5},
-                  "schedule": {"kind": "wsd", "warmup_steps": 3}},
-    })
+    return config_from_dict(
+        {
+            "model": {**MODEL, **model},
+            "parallel": {"pipeline": 2, "tensor": tensor, "sequence_parallel": sequence_parallel, "zero_stage": 1},
+            "train": {
+                "micro_batch_size": MBS,
+                "global_batch_size": GLOBAL_BATCH,
+                "steps": STEPS,
+                "seed": SEED,
+                "precision": "fp32",
+                "device": "cpu",
+                "optimizer": {"lr": lr, "weight_decay": 0.1, "grad_clip": 0.5},
+                "schedule": {"kind": "wsd", "warmup_steps": 3},
+            },
+        }
+    )
 
 
 def token_samples(n: int, with_eod: bool) -> list[np.ndarray]:
@@ -106,13 +114,15 @@ class Reference:
 def pipeline_engine(cfg, groups, activation_checkpointing: bool):
     import deepspeed
 
-    module = build_pipeline_module(cfg, groups, device="cpu", eod_token_id=EOD,
-                                   activation_checkpointing=activation_checkpointing)
+    module = build_pipeline_module(
+        cfg, groups, device="cpu", eod_token_id=EOD, activation_checkpointing=activation_checkpointing
+    )
     o = cfg.train.optimizer
     world = cfg.parallel.pipeline * cfg.parallel.tensor
     ds_config = {**build_deepspeed_config(cfg, world, bf16=False, on_cuda=False), **pipeline_engine_config(cfg)}
     engine, _, _, _ = deepspeed.initialize(
-        model=module, model_parameters=mup_param_groups(module, cfg.model, weight_decay=o.weight_decay, lr=o.lr),
+        model=module,
+        model_parameters=mup_param_groups(module, cfg.model, weight_decay=o.weight_decay, lr=o.lr),
         config=ds_config,
         lr_scheduler=lambda opt: build_scheduler(opt, cfg.train.schedule, o, cfg.train.steps),
     )
@@ -145,7 +155,7 @@ def compare_live_calibration(cfg, groups: ParallelGroups, p: float) -> None:
     model is calibrated by this process alone (the DP group has one rank here), the stages
     together, batches flowing through the pipeline.
     """
-    batches = [torch.from_numpy(np.stack(token_samples(8, with_eod=True)[i:i + MBS])) for i in (0, MBS, 2 * MBS)]
+    batches = [torch.from_numpy(np.stack(token_samples(8, with_eod=True)[i : i + MBS])) for i in (0, MBS, 2 * MBS)]
     module = build_pipeline_module(cfg, groups, device="cpu", eod_token_id=EOD, activation_checkpointing=False)
     staged = LiveCalibrator.for_groups(batches, groups, p=p, tolerance=1e-3, num_candidates=4096).calibrate(module)
     plain = Transformer(cfg.model, seed=SEED, eod_token_id=EOD)
@@ -155,8 +165,9 @@ def compare_live_calibration(cfg, groups: ParallelGroups, p: float) -> None:
     assert staged.cett == alone.cett, f"CETT {staged.cett} vs plain {alone.cett}"
     close(staged.ppl_ratio, alone.ppl_ratio, 1e-6, "PPL ratio")
     ids = stage_layer_ids(module)
-    assert torch.allclose(staged.layer_thresholds, alone.layer_thresholds[ids], rtol=1e-5, atol=0), \
+    assert torch.allclose(staged.layer_thresholds, alone.layer_thresholds[ids], rtol=1e-5, atol=0), (
         f"stage layers {ids}: tau {staged.layer_thresholds.tolist()} vs plain {alone.layer_thresholds[ids].tolist()}"
+    )
     assert len(staged.layer_activation_ratio) == MODEL["num_layers"], "activation ratios of every stage's layers"
     for layer, (a, b) in enumerate(zip(staged.layer_activation_ratio, alone.layer_activation_ratio)):
         close(a, b, 1e-6, f"layer {layer} activation ratio")
@@ -236,8 +247,9 @@ class Checks:
         """Our checkpoint flow on the pipeline engine: save, step, load, the same step again."""
         ckpt_dir = self.workdir / "ckpt"
         rank_state = {"loader": self.pp_loader.state_dict()}
-        tag = ckpt.save_checkpoint(self.engine, str(ckpt_dir), STEPS, {"step": STEPS}, rank_state,
-                                   {"layout": {"pipeline": WORLD}}, keep_last=1)
+        tag = ckpt.save_checkpoint(
+            self.engine, str(ckpt_dir), STEPS, {"step": STEPS}, rank_state, {"layout": {"pipeline": WORLD}}, keep_last=1
+        )
         files = sorted(p.name for p in (ckpt_dir / tag).iterdir())
         assert any(f.startswith("layer_") for f in files), f"no layer-wise model files: {files}"
         after = self.steps.train_step()
@@ -271,7 +283,9 @@ class Checks:
         mlp = module.get_submodule(str(1 + ids[0])).mlp
         mlp.register_forward_pre_hook(lambda *_: runs.append(in_recompute()))
         losses = [(steps.train_step(), reference.step())]
-        assert sorted(runs) == [False] * steps.grad_accum + [True] * steps.grad_accum, f"MLP runs (in recompute?): {runs}"
+        assert sorted(runs) == [False] * steps.grad_accum + [True] * steps.grad_accum, (
+            f"MLP runs (in recompute?): {runs}"
+        )
         assert_counts_equal_plain(self.g, counters, ref_counters, "recomputation must not count again")
         losses += [(steps.train_step(), reference.step()) for _ in range(2)]
         assert_losses_close(losses, "activation checkpointing")

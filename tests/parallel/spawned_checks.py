@@ -20,8 +20,9 @@ def spawn_and_collect(worker: Callable, world: int, tmp: Path, deadline_s: float
     init_file, out_dir = tmp / "init", tmp / "out"
     out_dir.mkdir()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    ctx = mp.start_processes(worker, args=(world, str(init_file), str(out_dir)), nprocs=world,
-                             start_method="spawn", join=False)
+    ctx = mp.start_processes(
+        worker, args=(world, str(init_file), str(out_dir)), nprocs=world, start_method="spawn", join=False
+    )
     deadline = time.monotonic() + deadline_s
     while True:
         try:

@@ -24,8 +24,9 @@ DEADLINE_S = 180
 @pytest.fixture(scope="module")
 def cett_results(tmp_path_factory) -> dict:
     docs = spawn_and_collect(cett_tp_checks.worker, WORLD, tmp_path_factory.mktemp("cett_tp2"), DEADLINE_S)
-    results = merge_failures([name for name, _ in cett_tp_checks.CHECKS],
-                             [None if d is None else d["results"] for d in docs])
+    results = merge_failures(
+        [name for name, _ in cett_tp_checks.CHECKS], [None if d is None else d["results"] for d in docs]
+    )
     if docs[0] is not None:
         print(json.dumps(docs[0]["numbers"], indent=1))  # the measured gaps, visible with pytest -s
     return results

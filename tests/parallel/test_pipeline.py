@@ -35,18 +35,33 @@ def launch(out: Path, tensor: int, names: list[str]) -> dict:
     world = 2 * tensor
     beside_python = Path(sys.executable).with_name("deepspeed")
     launcher = str(beside_python) if beside_python.exists() else "deepspeed"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
-    cmd = [launcher, "--num_gpus", str(world), "--master_port", str(_free_port()),
-           str(Path(pp_checks.__file__)), "--out", str(out), "--tensor", str(tensor)]
+    cmd = [
+        launcher,
+        "--num_gpus",
+        str(world),
+        "--master_port",
+        str(_free_port()),
+        str(Path(pp_checks.__file__)),
+        "--out",
+        str(out),
+        "--tensor",
+        str(tensor),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     results: dict = {name: None for name in names}
     for rank in range(world):
         path = out / f"rank{rank}.json"
         if not path.exists():
-            failure = f"rank {rank} wrote no results (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            failure = (
+                f"rank {rank} wrote no results (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            )
             return {name: failure for name in results}
         for name, error in json.loads(path.read_text()).items():
             if error is not None:

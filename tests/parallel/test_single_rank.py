@@ -41,7 +41,8 @@ def test_vocab_parallel_cross_entropy_without_group_is_cross_entropy():
 
 
 def test_padded_vocabulary_follows_the_factory_tp_size():
-    cfg = config_from_dict({"model": dict(hidden_size=64, num_layers=1, head_dim=16, ffn_size=96,
-                                          vocab_size=200)}).model
+    cfg = config_from_dict(
+        {"model": dict(hidden_size=64, num_layers=1, head_dim=16, ffn_size=96, vocab_size=200)}
+    ).model
     model = Transformer(cfg, device="meta")
     assert model.vocab_size == 256 == cfg.padded_vocab_size(1)

@@ -36,8 +36,7 @@ from megasparse.sparsity.reduction import counter_groups, reduce_counters
 from megasparse.training.distributed import release_cpu_allreduce_buffer
 
 # Padded vocab 128 for TP=1 and TP=2 alike (multiple of 64·tp), so the full models match.
-TINY = dict(hidden_size=64, num_layers=2, head_dim=16, ffn_size=160, vocab_size=100,
-            pad_vocab_to_multiple_of=64)
+TINY = dict(hidden_size=64, num_layers=2, head_dim=16, ffn_size=160, vocab_size=100, pad_vocab_to_multiple_of=64)
 SEED = 11
 
 
@@ -97,7 +96,7 @@ def check_collectives(g: ParallelGroups) -> None:
     # sequence: reduce-scatter of rank-scaled partial sums, then gather back.
     partial = full * (r + 1)  # ranks' partial sums add up to 3·full
     shard = reduce_scatter_to_sequence_parallel_region(partial, g.tp_group)  # [b, s/2, d]
-    close(shard, 3 * full.detach()[:, 3 * r:3 * r + 3], "reduce-scatter forward")
+    close(shard, 3 * full.detach()[:, 3 * r : 3 * r + 3], "reduce-scatter forward")
     gathered = gather_from_sequence_parallel_region(shard, g.tp_group)  # [b, s, d]
     close(gathered, 3 * full.detach(), "sequence gather forward")
     (gathered * weights).sum().backward()
@@ -107,7 +106,7 @@ def check_collectives(g: ParallelGroups) -> None:
     # last dim: scatter then gather is the identity; gradient of the own slice only.
     x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
     piece = scatter_to_tensor_parallel_region(x, g.tp_group)  # [3, 4]
-    close(piece, x.detach()[:, 4 * r:4 * r + 4], "scatter forward")
+    close(piece, x.detach()[:, 4 * r : 4 * r + 4], "scatter forward")
     back = gather_from_tensor_parallel_region(piece, g.tp_group)
     close(back, x.detach(), "gather forward")
     (back * weights[0, :3]).sum().backward()
@@ -264,8 +263,12 @@ def check_sequence_parallel(g: ParallelGroups) -> None:
     loss_plain.backward()
     # Activation checkpointing too: recomputation repeats the collectives in the same order.
     for checkpointing in (False, True):
-        sp = Transformer(cfg, seed=SEED, activation_checkpointing=checkpointing,
-                         layer_factory=tensor_parallel_layer_factory(g, sequence_parallel=True))
+        sp = Transformer(
+            cfg,
+            seed=SEED,
+            activation_checkpointing=checkpointing,
+            layer_factory=tensor_parallel_layer_factory(g, sequence_parallel=True),
+        )
         assert type(sp.layers[0].attn_norm).__name__ == "SequenceParallelRMSNorm"
         hidden = sp.forward_hidden(tokens[:, :-1])
         assert hidden.shape == (2, 4, 64), hidden.shape  # [b, s/tp, d]
@@ -321,8 +324,9 @@ CHECKS = [
 
 def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
+    )
     results = {}
     try:
         groups = ParallelGroups.build(tensor=2)

@@ -16,8 +16,7 @@ from megasparse.sparsity.baselines import (
 )
 from megasparse.sparsity.measure import evaluate_baseline
 
-S = torch.tensor([[[0.0, -0.3, 0.5, 0.1],
-                   [0.9, 0.2, -0.05, 0.0]]])  # [b=1, s=2, f=4]
+S = torch.tensor([[[0.0, -0.3, 0.5, 0.1], [0.9, 0.2, -0.05, 0.0]]])  # [b=1, s=2, f=4]
 
 
 def test_zero_threshold_drops_exact_zeros_only():

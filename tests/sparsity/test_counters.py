@@ -77,8 +77,7 @@ def test_counts_identical_with_activation_checkpointing():
         attach_counters(model, counters)
         loss = model(tokens).float().logsumexp(-1).mean()
         loss.backward()  # recomputes every block when checkpointing
-        results.append((counters.active.clone(), counters.tokens.clone(),
-                        [p.grad.clone() for p in model.parameters()]))
+        results.append((counters.active.clone(), counters.tokens.clone(), [p.grad.clone() for p in model.parameters()]))
     (a0, t0, g0), (a1, t1, g1) = results
     assert torch.equal(a0, a1)
     assert torch.equal(t0, t1) and t0.tolist() == [26, 26, 26]

@@ -42,7 +42,9 @@ def test_training_counters_and_mode_are_untouched():
     attach_counters(model, counters)
     with torch.no_grad():
         model(batch[:, :-1])  # some counts from "training"
-    before = {k: v.clone() for k, v in (("a", counters.active), ("b", counters.above_threshold), ("t", counters.tokens))}
+    before = {
+        k: v.clone() for k, v in (("a", counters.active), ("b", counters.above_threshold), ("t", counters.tokens))
+    }
     slots = [m.count_slot for m in model.mlps()]
     model.eval()
     result = LiveCalibrator(heldout, tolerance=1e-2).calibrate(model)

@@ -23,9 +23,31 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def measured(run, tmp_path_factory):
     out = tmp_path_factory.mktemp("measured")
-    cmd = [sys.executable, str(TOOL), str(run["ckpt"]), "--data", run["valid"], "--seq-length", "32",
-           "--batches", "2", "--micro-batch", "2", "--last-k", "2", "--tolerance", "1e-2", "--sidecar", "all",
-           "--out", str(out), "--tensorboard", str(out / "tb"), "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        str(TOOL),
+        str(run["ckpt"]),
+        "--data",
+        run["valid"],
+        "--seq-length",
+        "32",
+        "--batches",
+        "2",
+        "--micro-batch",
+        "2",
+        "--last-k",
+        "2",
+        "--tolerance",
+        "1e-2",
+        "--sidecar",
+        "all",
+        "--out",
+        str(out),
+        "--tensorboard",
+        str(out / "tb"),
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
@@ -83,8 +105,13 @@ def test_tensorboard_scalars(measured):
     acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0})
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"sparsity/cett/value", "sparsity/cett/ppl_ratio", "sparsity/cett/activation_ratio",
-            "sparsity/cett/layer_00/activation_ratio", "sparsity/cett/layer_01/activation_ratio"} <= tags
+    assert {
+        "sparsity/cett/value",
+        "sparsity/cett/ppl_ratio",
+        "sparsity/cett/activation_ratio",
+        "sparsity/cett/layer_00/activation_ratio",
+        "sparsity/cett/layer_01/activation_ratio",
+    } <= tags
     assert [e.step for e in acc.Scalars("sparsity/cett/activation_ratio")] == [10, 20]
 
 
@@ -92,8 +119,29 @@ def test_fat_baseline_in_process(run, tmp_path, capsys):
     from megasparse.cli.measure import main
 
     ckpt = run["ckpt"] / "global_step20"
-    assert main([str(ckpt), "--data", run["valid"], "--batches", "1", "--micro-batch", "2", "--method", "fat",
-                 "--arg", "0.05", "--out", str(tmp_path), "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                str(ckpt),
+                "--data",
+                run["valid"],
+                "--batches",
+                "1",
+                "--micro-batch",
+                "2",
+                "--method",
+                "fat",
+                "--arg",
+                "0.05",
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     (r,) = json.loads((tmp_path / "measurements.json").read_text())
     assert r["method"] == "fat" and r["cett"] is None and r["layer_thresholds"] is None and r["step"] == 20
     assert not list(tmp_path.glob("sidecar_*"))
@@ -116,8 +164,12 @@ def test_bad_inputs_one_line_exit_2(case, run, tmp_path, capsys):
     assert main([ckpt, "--data", data, "--out", str(tmp_path / "o"), "--no-progress", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("megasparse measure: error:")
-    assert {"missing_ckpt": "nope", "empty_run": "no complete checkpoints", "missing_data": "nodata.idx",
-            "no_arg": "--arg"}[case] in err
+    assert {
+        "missing_ckpt": "nope",
+        "empty_run": "no complete checkpoints",
+        "missing_data": "nodata.idx",
+        "no_arg": "--arg",
+    }[case] in err
 
 
 def test_help_has_examples():
@@ -137,8 +189,25 @@ def test_reader_reports_a_missing_tensor_parallel_shard(run, tmp_path, capsys):
     meta = json.loads((ckpt / "megasparse_meta.json").read_text())
     meta["layout"]["tensor"] = 2
     (ckpt / "megasparse_meta.json").write_text(json.dumps(meta))
-    assert main([str(ckpt), "--data", run["valid"], "--batches", "1", "--micro-batch", "1", "--out",
-                 str(tmp_path / "o"), "--no-progress", "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                str(ckpt),
+                "--data",
+                run["valid"],
+                "--batches",
+                "1",
+                "--micro-batch",
+                "1",
+                "--out",
+                str(tmp_path / "o"),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "mp_rank_01_model_states.pt: missing" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1

@@ -23,8 +23,9 @@ def random_sidecar() -> "object":
     freq = torch.rand(3, 20, generator=g) ** 3
     tau = torch.rand(3, generator=g) + 0.1
     bounds = tau[:, None] / (torch.rand(3, 20, generator=g) + 0.5)
-    return sidecar_from_measurement(tau, bounds, freq, {"method": "cett", "cett": 0.21, "checkpoint": {"step": 7}},
-                                    hot_coverage=0.7)
+    return sidecar_from_measurement(
+        tau, bounds, freq, {"method": "cett", "cett": 0.21, "checkpoint": {"step": 7}}, hot_coverage=0.7
+    )
 
 
 def test_round_trip(tmp_path):

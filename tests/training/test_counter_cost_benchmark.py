@@ -17,9 +17,30 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_counter_cost_alternates_and_reports_both_modes(tmp_path):
-    cmd = [sys.executable, str(REPO / "benchmarks" / "counter_cost.py"), "--model", "tiny", "--seq", "32",
-           "--vocab", "256", "--micro-batch", "2", "--blocks", "2", "--block-steps", "2", "--warmup", "1",
-           "--counter-impl", "reference", "--tau", "0.01", "--workdir", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "counter_cost.py"),
+        "--model",
+        "tiny",
+        "--seq",
+        "32",
+        "--vocab",
+        "256",
+        "--micro-batch",
+        "2",
+        "--blocks",
+        "2",
+        "--block-steps",
+        "2",
+        "--warmup",
+        "1",
+        "--counter-impl",
+        "reference",
+        "--tau",
+        "0.01",
+        "--workdir",
+        str(tmp_path),
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -18,10 +18,18 @@ from run_helpers import deepspeed_launcher, run_env, run_train, scalars, write_r
 STEPS = 6
 
 
-def _config(tmp_path, corpus, name: str, cett_interval: int = 3, model: dict | None = None,
-            deepspeed: dict | None = None, **parallel):
+def _config(
+    tmp_path,
+    corpus,
+    name: str,
+    cett_interval: int = 3,
+    model: dict | None = None,
+    deepspeed: dict | None = None,
+    **parallel,
+):
     return write_run_config(
-        tmp_path / f"{name}.yaml", corpus,
+        tmp_path / f"{name}.yaml",
+        corpus,
         train={"steps": STEPS, "eval_interval": 3, "eval_steps": 2},
         sparsity={"cett_interval": cett_interval, "cett_batches": 2},
         parallel={"zero_stage": 1, **parallel},
@@ -55,8 +63,11 @@ def _assert_same_training(reference, other):
 def _leaked_cpu_allreduce_buffers(launcher: list[str]) -> list[str]:
     port = launcher[launcher.index("--master_port") + 1]
     shm = "/dev/shm"
-    return [n for n in (os.listdir(shm) if os.path.isdir(shm) else [])
-            if n.startswith("deepspeed_allreduce_buffer_") and f"_{port}_" in n]
+    return [
+        n
+        for n in (os.listdir(shm) if os.path.isdir(shm) else [])
+        if n.startswith("deepspeed_allreduce_buffer_") and f"_{port}_" in n
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +125,22 @@ def require(available: bool, what: str) -> None:
 def test_mpirun_two_processes(single_process_run, tiny_corpus, tmp_path):
     require(shutil.which("mpirun") is not None, "OpenMPI's mpirun is not installed")
     cfg = _config(tmp_path, tiny_corpus, "mpi")
-    run_train(cfg, launcher=["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", "PYTHONPATH",
-                             "-x", "OMP_NUM_THREADS", sys.executable, "-m"])
+    run_train(
+        cfg,
+        launcher=[
+            "mpirun",
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-np",
+            "2",
+            "-x",
+            "PYTHONPATH",
+            "-x",
+            "OMP_NUM_THREADS",
+            sys.executable,
+            "-m",
+        ],
+    )
     _assert_same_training(single_process_run, scalars(tmp_path / "mpi" / "tb"))
 
 
@@ -123,7 +148,9 @@ def _slurm_up() -> bool:
     if shutil.which("srun") is None:
         return False
     try:
-        return subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20).stdout.strip() != ""
+        return (
+            subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20).stdout.strip() != ""
+        )
     except (OSError, subprocess.SubprocessError):
         return False
 
@@ -191,8 +218,10 @@ def test_pp4_four_processes(tiny_corpus, tmp_path):
     cfg = _config(tmp_path, tiny_corpus, "pp4-param", model=small, pipeline=4, pipeline_partition="parameters")
     refused = run_train(cfg, launcher=deepspeed_launcher(4), timeout=300, check=False)
     assert refused.returncode != 0
-    assert ("error: parallel.pipeline_partition=parameters leaves pipeline stage(s) 0, 3 without a transformer "
-            "block (blocks per stage: [0, 2, 2, 0])") in refused.stderr, refused.stderr[-3000:]
+    assert (
+        "error: parallel.pipeline_partition=parameters leaves pipeline stage(s) 0, 3 without a transformer "
+        "block (blocks per stage: [0, 2, 2, 0])"
+    ) in refused.stderr, refused.stderr[-3000:]
 
 
 def test_tp2_pp2_four_processes_resume(single_process_run, tiny_corpus, tmp_path):
@@ -228,9 +257,25 @@ def test_sbatch_example_script(single_process_run, tiny_corpus, tmp_path):
     cfg = _config(tmp_path, tiny_corpus, "sbatch")
     out = tmp_path / "job.out"
     proc = subprocess.run(
-        ["sbatch", "--wait", "--ntasks=2", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", "--overcommit",
-         f"--output={out}", "--export=ALL", str(REPO / "examples" / "slurm" / "train.sbatch"), str(cfg)],
-        cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=600)
+        [
+            "sbatch",
+            "--wait",
+            "--ntasks=2",
+            "--ntasks-per-node=2",
+            "--cpus-per-task=1",
+            "--gpus-per-node=0",
+            "--overcommit",
+            f"--output={out}",
+            "--export=ALL",
+            str(REPO / "examples" / "slurm" / "train.sbatch"),
+            str(cfg),
+        ],
+        cwd=REPO,
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     log = out.read_text() if out.exists() else ""
     assert proc.returncode == 0, proc.stderr + log[-3000:]
     assert "step      6/6" in log

@@ -53,8 +53,9 @@ def test_chunked_loss_trains_like_full_logits(tie_embeddings):
 def test_chunked_loss_refuses_tensor_parallelism():
     with pytest.raises(ValueError, match="tensor parallelism"):
         CausalLMLoss(torch.nn.Linear(2, 2), tp_group=object(), chunk_tokens=8)
-    cfg = config_from_dict({"train": {"loss_chunk_tokens": 4096}, "parallel": {"tensor": 2},
-                            "model": {"vocab_size": VOCAB}})
+    cfg = config_from_dict(
+        {"train": {"loss_chunk_tokens": 4096}, "parallel": {"tensor": 2}, "model": {"vocab_size": VOCAB}}
+    )
     with pytest.raises(ConfigError, match="train.loss_chunk_tokens=4096 with parallel.tensor=2"):
         cfg.validate_layout(world_size=2)
     cfg.train.loss_chunk_tokens = 0
@@ -62,8 +63,13 @@ def test_chunked_loss_refuses_tensor_parallelism():
 
 
 def test_chunked_loss_refuses_pipeline_parallelism():
-    cfg = config_from_dict({"train": {"loss_chunk_tokens": 512}, "parallel": {"pipeline": 2},
-                            "model": {"vocab_size": VOCAB, "num_layers": 2}})
+    cfg = config_from_dict(
+        {
+            "train": {"loss_chunk_tokens": 512},
+            "parallel": {"pipeline": 2},
+            "model": {"vocab_size": VOCAB, "num_layers": 2},
+        }
+    )
     with pytest.raises(ConfigError, match="train.loss_chunk_tokens=512 with parallel.pipeline=2"):
         cfg.validate_layout(world_size=2)
 

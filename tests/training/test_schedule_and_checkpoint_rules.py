@@ -14,8 +14,11 @@ from megasparse.training.schedule import lr_multiplier
 
 
 def test_wsd_warmup_stable_then_paper_exponential_decay():
-    f = lr_multiplier(ScheduleConfig(kind="wsd", warmup_steps=4, decay_start=10, decay_half_life=5),
-                      OptimizerConfig(lr=0.01, min_lr=0.001), total_steps=100)
+    f = lr_multiplier(
+        ScheduleConfig(kind="wsd", warmup_steps=4, decay_start=10, decay_half_life=5),
+        OptimizerConfig(lr=0.01, min_lr=0.001),
+        total_steps=100,
+    )
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert f(4) == f(9) == 1.0
     assert f(10) == 1.0 and math.isclose(f(15), 0.5) and math.isclose(f(20), 0.25)
@@ -30,9 +33,17 @@ def test_cosine_reaches_min_lr_at_the_end():
 
 
 def test_deepspeed_config_follows_the_run_config():
-    cfg = config_from_dict({"train": {"micro_batch_size": 2, "global_batch_size": 16,
-                                      "optimizer": {"lr": 0.02, "grad_clip": 0.5, "beta2": 0.98}},
-                            "parallel": {"zero_stage": 2}, "deepspeed": {"zero_optimization": {"overlap_comm": True}}})
+    cfg = config_from_dict(
+        {
+            "train": {
+                "micro_batch_size": 2,
+                "global_batch_size": 16,
+                "optimizer": {"lr": 0.02, "grad_clip": 0.5, "beta2": 0.98},
+            },
+            "parallel": {"zero_stage": 2},
+            "deepspeed": {"zero_optimization": {"overlap_comm": True}},
+        }
+    )
     ds = build_deepspeed_config(cfg, world_size=4, bf16=True, on_cuda=False)
     assert ds["train_batch_size"] == 16 and ds["train_micro_batch_size_per_gpu"] == 2
     assert ds["gradient_accumulation_steps"] == 2  # 16 / (2 × 4)
@@ -72,8 +83,9 @@ def test_optimizer_state_with_other_parameter_groups_is_refused():
 
     ckpt.check_optimizer_groups({"optimizer_groups": list(GROUP_NAMES)}, list(GROUP_NAMES), "ck")
     # Checkpoints from before the groups were recorded had one group per role.
-    with pytest.raises(ckpt.CheckpointError,
-                       match=r"ck: its optimizer state has parameter groups \['embedding', 'norm', 'matrix'\]"):
+    with pytest.raises(
+        ckpt.CheckpointError, match=r"ck: its optimizer state has parameter groups \['embedding', 'norm', 'matrix'\]"
+    ):
         ckpt.check_optimizer_groups({}, list(GROUP_NAMES), "ck")
 
 

@@ -12,12 +12,26 @@ import pytest
 from run_helpers import REPO, run_env, run_train, scalars, write_run_config
 
 CONTRACT_SCALARS = {
-    "train/loss", "train/lr", "train/grad_norm", "train/tokens", "perf/tokens_per_sec", "perf/tflops_per_gpu",
-    "perf/mfu", "perf/step_time_s", "mem/max_allocated_gb", "eval/loss", "eval/ppl",
-    "sparsity/activation_ratio", "sparsity/dead_neuron_ratio",
-    "sparsity/layer_00/activation_ratio", "sparsity/layer_01/activation_ratio",
-    "sparsity/cett/value", "sparsity/cett/ppl_ratio", "sparsity/cett/activation_ratio",
-    "sparsity/cett/layer_00/activation_ratio", "sparsity/cett/layer_01/activation_ratio",
+    "train/loss",
+    "train/lr",
+    "train/grad_norm",
+    "train/tokens",
+    "perf/tokens_per_sec",
+    "perf/tflops_per_gpu",
+    "perf/mfu",
+    "perf/step_time_s",
+    "mem/max_allocated_gb",
+    "eval/loss",
+    "eval/ppl",
+    "sparsity/activation_ratio",
+    "sparsity/dead_neuron_ratio",
+    "sparsity/layer_00/activation_ratio",
+    "sparsity/layer_01/activation_ratio",
+    "sparsity/cett/value",
+    "sparsity/cett/ppl_ratio",
+    "sparsity/cett/activation_ratio",
+    "sparsity/cett/layer_00/activation_ratio",
+    "sparsity/cett/layer_01/activation_ratio",
 }
 
 
@@ -25,7 +39,9 @@ CONTRACT_SCALARS = {
 def straight_run(tiny_corpus, tmp_path_factory):
     """20 steps without interruption (checkpoints at 10 and 20)."""
     d = tmp_path_factory.mktemp("straight")
-    cfg = write_run_config(d / "run.yaml", tiny_corpus, logging={"dir": str(d / "tb"), "interval": 5, "peak_tflops": 1.0})
+    cfg = write_run_config(
+        d / "run.yaml", tiny_corpus, logging={"dir": str(d / "tb"), "interval": 5, "peak_tflops": 1.0}
+    )
     proc = run_train(cfg)
     return d, proc
 
@@ -70,9 +86,17 @@ def test_resume_is_bit_exact(straight_run, tiny_corpus, tmp_path):
     assert "resumed from" in second.stdout and "at step 10" in second.stdout
 
     a, b = scalars(straight_dir / "tb"), scalars(tmp_path / "tb")
-    for tag in ("train/loss", "train/grad_norm", "train/lr", "train/tokens", "sparsity/activation_ratio",
-                "sparsity/layer_01/activation_ratio", "eval/loss", "sparsity/cett/value",
-                "sparsity/cett/activation_ratio"):
+    for tag in (
+        "train/loss",
+        "train/grad_norm",
+        "train/lr",
+        "train/tokens",
+        "sparsity/activation_ratio",
+        "sparsity/layer_01/activation_ratio",
+        "eval/loss",
+        "sparsity/cett/value",
+        "sparsity/cett/activation_ratio",
+    ):
         assert dict(a[tag]) == dict(b[tag]), f"{tag} differs after resume"
 
 
@@ -87,11 +111,21 @@ def test_keep_last_and_latest(straight_run):
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tiny_corpus, tmp_path):
-    cfg = write_run_config(tmp_path / "run.yaml", tiny_corpus, train={"steps": 100000, "eval_interval": 0},
-                           checkpoint={"dir": str(tmp_path / "ckpt"), "interval": 0, "keep_last": 1},
-                           logging={"dir": str(tmp_path / "tb"), "interval": 1})
-    proc = subprocess.Popen([sys.executable, "-m", "megasparse.train", "--config", str(cfg)], cwd=REPO, env=run_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cfg = write_run_config(
+        tmp_path / "run.yaml",
+        tiny_corpus,
+        train={"steps": 100000, "eval_interval": 0},
+        checkpoint={"dir": str(tmp_path / "ckpt"), "interval": 0, "keep_last": 1},
+        logging={"dir": str(tmp_path / "tb"), "interval": 1},
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "megasparse.train", "--config", str(cfg)],
+        cwd=REPO,
+        env=run_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 300
     for line in proc.stdout:
         if line.startswith("step") or time.time() > deadline:
@@ -116,15 +150,20 @@ def test_bad_config_gives_one_clear_line(tiny_corpus, tmp_path):
 
 
 @pytest.mark.parametrize("zero_stage,checkpointing", [(0, True), (2, False)])
-def test_zero_stages_and_activation_checkpointing_train_the_same(straight_run, tiny_corpus, tmp_path,
-                                                                  zero_stage, checkpointing):
+def test_zero_stages_and_activation_checkpointing_train_the_same(
+    straight_run, tiny_corpus, tmp_path, zero_stage, checkpointing
+):
     """ZeRO stage and activation checkpointing change memory, not the computed trajectory."""
     straight_dir, _ = straight_run
     # Same steps (so the same sample order), stopped after 4 of them.
-    cfg = write_run_config(tmp_path / "run.yaml", tiny_corpus, train={"exit_after_steps": 4, "eval_interval": 0,
-                           "activation_checkpointing": checkpointing},
-                           parallel={"zero_stage": zero_stage}, sparsity={"cett_interval": 0},
-                           logging={"dir": str(tmp_path / "tb"), "interval": 1})
+    cfg = write_run_config(
+        tmp_path / "run.yaml",
+        tiny_corpus,
+        train={"exit_after_steps": 4, "eval_interval": 0, "activation_checkpointing": checkpointing},
+        parallel={"zero_stage": zero_stage},
+        sparsity={"cett_interval": 0},
+        logging={"dir": str(tmp_path / "tb"), "interval": 1},
+    )
     run_train(cfg)
     ref, got = scalars(straight_dir / "tb"), scalars(tmp_path / "tb")
     for (s1, a), (s2, b) in zip(ref["train/loss"][:4], got["train/loss"]):

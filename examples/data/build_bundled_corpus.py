@@ -19,8 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import corpus_sources as cs  # noqa: E402  (sibling module, found through the line above)
+import corpus_sources as cs  # a sibling file: a script's own folder is on sys.path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO_ROOT / "megasparse" / "resources" / "corpus"

@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import corpus_sources as cs  # noqa: E402  (sibling module, found through the line above)
+import corpus_sources as cs  # a sibling file: a script's own folder is on sys.path
 
 # source name -> (artifact key, reader); the order here is the order in the combined file.
 SOURCES: dict[str, tuple[str, Callable[[Path], Iterator[cs.Doc]]]] = {

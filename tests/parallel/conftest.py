@@ -6,15 +6,12 @@ and maps each check's name to None (passed) or the failure text of the rank(s) t
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # spawned children import tp_checks by name
-
-import tp_checks  # noqa: E402
-from spawned_checks import merge_failures, spawn_and_collect  # noqa: E402
+# pytest puts this folder on sys.path (it has no __init__.py), and spawned children inherit it,
+# so they import tp_checks by name.
+import tp_checks
+from spawned_checks import merge_failures, spawn_and_collect
 
 WORLD = 2
 DEADLINE_S = 240

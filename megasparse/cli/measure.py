@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from megasparse.cli.common import command_parser
+from megasparse.config import TOKENIZER_TYPE_NAMES as TOKENIZER_TYPES
 
 EPILOG = """\
 CKPT_OR_RUN_DIR is a checkpoint folder (.../global_stepN) or a directory holding global_stepN
@@ -48,7 +49,16 @@ def build_parser(prog: str = "megasparse measure") -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoints", nargs="+", metavar="CKPT_OR_RUN_DIR")
     p.add_argument("--data", nargs="+", required=True, metavar="PREFIX", help="validation .bin/.idx prefix(es)")
-    p.add_argument("--tokenizer-model", help="appends EOD between documents that lack it (default: as stored)")
+    p.add_argument(
+        "--tokenizer-model",
+        help="SentencePiece .model or Hugging Face tokenizer.json (or its directory): appends its EOD "
+        "between documents that lack it (default: tokens as stored)",
+    )
+    p.add_argument(
+        "--tokenizer-type",
+        choices=TOKENIZER_TYPES,
+        help="Megatron's name for the tokenizer kind (default: inferred from --tokenizer-model)",
+    )
     p.add_argument("--seq-length", type=int, help="tokens per sample (default: the run's data.seq_length)")
     p.add_argument("--batches", type=int, default=10, help="validation batches (default 10)")
     p.add_argument("--micro-batch", type=int, default=4, help="samples per batch (default 4)")
@@ -84,7 +94,7 @@ def main(argv: list[str] | None = None, prog: str = "megasparse measure") -> int
     from megasparse.checkpoint.reader import list_checkpoints
     from megasparse.data.gpt_dataset import DatasetBuildError
     from megasparse.data.indexed_dataset import IndexedDatasetError
-    from megasparse.data.tokenizer import Tokenizer, TokenizerError
+    from megasparse.data.tokenizer import TokenizerError, load_tokenizer
     from megasparse.sparsity.measure import MeasureError, Measurement, MeasureOptions, fixed_batches
 
     try:
@@ -100,7 +110,7 @@ def main(argv: list[str] | None = None, prog: str = "megasparse measure") -> int
             for ext in (".idx", ".bin"):
                 if not os.path.isfile(prefix + ext):
                     raise MeasureError(f"{prefix}{ext}: file not found; --data takes a prefix without .bin/.idx")
-        eod = Tokenizer(args.tokenizer_model).eod_id if args.tokenizer_model else None
+        eod = load_tokenizer(args.tokenizer_model, args.tokenizer_type).eod_id if args.tokenizer_model else None
         batches = fixed_batches(args.data, int(seq), args.batches, args.micro_batch, eod)
         device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
         options = MeasureOptions(

@@ -26,7 +26,7 @@ def check_inputs(cfg: RunConfig) -> None:
                     f"data.{section}: {prefix}.bin/.idx not found; fix the prefix or create the "
                     "files with tools/preprocess_data.py"
                 )
-    if cfg.data.tokenizer_model and not Path(cfg.data.tokenizer_model).is_file():
+    if cfg.data.tokenizer_model and not Path(cfg.data.tokenizer_model).exists():
         raise ConfigError(
             f"data.tokenizer_model: {cfg.data.tokenizer_model} not found; train one with "
             "tools/train_tokenizer.py or fix the path"

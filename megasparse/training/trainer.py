@@ -23,7 +23,7 @@ from megasparse import tags
 from megasparse.checkpoint import engine as ckpt
 from megasparse.config import ConfigError, RunConfig
 from megasparse.data.loader import MicroBatchLoader, build_datasets
-from megasparse.data.tokenizer import Tokenizer
+from megasparse.data.tokenizer import Tokenizer, load_tokenizer
 from megasparse.model.compile_regions import compile_regions
 from megasparse.model.flops import flops_per_token
 from megasparse.model.mup import GROUP_NAMES, mup_param_groups
@@ -94,7 +94,9 @@ class Trainer:
     def _resolve_vocabulary(self) -> Optional[Tokenizer]:
         """The run's tokenizer (if any); ``model.vocab_size`` defaults to its vocabulary."""
         cfg = self.cfg
-        tokenizer = Tokenizer(cfg.data.tokenizer_model) if cfg.data.tokenizer_model else None
+        tokenizer = None
+        if cfg.data.tokenizer_model:
+            tokenizer = load_tokenizer(cfg.data.tokenizer_model, cfg.data.tokenizer_type)
         if cfg.model.vocab_size is None:
             if tokenizer is None:
                 raise ConfigError("model.vocab_size is unset and data.tokenizer_model is missing; set one of them")

@@ -181,12 +181,22 @@ class CheckpointConfig(_Section):
     resume: str = "auto"  # auto | none | path to a checkpoint directory
 
 
+class WandbConfig(_Section):
+    """Weights & Biases, optional (``pip install wandb``); it gets the same tags as TensorBoard."""
+
+    project: str
+    name: Optional[str] = None  # default: the run's `name`
+    mode: Literal["online", "offline", "disabled"] = "online"  # offline: sync later with `wandb sync`
+    dir: Optional[str] = None  # where wandb writes its files; default: logging.dir (else the working directory)
+
+
 class LoggingConfig(_Section):
     dir: Optional[str] = None  # TensorBoard logdir; None disables TensorBoard
     interval: int = Field(10, gt=0)
     console: bool = True
     # Peak dense TFLOP/s per device for perf/mfu; None = from the device name (H100/H200: 989).
     peak_tflops: Optional[float] = Field(None, gt=0)
+    wandb: Optional[WandbConfig] = None
 
 
 class RunConfig(_Section):

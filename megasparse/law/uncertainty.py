@@ -98,6 +98,9 @@ def profile_interval(
 ) -> Optional[ProfileInterval]:
     """The ``level`` profile-likelihood interval of A0 around the fit ``best`` (SSE ``sse_min``).
 
+    Each end is found by stepping away from the fitted A0 (the standard error, doubling) until the
+    statistic exceeds the χ² quantile, then by Brent's method between the last inside and the first
+    outside point. An A0 for which no convergent law exists (alpha, c > 0) counts as outside.
     None when there are no residual degrees of freedom (as many points as parameters), or when
     the profile finds a clearly better optimum than ``best`` (then ``best`` is not a fit to
     build an interval around).
@@ -106,54 +109,51 @@ def profile_interval(
     if n <= len(names) or not sse_min > 0:
         return None
     critical = float(chi2.ppf(level, df=1))
-    i0 = list(names).index("A0")
-    a_hat = float(best[i0])
-    warm = {"p": np.asarray(best, dtype=float)}
-    floor = {"sse": sse_min}
+    best = np.asarray(best, dtype=float)
+    a_hat = float(best[list(names).index("A0")])
+    warm = {"p": best}
+    # a0 -> statistic, so that Brent's method sees the same bracket values as the scan did
+    values: dict[float, float] = {a_hat: -critical}
+    lowest = {"sse": sse_min}
 
     def statistic(a0: float) -> float:
-        """n·ln(SSE(a0)/SSE_min) − critical: negative inside the interval; large where nothing fits."""
-        sse, p = _fit_others(law_fn, jac_fn, names, D, A, a0, [warm["p"], np.asarray(best, dtype=float)])
-        if p is None:
-            return math.nan  # no convergent law with this A0
-        warm["p"] = p  # continuation: the next A0 starts from this one's optimum
-        floor["sse"] = min(floor["sse"], sse)
-        return n * math.log(max(sse, 1e-300) / floor["sse"]) - critical
+        """n·ln(SSE(a0)/SSE_min) − critical: ≤ 0 inside the interval, inf where no law converges."""
+        if a0 not in values:
+            sse, p = _fit_others(law_fn, jac_fn, names, D, A, a0, [warm["p"], best])
+            if p is None:
+                values[a0] = math.inf
+            else:
+                warm["p"] = p  # continuation: the next A0 starts from this one's optimum
+                lowest["sse"] = min(lowest["sse"], sse)
+                values[a0] = n * math.log(max(sse, 1e-300) / sse_min) - critical
+        return values[a0]
 
     step = se_a0 if math.isfinite(se_a0) and se_a0 > 0 else max(abs(a_hat) * 0.01, 1e-4)
     ends = []
     for direction, limit in ((-1, A0_LIMITS[0]), (1, A0_LIMITS[1])):
-        warm["p"] = np.asarray(best, dtype=float)
+        warm["p"] = best
         inside, distance = a_hat, step
         end, open_end = limit, True
-        for _ in range(40):  # doubling: at most 2^40 steps out, far past any limit
+        while True:
             probe = a_hat + direction * distance
             if (probe - limit) * direction >= 0:
                 probe = limit
             value = statistic(probe)
-            if math.isnan(value) and probe == limit:
-                break  # the law degenerates at A0's limit: the data did not bound A0 before it
-            if not value <= 0:  # outside, or no law fits there
-                lo, hi = sorted((inside, probe))
-                try:
-                    end = brentq(lambda a: _finite_or(statistic(a), 1e9), lo, hi, xtol=1e-5)
-                except ValueError:  # a better optimum found on the way moved the threshold: keep the probe
-                    end = probe
+            if value == math.inf and probe == limit:
+                break  # the law degenerates at A0's limit and the data did not bound A0 before it: open
+            if value > 0:
+                end = brentq(lambda a: min(statistic(a), 1e9), *sorted((inside, probe)), xtol=1e-6)
                 open_end = False
                 break
             inside = probe
             if probe == limit:
-                break
+                break  # still inside at A0's limit: open
             distance *= 2
         ends.append((end, open_end))
-    if floor["sse"] < sse_min * (1 - 1e-6):
+    if lowest["sse"] < sse_min * (1 - 1e-6):
         return None
     (low, low_open), (high, high_open) = ends
     return ProfileInterval(low, high, low_open, high_open, level)
-
-
-def _finite_or(value: float, default: float) -> float:
-    return value if math.isfinite(value) else default
 
 
 def trend_contradiction(law: str, D: np.ndarray, A: np.ndarray) -> Optional[str]:

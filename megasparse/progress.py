@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import IO, Iterable, Iterator, Optional, TypeVar
+from typing import IO, Generic, Iterable, Iterator, Optional, TypeVar
 
 MODES = ("auto", "bar", "lines", "off")
 DEFAULT_INTERVAL_S = 30.0
@@ -112,14 +112,11 @@ class Progress:
 
     # ------------------------------------------------------------------------------------------
     @classmethod
-    def wrap(cls, iterable: Iterable[T], desc: str, total: Optional[float] = None, **kwargs) -> Iterator[T]:
-        """Yields the items of ``iterable``, counting one unit per item."""
+    def wrap(cls, iterable: Iterable[T], desc: str, total: Optional[float] = None, **kwargs) -> "ProgressIterable[T]":
+        """``iterable`` counted one unit per item (``set_postfix`` and ``close`` as tqdm's)."""
         if total is None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
-        with cls(desc, total=total, **kwargs) as progress:
-            for item in iterable:
-                yield item
-                progress.update(1)
+        return ProgressIterable(iterable, cls(desc, total=total, **kwargs))
 
     def __enter__(self) -> "Progress":
         return self
@@ -178,3 +175,25 @@ class Progress:
     def _write(self, line: str) -> None:
         self._lines_printed += 1
         print(line, file=self.stream, flush=True)
+
+
+class ProgressIterable(Generic[T]):
+    """What :meth:`Progress.wrap` returns: iterate it like tqdm's wrapper."""
+
+    def __init__(self, iterable: Iterable[T], progress: Progress):
+        self.iterable, self.progress = iterable, progress
+
+    def __iter__(self) -> Iterator[T]:
+        try:
+            for item in self.iterable:
+                yield item
+                self.progress.update(1)
+        finally:
+            self.progress.close()
+
+    def set_postfix(self, text: str = "", **values) -> None:
+        """``set_postfix(cett="0.1234")`` or ``set_postfix("3 shards")``."""
+        self.progress.set_postfix(text or ", ".join(f"{k} {v}" for k, v in values.items()))
+
+    def close(self) -> None:
+        self.progress.close()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from megasparse.cli.common import command_parser
 from megasparse.config import TOKENIZER_TYPE_NAMES as TOKENIZER_TYPES
+from megasparse.progress import Progress
 
 EPILOG = """\
 CKPT_OR_RUN_DIR is a checkpoint folder (.../global_stepN) or a directory holding global_stepN
@@ -81,14 +82,17 @@ def build_parser(prog: str = "megasparse measure") -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--tensorboard", help="also write TensorBoard scalars here")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress (bars with an ETA on a terminal, a line every 30 s in a log)",
+    )
     return p
 
 
 def main(argv: list[str] | None = None, prog: str = "megasparse measure") -> int:
     args = build_parser(prog).parse_args(argv)
     import torch
-    from tqdm import tqdm
 
     from megasparse.checkpoint.engine import CheckpointError
     from megasparse.checkpoint.reader import list_checkpoints
@@ -122,7 +126,10 @@ def main(argv: list[str] | None = None, prog: str = "megasparse measure") -> int
             sidecar=args.sidecar,
             sidecar_into_checkpoint=args.sidecar_into_checkpoint,
         )
-        progress = (lambda it, **kw: it) if args.no_progress else (lambda it, **kw: tqdm(it, **kw))
+
+        def progress(iterable, desc: str, unit: str):
+            return Progress.wrap(iterable, desc, unit=unit, enabled=not args.no_progress)
+
         records = Measurement(infos, batches, options, device=device, progress=progress).run(args.out, args.tensorboard)
     except (CheckpointError, MeasureError, DatasetBuildError, IndexedDatasetError, TokenizerError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)

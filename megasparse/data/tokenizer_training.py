@@ -201,9 +201,10 @@ def train_tokenizer(
         yield from iter_training_sentences(files, list(json_keys), cfg.max_sentence_length, stats, bar)
         bar.close()
         if progress and stats.get("sentences"):
+            # The reading summary itself is the caller's closing line; here only what comes next.
             log(
-                f"{reading_summary(stats, list(json_keys))}; training the {cfg.vocab_size:,}-token "
-                f"{cfg.model_type} model (SentencePiece reports nothing until it is done)"
+                f"training the {cfg.vocab_size:,}-token {cfg.model_type} model on {stats['sentences']:,} lines "
+                "(SentencePiece reports nothing until it is done)"
             )
 
     sentences = sentences_then_announce()

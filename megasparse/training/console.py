@@ -8,6 +8,7 @@ from the launcher's environment (:func:`launch_rank`), which exists before torch
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -51,6 +52,12 @@ def is_console_rank() -> bool:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank() == 0
     return launch_rank() == 0
+
+
+def quiet_other_ranks(rank: int) -> None:
+    """Warnings of the package's loggers (the same on every rank) from rank 0 only."""
+    if rank != 0:
+        logging.getLogger("megasparse").setLevel(logging.ERROR)
 
 
 def warn(message: str) -> None:

@@ -62,6 +62,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self._build_distributed()
+        console.quiet_other_ranks(self.rank)
         self.log = MetricsWriter(cfg.logging.dir, enabled=self.rank == 0, console=cfg.logging.console)
         self.tokenizer = self._resolve_vocabulary()
         eod = self.tokenizer.eod_id if self.tokenizer is not None else None

@@ -120,7 +120,7 @@ def markdown_report(results: Sequence[RunFit], title: str = "Sparsing-Law fits")
             "",
             "Paper values: Table 2 of arXiv 2411.02335. Points the published fit dropped: "
             + ", ".join(f"{r.paper_key} {_skip_text(PAPER_TABLE2[r.paper_key]['skip'])}" for r in released)
-            + ". Compare A0; α, b, c are poorly identified.",
+            + ". Compare A0 and its interval; α, b, c trade off against each other.",
         ]
     notes = [
         (r.curve.name, w)

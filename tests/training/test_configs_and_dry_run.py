@@ -44,8 +44,10 @@ def test_the_paper_runs_are_there():
 
 
 @pytest.mark.parametrize("path", RUNS, ids=_name)
-def test_dry_run_of_every_run_config(path, capsys):
+def test_dry_run_of_every_run_config(path, capsys, tmp_path, monkeypatch):
     import torch.distributed as dist
+
+    monkeypatch.chdir(tmp_path)  # the configs' data paths are relative: none of them exists here
 
     # The quickstart runs on 2 CPU processes with the tokenizer it trains first; the rest on 8 GPUs.
     quickstart = "runs/quickstart" in str(path)

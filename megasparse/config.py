@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -16,6 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 # Choices used by more than one section and by the kernels; defined once here.
 ActivationName = Literal["relu", "silu"]
 KernelImpl = Literal["auto", "reference", "triton"]  # auto: Triton on CUDA, PyTorch elsewhere
+# Megatron's --tokenizer-type names: the first three mean a SentencePiece .model, the last a
+# Hugging Face tokenizer.json (megasparse/data/tokenizer.py).
+TokenizerType = Literal[
+    "SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer", "HuggingFaceTokenizer"
+]
+TOKENIZER_TYPE_NAMES: tuple[str, ...] = get_args(TokenizerType)
 
 
 class ConfigError(ValueError):
@@ -98,7 +104,10 @@ class DataConfig(_Section):
     # One prefix, or [[weight, prefix], ...] pairs (Megatron's --data-path semantics).
     train: list[BlendEntry] = Field(default_factory=list)
     valid: list[BlendEntry] = Field(default_factory=list)
+    # A SentencePiece .model, or a Hugging Face tokenizer.json (or a directory holding one).
     tokenizer_model: Optional[str] = None
+    # None: inferred from tokenizer_model (a directory or .json file is HuggingFaceTokenizer).
+    tokenizer_type: Optional[TokenizerType] = None
     seq_length: int = Field(4096, gt=0)
     # Index cache (doc/sample/shuffle arrays); defaults to a folder beside each prefix.
     cache_dir: Optional[str] = None
@@ -172,12 +181,22 @@ class CheckpointConfig(_Section):
     resume: str = "auto"  # auto | none | path to a checkpoint directory
 
 
+class WandbConfig(_Section):
+    """Weights & Biases, optional (``pip install wandb``); it gets the same tags as TensorBoard."""
+
+    project: str
+    name: Optional[str] = None  # default: the run's `name`
+    mode: Literal["online", "offline", "disabled"] = "online"  # offline: sync later with `wandb sync`
+    dir: Optional[str] = None  # where wandb writes its files; default: logging.dir (else the working directory)
+
+
 class LoggingConfig(_Section):
     dir: Optional[str] = None  # TensorBoard logdir; None disables TensorBoard
     interval: int = Field(10, gt=0)
     console: bool = True
     # Peak dense TFLOP/s per device for perf/mfu; None = from the device name (H100/H200: 989).
     peak_tflops: Optional[float] = Field(None, gt=0)
+    wandb: Optional[WandbConfig] = None
 
 
 class RunConfig(_Section):

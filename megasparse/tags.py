@@ -59,6 +59,10 @@ EVAL_ACTIVATION_RATIO = "eval/activation_ratio"
 EVAL_CETT_ACTIVATION_RATIO = "eval/cett_activation_ratio"
 
 
+# ---------------------------------------------------------------------------- run start
+CONFIG = "config"  # text: the resolved run config as YAML (also written as hparams)
+
+
 # ---------------------------------------------------------------------------- measurement tool
 def measurement(method: str, name: str) -> str:
     """A tag of ``megasparse measure --tensorboard``: ``sparsity/<method>/<name>``, e.g.

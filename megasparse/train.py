@@ -18,6 +18,12 @@ EPILOG = """examples:
   # SLURM (one task per GPU) or MPI
   srun -n 8 python -m megasparse.train --config C.yaml
   mpirun -np 8 python -m megasparse.train --config C.yaml
+  # check a paper-scale config for 8 GPUs before launching it: layout, parameters, memory per GPU
+  python -m megasparse.train --config configs/runs/0.1b-relu.yaml --dry-run --world-size 8
+
+Only global rank 0 prints: a start-up banner, a line per log window (with an ETA), evaluations,
+CETT calibrations and a closing summary. An error found before the processes connect (config,
+layout, data, tokenizer) is printed once, by rank 0; every rank exits with status 2.
 """
 
 
@@ -39,6 +45,19 @@ def parse_args(argv: Optional[list[str]] = None, prog: str = "megasparse.train")
     )
     p.add_argument("--resume", default=None, help="auto | none | CHECKPOINT_DIR (overrides checkpoint.resume)")
     p.add_argument("--print-config", action="store_true", help="print the validated config and exit")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the config and its layout for --world-size processes, print parameter counts and "
+        "memory per GPU for ZeRO 0-3, and exit without starting processes or reading the data",
+    )
+    p.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes (GPUs) of the run for --dry-run and --print-config (default: the launcher's, else 1)",
+    )
     # Passed by the deepspeed launcher; the rank is read from the environment instead.
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -46,6 +65,7 @@ def parse_args(argv: Optional[list[str]] = None, prog: str = "megasparse.train")
 
 def main(argv: Optional[list[str]] = None, prog: str = "megasparse.train") -> int:
     from megasparse.config import ConfigError, load_config
+    from megasparse.training.console import launch_world_size, print_error
 
     args = parse_args(argv, prog)
     overrides = list(args.overrides)
@@ -53,13 +73,28 @@ def main(argv: Optional[list[str]] = None, prog: str = "megasparse.train") -> in
         overrides.append(f"checkpoint.resume={args.resume}")
     try:
         cfg = load_config(args.config, overrides)
+        if args.world_size is not None and args.world_size < 1:
+            raise ConfigError(f"--world-size must be at least 1, got {args.world_size}")
+        world = args.world_size or launch_world_size()
+        if not args.print_config or args.world_size is not None:
+            # Before DeepSpeed is imported and before any process connects: one line from rank 0.
+            cfg.validate_layout(world)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(prog, str(exc))
         return 2
     if args.print_config:
         import yaml
 
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        return 0
+    if args.dry_run:
+        from megasparse.training.dry_run import dry_run
+
+        try:
+            print("\n".join(dry_run(cfg, world)))
+        except ConfigError as exc:
+            print_error(prog, str(exc))
+            return 2
         return 0
 
     from megasparse.training.errors import UserFacingError, user_error_message
@@ -68,7 +103,7 @@ def main(argv: Optional[list[str]] = None, prog: str = "megasparse.train") -> in
     try:
         summary = Trainer(cfg).fit()
     except UserFacingError as exc:
-        print(f"error: {user_error_message(exc)}", file=sys.stderr)
+        print_error(prog, user_error_message(exc))
         return 2
     return 0 if summary is not None else 1
 

@@ -95,15 +95,16 @@ def saved_tensor_parallel(info: CheckpointInfo) -> int:
 def _eod_for(info: CheckpointInfo, config: ModelConfig, eod_token_id: Optional[int]) -> Optional[int]:
     if not config.attention_within_document or eod_token_id is not None:
         return eod_token_id
-    model_path = info.meta.get("run", {}).get("data", {}).get("tokenizer_model")
-    if not model_path or not Path(model_path).is_file():
+    data = info.meta.get("run", {}).get("data", {})
+    model_path = data.get("tokenizer_model")
+    if not model_path or not Path(model_path).exists():
         raise CheckpointError(
             f"{info.path}: the model attends within documents and needs the EOD id, but the "
             f"run's tokenizer ({model_path}) is not available; pass eod_token_id"
         )
-    from megasparse.data.tokenizer import Tokenizer
+    from megasparse.data.tokenizer import load_tokenizer
 
-    return Tokenizer(model_path).eod_id
+    return load_tokenizer(model_path, data.get("tokenizer_type")).eod_id
 
 
 def load_state_dict(info: CheckpointInfo) -> dict[str, torch.Tensor]:

@@ -7,11 +7,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 from megasparse.cli.common import command_parser
 from megasparse.law.data import (
     DEFAULT_RATIO_TAG,
     REFERENCE_CURVES,
+    REFERENCE_PREFIX,
     TOKENS_TAG,
     LawDataError,
     load_curve,
@@ -21,6 +23,7 @@ from megasparse.law.data import (
 from megasparse.law.fit import LAWS, METHODS, PAPER_TABLE2, LawFitError, fit_sparsing_law
 from megasparse.law.report import RunFit, markdown_report, plot_fits, text_table
 from megasparse.law.width_depth import WidthDepthError, fit_bottleneck
+from megasparse.progress import Progress
 
 EPILOG = f"""\
 RUN is one of
@@ -31,11 +34,17 @@ RUN is one of
   ref:NAME, a packaged released curve of the paper: {", ".join("ref:" + n for n in REFERENCE_CURVES)}
 Activation ratios may be fractions or percent (any value > 1 means percent).
 
+Each fit reports A0 (the limit activation ratio) with its standard error and its 95%
+profile-likelihood interval (drawn as a band by --plot; '≤'/'≥' mark an end the data do not
+bound), and warns when the data move against the law (a falling curve fitted with --law silu).
+--law may be left out when every RUN is a ref:NAME, which names its law.
+
 examples:
   # fit a training run's calibrated CETT activation ratio
   megasparse fit runs/0.1b-relu/tb --law relu --json fit.json --plot fit.png
-  # the paper's released 0.1B SiLU curve, dropping the 5 early points the published fit dropped
-  megasparse fit ref:0.1b_silu --law silu --skip-first 5 --report fit.md
+  # the paper's released 0.1B SiLU curve (its law from the name), dropping the 5 early points
+  # the published fit dropped
+  megasparse fit ref:0.1b_silu --skip-first 5 --report fit.md
   # several runs, with the convergence-speed panel (non-embedding params per run)
   megasparse fit ref:0.1b_relu ref:0.8b_relu --law relu --params 1.08e8 7.60e8 --plot relu.png
   # width-depth bottleneck from [{{"ratio": 48, "A0": 0.0614}}, ...]
@@ -56,7 +65,11 @@ def build_parser(prog: str = "megasparse fit") -> argparse.ArgumentParser:
         "paper's Table 2 alongside released runs.",
     )
     p.add_argument("runs", nargs="*", metavar="RUN", help="runs to fit (see below)")
-    p.add_argument("--law", choices=LAWS, help="which law to fit (the gate activation of the runs)")
+    p.add_argument(
+        "--law",
+        choices=LAWS,
+        help="which law to fit (the gate activation of the runs); ref:NAME runs default to their own",
+    )
     p.add_argument(
         "--tag", default=DEFAULT_RATIO_TAG, help=f"activation-ratio scalar tag (default {DEFAULT_RATIO_TAG})"
     )
@@ -100,20 +113,27 @@ def build_parser(prog: str = "megasparse fit") -> argparse.ArgumentParser:
     return p
 
 
-def _fit_runs(args) -> tuple[list[RunFit], int]:
-    from tqdm import tqdm
+def law_of(run: str, law: Optional[str]) -> str:
+    """``--law``, or the law a released run's name carries (``ref:0.1b_relu`` -> relu)."""
+    if law is not None:
+        return law
+    name = run[len(REFERENCE_PREFIX) :] if run.startswith(REFERENCE_PREFIX) else None
+    if name in PAPER_TABLE2:
+        return PAPER_TABLE2[name]["law"]
+    raise LawDataError(f"{run}: --law relu|silu is required (only the released runs, ref:NAME, carry their law)")
 
+
+def _fit_runs(args) -> tuple[list[RunFit], int]:
+    laws = [law_of(run, args.law) for run in args.runs]  # every run checked before any is read
     results = []
-    for run in tqdm(args.runs, desc="fitting", unit="run", disable=len(args.runs) < 4):
+    for run, law in Progress.wrap(list(zip(args.runs, laws)), "fitting", unit="run", enabled=len(args.runs) >= 4):
         curve = load_curve(run, tag=args.tag, tokens_tag=args.tokens_tag)
         skip = args.skip_first
         row = PAPER_TABLE2.get(curve.name)
-        if args.paper_skip and row is not None and row["law"] == args.law and row["skip"] is not None:
+        if args.paper_skip and row is not None and row["law"] == law and row["skip"] is not None:
             skip = row["skip"]
         try:
-            fit = fit_sparsing_law(
-                curve.tokens_b, curve.activation_ratio, args.law, skip_first=skip, method=args.method
-            )
+            fit = fit_sparsing_law(curve.tokens_b, curve.activation_ratio, law, skip_first=skip, method=args.method)
         except LawFitError as e:
             raise LawFitError(f"{curve.source}: {e}") from None
         results.append(RunFit(curve, fit))
@@ -137,8 +157,6 @@ def main(argv: list[str] | None = None, prog: str = "megasparse fit") -> int:
     try:
         if not args.runs and not args.width_depth:
             raise LawDataError("no RUN given (and no --width-depth FILE); see --help")
-        if args.runs and args.law is None:
-            raise LawDataError("--law relu|silu is required to fit runs")
         if args.skip_first < 0:
             raise LawDataError(f"--skip-first must be >= 0, got {args.skip_first}")
         if args.params is not None:

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from megasparse.cli.common import command_parser
+from megasparse.config import TOKENIZER_TYPE_NAMES as TOKENIZER_TYPES
+from megasparse.progress import Progress
 
 EPILOG = """\
 CKPT_OR_RUN_DIR is a checkpoint folder (.../global_stepN) or a directory holding global_stepN
@@ -48,7 +50,16 @@ def build_parser(prog: str = "megasparse measure") -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoints", nargs="+", metavar="CKPT_OR_RUN_DIR")
     p.add_argument("--data", nargs="+", required=True, metavar="PREFIX", help="validation .bin/.idx prefix(es)")
-    p.add_argument("--tokenizer-model", help="appends EOD between documents that lack it (default: as stored)")
+    p.add_argument(
+        "--tokenizer-model",
+        help="SentencePiece .model or Hugging Face tokenizer.json (or its directory): appends its EOD "
+        "between documents that lack it (default: tokens as stored)",
+    )
+    p.add_argument(
+        "--tokenizer-type",
+        choices=TOKENIZER_TYPES,
+        help="Megatron's name for the tokenizer kind (default: inferred from --tokenizer-model)",
+    )
     p.add_argument("--seq-length", type=int, help="tokens per sample (default: the run's data.seq_length)")
     p.add_argument("--batches", type=int, default=10, help="validation batches (default 10)")
     p.add_argument("--micro-batch", type=int, default=4, help="samples per batch (default 4)")
@@ -71,20 +82,23 @@ def build_parser(prog: str = "megasparse measure") -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--tensorboard", help="also write TensorBoard scalars here")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress (bars with an ETA on a terminal, a line every 30 s in a log)",
+    )
     return p
 
 
 def main(argv: list[str] | None = None, prog: str = "megasparse measure") -> int:
     args = build_parser(prog).parse_args(argv)
     import torch
-    from tqdm import tqdm
 
     from megasparse.checkpoint.engine import CheckpointError
     from megasparse.checkpoint.reader import list_checkpoints
     from megasparse.data.gpt_dataset import DatasetBuildError
     from megasparse.data.indexed_dataset import IndexedDatasetError
-    from megasparse.data.tokenizer import Tokenizer, TokenizerError
+    from megasparse.data.tokenizer import TokenizerError, load_tokenizer
     from megasparse.sparsity.measure import MeasureError, Measurement, MeasureOptions, fixed_batches
 
     try:
@@ -100,7 +114,7 @@ def main(argv: list[str] | None = None, prog: str = "megasparse measure") -> int
             for ext in (".idx", ".bin"):
                 if not os.path.isfile(prefix + ext):
                     raise MeasureError(f"{prefix}{ext}: file not found; --data takes a prefix without .bin/.idx")
-        eod = Tokenizer(args.tokenizer_model).eod_id if args.tokenizer_model else None
+        eod = load_tokenizer(args.tokenizer_model, args.tokenizer_type).eod_id if args.tokenizer_model else None
         batches = fixed_batches(args.data, int(seq), args.batches, args.micro_batch, eod)
         device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
         options = MeasureOptions(
@@ -112,7 +126,10 @@ def main(argv: list[str] | None = None, prog: str = "megasparse measure") -> int
             sidecar=args.sidecar,
             sidecar_into_checkpoint=args.sidecar_into_checkpoint,
         )
-        progress = (lambda it, **kw: it) if args.no_progress else (lambda it, **kw: tqdm(it, **kw))
+
+        def progress(iterable, desc: str, unit: str):
+            return Progress.wrap(iterable, desc, unit=unit, enabled=not args.no_progress)
+
         records = Measurement(infos, batches, options, device=device, progress=progress).run(args.out, args.tensorboard)
     except (CheckpointError, MeasureError, DatasetBuildError, IndexedDatasetError, TokenizerError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -15,6 +17,10 @@ EPILOG = """examples:
 
   # merge every dataset in a folder (sorted by name)
   megasparse merge --input-dir data/shards --output-prefix data/corpus_text_document
+
+Inputs made by different tokenizers (as their preprocessing reports record) are refused; inputs
+without a recorded tokenizer are merged with a warning. OUT_report.json records the inputs, the
+tokenizer and the largest token id, as preprocessing does.
 """
 
 
@@ -35,12 +41,20 @@ def main(argv: Optional[list[str]] = None, prog: str = "megasparse merge") -> in
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", metavar="PREFIX", help="dataset prefixes (path without .bin/.idx)")
     source.add_argument("--input-dir", metavar="DIR", help="merge every .bin/.idx pair in DIR, sorted by name")
-    parser.add_argument("--output-prefix", required=True, metavar="OUT", help="writes OUT.bin and OUT.idx")
+    parser.add_argument(
+        "--output-prefix", required=True, metavar="OUT", help="writes OUT.bin, OUT.idx and OUT_report.json"
+    )
     args = parser.parse_args(argv)
+    prog = parser.prog
 
-    from tqdm import tqdm
-
-    from megasparse.data.indexed_dataset import IndexedDataset, IndexedDatasetError, IndexedDatasetWriter
+    from megasparse.data.dataset_report import common_vocabulary, report_path
+    from megasparse.data.indexed_dataset import (
+        IndexedDataset,
+        IndexedDatasetError,
+        IndexedDatasetWriter,
+        data_file_path,
+    )
+    from megasparse.progress import Progress
 
     try:
         prefixes = args.input if args.input else _prefixes_in_dir(args.input_dir)
@@ -53,11 +67,31 @@ def main(argv: Optional[list[str]] = None, prog: str = "megasparse merge") -> in
         if len(dtypes) > 1:
             found = ", ".join(f"{ds.prefix}={ds.dtype}" for ds in inputs)
             raise ValueError(f"inputs have different token dtypes ({found}); merge only data from one tokenizer")
+        tokenizer, max_token_id, unrecorded = common_vocabulary(prefixes)
+        if unrecorded:
+            print(
+                f"{prog}: warning: no tokenizer recorded for {', '.join(unrecorded)} (older or foreign data): "
+                "cannot check that every input was made by the same tokenizer",
+                file=sys.stderr,
+            )
         documents = sum(len(ds) for ds in inputs)
         tokens = sum(ds.num_tokens for ds in inputs)
         with IndexedDatasetWriter(out, inputs[0].dtype) as writer:
-            for prefix in tqdm(prefixes, desc="merging", unit="dataset", disable=len(prefixes) < 2):
-                writer.add_index(prefix)
+            sizes = [os.path.getsize(data_file_path(p)) for p in prefixes]
+            with Progress("merge", total=sum(sizes), unit="B", enabled=len(prefixes) > 1) as progress:
+                for prefix, size in zip(prefixes, sizes):
+                    writer.add_index(prefix)
+                    progress.update(size)
+        report = {
+            "output_prefix": out,
+            "merged_from": prefixes,
+            "documents": documents,
+            "tokens_written": tokens,
+            "dtype": str(inputs[0].dtype),
+            "tokenizer": tokenizer,
+            "max_token_id": max_token_id,
+        }
+        Path(report_path(out)).write_text(json.dumps(report, indent=2) + "\n")
     except (ValueError, OSError) as exc:  # IndexedDatasetError is a ValueError
         msg = str(exc) if isinstance(exc, (ValueError, IndexedDatasetError)) else f"{exc.filename}: {exc.strerror}"
         print(f"{prog}: error: {msg}", file=sys.stderr)

@@ -73,14 +73,26 @@ def build_parser(prog: str = "megasparse tokenizer") -> argparse.ArgumentParser:
     for name in ("unk", "bos", "eos", "pad", "eod"):
         p.add_argument(f"--{name}-id", type=int, default=getattr(C, f"{name}_id"))
     p.add_argument("--verbose", action="store_true", help="show SentencePiece's own log")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress (a bar with the bytes read on a terminal, a line every 30 s in a log)",
+    )
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: str = "megasparse tokenizer") -> int:
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    prog = parser.prog
     from megasparse.data.readers import InputError
     from megasparse.data.tokenizer import TokenizerError
-    from megasparse.data.tokenizer_training import TokenizerTrainingConfig, TokenizerTrainingError, train_tokenizer
+    from megasparse.data.tokenizer_training import (
+        TokenizerTrainingConfig,
+        TokenizerTrainingError,
+        reading_summary,
+        train_tokenizer,
+    )
 
     config = TokenizerTrainingConfig(
         model_type=args.model_type,
@@ -98,11 +110,15 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "megasparse tokenizer
         eod_id=args.eod_id,
         verbose=args.verbose,
     )
+    stats: dict = {}
     try:
-        tok = train_tokenizer(args.input, args.output_prefix, args.json_keys, config)
+        tok = train_tokenizer(
+            args.input, args.output_prefix, args.json_keys, config, stats=stats, progress=not args.no_progress
+        )
     except (InputError, TokenizerError, TokenizerTrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    print(reading_summary(stats, args.json_keys))
     print(f"wrote {args.output_prefix}.model and {args.output_prefix}.vocab: {tok}")
     return 0
 

@@ -181,7 +181,9 @@ class MicroBatchLoader:
         if saved_len is not None and saved_len != len(self.dataset):
             # Not fatal (e.g. the run was extended), but the sample order is no longer the same.
             logger.warning(
-                "resuming a loader saved over %d samples on a dataset of %d: the data order differs",
+                "resuming a loader saved over %d samples on a dataset of %d (train.steps changed?): the "
+                "samples after the resume point come from a new shuffle, so some may repeat samples already "
+                "seen and others be skipped; resume with the original train.steps to continue the same order",
                 saved_len,
                 len(self.dataset),
             )

@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from megasparse.data.indexed_dataset import IndexedDatasetWriter, token_dtype_for_vocab
+from megasparse.data.input_progress import InputProgress, chunk_amount
 from megasparse.data.readers import (
     INVALID_UTF8,
     REASONS,
@@ -34,7 +35,8 @@ from megasparse.data.readers import (
     iter_raw_chunks,
     resolve_inputs,
 )
-from megasparse.data.tokenizer import Tokenizer
+from megasparse.data.tokenizer import Tokenizer, load_tokenizer
+from megasparse.progress import Progress
 
 MAX_EXAMPLES_PER_REASON = 5
 
@@ -64,6 +66,7 @@ class KeyReport:
     output_prefix: str
     documents_written: int = 0
     tokens_written: int = 0
+    max_token_id: int = -1  # the largest id written (-1: none); training checks it against the vocabulary
     skipped: dict[str, int] = field(default_factory=lambda: {r: 0 for r in REASONS})
     examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> first locations
 
@@ -79,6 +82,8 @@ class PreprocessReport:
     inputs: list[str]
     output_prefix: str
     tokenizer_model: str
+    # Tokenizer.identity(): type, path, sha256, vocab_size, eod_id (megasparse/data/dataset_report.py)
+    tokenizer: dict
     append_eod: bool
     workers: int
     chunk_size: int
@@ -91,6 +96,10 @@ class PreprocessReport:
     @property
     def tokens_written(self) -> int:
         return sum(k.tokens_written for k in self.keys.values())
+
+    @property
+    def max_token_id(self) -> int:
+        return max((k.max_token_id for k in self.keys.values()), default=-1)
 
     @property
     def docs_per_sec(self) -> float:
@@ -107,6 +116,7 @@ class PreprocessReport:
             d["keys"][key]["documents_skipped"] = kr.documents_skipped
         d.update(
             tokens_written=self.tokens_written,
+            max_token_id=self.max_token_id,
             docs_per_sec=self.docs_per_sec,
             tokens_per_sec=self.tokens_per_sec,
             mb_per_sec=self.input_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0,
@@ -152,8 +162,10 @@ class _ChunkResult:
 _worker_state: dict = {}
 
 
-def _init_worker(tokenizer_model: str, keys: Sequence[str], append_eod: bool, dtype: str) -> None:
-    tok = Tokenizer(tokenizer_model)
+def _init_worker(
+    tokenizer_model: str, keys: Sequence[str], append_eod: bool, dtype: str, tokenizer_type: Optional[str] = None
+) -> None:
+    tok = load_tokenizer(tokenizer_model, tokenizer_type)
     _worker_state.update(
         tokenizer=tok, keys=list(keys), dtype=np.dtype(dtype), append_id=tok.eod_id if append_eod else None
     )
@@ -263,6 +275,7 @@ def preprocess(
     log_interval: int = 0,
     max_in_flight: Optional[int] = None,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+    tokenizer_type: Optional[str] = None,
 ) -> PreprocessReport:
     """Tokenizes the inputs into one ``.bin/.idx`` pair per key and writes the report JSON.
 
@@ -276,7 +289,7 @@ def preprocess(
     if workers < 1 or chunk_size < 1:
         raise InputError(f"workers ({workers}) and chunk size ({chunk_size}) must be at least 1")
     files = resolve_inputs(inputs)
-    tok = Tokenizer(tokenizer_model)
+    tok = load_tokenizer(tokenizer_model, tokenizer_type)
     if append_eod and tok.eod_id < 0:
         raise InputError(f"{tokenizer_model}: the model has neither <eod> nor </s>; cannot --append-eod")
     dtype = token_dtype_for_vocab(tok.vocab_size)
@@ -284,6 +297,7 @@ def preprocess(
         inputs=files,
         output_prefix=str(output_prefix),
         tokenizer_model=str(tokenizer_model),
+        tokenizer=tok.identity(),
         append_eod=append_eod,
         workers=workers,
         chunk_size=chunk_size,
@@ -292,10 +306,16 @@ def preprocess(
     )
     for key in keys:
         report.keys[key] = KeyReport(key, output_prefix_for_key(str(output_prefix), key))
-    init_args = (str(tokenizer_model), keys, append_eod, dtype.name)
+    init_args = (str(tokenizer_model), keys, append_eod, dtype.name, tok.tokenizer_type)
     in_flight = max_in_flight or 2 * workers + 2
+    # Results come back in input order, so a FIFO of the chunks' sources and sizes lines up with them.
+    meter = InputProgress(files)
+    dispatched: deque = deque()
 
-    from tqdm import tqdm
+    def metered(chunks: Iterable[RawChunk]) -> Iterator[RawChunk]:
+        for chunk in chunks:
+            dispatched.append((chunk.source, chunk_amount(chunk)))
+            yield chunk
 
     writers: list[IndexedDatasetWriter] = []
     bar = None
@@ -303,17 +323,18 @@ def preprocess(
     finished = False
     try:
         writers = [IndexedDatasetWriter(report.keys[k].output_prefix, dtype) for k in keys]
-        bar = tqdm(unit="doc", disable=not progress, dynamic_ncols=True, desc="preprocess")
+        bar = Progress("preprocess", total=meter.total, unit="B", enabled=progress)
         next_log = log_interval
         chunks = iter_raw_chunks(files, keys, chunk_size, allow_text=False)
-        for result in chunk_map(chunks):
+        for result in chunk_map(metered(chunks)):
             _account(report, keys, result, strict)
             for writer, kres in zip(writers, result.keys):
                 writer.add_documents_from_buffer(kres.tokens, kres.lengths)
             report.documents_read += result.records
-            bar.update(result.records)
+            done = meter.advance(*dispatched.popleft())
+            bar.update(done - bar.n)
             elapsed = time.perf_counter() - start
-            bar.set_postfix_str(f"{report.tokens_written / max(elapsed, 1e-9):,.0f} tok/s", refresh=False)
+            bar.set_postfix(f"{report.documents_read:,} docs, {report.tokens_written / max(elapsed, 1e-9):,.0f} tok/s")
             if log_interval and report.documents_read >= next_log:
                 log(
                     f"processed {report.documents_read:,} documents, {report.tokens_written:,} tokens, "
@@ -322,6 +343,7 @@ def preprocess(
                 next_log = (report.documents_read // log_interval + 1) * log_interval
         for writer in writers:
             writer.finalize()
+        bar.update(meter.finish() - bar.n)
         finished = True
     except BaseException:
         for writer in writers:
@@ -352,6 +374,8 @@ def _account(report: PreprocessReport, keys: list[str], result: _ChunkResult, st
         kr = report.keys[key]
         kr.documents_written += int(kres.lengths.size)
         kr.tokens_written += int(kres.tokens.size)
+        if kres.tokens.size:
+            kr.max_token_id = max(kr.max_token_id, int(kres.tokens.max()))
         for number, reason, _ in kres.bad:
             kr.skipped[reason] += 1
             examples = kr.examples.setdefault(reason, [])

@@ -13,12 +13,15 @@ characters "<eod>" is encoded as ordinary text and never produces the document s
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
-from megasparse.data.readers import InputError, iter_documents, resolve_inputs
-from megasparse.data.tokenizer import EOD_PIECE, Tokenizer
+from megasparse.data.input_progress import InputProgress, chunk_amount
+from megasparse.data.readers import REASONS, BadValue, InputError, decode_chunk, iter_raw_chunks, resolve_inputs
+from megasparse.data.tokenizer import EOD_PIECE, Tokenizer, load_tokenizer
+from megasparse.progress import Progress
 
 DEFAULT_UNK_ID, DEFAULT_BOS_ID, DEFAULT_EOS_ID, DEFAULT_PAD_ID, DEFAULT_EOD_ID = 0, 1, 2, 3, 4
 MODEL_TYPES = ("bpe", "unigram")
@@ -78,24 +81,66 @@ def _split_long_line(line: str, max_bytes: int) -> Iterator[str]:
 
 
 def iter_training_sentences(
-    files: Sequence[str], json_keys: Sequence[str], max_bytes: int, stats: Optional[dict] = None
+    files: Sequence[str],
+    json_keys: Sequence[str],
+    max_bytes: int,
+    stats: Optional[dict] = None,
+    progress: Optional[Progress] = None,
 ) -> Iterator[str]:
-    """Non-empty lines of every document, as the SentencePiece trainer wants them."""
-    for doc in iter_documents(files, json_keys):
-        if stats is not None:
-            stats["documents"] = stats.get("documents", 0) + 1
-        for line in doc.split("\n"):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                line.encode("utf-8")
-            except UnicodeEncodeError:  # lone surrogates from a "\ud800" JSON escape
-                continue
-            for piece in _split_long_line(line, max_bytes):
-                if stats is not None:
-                    stats["sentences"] = stats.get("sentences", 0) + 1
-                yield piece
+    """Non-empty lines of every document, as the SentencePiece trainer wants them.
+
+    ``stats`` receives ``records`` (read), ``documents`` (texts used), ``sentences`` and
+    ``skipped`` (per reason of :data:`~megasparse.data.readers.REASONS`, one per record and key:
+    preprocessing's accounting). ``progress`` advances by the input bytes read.
+    """
+    stats = {} if stats is None else stats
+    stats.update(records=0, documents=0, sentences=0, skipped={})
+    skipped: dict[str, int] = stats["skipped"]
+    meter = InputProgress(files) if progress is not None else None
+    for chunk in iter_raw_chunks(files, list(json_keys), chunk_size=1000, allow_text=True):
+        records = decode_chunk(chunk, list(json_keys))
+        stats["records"] += len(records)
+        for values in records:
+            for value in values:
+                if isinstance(value, BadValue):
+                    skipped[value.reason] = skipped.get(value.reason, 0) + 1
+                    continue
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:  # lone surrogates from a "\ud800" JSON escape
+                    skipped["invalid_utf8"] = skipped.get("invalid_utf8", 0) + 1
+                    continue
+                stats["documents"] += 1
+                for line in value.split("\n"):
+                    line = line.strip()
+                    if not line:
+                        continue
+                    for piece in _split_long_line(line, max_bytes):
+                        stats["sentences"] += 1
+                        yield piece
+        if meter is not None and progress is not None:
+            progress.update(meter.advance(chunk.source, chunk_amount(chunk)) - progress.n)
+
+
+def reading_summary(stats: dict, keys: Sequence[str]) -> str:
+    """``read 2,165 records = used 2,160 + skipped 5 (missing_key 5); 41,230 lines``."""
+    skipped = stats.get("skipped", {})
+    reasons = ", ".join(f"{r} {skipped[r]:,}" for r in REASONS if skipped.get(r)) or "none"
+    per = f" × {len(keys)} keys" if len(keys) > 1 else ""
+    return (
+        f"read {stats.get('records', 0):,} records{per} = used {stats.get('documents', 0):,} + skipped "
+        f"{sum(skipped.values()):,} ({reasons}); {stats.get('sentences', 0):,} lines for the trainer"
+    )
+
+
+# SentencePiece's messages name its own flags; say ours instead.
+_OUR_FLAGS = ("character_coverage", "vocab_size", "input_sentence_size", "max_sentence_length", "model_type")
+
+
+def _with_our_flag_names(message: str) -> str:
+    for name in _OUR_FLAGS:
+        message = message.replace(f"--{name}", f"--{name.replace('_', '-')}")
+    return message
 
 
 def _special_ids_check(cfg: TokenizerTrainingConfig) -> None:
@@ -124,11 +169,16 @@ def train_tokenizer(
     output_prefix: str,
     json_keys: Sequence[str] = ("text",),
     config: Optional[TokenizerTrainingConfig] = None,
+    stats: Optional[dict] = None,
+    progress: bool = False,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
 ) -> Tokenizer:
     """Trains a SentencePiece model on the inputs; writes ``{output_prefix}.model`` and ``.vocab``.
 
     ``inputs`` are files, globs or directories of jsonl (.gz/.zst), parquet, arrow or text.
-    Returns the trained model loaded as a :class:`Tokenizer`.
+    ``stats`` receives the reading counts (:func:`iter_training_sentences`); ``progress`` shows
+    the input bytes read (:class:`~megasparse.progress.Progress`) and a line when the trainer
+    starts. Returns the trained model loaded as a :class:`Tokenizer`.
     """
     import sentencepiece as spm
 
@@ -143,8 +193,21 @@ def train_tokenizer(
     files = resolve_inputs(inputs)
     Path(output_prefix).parent.mkdir(parents=True, exist_ok=True)
 
-    stats: dict = {}
-    sentences = iter_training_sentences(files, list(json_keys), cfg.max_sentence_length, stats)
+    stats = {} if stats is None else stats
+    bar = Progress("reading", total=None, unit="B", enabled=progress)
+    bar.set_total(sum(os.path.getsize(f) for f in files))
+
+    def sentences_then_announce() -> Iterator[str]:
+        yield from iter_training_sentences(files, list(json_keys), cfg.max_sentence_length, stats, bar)
+        bar.close()
+        if progress and stats.get("sentences"):
+            # The reading summary itself is the caller's closing line; here only what comes next.
+            log(
+                f"training the {cfg.vocab_size:,}-token {cfg.model_type} model on {stats['sentences']:,} lines "
+                "(SentencePiece reports nothing until it is done)"
+            )
+
+    sentences = sentences_then_announce()
     kwargs = dict(
         sentence_iterator=sentences,
         model_prefix=str(output_prefix),
@@ -177,11 +240,16 @@ def train_tokenizer(
     except RuntimeError as e:
         message = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
         if not stats.get("sentences"):
-            raise TokenizerTrainingError(f"{', '.join(files)}: no usable text found for keys {list(json_keys)}") from e
-        raise TokenizerTrainingError(f"SentencePiece training failed: {message}") from e
+            raise TokenizerTrainingError(
+                f"{', '.join(files)}: no usable text found for keys {list(json_keys)} "
+                f"({reading_summary(stats, list(json_keys))})"
+            ) from e
+        raise TokenizerTrainingError(f"SentencePiece training failed: {_with_our_flag_names(message)}") from e
+    finally:
+        bar.close()
     if not os.path.isfile(f"{output_prefix}.model"):
         raise TokenizerTrainingError(f"{output_prefix}.model was not written")
-    tok = Tokenizer(f"{output_prefix}.model")
+    tok = load_tokenizer(f"{output_prefix}.model")
     if cfg.eod_id >= 0 and tok.eod_id != cfg.eod_id:
         raise TokenizerTrainingError(f"trained model has <eod> at {tok.eod_id}, expected {cfg.eod_id}")
     return tok

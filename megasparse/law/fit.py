@@ -10,7 +10,9 @@ conditioned: alpha, b and c trade off against each other and only A0 (the limit 
 ratio) is robust. So we fit from many starts (the paper's Table 2 values plus starts derived
 from the data), with both the paper's unbounded LM and a bounded trust-region solver, discard
 physically impossible optima (A0 < 0, c <= 0, alpha <= 0) and keep the lowest squared error.
-Poorly identified parameters are reported as warnings, never as a crash.
+Poorly identified parameters are reported as warnings, never as a crash. How sure A0 is comes
+as a 95% profile-likelihood interval (law/uncertainty.py), and a curve that moves against the
+law's direction is reported.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
+
+from megasparse.law.uncertainty import ProfileInterval, profile_interval, trend_contradiction
 
 LAWS = ("relu", "silu")
 PARAM_NAMES: dict[str, tuple[str, ...]] = {"relu": ("alpha", "b", "c", "A0"), "silu": ("alpha", "c", "A0")}
@@ -125,6 +129,7 @@ class LawFit:
     warnings: list[str] = field(default_factory=list)
     ok: bool = True
     error: str | None = None
+    a0_interval: ProfileInterval | None = None  # 95% profile likelihood; None without spare points
 
     def predict(self, D: np.ndarray) -> np.ndarray:
         return law_value(self.law, D, self.params)  # type: ignore[arg-type]
@@ -139,6 +144,14 @@ class LawFit:
         for name in ("alpha", "b", "c", "A0"):
             out[name] = clean(self.params.get(name))
             out[f"{name}_se"] = clean(self.stderr.get(name))
+        ci = self.a0_interval
+        out.update(
+            A0_ci_low=clean(ci.low) if ci else None,
+            A0_ci_high=clean(ci.high) if ci else None,
+            # an open end: the data do not bound A0 on that side (the value is A0's limit, 0 or 1)
+            A0_ci_open=[ci.low_open, ci.high_open] if ci else None,
+            A0_ci_level=ci.level if ci else None,
+        )
         out.update(
             mae=clean(self.mae),
             sse=clean(self.sse),
@@ -218,10 +231,19 @@ def _identification_warnings(law: str, p: np.ndarray, se: np.ndarray, cov_ok: bo
     elif not cov_ok:
         out.append("covariance could not be estimated (singular Jacobian): parameters are not identified")
     else:
+        poor = []
         for name, value, s in zip(names, p, se):
             rel = s / abs(value) if value != 0 else math.inf
             if rel > POOR_RELATIVE_SE:
-                out.append(f"{name} poorly identified (relative std. error {rel:.3g})")
+                poor.append((name, rel))
+        shape = [(n, r) for n, r in poor if n != "A0"]
+        if shape:
+            # One line: alpha, b and c trade off against each other on most real curves.
+            out.append(
+                f"{', '.join(n for n, _ in shape)} poorly identified (relative std. error "
+                f"{', '.join(f'{r:.3g}' for _, r in shape)}): they trade off; compare A0 and its interval"
+            )
+        out += [f"A0 poorly identified (relative std. error {r:.3g})" for n, r in poor if n == "A0"]
     lo, hi = _BOUNDS[law]
     a0 = dict(zip(names, p))["A0"]
     if a0 <= lo[-1] + 1e-9:
@@ -238,11 +260,13 @@ def fit_sparsing_law(
     method: str = "auto",
     starts: Iterable[Sequence[float]] | None = None,
     max_nfev: int = 5000,
+    interval: bool = True,
 ) -> LawFit:
     """Fit one curve. tokens_b: tokens passed in billions (> 0); activation_ratio: fractions.
 
     method: "lm" (the paper's unbounded Levenberg-Marquardt), "trf" (bounded trust region) or
     "auto" (both, from every start; best admissible SSE wins, LM preferred on ties).
+    ``interval``: also the 95% profile-likelihood interval of A0 (``a0_interval``).
     Raises LawFitError for unusable input; a fit that fails from every start returns ok=False.
     """
     _check_law(law)
@@ -269,6 +293,9 @@ def fit_sparsing_law(
             f"(need at least {len(names)}, one per parameter)"
         )
 
+    contradiction = trend_contradiction(law, D, A)
+    if contradiction:
+        notes.append(contradiction)
     candidates = [tuple(map(float, s)) for s in (starts if starts is not None else default_starts(law, D, A))]
     solvers = ("lm", "trf") if method == "auto" else (method,)
     best = None
@@ -311,6 +338,12 @@ def fit_sparsing_law(
     if law == "silu":
         params["b"], stderr["b"] = None, None
     mae = float(np.mean(np.abs(law_value(law, D, params) - A)))  # type: ignore[arg-type]
+    ci = None
+    if interval:
+        se_a0 = float(se[list(names).index("A0")])
+        ci = profile_interval(_LAW_FUNCS[law], _LAW_JACS[law], names, D, A, np.asarray(p, dtype=float), sse, se_a0)
+        if ci is None and n > len(names):
+            notes.append("no interval for A0: its profile likelihood found a better optimum than the fit")
     return LawFit(
         law=law,
         params=params,
@@ -321,4 +354,5 @@ def fit_sparsing_law(
         skipped=skip_first,
         method=solver,
         warnings=notes,
+        a0_interval=ci,
     )

@@ -40,9 +40,17 @@ def _num(x: float | None, fmt: str = ".3g") -> str:
     return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
 
 
+def _interval(fit: LawFit) -> str:
+    """``[0.0496, 0.0676]``; ``≤``/``≥`` mark an end the data do not bound."""
+    ci = fit.a0_interval
+    if not fit.ok or ci is None:
+        return "–"
+    return f"[{'≤' if ci.low_open else ''}{ci.low:.4f}, {'≥' if ci.high_open else ''}{ci.high:.4f}]"
+
+
 def text_table(results: Sequence[RunFit]) -> str:
     """Fixed-width table for stdout: one line per run."""
-    head = ("run", "law", "n", "skip", "alpha", "b", "c", "A0", "A0_se", "MAE", "warn")
+    head = ("run", "law", "n", "skip", "alpha", "b", "c", "A0", "A0 95% interval", "A0_se", "MAE", "warn")
     rows = [head]
     for r in results:
         f = r.fit
@@ -57,6 +65,7 @@ def text_table(results: Sequence[RunFit]) -> str:
                 _num(p.get("b")),
                 _num(p.get("c")),
                 _num(p.get("A0"), ".4f"),
+                _interval(f),
                 _num(se.get("A0"), ".2g"),
                 _num(f.mae, ".2e"),
                 "FAILED" if not f.ok else str(len(f.warnings) + len(r.curve.notes)),
@@ -76,9 +85,11 @@ def markdown_report(results: Sequence[RunFit], title: str = "Sparsing-Law fits")
         "A0 is the limit activation ratio; it is the robust quantity, α, b, c trade off "
         "against each other.",
         "",
-        "| run | law | points | skipped | α | b | c | A0 (± s.e.) | MAE | method | paper α | paper b | paper c "
-        "| paper A0 | ΔA0 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "A0's interval is the 95% profile-likelihood interval (≤ or ≥: the data do not bound that end).",
+        "",
+        "| run | law | points | skipped | α | b | c | A0 (± s.e.) | A0 95% interval | MAE | method | paper α "
+        "| paper b | paper c | paper A0 | ΔA0 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         f, p = r.fit, r.fit.params
@@ -92,6 +103,7 @@ def markdown_report(results: Sequence[RunFit], title: str = "Sparsing-Law fits")
             _num(p.get("b")),
             _num(p.get("c")),
             a0,
+            _interval(f),
             _num(f.mae, ".2e"),
             f.method,
         ]
@@ -108,7 +120,7 @@ def markdown_report(results: Sequence[RunFit], title: str = "Sparsing-Law fits")
             "",
             "Paper values: Table 2 of arXiv 2411.02335. Points the published fit dropped: "
             + ", ".join(f"{r.paper_key} {_skip_text(PAPER_TABLE2[r.paper_key]['skip'])}" for r in released)
-            + ". Compare A0; α, b, c are poorly identified.",
+            + ". Compare A0 and its interval; α, b, c trade off against each other.",
         ]
     notes = [
         (r.curve.name, w)
@@ -126,8 +138,18 @@ def _skip_text(skip: int | None) -> str:
 
 
 def plot_fits(results: Sequence[RunFit], out_png: str | Path, params: Sequence[float] | None = None) -> None:
-    """Data and fitted curve per run (activation ratio in %); with `params` (non-embedding parameter
-    count per run) a second panel shows d(1 - A)/dD against the data-scale ratio tokens/params."""
+    """Writes :func:`fit_figure` to ``out_png``."""
+    import matplotlib.pyplot as plt
+
+    fig = fit_figure(results, params)
+    fig.savefig(str(out_png), dpi=120)
+    plt.close(fig)
+
+
+def fit_figure(results: Sequence[RunFit], params: Sequence[float] | None = None):
+    """Data, fitted curve, A0 and its 95% interval (a band) per run, activation ratio in %; with
+    `params` (non-embedding parameter count per run) a second panel shows d(1 - A)/dD against the
+    data-scale ratio tokens/params. Returns the matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,9 +174,27 @@ def plot_fits(results: Sequence[RunFit], out_png: str | Path, params: Sequence[f
                 label=f"{r.fit.law} fit, A0={100 * r.fit.params['A0']:.2f}%",
             )
             ax.axhline(100 * r.fit.params["A0"], color=color, ls=":", lw=0.8)
+            ci = r.fit.a0_interval
+            if ci is not None:
+                label = f"A0 95% interval {ci.text()}"
+                ax.axhspan(100 * ci.low, 100 * ci.high, color=color, alpha=0.12, lw=0, label=label)
+    # The y range follows the data, the limits and the bounded interval ends; an end the data do
+    # not bound (0 or 100%) would flatten the curves.
+    shown = [100 * v for r in results for v in r.curve.activation_ratio]
+    for r in results:
+        if r.fit.ok:
+            shown.append(100 * r.fit.params["A0"])
+            ci = r.fit.a0_interval
+            if ci is not None:
+                shown += ([] if ci.low_open else [100 * ci.low]) + ([] if ci.high_open else [100 * ci.high])
+    if shown:
+        pad = 0.08 * (max(shown) - min(shown) or 1.0)
+        ax.set_ylim(max(min(shown) - pad, 0.0), min(max(shown) + pad, 100.0))
     ax.set_xlabel("tokens passed (B)")
     ax.set_ylabel("activation ratio (%)")
-    ax.set_title("activation ratio vs data")
+    names = ", ".join(r.curve.name for r in results[:3]) + (", …" if len(results) > 3 else "")
+    laws = " and ".join(sorted({r.fit.law for r in results}))
+    ax.set_title(f"Sparsing law ({laws}): {names}", fontsize=9)
     ax.legend(fontsize=7)
     if params is not None:
         ax2 = axes[0][1]
@@ -170,5 +210,4 @@ def plot_fits(results: Sequence[RunFit], out_png: str | Path, params: Sequence[f
         ax2.set_title("sparsity slope (convergence speed)")
         ax2.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(str(out_png), dpi=120)
-    plt.close(fig)
+    return fig

@@ -1,4 +1,5 @@
-"""TensorBoard and console output (tags: megasparse/tags.py, docs/tensorboard.md). Only global rank 0 writes."""
+"""TensorBoard, Weights & Biases and console output (tags: megasparse/tags.py, docs/tensorboard.md).
+Only global rank 0 writes."""
 
 from __future__ import annotations
 
@@ -34,23 +35,48 @@ def max_memory_gb(device: torch.device) -> float:
 
 
 class MetricsWriter:
-    """Writes scalars and histograms on rank 0; a no-op elsewhere or without a logdir."""
+    """Writes scalars and histograms on rank 0; a no-op elsewhere or without a logdir.
 
-    def __init__(self, logdir: Optional[str], enabled: bool, console: bool = True):
+    ``wandb_run`` (a :class:`~megasparse.training.wandb_logger.WandbRun`) receives every scalar
+    and histogram under the same tag and step as TensorBoard.
+    """
+
+    def __init__(self, logdir: Optional[str], enabled: bool, console: bool = True, wandb_run=None):
         self.console = console and enabled
         self.writer = None
+        self.wandb = wandb_run if enabled else None
         if enabled and logdir:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=logdir)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        if self.writer is not None and value is not None and math.isfinite(float(value)):
-            self.writer.add_scalar(tag, float(value), step)
+        self.scalars({tag: value}, step)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        for tag, value in values.items():
-            self.scalar(tag, value, step)
+        finite = {t: float(v) for t, v in values.items() if v is not None and math.isfinite(float(v))}
+        if self.writer is not None:
+            for tag, value in finite.items():
+                self.writer.add_scalar(tag, value, step)
+        if self.wandb is not None:
+            self.wandb.scalars(finite, step)
+
+    def config(self, run_config: dict, metrics: list[str]) -> None:
+        """The resolved config as TensorBoard text (YAML) and hparams (``metrics``: the tags the
+        HParams dashboard shows next to them)."""
+        if self.writer is None:
+            return
+        import yaml
+        from torch.utils.tensorboard.summary import hparams
+
+        from megasparse.training.wandb_logger import flat_config
+
+        text = yaml.safe_dump(run_config, sort_keys=False)
+        # Markdown: indent four spaces so TensorBoard shows the YAML as code.
+        self.writer.add_text(tags.CONFIG, "\n".join("    " + line for line in text.splitlines()), 0)
+        experiment, session_start, session_end = hparams(flat_config(run_config), {m: 0.0 for m in metrics})
+        for summary in (experiment, session_start, session_end):
+            self.writer.file_writer.add_summary(summary)
 
     def sparsity(
         self, snap: CounterSnapshot, step: int, histograms: bool = True, dead_below: float = 0.001
@@ -69,10 +95,13 @@ class MetricsWriter:
             for i, layer in enumerate(snap.layer_ids):
                 out[tags.layer_activation_ratio(layer, tags.CETT)] = float(thr[i])
         self.scalars(out, step)
-        if histograms and self.writer is not None:
+        if histograms and (self.writer is not None or self.wandb is not None):
             freq = snap.neuron_frequency()
             for i, layer in enumerate(snap.layer_ids):
-                self.writer.add_histogram(tags.neuron_frequency(layer), freq[i].numpy(), step)
+                if self.writer is not None:
+                    self.writer.add_histogram(tags.neuron_frequency(layer), freq[i].numpy(), step)
+                if self.wandb is not None:
+                    self.wandb.histogram(tags.neuron_frequency(layer), freq[i].numpy(), step)
         return out
 
     def line(self, text: str) -> None:
@@ -86,3 +115,6 @@ class MetricsWriter:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            self.wandb.close()
+            self.wandb = None

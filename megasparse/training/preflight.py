@@ -12,6 +12,9 @@ import torch
 from megasparse.config import ConfigError, RunConfig
 from megasparse.data.indexed_dataset import dataset_exists
 from megasparse.data.loader import parse_blend
+from megasparse.training import console
+from megasparse.training.data_checks import check_data_vocabulary
+from megasparse.training.wandb_logger import require_wandb
 
 
 def check_inputs(cfg: RunConfig) -> None:
@@ -26,11 +29,13 @@ def check_inputs(cfg: RunConfig) -> None:
                     f"data.{section}: {prefix}.bin/.idx not found; fix the prefix or create the "
                     "files with tools/preprocess_data.py"
                 )
-    if cfg.data.tokenizer_model and not Path(cfg.data.tokenizer_model).is_file():
+    if cfg.data.tokenizer_model and not Path(cfg.data.tokenizer_model).exists():
         raise ConfigError(
             f"data.tokenizer_model: {cfg.data.tokenizer_model} not found; train one with "
             "tools/train_tokenizer.py or fix the path"
         )
+    check_data_vocabulary(cfg, warn=console.warn)
+    require_wandb(cfg)
 
 
 def resolve_device(cfg: RunConfig) -> torch.device:

@@ -23,7 +23,7 @@ from megasparse import tags
 from megasparse.checkpoint import engine as ckpt
 from megasparse.config import ConfigError, RunConfig
 from megasparse.data.loader import MicroBatchLoader, build_datasets
-from megasparse.data.tokenizer import Tokenizer
+from megasparse.data.tokenizer import Tokenizer, load_tokenizer
 from megasparse.model.compile_regions import compile_regions
 from megasparse.model.flops import flops_per_token
 from megasparse.model.mup import GROUP_NAMES, mup_param_groups
@@ -38,6 +38,7 @@ from megasparse.sparsity.counters import (
 )
 from megasparse.sparsity.live_calibration import LiveCalibrator, heldout_batches
 from megasparse.sparsity.reduction import counter_groups, reduce_counters
+from megasparse.training import console
 from megasparse.training.deepspeed_config import build_deepspeed_config, merge_config
 from megasparse.training.distributed import init_distributed
 from megasparse.training.lm_loss import CausalLMLoss
@@ -47,6 +48,7 @@ from megasparse.training.preflight import check_counter_impl, check_inputs, reso
 from megasparse.training.progress import Progress, Window
 from megasparse.training.schedule import build_scheduler
 from megasparse.training.signals import StopSignal
+from megasparse.training.wandb_logger import WandbRun
 
 
 class Trainer:
@@ -60,6 +62,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self._build_distributed()
+        console.quiet_other_ranks(self.rank)
         self.log = MetricsWriter(cfg.logging.dir, enabled=self.rank == 0, console=cfg.logging.console)
         self.tokenizer = self._resolve_vocabulary()
         eod = self.tokenizer.eod_id if self.tokenizer is not None else None
@@ -73,7 +76,9 @@ class Trainer:
         self.flops_per_token = flops_per_token(cfg.model, self.seq, cfg.parallel.tensor)
         self.peak = cfg.logging.peak_tflops or device_peak_tflops(self.device)
         self.stop = StopSignal()
+        self.resumed_from: Optional[str] = None
         self._resume()
+        self._announce()
 
     # ----------------------------------------------------------------------------- builders
     def _build_distributed(self) -> None:
@@ -94,7 +99,9 @@ class Trainer:
     def _resolve_vocabulary(self) -> Optional[Tokenizer]:
         """The run's tokenizer (if any); ``model.vocab_size`` defaults to its vocabulary."""
         cfg = self.cfg
-        tokenizer = Tokenizer(cfg.data.tokenizer_model) if cfg.data.tokenizer_model else None
+        tokenizer = None
+        if cfg.data.tokenizer_model:
+            tokenizer = load_tokenizer(cfg.data.tokenizer_model, cfg.data.tokenizer_type)
         if cfg.model.vocab_size is None:
             if tokenizer is None:
                 raise ConfigError("model.vocab_size is unset and data.tokenizer_model is missing; set one of them")
@@ -224,7 +231,26 @@ class Trainer:
         self.loader.load_state_dict(rank_state["loader"])
         self.counters.load_state_dict(rank_state["counters"])
         self.eval_counters.set_layer_thresholds(self.counters.layer_thresholds)
-        self.log.line(f"resumed from {Path(ckpt_dir) / tag} at step {self.progress.step}")
+        self.resumed_from = str(Path(ckpt_dir) / tag)  # the banner says it
+
+    def _announce(self) -> None:
+        """Rank 0: the resolved config into the logs (TensorBoard text and hparams, config.yaml,
+        W&B), then the start-up banner (training/console.py)."""
+        cfg = self.cfg
+        if self.rank != 0:
+            return
+        resolved = cfg.model_dump(mode="json")
+        if cfg.logging.wandb is not None and cfg.logging.wandb.mode != "disabled":
+            self.log.wandb = WandbRun(cfg.logging.wandb, cfg.name, cfg.logging.dir, resolved)
+        if cfg.logging.dir:
+            console.write_resolved_config(cfg, cfg.logging.dir)
+            self.log.config(resolved, [tags.TRAIN_LOSS, tags.EVAL_LOSS, tags.EVAL_PPL, tags.CETT_ACTIVATION_RATIO])
+        precision = "bf16" if self.bf16 else "fp32"
+        banner = console.banner_lines(
+            cfg, self.world, self.device.type, precision, self.progress.step, self.resumed_from
+        )
+        for line in banner:
+            self.log.line(line)
 
     def save(self) -> None:
         c = self.cfg.checkpoint
@@ -300,6 +326,7 @@ class Trainer:
             if thr is not None:
                 out[tags.EVAL_CETT_ACTIVATION_RATIO] = float(thr.mean())
         self.log.scalars(out, self.progress.step)
+        self.log.line(console.eval_line(self.progress.step, out))
         return out
 
     def _log_window(self, window: Window, loss: float) -> dict:
@@ -333,7 +360,7 @@ class Trainer:
                 line += f" | act {100 * sp[tags.SPARSITY_ACTIVATION_RATIO]:.1f}%"
                 if tags.CETT_ACTIVATION_RATIO in sp:
                     line += f" | cett-act {100 * sp[tags.CETT_ACTIVATION_RATIO]:.1f}%"
-        self.log.line(line)
+        self.log.line(line + self.clock.eta_text(step))
         self.log.flush()
         return values
 
@@ -344,6 +371,7 @@ class Trainer:
         summary: dict = {}
         last_loss = float("nan")
         steps_this_process = 0
+        self.clock = console.EtaClock(self.progress.step, cfg.train.steps)
         self.engine.train()
         while self.progress.step < cfg.train.steps:
             loss, stop = self.train_step()
@@ -393,5 +421,8 @@ class Trainer:
         if self.rank == 0 and cfg.logging.dir:
             Path(cfg.logging.dir).mkdir(parents=True, exist_ok=True)
             (Path(cfg.logging.dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+        tokens_this_process = steps_this_process * cfg.train.global_batch_size * self.seq
+        for line in console.summary_lines(cfg, summary, self.clock.elapsed(), tokens_this_process):
+            self.log.line(line)
         self.log.close()
         return summary

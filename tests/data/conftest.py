@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from corpus_fixtures import spm_model  # noqa: F401  (a session fixture for every data test)
+from corpus_fixtures import hf_tokenizer_dir, spm_model  # noqa: F401  (session fixtures for every data test)
 
 from megasparse.data.indexed_dataset import IndexedDataset, IndexedDatasetWriter
 

@@ -88,3 +88,41 @@ def spm_model(tmp_path_factory) -> str:
     cfg = TokenizerTrainingConfig(vocab_size=600, input_sentence_size=0, num_threads=1)
     train_tokenizer([str(corpus)], str(d / "tok"), config=cfg)
     return str(d / "tok.model")
+
+
+def train_hf_tokenizer(
+    folder: Path, special_tokens: Sequence[str] = ("<unk>", "<s>", "</s>"), bos_template: bool = True
+) -> Path:
+    """A byte-level BPE ``tokenizer.json`` (500 tokens) trained with Hugging Face ``tokenizers``.
+
+    With ``bos_template`` its post-processor adds ``<s>`` in front of every encoding, as Llama's
+    does: preprocessing must not run it.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>" if "<unk>" in special_tokens else None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=500,
+        special_tokens=list(special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(make_documents(400, seed=321), trainer=trainer)
+    if bos_template:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder / "tokenizer.json"
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer_dir(tmp_path_factory) -> str:
+    """A Hub-style folder: tokenizer.json plus tokenizer_config.json naming ``</s>`` as EOS."""
+    folder = tmp_path_factory.mktemp("hf")
+    train_hf_tokenizer(folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>", "bos_token": "<s>"}))
+    return str(folder)

@@ -53,3 +53,48 @@ def test_missing_input_is_named(tmp_path, capsys):
     assert main(["--input", str(tmp_path / "nope"), "--output-prefix", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "nope.idx" in err and "Traceback" not in err
+
+
+def _preprocess(tmp_path, name, model, docs):
+    import json as _json
+
+    from megasparse.data.preprocess import preprocess
+
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("".join(_json.dumps({"text": d}) + "\n" for d in docs))
+    preprocess([str(path)], str(tmp_path / name), model, append_eod=True, progress=False)
+    return str(tmp_path / f"{name}_text_document")
+
+
+def test_merge_refuses_data_of_different_tokenizers(tmp_path, spm_model, hf_tokenizer_dir, capsys):
+    from corpus_fixtures import make_documents
+
+    docs = make_documents(20, seed=3)
+    a = _preprocess(tmp_path, "a", spm_model, docs[:10])
+    b = _preprocess(tmp_path, "b", spm_model, docs[10:])
+    c = _preprocess(tmp_path, "c", hf_tokenizer_dir, docs)
+    assert main(["--input", a, c, "--output-prefix", str(tmp_path / "ac")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("megasparse merge: error: ")
+    assert "was made with" in err and "HuggingFaceTokenizer" in err and "merge only data from one tokenizer" in err
+    assert not (tmp_path / "ac.bin").exists()
+    # Same tokenizer: merged, and the merged report carries the tokenizer and the largest id on.
+    assert main(["--input", a, b, "--output-prefix", str(tmp_path / "ab")]) == 0
+    from megasparse.data.dataset_report import dataset_vocabulary
+
+    merged = dataset_vocabulary(tmp_path / "ab")
+    assert merged.tokenizer["sha256"] == dataset_vocabulary(a).tokenizer["sha256"] and not merged.scanned
+    assert merged.max_token_id == max(dataset_vocabulary(a).max_token_id, dataset_vocabulary(b).max_token_id)
+
+
+def test_data_without_a_report_is_scanned_and_merged_with_a_warning(write_dataset, random_documents, tmp_path, capsys):
+    from megasparse.data.dataset_report import dataset_vocabulary
+
+    docs = random_documents(seed=90, count=6, vocab=777)
+    old = write_dataset("old", docs).prefix
+    found = dataset_vocabulary(old)
+    assert found.scanned and found.tokenizer is None and found.max_token_id == max(int(d.max()) for d in docs)
+    assert main(["--input", old, old, "--output-prefix", str(tmp_path / "twice")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: no tokenizer recorded for" in err and len(err.strip().splitlines()) == 1
+    assert dataset_vocabulary(tmp_path / "twice").max_token_id == found.max_token_id

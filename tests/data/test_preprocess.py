@@ -9,7 +9,7 @@ from corpus_fixtures import make_documents, write_bytes, write_jsonl, write_tabl
 from megasparse.cli.preprocess import main
 from megasparse.data.indexed_dataset import IndexedDataset, IndexedDatasetWriter, token_dtype_for_vocab
 from megasparse.data.preprocess import preprocess
-from megasparse.data.tokenizer import Tokenizer
+from megasparse.data.tokenizer import load_tokenizer
 
 DOCS = make_documents(120, seed=11)
 
@@ -49,7 +49,7 @@ def test_output_equals_direct_tokenization_with_eod(tmp_path, spm_model, capsys)
         )
         == 0
     )
-    tok = Tokenizer(spm_model)
+    tok = load_tokenizer(spm_model)
     docs, ds = _read(tmp_path / "out_text_document")
     assert ds.dtype == np.uint16
     assert docs == [tok.encode(d) + [tok.eod_id] for d in DOCS]
@@ -59,12 +59,14 @@ def test_output_equals_direct_tokenization_with_eod(tmp_path, spm_model, capsys)
     assert _read(tmp_path / "plain_text_document")[0] == [tok.encode(d) for d in DOCS]
 
 
-def test_megatron_core_reads_our_files(tmp_path, spm_model):
+@pytest.mark.parametrize("kind", ["sentencepiece", "huggingface"])
+def test_megatron_core_reads_our_files(tmp_path, spm_model, hf_tokenizer_dir, kind):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from megatron.core.datasets.indexed_dataset import IndexedDataset as MegatronIndexedDataset
     path = write_jsonl(tmp_path / "c.jsonl", DOCS)
-    preprocess([str(path)], str(tmp_path / "out"), spm_model, append_eod=True, progress=False)
+    model = spm_model if kind == "sentencepiece" else hf_tokenizer_dir
+    preprocess([str(path)], str(tmp_path / "out"), model, append_eod=True, progress=False)
     ours = IndexedDataset(tmp_path / "out_text_document")
     theirs = MegatronIndexedDataset(str(tmp_path / "out_text_document"))
     assert len(theirs) == len(ours) == len(DOCS)
@@ -121,7 +123,7 @@ def test_bad_input_accounting_per_reason(tmp_path, spm_model, capsys):
     assert key["examples"]["invalid_utf8"] == [f"{path}:9", f"{path}:11"]
     assert key["tokens_written"] == report["tokens_written"] > 0
     docs, _ = _read(tmp_path / "out_text_document")
-    tok = Tokenizer(spm_model)
+    tok = load_tokenizer(spm_model)
     assert docs == [tok.encode(d) for d in DOCS[:5]] + [tok.encode("ok doc")]
     out = capsys.readouterr().out
     assert "read 14 = written 6 + skipped 8" in out and "invalid_utf8 2" in out
@@ -135,14 +137,14 @@ def test_strict_stops_at_first_bad_record_and_leaves_nothing(tmp_path, spm_model
     rc = _run([path], tmp_path / "out", spm_model, "--strict", "--workers", "2", "--chunk-size", "5")
     err = capsys.readouterr().err.strip()
     assert rc == 2
-    assert err.startswith(f"error: {path}:24: not_a_string") and "\n" not in err
+    assert err.startswith(f"megasparse preprocess: error: {path}:24: not_a_string") and "\n" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl"]
 
 
 def test_several_keys_give_one_output_each(tmp_path, spm_model):
     path = write_jsonl(tmp_path / "c.jsonl", DOCS[:20], extra={"title": "A title"})
     report = preprocess(str(path), str(tmp_path / "o"), spm_model, json_keys=["text", "title"], progress=False)
-    tok = Tokenizer(spm_model)
+    tok = load_tokenizer(spm_model)
     assert _read(tmp_path / "o_title_document")[0] == [tok.encode("A title")] * 20
     assert _read(tmp_path / "o_text_document")[0] == [tok.encode(d) for d in DOCS[:20]]
     assert report.keys["title"].documents_written == report.keys["text"].documents_written == 20
@@ -158,7 +160,7 @@ def test_foreign_model_without_eod_appends_eos(tmp_path):
     )
     path = write_jsonl(tmp_path / "c.jsonl", DOCS[:10])
     preprocess(str(path), str(tmp_path / "o"), str(tmp_path / "f.model"), append_eod=True, progress=False)
-    tok = Tokenizer(tmp_path / "f.model")
+    tok = load_tokenizer(tmp_path / "f.model")
     assert _read(tmp_path / "o_text_document")[0] == [tok.encode(d) + [tok.eos_id] for d in DOCS[:10]]
 
 
@@ -194,3 +196,82 @@ def test_dtype_choice_and_int32_writer(tmp_path):
     ds = IndexedDataset(tmp_path / "big")
     assert ds.dtype == np.int32 and len(ds) == 20
     assert np.array_equal(np.concatenate([ds[i] for i in range(20)]), flat)
+
+
+# ------------------------------------------------------------------------------ Hugging Face tokenizers
+@pytest.mark.timeout(120)
+def test_hf_tokens_equal_tokenizers_encode(tmp_path, hf_tokenizer_dir):
+    from tokenizers import Tokenizer as HFTokenizer
+
+    reference = HFTokenizer.from_file(f"{hf_tokenizer_dir}/tokenizer.json")
+    eod = reference.token_to_id("</s>")
+    inputs = [write_jsonl(tmp_path / "a.jsonl.gz", DOCS[:70]), write_table(tmp_path / "b.parquet", {"text": DOCS[70:]})]
+    for workers in (1, 2):
+        prefix = tmp_path / f"w{workers}"
+        args = [
+            "--tokenizer-type",
+            "HuggingFaceTokenizer",
+            "--append-eod",
+            "--workers",
+            str(workers),
+            "--partitions",
+            "2",
+        ]
+        assert _run(inputs, prefix, hf_tokenizer_dir, *args) == 0
+        docs, ds = _read(f"{prefix}_text_document")
+        # Exactly tokenizers' own encoding (no BOS from the post-processor), then the EOD.
+        assert docs == [e.ids + [eod] for e in reference.encode_batch(DOCS, add_special_tokens=False)]
+        assert ds.dtype == np.uint16
+    report = json.loads((tmp_path / "w1_report.json").read_text())
+    assert report["tokenizer"]["type"] == "HuggingFaceTokenizer" and report["tokenizer"]["vocab_size"] == 500
+    assert (
+        report["tokenizer"]["eod_id"] == eod
+        and report["tokenizer"]["sha256"] == load_tokenizer(hf_tokenizer_dir).identity()["sha256"]
+    )
+    assert report["max_token_id"] == report["keys"]["text"]["max_token_id"] == max(max(d) for d in docs)
+
+
+def test_report_records_tokenizer_and_largest_id(tmp_path, spm_model):
+    path = write_jsonl(tmp_path / "c.jsonl", DOCS[:40])
+    report = preprocess([str(path)], str(tmp_path / "o"), spm_model, append_eod=True, progress=False)
+    saved = json.loads((tmp_path / "o_report.json").read_text())
+    docs, _ = _read(tmp_path / "o_text_document")
+    assert saved["max_token_id"] == report.max_token_id == max(max(d) for d in docs)
+    assert saved["tokenizer"] == load_tokenizer(spm_model).identity()
+    assert saved["tokenizer"]["type"] == "SentencePieceTokenizer" and saved["tokenizer"]["vocab_size"] == 600
+
+
+def test_split_sentences_is_refused_in_one_line(tmp_path, spm_model, capsys):
+    path = write_jsonl(tmp_path / "c.jsonl", DOCS[:3])
+    assert _run([path], tmp_path / "o", spm_model, "--split-sentences") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("megasparse preprocess: error: --split-sentences is not supported") and "\n" not in err
+    assert not list(tmp_path.glob("o*"))
+
+
+def test_progress_in_a_log_is_lines_with_bytes_and_eta(tmp_path, spm_model, monkeypatch, capsys):
+    # stderr is captured (not a terminal): periodic lines instead of tqdm frames.
+    monkeypatch.setenv("MEGASPARSE_PROGRESS_INTERVAL", "0")
+    path = write_jsonl(tmp_path / "c.jsonl.zst", DOCS)
+    size = path.stat().st_size
+    assert (
+        main(
+            [
+                "--input",
+                str(path),
+                "--output-prefix",
+                str(tmp_path / "o"),
+                "--tokenizer-model",
+                spm_model,
+                "--chunk-size",
+                "30",
+            ]
+        )
+        == 0
+    )
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert "\r" not in "".join(lines)
+    assert len(lines) >= 4 and all(line.startswith("preprocess: ") for line in lines)
+    assert f"/ {size / 1000:.1f} kB" in lines[0] and "ETA" in lines[0]
+    assert f"{size / 1000:.1f} kB / {size / 1000:.1f} kB (100.0%)" in lines[-2]
+    assert lines[-1].startswith(f"preprocess: done, {size / 1000:.1f} kB in")

@@ -1,8 +1,10 @@
+import json
+
 import pytest
 from corpus_fixtures import make_documents, write_bytes, write_jsonl, write_table
 
 from megasparse.cli.tokenizer import main
-from megasparse.data.tokenizer import Tokenizer
+from megasparse.data.tokenizer import load_tokenizer
 from megasparse.data.tokenizer_training import _split_long_line, iter_training_sentences
 
 DOCS = make_documents(250, seed=7)
@@ -49,7 +51,7 @@ def test_trains_from_every_format(tmp_path, name, model_type, capsys):
     )
     assert rc == 0, capsys.readouterr().err
     assert (tmp_path / "out" / "tok.vocab").read_text().count("\n") == 400
-    tok = Tokenizer(f"{prefix}.model")
+    tok = load_tokenizer(f"{prefix}.model")
     assert tok.vocab_size == 400
     assert (tok.unk_id, tok.bos_id, tok.eos_id, tok.pad_id, tok.eod_id) == (0, 1, 2, 3, 4)
     # Byte fallback is on by default: <0x00>... pieces exist and unseen text round-trips.
@@ -86,7 +88,7 @@ def test_glob_of_several_files_sampling_and_custom_ids(tmp_path, capfd):
     assert rc == 0, err
     # SentencePiece's own log: the streamed lines were reservoir-sampled down to 200.
     assert "Sampled 200 sentences from" in err
-    tok = Tokenizer(f"{prefix}.model")
+    tok = load_tokenizer(f"{prefix}.model")
     assert (tok.unk_id, tok.bos_id, tok.eos_id, tok.pad_id, tok.eod_id) == (0, 1, 2, -1, 3)
     assert tok.id_to_piece(4) != "<0x00>"  # no byte pieces
     assert tok.encode("☃") == [tok.unk_id] or tok.unk_id in tok.encode("☃")
@@ -106,7 +108,27 @@ def test_training_sentences_skip_blank_lines(tmp_path):
     path = write_jsonl(tmp_path / "s.jsonl", ["a b\n\n  c d  \n", "e"])
     stats = {}
     assert list(iter_training_sentences([str(path)], ["text"], 1000, stats)) == ["a b", "c d", "e"]
-    assert stats == {"documents": 2, "sentences": 3}
+    assert stats == {"records": 2, "documents": 2, "sentences": 3, "skipped": {}}
+
+
+def test_bad_records_are_counted_and_reported(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MEGASPARSE_PROGRESS_INTERVAL", "0")
+    good = [json.dumps({"text": d}) for d in DOCS[:60]]
+    bad = ['{"text": "cut', '{"body": "no text key"}', '{"text": 7}', '{"text": ""}', '{"text": "x \\ud800 y"}']
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(good[:30] + bad + good[30:]) + "\n")
+    rc = main(["--input", str(path), "--output-prefix", str(tmp_path / "tok"), "--vocab-size", "400"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    summary = (
+        "read 65 records = used 60 + skipped 5 (malformed_json 1, missing_key 1, not_a_string 1, "
+        "invalid_utf8 1, empty_document 1)"
+    )
+    assert summary in captured.out
+    # Progress in a log (stderr is not a terminal here): bytes read, then the line before training.
+    progress = captured.err.strip().splitlines()
+    assert progress[0].startswith("reading: ") and f"/ {path.stat().st_size / 1000:.1f} kB" in progress[0]
+    assert progress[-1].startswith("training the 400-token bpe model on ") and summary not in captured.err
 
 
 @pytest.mark.parametrize(
@@ -115,16 +137,19 @@ def test_training_sentences_skip_blank_lines(tmp_path):
         (["--vocab-size", "100000"], "Vocabulary size too high"),
         (["--eod-id", "7"], "without gaps"),
         (["--vocab-size", "280"], "Increase vocab_size"),  # below 256 byte pieces + characters
+        (["--vocab-size", "280"], "with --character-coverage option"),  # our flag's name, not SentencePiece's
         (["--bos-id", "0"], "special ids must differ"),
         (["--json-keys", "nope"], "no usable text"),
     ],
 )
 def test_user_errors_give_one_line_and_exit_code_2(tmp_path, capsys, args, message):
     path = write_jsonl(tmp_path / "c.jsonl", DOCS[:50])
-    rc = main(["--input", str(path), "--output-prefix", str(tmp_path / "tok"), "--vocab-size", "300"] + args)
+    rc = main(
+        ["--input", str(path), "--output-prefix", str(tmp_path / "tok"), "--vocab-size", "300", "--no-progress"] + args
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2
-    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert err.startswith("megasparse tokenizer: error: ") and message in err and "\n" not in err
     assert not (tmp_path / "tok.model").exists()
 
 

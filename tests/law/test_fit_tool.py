@@ -146,3 +146,31 @@ def test_bad_input_is_one_error_line(tb_run, tmp_path, args, match):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in res.stderr
     assert lines[0].startswith("fit_sparsing_law.py: error: ") and match in lines[0]
+
+
+def test_law_comes_from_a_ref_name_and_the_plot_has_the_band(tmp_path, capsys):
+    out_json = tmp_path / "f.json"
+    assert main(["ref:0.1b_relu", "ref:0.1b_silu", "--paper-skip", "--json", str(out_json)]) == 0
+    fits = json.loads(out_json.read_text())
+    assert [f["law"] for f in fits] == ["relu", "silu"] and fits[1]["skipped"] == 5
+    table = capsys.readouterr().out
+    assert "A0 95% interval" in table and f"[{fits[0]['A0_ci_low']:.4f}, {fits[0]['A0_ci_high']:.4f}]" in table
+
+    from megasparse.law.data import load_reference_curve
+    from megasparse.law.fit import fit_sparsing_law
+    from megasparse.law.report import RunFit, fit_figure
+
+    curve = load_reference_curve("0.8b_relu")
+    run = RunFit(curve, fit_sparsing_law(curve.tokens_b, curve.activation_ratio, "relu"))
+    ax = fit_figure([run]).axes[0]
+    (band,) = [p for p in ax.patches if p.get_label().startswith("A0 95% interval")]
+    y = band.get_path().transformed(band.get_patch_transform()).vertices[:, 1]  # the band's corners, in %
+    ci = run.fit.a0_interval
+    assert min(y) == pytest.approx(100 * ci.low) and max(y) == pytest.approx(100 * ci.high)
+    assert "0.8b_relu" in ax.get_title()
+
+
+def test_a_law_against_the_trend_is_reported(capsys):
+    assert main(["ref:0.1b_relu", "--law", "silu"]) == 0
+    out = capsys.readouterr().out
+    assert "0.1b_relu: the data fall with the tokens" in out and "did you mean --law relu?" in out

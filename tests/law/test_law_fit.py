@@ -184,3 +184,80 @@ def test_scale_trend_log_linear():
     assert np.max(np.abs(trend.predict(params) - a0)) < 0.01
     with pytest.raises(WidthDepthError):
         fit_scale_trend([1e8, 1e8], [0.1, 0.2])
+
+
+# ------------------------------------------------------------------------------ how sure
+def _profile_statistic(law, D, A, a0, sse_min):
+    """n·ln(SSE(a0)/SSE_min) with the other parameters refitted from many starts (a slow check)."""
+    from megasparse.law.fit import PARAM_NAMES, default_starts, law_value
+    from megasparse.law.uncertainty import _fit_others
+
+    names = PARAM_NAMES[law]
+    fn = lambda D_, *p: law_value(law, D_, dict(zip(names, p)))  # noqa: E731
+    from megasparse.law import fit as fit_module
+
+    starts = [np.asarray(s, dtype=float) for s in default_starts(law, D, A)]
+    sse, _ = _fit_others(fn, fit_module._LAW_JACS[law], names, D, A, a0, starts)
+    return D.size * np.log(sse / sse_min)
+
+
+@pytest.mark.parametrize("name", ["0.1b_relu", "0.8b_relu"])
+def test_a0_interval_is_the_profile_likelihood_one(name):
+    curve = load_reference_curve(name)
+    fit = fit_sparsing_law(curve.tokens_b, curve.activation_ratio, "relu")
+    ci = fit.a0_interval
+    assert ci is not None and not ci.low_open and not ci.high_open
+    assert ci.low < fit.params["A0"] < ci.high
+    # The paper's A0 (Table 2) lies inside; the 0.1B curve bounds A0 far less tightly than 0.8B's.
+    assert ci.low < PAPER_TABLE2[name]["A0"] < ci.high
+    # At both ends the likelihood-ratio statistic is χ²₁'s 95% quantile, 3.84, whatever the starts.
+    for end in (ci.low, ci.high):
+        assert _profile_statistic("relu", curve.tokens_b, curve.activation_ratio, end, fit.sse) == pytest.approx(
+            3.841, abs=0.15
+        )
+    d = fit.to_dict()
+    assert (d["A0_ci_low"], d["A0_ci_high"], d["A0_ci_open"], d["A0_ci_level"]) == (
+        ci.low,
+        ci.high,
+        [False, False],
+        0.95,
+    )
+
+
+def test_a0_interval_widths_and_asymmetry():
+    wide = fit_sparsing_law(*_ref("0.1b_relu"), "relu").a0_interval
+    narrow = fit_sparsing_law(*_ref("0.8b_relu"), "relu").a0_interval
+    assert wide.high - wide.low > 4 * (narrow.high - narrow.low)
+    silu = fit_sparsing_law(*_ref("0.1b_silu"), "silu", skip_first=5)
+    # A rising curve bounds its limit well from below (the data) and weakly from above.
+    assert silu.a0_interval.high - silu.params["A0"] > 3 * (silu.params["A0"] - silu.a0_interval.low)
+
+
+def _ref(name):
+    curve = load_reference_curve(name)
+    return curve.tokens_b, curve.activation_ratio
+
+
+def test_synthetic_truth_lies_in_the_interval():
+    rng = np.random.default_rng(11)
+    true = dict(alpha=0.7, c=0.15, A0=0.39, b=0.0)
+    D = np.sort(rng.uniform(0.5, 120.0, size=40))
+    hits = 0
+    for seed in range(10):
+        A = law_value("silu", D, true) + np.random.default_rng(seed).normal(0.0, 2e-3, size=D.size)
+        ci = fit_sparsing_law(D, A, "silu").a0_interval
+        hits += ci.low <= true["A0"] <= ci.high
+    assert hits >= 8  # 95% coverage, allowing for 10 draws
+
+
+def test_no_interval_without_spare_points():
+    fit = fit_sparsing_law(np.array([1.0, 4.0, 16.0]), np.array([0.31, 0.355, 0.372]), "silu")
+    assert fit.a0_interval is None and fit.to_dict()["A0_ci_low"] is None
+
+
+@pytest.mark.parametrize("name,wrong", [("0.1b_relu", "silu"), ("0.1b_silu", "relu")])
+def test_a_law_against_the_data_trend_warns(name, wrong):
+    fit = fit_sparsing_law(*_ref(name), wrong)
+    assert any(f"did you mean --law {PAPER_TABLE2[name]['law']}" in w for w in fit.warnings)
+    right = fit_sparsing_law(*_ref(name), PAPER_TABLE2[name]["law"], skip_first=PAPER_TABLE2[name]["skip"])
+    assert not any("did you mean" in w for w in right.warnings)

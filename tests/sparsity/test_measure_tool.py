@@ -67,7 +67,8 @@ def test_records_per_checkpoint(measured):
         assert r["dense_ppl"] == pytest.approx(2.718281828 ** r["dense_loss"], rel=1e-6)
     summary = json.loads((out / "measurement_summary.json").read_text())
     assert abs(summary["search"]["ppl_ratio"] - 1.01) < 0.01  # mean over the last 2 reaches +1%
-    assert "step       20" in proc.stdout and "CETT search" in proc.stderr  # tqdm bar
+    # stderr is a pipe, not a terminal: no tqdm frames (a progress line only every 30 s)
+    assert "step       20" in proc.stdout and "\r" not in proc.stderr
 
 
 def test_fit_tool_reads_the_outputs(measured):
@@ -211,3 +212,30 @@ def test_reader_reports_a_missing_tensor_parallel_shard(run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "mp_rank_01_model_states.pt: missing" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_hf_tokenized_data_and_progress_lines(run, tmp_path, capsys, monkeypatch):
+    """Data tokenized by a Hugging Face tokenizer measured with its EOD; progress as log lines."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from megasparse.cli.measure import main
+    from megasparse.data.preprocess import preprocess
+
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    texts = [json.loads(line)["text"] for line in (run["root"] / "train.jsonl").read_text().splitlines()]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"], show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)  # 400 ids: within the model's 512
+    tok.save(str(hf / "tokenizer.json"))
+    # Documents without an EOD: the measurement's batches add the tokenizer's own between them.
+    preprocess([str(run["root"] / "valid.jsonl")], str(tmp_path / "v"), str(hf), progress=False)
+    monkeypatch.setenv("MEGASPARSE_PROGRESS_INTERVAL", "0")
+    args = [str(run["ckpt"]), "--data", str(tmp_path / "v_text_document"), "--batches", "1", "--micro-batch", "2"]
+    args += ["--tokenizer-model", str(hf), "--tokenizer-type", "HuggingFaceTokenizer", "--last-k", "2"]
+    assert main([*args, "--tolerance", "0.1", "--out", str(tmp_path / "o"), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("CETT search on 2 ckpt: 1 trial / 4 trial") for line in err)
+    assert any(line.startswith("measure: 2 ckpt / 2 ckpt (100.0%)") for line in err)
+    assert len(json.loads((tmp_path / "o" / "measurements.json").read_text())) == 2

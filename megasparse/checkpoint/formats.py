@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from megasparse.checkpoint import hf_convert
+
 
 @dataclass
 class ConvertRequest:
@@ -63,6 +65,11 @@ def _megasparse_format() -> OutputFormat:
 
 OUTPUT_FORMATS: dict[str, OutputFormat] = {
     "megasparse": _megasparse_format(),
+    "hf-llama": hf_convert.output_format("hf-llama"),
+    "hf-minicpm": hf_convert.output_format("hf-minicpm"),
+    "hf-granite": hf_convert.output_format("hf-granite"),
 }
 
-INPUT_FORMATS: dict[str, InputFormat] = {}
+INPUT_FORMATS: dict[str, InputFormat] = {
+    "huggingface": hf_convert.input_format(),
+}

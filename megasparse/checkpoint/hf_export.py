@@ -39,7 +39,7 @@ MINICPM_CODE = Path(megasparse.__file__).parent / "resources" / "hf_minicpm"
 
 @dataclass
 class ExportOptions:
-    dtype: str = "fp32"  # fp32 | bf16 | fp16
+    dtype: str = "fp32"  # source | fp32 | bf16 | fp16
     untie: bool = False  # hf-llama: write lm_head = E/scale_width instead of folding into the norm
     vllm: bool = False  # hf-minicpm: ReLU written as fatrelu with threshold 0
     tokenizer: Optional[str] = None  # overrides the run's data.tokenizer_model
@@ -48,6 +48,7 @@ class ExportOptions:
     sidecar: Optional[str] = None  # a sidecar folder; default: the checkpoint folder's, if any
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     progress: bool = True
+    verify: int = 0  # tokens per sequence of the logits check (0: no check)
 
 
 def _source_checkpoint(src: Path) -> CheckpointInfo:
@@ -148,14 +149,16 @@ def export_hf(src: Path, tmp: Path, fmt: str, options: ExportOptions) -> dict[st
     info = _source_checkpoint(Path(src))
     config = info.model_config
     plan = export_plan(config, fmt, options.untie)
-    if options.dtype not in DTYPES:
-        raise FormatError(f"--dtype {options.dtype}: one of {', '.join(DTYPES)}")
-    dtype = DTYPES[options.dtype]
+    if options.dtype != "source" and options.dtype not in DTYPES:
+        raise FormatError(f"--dtype {options.dtype}: one of source, {', '.join(DTYPES)}")
     tokenizer = _tokenizer(info, options)
     sidecar = _sidecar_source(info, options)
     seq_length = int(info.meta.get("run", {}).get("data", {}).get("seq_length") or 4096)
 
     state = load_state_dict(info)
+    dtype = state["embed.weight"].dtype if options.dtype == "source" else DTYPES[options.dtype]
+    if dtype not in HF_DTYPE_NAMES:
+        raise FormatError(f"{info.path}: weights stored as {dtype}; pass --dtype fp32 or bf16")
     vocab_padded = int(state["embed.weight"].shape[0])
     jobs = _export_tensors(state, config, plan, dtype)
     total = sum(state[n].numel() for n in state) * torch.finfo(dtype).bits // 8
@@ -217,4 +220,12 @@ def export_hf(src: Path, tmp: Path, fmt: str, options: ExportOptions) -> dict[st
         "model_config": config.model_dump(),
     }
     write_export_record(tmp, record)
+    if options.verify:
+        from megasparse.checkpoint.hf_verify import verify_export
+        from megasparse.checkpoint.reader import load_model
+
+        eod = tokenizer.eod_id if tokenizer is not None else None
+        ours = load_model(info, eod_token_id=eod)
+        record["verification"] = verify_export(tmp, ours, plan, dtype, config.vocab_size, eod, options.verify)
+        write_export_record(tmp, record)
     return record

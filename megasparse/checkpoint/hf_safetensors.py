@@ -24,10 +24,12 @@ _UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G"
 
 
 def parse_size(text: str) -> int:
-    """``"5GB"``, ``"500MB"``, ``"1e6"``-free integers -> bytes (decimal prefixes, as Hugging Face)."""
+    """``"5GB"``, ``"500MB"``, ``"20000"`` -> bytes (decimal prefixes, as Hugging Face uses)."""
+    from megasparse.checkpoint.hf_formats import FormatError
+
     m = _SIZE.match(text)
     if not m or m.group(2).upper() not in _UNITS:
-        raise ValueError(f"'{text}' is not a size; write e.g. 5GB, 500MB or a number of bytes")
+        raise FormatError(f"'{text}' is not a size; write e.g. 5GB, 500MB or a number of bytes")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 

@@ -22,10 +22,11 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
+from megasparse.checkpoint.hf_formats import FormatError
 from megasparse.data.tokenizer import Tokenizer
 
 
-class TokenizerExportError(ValueError):
+class TokenizerExportError(FormatError):
     """The tokenizer cannot be exported; the message is one line."""
 
 

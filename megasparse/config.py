@@ -179,6 +179,9 @@ class CheckpointConfig(_Section):
     interval: int = Field(0, ge=0)  # 0: only at the end
     keep_last: int = Field(3, gt=0)
     resume: str = "auto"  # auto | none | path to a checkpoint directory
+    # A checkpoint folder (any layout, or one imported from Hugging Face) whose weights and model
+    # config start this run, with a fresh optimizer and schedule; ignored once the run resumes.
+    init_from: Optional[str] = None
 
 
 class WandbConfig(_Section):

@@ -250,3 +250,27 @@ def import_hf(
         meta["run"] = {"data": run_data}
     write_weights_checkpoint(out, config, state, meta)
     return record
+
+
+def load_hf_as_ours(folder: Path, activation: Optional[str] = None) -> tuple[Any, Any]:
+    """(our Transformer with the folder's weights, in eval mode; a CheckpointInfo describing it).
+
+    What ``measure --hf DIR`` uses: the import without writing a checkpoint.
+    """
+    from megasparse.checkpoint.reader import CheckpointInfo
+    from megasparse.model.transformer import Transformer
+
+    folder = Path(folder)
+    if not is_hf_model_folder(folder):
+        raise HfImportError(f"{folder}: not a Hugging Face model folder (no config.json)")
+    hf = json.loads((folder / "config.json").read_text())
+    config, factors = model_config_from_hf(hf, folder, activation)
+    try:
+        state = read_hf_state(folder, hf, config, factors, torch.float32)
+    except FileNotFoundError as e:
+        raise HfImportError(str(e)) from None
+    _check_complete(state, config, folder)
+    model = Transformer(config, device="meta")
+    model.load_state_dict(state, strict=True, assign=True)
+    meta = {"model": config.model_dump(), "progress": {"step": 0, "consumed_tokens": 0}, "imported_from": str(folder)}
+    return model.eval(), CheckpointInfo(path=folder, step=0, tokens=0, meta=meta)

@@ -36,6 +36,9 @@ examples:
       --seq-length 4096 --batches 10 --micro-batch 6 --out runs/0.1b-relu/measure \\
       --tensorboard runs/0.1b-relu/measure/tb
   megasparse fit runs/0.1b-relu/measure/measurements.json --law relu
+  # CETT-PPL-1% of a published model, straight from its Hugging Face folder
+  megasparse measure --hf models/Llama-3.2-1B --tokenizer-model models/Llama-3.2-1B \\
+      --data data/valid_text_document --seq-length 2048 --batches 10 --micro-batch 2 --out llama-1b-cett
   # FAT-0.3 on one checkpoint, on the CPU
   megasparse measure runs/0.1b-relu/ckpt/global_step20000 --data data/valid_text_document \\
       --seq-length 1024 --batches 4 --micro-batch 2 --method fat --arg 0.3 --out fat03 --device cpu
@@ -48,7 +51,13 @@ def build_parser(prog: str = "megasparse measure") -> argparse.ArgumentParser:
     p = command_parser(
         prog, __doc__, EPILOG, description="Measure activation sparsity of checkpoints on fixed validation batches."
     )
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT_OR_RUN_DIR")
+    p.add_argument("checkpoints", nargs="*", metavar="CKPT_OR_RUN_DIR")
+    p.add_argument(
+        "--hf",
+        metavar="DIR",
+        help="measure a Hugging Face model folder (Llama, Mistral, Qwen2, MiniCPM, Granite) directly, "
+        "instead of checkpoints of ours",
+    )
     p.add_argument("--data", nargs="+", required=True, metavar="PREFIX", help="validation .bin/.idx prefix(es)")
     p.add_argument(
         "--tokenizer-model",
@@ -95,6 +104,8 @@ def main(argv: list[str] | None = None, prog: str = "megasparse measure") -> int
     import torch
 
     from megasparse.checkpoint.engine import CheckpointError
+    from megasparse.checkpoint.hf_formats import FormatError
+    from megasparse.checkpoint.hf_import import load_hf_as_ours
     from megasparse.checkpoint.reader import list_checkpoints
     from megasparse.data.gpt_dataset import DatasetBuildError
     from megasparse.data.indexed_dataset import IndexedDatasetError
@@ -104,9 +115,18 @@ def main(argv: list[str] | None = None, prog: str = "megasparse measure") -> int
     try:
         if args.batches < 1 or args.micro_batch < 1:
             raise MeasureError("--batches and --micro-batch must be ≥ 1")
-        infos = sorted(
-            {c.path: c for path in args.checkpoints for c in list_checkpoints(path)}.values(), key=lambda c: c.step
-        )
+        load = None
+        if args.hf:
+            if args.checkpoints:
+                raise MeasureError("give either checkpoints or --hf DIR, not both")
+            hf_model, hf_info = load_hf_as_ours(Path(args.hf))
+            infos, load = [hf_info], lambda info, device: hf_model.to(device)
+        elif not args.checkpoints:
+            raise MeasureError("no checkpoints given; name checkpoint folders or run directories, or --hf DIR")
+        else:
+            infos = sorted(
+                {c.path: c for path in args.checkpoints for c in list_checkpoints(path)}.values(), key=lambda c: c.step
+            )
         seq = args.seq_length or infos[-1].meta.get("run", {}).get("data", {}).get("seq_length")
         if not seq or seq < 1:
             raise MeasureError("--seq-length is needed (the checkpoint's metadata does not give data.seq_length)")
@@ -130,8 +150,9 @@ def main(argv: list[str] | None = None, prog: str = "megasparse measure") -> int
         def progress(iterable, desc: str, unit: str):
             return Progress.wrap(iterable, desc, unit=unit, enabled=not args.no_progress)
 
-        records = Measurement(infos, batches, options, device=device, progress=progress).run(args.out, args.tensorboard)
-    except (CheckpointError, MeasureError, DatasetBuildError, IndexedDatasetError, TokenizerError) as e:
+        measurement = Measurement(infos, batches, options, device=device, progress=progress, load=load)
+        records = measurement.run(args.out, args.tensorboard)
+    except (CheckpointError, FormatError, MeasureError, DatasetBuildError, IndexedDatasetError, TokenizerError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:

@@ -129,6 +129,7 @@ class Measurement:
         options: MeasureOptions,
         device: Union[str, torch.device] = "cpu",
         progress: Optional[Callable] = None,
+        load: Optional[Callable[..., nn.Module]] = None,
     ):
         if not checkpoints:
             raise MeasureError("no checkpoints to measure")
@@ -139,10 +140,11 @@ class Measurement:
         self.device = torch.device(device)
         self.progress = progress or (lambda iterable, **kw: iterable)
         self._models: dict[Path, nn.Module] = {}
+        self.load = load or load_model  # (info, device=...) -> model; measure --hf passes its own
 
     def model(self, info: CheckpointInfo) -> nn.Module:
         if info.path not in self._models:
-            model = load_model(info, device=self.device)
+            model = self.load(info, device=self.device)
             _check_vocab(self.batches, model, str(info.path))
             self._models[info.path] = model
         return self._models[info.path]

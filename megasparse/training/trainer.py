@@ -29,7 +29,7 @@ from megasparse.model.flops import flops_per_token
 from megasparse.model.mup import GROUP_NAMES, mup_param_groups
 from megasparse.model.transformer import Transformer
 from megasparse.parallel import ParallelGroups, tensor_parallel_layer_factory
-from megasparse.parallel.pipeline_model import build_pipeline_module, pipeline_engine_config
+from megasparse.parallel.pipeline_model import build_pipeline_module, pipeline_engine_config, plain_parameter_names
 from megasparse.sparsity.counters import (
     ActivationCounters,
     attach_counters,
@@ -41,6 +41,7 @@ from megasparse.sparsity.reduction import counter_groups, reduce_counters
 from megasparse.training import console
 from megasparse.training.deepspeed_config import build_deepspeed_config, merge_config
 from megasparse.training.distributed import init_distributed
+from megasparse.training.init_from import init_model_config, load_initial_weights
 from megasparse.training.lm_loss import CausalLMLoss
 from megasparse.training.metrics import MetricsWriter, device_peak_tflops, max_memory_gb
 from megasparse.training.pipeline_steps import PipelineSteps, stage_layer_ids
@@ -64,6 +65,7 @@ class Trainer:
         self._build_distributed()
         console.quiet_other_ranks(self.rank)
         self.log = MetricsWriter(cfg.logging.dir, enabled=self.rank == 0, console=cfg.logging.console)
+        self.init_source = self._init_from()
         self.tokenizer = self._resolve_vocabulary()
         eod = self.tokenizer.eod_id if self.tokenizer is not None else None
         self.model, trained, layer_ids = self._build_model(eod)
@@ -96,6 +98,14 @@ class Trainer:
         self.dp_size, self.dp_rank = self.groups.dp_size, self.groups.dp_rank
         self.seq = cfg.data.seq_length
 
+    def _init_from(self):
+        """The checkpoint.init_from source (its model config becomes the run's), unless resuming."""
+        c = self.cfg.checkpoint
+        if not c.init_from or ckpt.resolve_resume(c.resume, c.dir) is not None:
+            return None
+        self.cfg.model, info = init_model_config(self.cfg.model, c.init_from)
+        return info
+
     def _resolve_vocabulary(self) -> Optional[Tokenizer]:
         """The run's tokenizer (if any); ``model.vocab_size`` defaults to its vocabulary."""
         cfg = self.cfg
@@ -119,6 +129,7 @@ class Trainer:
         seed_everything(cfg.train.seed)
         if self.pipeline:
             model = build_pipeline_module(cfg, self.groups, device=self.device, eod_token_id=eod)
+            self._load_initial_weights(model, plain_parameter_names(model))
             return model, model, stage_layer_ids(model)
         factory = tensor_parallel_layer_factory(self.groups, cfg.parallel.sequence_parallel)
         model = Transformer(
@@ -129,9 +140,16 @@ class Trainer:
             activation_checkpointing=cfg.train.activation_checkpointing,
             layer_factory=factory,
         )
+        self._load_initial_weights(model, {name: name for name, _ in model.named_parameters()})
         tp_group = self.groups.tp_group if self.groups.tp_size > 1 else None
         trained = CausalLMLoss(model, tp_group, cfg.train.loss_chunk_tokens)
         return model, trained, list(range(cfg.model.num_layers))
+
+    def _load_initial_weights(self, model: nn.Module, plain_names: dict[str, str]) -> None:
+        if self.init_source is None:
+            return
+        count = load_initial_weights(model, self.init_source, plain_names, self.cfg.model.vocab_size)
+        self.log.line(f"initialised {count} tensors from {self.init_source.path} (checkpoint.init_from)")
 
     def _build_counters(self, layer_ids: list[int]) -> None:
         """Training and evaluation counters for this rank's layers and neuron slice, plugged into

@@ -56,6 +56,8 @@ class ModelConfig(_Section):
     init_std: float = Field(0.1, gt=0)
     norm_eps: float = Field(1e-5, gt=0)
     rope_base: float = Field(10000.0, gt=0)
+    # q/k/v projections with biases (Qwen2's attention; imported models only: the paper has none).
+    attention_bias: bool = False
     # Reset positions and block attention at EOD inside packed samples (the paper's varlen setup).
     attention_within_document: bool = False
 

@@ -15,7 +15,7 @@ PACKAGE = REPO / "megasparse"
 # Layers of the package, lowest first: a module may import its own subpackage and any lower layer
 # (docs/design.md §2). law/ sits just above the ground so that only the top (cli) uses it.
 LAYERS = [
-    {"config", "tags", "progress"},
+    {"config", "tags", "progress", "resources"},
     {"kernels", "data", "law"},
     {"model"},
     {"parallel"},

@@ -87,6 +87,10 @@ def _export_tensors(
         jobs.append((hf_name(name), scaled(name, plan.factor(name))))
     if plan.untie:
         jobs.append(("lm_head.weight", scaled("embed.weight", 1.0 / config.scale_width)))
+    if config.attention_bias:
+        # attention_bias gives every projection a bias in the Hugging Face models; ours has none on o.
+        zeros = lambda: torch.zeros(config.hidden_size, dtype=dtype)  # noqa: E731
+        jobs += [(f"model.layers.{i}.self_attn.o_proj.bias", zeros) for i in range(config.num_layers)]
     return jobs
 
 

@@ -158,7 +158,7 @@ def hf_config(
         # transformers ≥ 5 reads rope_parameters, 4.x and most serving engines rope_theta.
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_base},
         "rope_theta": config.rope_base,
-        "attention_bias": False,
+        "attention_bias": config.attention_bias,
         "mlp_bias": False,
         "tie_word_embeddings": plan.tied_output,
         "initializer_range": config.init_std,

@@ -11,7 +11,8 @@ What maps how (docs/converting.md, "Importing a Hugging Face model"):
   q_proj (it scales q·kᵀ, as q does).
 * Grouped-query attention: our attention has a K/V head per query head, so each K/V head is
   repeated for its query group — the same attention, exactly.
-* q/k/v biases (Qwen2): kept when all zero (dropping them is exact); others are refused.
+* q/k/v biases (Qwen2, or ``attention_bias``) become our ``attention_bias`` option; an o_proj bias
+  is dropped when all zero and refused otherwise.
 * The vocabulary keeps its size: ``pad_vocab_to_multiple_of`` is the largest power of two up to
   128 dividing it, so no padded logit enters the softmax at TP = 1.
 * ``activation`` overrides the MLP activation (ReLU-fication), which changes the function.
@@ -142,6 +143,7 @@ def model_config_from_hf(hf: dict[str, Any], where: Path, activation: Optional[s
         activation=activation or _activation(hf, where),
         gated=True,
         tie_embeddings=bool(hf.get("tie_word_embeddings", kind == "minicpm")),
+        attention_bias=kind == "qwen2" or bool(hf.get("attention_bias", False)),
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         rope_base=_rope_base(hf, where),
         init_std=float(hf.get("initializer_range", 0.02)),
@@ -178,15 +180,13 @@ def read_hf_state(
             if hf_name.endswith("rotary_emb.inv_freq"):
                 continue  # a buffer transformers recomputes; ours is computed on the fly
             raise HfImportError(f"{folder}: tensor '{hf_name}' has no counterpart in our model")
-        if name.endswith(".bias"):
+        if name.endswith(".bias") and not (config.attention_bias and ".o_proj." not in name):
             if bool(tensor.any()):
-                raise HfImportError(
-                    f"{folder}: '{hf_name}' is a non-zero attention bias, which our model does not have"
-                )
+                raise HfImportError(f"{folder}: '{hf_name}' is a non-zero bias, which our model does not have")
             continue  # an all-zero bias adds nothing
         if name == "lm_head.weight" and config.tie_embeddings:
             continue  # the tied copy of the embedding
-        if name.endswith(("k_proj.weight", "v_proj.weight")) and kv_heads != heads:
+        if name.endswith(("k_proj.weight", "v_proj.weight", "k_proj.bias", "v_proj.bias")) and kv_heads != heads:
             tensor = _expand_kv(tensor, kv_heads, heads, config.head_dim)
         factor = _factor(factors, name)
         target = dtype or tensor.dtype

@@ -1,4 +1,4 @@
-"""Multi-head causal self-attention with RoPE (full MHA, no biases)."""
+"""Multi-head causal self-attention with RoPE (full MHA; q/k/v biases only with ``attention_bias``)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,10 @@ class Attention(nn.Module):
         self.num_heads = config.num_heads
         self.head_dim = config.head_dim
         d, a = config.hidden_size, config.attention_size
-        self.q_proj = factory.column(d, a)
-        self.k_proj = factory.column(d, a)
-        self.v_proj = factory.column(d, a)
+        bias = config.attention_bias
+        self.q_proj = factory.column(d, a, bias=bias)
+        self.k_proj = factory.column(d, a, bias=bias)
+        self.v_proj = factory.column(d, a, bias=bias)
         self.o_proj = factory.row(a, d)
         # A plain attribute (not a submodule) so compile_regions.py can swap in a compiled copy.
         self.rotary = apply_rotary

@@ -49,6 +49,9 @@ def init_parameters(model: nn.Module, config: ModelConfig, seed: int) -> None:
         if role == "norm":
             param.fill_(1.0)
             continue
+        if role == "bias":
+            param.zero_()
+            continue
         partition = getattr(param, PARTITION_ATTRIBUTE, None)
         full_shape = param.shape if partition is None else partition.full_shape
         values = torch.empty(full_shape, dtype=torch.float32)

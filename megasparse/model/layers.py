@@ -50,16 +50,17 @@ class TensorPartition:
 
 @dataclass(frozen=True)
 class LayerFactory:
-    """Builds the model's linear and embedding layers (no biases anywhere, as in the paper)."""
+    """Builds the model's linear and embedding layers (no biases, as in the paper, except q/k/v
+    biases of imported models: ``column(..., bias=True)``)."""
 
     @property
     def tensor_parallel_size(self) -> int:
         """How many ranks share each layer (the vocabulary is padded to a multiple of it)."""
         return 1
 
-    def column(self, in_features: int, out_features: int) -> nn.Module:
-        """A projection whose output features may be sharded (q, k, v, gate, up)."""
-        return nn.Linear(in_features, out_features, bias=False)
+    def column(self, in_features: int, out_features: int, bias: bool = False) -> nn.Module:
+        """A projection whose output features (and bias) may be sharded (q, k, v, gate, up)."""
+        return nn.Linear(in_features, out_features, bias=bias)
 
     def row(self, in_features: int, out_features: int) -> nn.Module:
         """A projection whose input features may be sharded (attention output, down)."""

@@ -21,7 +21,13 @@ from megasparse.model.roles import parameter_roles
 
 # Two groups, by hyperparameters: the roles of one group share lr scale and weight decay.
 GROUP_NAMES = ("unscaled", "matrix")  # recorded in checkpoints: optimizer state follows them
-_GROUP_OF_ROLE = {"embedding": "unscaled", "head": "unscaled", "norm": "unscaled", "matrix": "matrix"}
+_GROUP_OF_ROLE = {
+    "embedding": "unscaled",
+    "head": "unscaled",
+    "norm": "unscaled",
+    "bias": "unscaled",
+    "matrix": "matrix",
+}
 
 
 def mup_param_groups(

@@ -5,7 +5,9 @@ Roles (docs/sparsing-law.md §5.1–5.2):
   ``head``      — an untied output head (same init and lr as the embedding it replaces);
   ``norm``      — RMSNorm weights (init 1, lr unscaled);
   ``matrix``    — every other weight: q, k, v, o, gate, up, down (init N(0, init_std/√scale_width),
-                  lr ÷ scale_width).
+                  lr ÷ scale_width);
+  ``bias``      — q/k/v biases of imported models (``attention_bias``; init 0, lr unscaled, as
+                  vectors are in µP).
 Roles are read from modules, not parameter names, so layers built by another LayerFactory (e.g.
 tensor-parallel ones) are classified the same way: the model tags its embedding and head modules
 with a ``mup_role`` attribute, and norms are recognised by type.
@@ -19,7 +21,7 @@ from torch import nn
 
 from megasparse.model.norm import RMSNorm
 
-Role = Literal["embedding", "head", "norm", "matrix"]
+Role = Literal["embedding", "head", "norm", "matrix", "bias"]
 ROLE_ATTRIBUTE = "mup_role"
 
 
@@ -34,6 +36,9 @@ def parameter_roles(model: nn.Module) -> dict[str, Role]:
         prefix = f"{module_name}." if module_name else ""
         for param_name, param in module.named_parameters(recurse=False):
             name = prefix + param_name
+            if role == "matrix" and param_name == "bias" and param.dim() == 1:
+                roles[name] = "bias"
+                continue
             if role == "matrix" and param.dim() != 2:
                 raise ValueError(f"parameter {name} of shape {tuple(param.shape)} has no µP role")
             roles[name] = role

@@ -45,14 +45,16 @@ from megasparse.parallel.collectives import (
 )
 
 
-def _add_sharded_weight(module: nn.Module, full_shape: tuple[int, ...], dim: int, group: Group) -> None:
-    """Gives ``module`` an uninitialised ``weight``: this rank's slice of ``full_shape`` on ``dim``."""
+def _add_sharded_weight(
+    module: nn.Module, full_shape: tuple[int, ...], dim: int, group: Group, name: str = "weight"
+) -> None:
+    """Gives ``module`` an uninitialised parameter ``name``: this rank's slice of ``full_shape`` on ``dim``."""
     tp, rank = group_size(group), group_rank(group)
     if full_shape[dim] % tp:
         raise ValueError(f"dimension {dim} of {full_shape} is not divisible by TP={tp}")
     shape = list(full_shape)
     shape[dim] //= tp
-    module.weight = nn.Parameter(torch.empty(shape))
+    setattr(module, name, nn.Parameter(torch.empty(shape)))
     tags = {
         PARTITION_ATTRIBUTE: TensorPartition(dim, rank, tp, tuple(full_shape)),
         # Megatron's attribute names, read by DeepSpeed (grad norm, checkpoint tools).
@@ -60,7 +62,7 @@ def _add_sharded_weight(module: nn.Module, full_shape: tuple[int, ...], dim: int
         "partition_dim": dim,
         "partition_stride": 1,
     }
-    setattr(module, PARAMETER_TAGS, {"weight": tags})
+    setattr(module, PARAMETER_TAGS, {**getattr(module, PARAMETER_TAGS, {}), name: tags})
     apply_parameter_tags(module)
 
 
@@ -78,15 +80,20 @@ class ColumnParallelLinear(nn.Module):
     output [b, s, out/tp] (never gathered: the next layer is row-parallel or the loss is).
     """
 
-    def __init__(self, in_features: int, out_features: int, group: Group, sequence_parallel: bool = False):
+    def __init__(
+        self, in_features: int, out_features: int, group: Group, sequence_parallel: bool = False, bias: bool = False
+    ):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.group, self.sequence_parallel = group, sequence_parallel
         _add_sharded_weight(self, (out_features, in_features), 0, group)  # weight [out/tp, in]
+        self.bias = None
+        if bias:
+            _add_sharded_weight(self, (out_features,), 0, group, name="bias")  # bias [out/tp]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _enter_column_region(x, self.group, self.sequence_parallel)  # [b, s, in]
-        return F.linear(x, self.weight)  # [b, s, out/tp]
+        return F.linear(x, self.weight, self.bias)  # [b, s, out/tp]
 
     def extra_repr(self) -> str:
         return (
@@ -184,8 +191,8 @@ class TensorParallelLayerFactory(LayerFactory):
     def tensor_parallel_size(self) -> int:
         return group_size(self.group)
 
-    def column(self, in_features: int, out_features: int) -> nn.Module:
-        return ColumnParallelLinear(in_features, out_features, self.group, self.sequence_parallel)
+    def column(self, in_features: int, out_features: int, bias: bool = False) -> nn.Module:
+        return ColumnParallelLinear(in_features, out_features, self.group, self.sequence_parallel, bias=bias)
 
     def row(self, in_features: int, out_features: int) -> nn.Module:
         return RowParallelLinear(in_features, out_features, self.group, self.sequence_parallel)

@@ -15,6 +15,8 @@ What maps how (docs/converting.md, "Importing a Hugging Face model"):
   is dropped when all zero and refused otherwise.
 * The vocabulary keeps its size: ``pad_vocab_to_multiple_of`` is the largest power of two up to
   128 dividing it, so no padded logit enters the softmax at TP = 1.
+* An hf-llama export of ours (``megasparse_export.json`` beside the weights) comes back with its
+  µP config, the folds divided out (within one fp32 rounding per weight).
 * ``activation`` overrides the MLP activation (ReLU-fication), which changes the function.
 
 Refused in one line: other model types, an ungated or biased MLP, rope scaling, a sliding
@@ -103,8 +105,25 @@ def _exact_scale_depth(c: float, layers: int) -> float:
     return guess
 
 
+def _our_llama_export(where: Path, activation: Optional[str]) -> Optional[tuple[ModelConfig, dict]]:
+    """The config and unfolds of an hf-llama export of ours, from its megasparse_export.json."""
+    record_path = Path(where) / "megasparse_export.json"
+    if not record_path.is_file():
+        return None
+    record = json.loads(record_path.read_text())
+    if record.get("format") != "hf-llama" or "model_config" not in record:
+        return None
+    config = ModelConfig.model_validate(record["model_config"])
+    if activation:
+        config = config.model_copy(update={"activation": activation})
+    return config, {pattern: 1.0 / factor for pattern, factor in record.get("folds", {}).items()}
+
+
 def model_config_from_hf(hf: dict[str, Any], where: Path, activation: Optional[str]) -> tuple[ModelConfig, dict]:
     """(our model config, plain-name regex -> multiplier applied to the imported weights)."""
+    ours = _our_llama_export(where, activation)
+    if ours is not None:
+        return ours
     kind = hf.get("model_type")
     if kind not in SUPPORTED:
         raise HfImportError(f"{where}: model_type '{kind}' is not supported; one of {', '.join(SUPPORTED)}")

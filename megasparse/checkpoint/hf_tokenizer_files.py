@@ -63,14 +63,24 @@ def _sentencepiece_tokenizer_json(model_file: str, folder: Path) -> None:
     scratch = folder / ".sentencepiece"
     scratch.mkdir()
     shutil.copyfile(model_file, scratch / "tokenizer.model")
-    converted = LlamaTokenizer(vocab_file=str(scratch / "tokenizer.model"), add_bos_token=False, add_eos_token=False)
+    (scratch / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
+    # from_pretrained converts the SentencePiece model (the constructor alone builds an empty one).
+    converted = LlamaTokenizer.from_pretrained(str(scratch), add_bos_token=False, add_eos_token=False)
     backend = converted.backend_tokenizer
     # SentencePiece (add_dummy_prefix, spaces kept): "▁" + text with every " " -> "▁".
     backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     backend.pre_tokenizer = None
     backend.post_processor = None
-    backend.save(str(folder / "tokenizer.json"))
     shutil.rmtree(scratch)
+    import sentencepiece
+
+    expected = sentencepiece.SentencePieceProcessor(model_file=model_file).vocab_size()
+    if backend.get_vocab_size() != expected:
+        raise TokenizerExportError(
+            f"{model_file}: the converted tokenizer has {backend.get_vocab_size()} tokens, the model {expected}; "
+            "pass --no-tokenizer and convert it by hand"
+        )
+    backend.save(str(folder / "tokenizer.json"))
 
 
 def _huggingface_tokenizer_json(tokenizer_file: Path, folder: Path) -> None:

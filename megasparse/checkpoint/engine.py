@@ -6,6 +6,7 @@ Layout of ``checkpoint.dir``::
     global_step{N}/              DeepSpeed's model and (ZeRO) optimizer states + client state
         megasparse_meta.json     model config, layout (TP/PP/DP), ZeRO stage, version, progress
         megasparse_rank{R}.pt    per-rank state: RNG of every library, activation counters, loader
+        megasparse_layout.json   what a layout-free reader needs (checkpoint/layout.py)
 
 ``latest`` moves only after every rank has finished writing, so a checkpoint interrupted half
 way never becomes the one a restart resumes from.
@@ -26,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 import megasparse
+from megasparse.checkpoint.layout import save_layout_record
 
 META_FILE = "megasparse_meta.json"
 LATEST_FILE = "latest"
@@ -101,6 +103,7 @@ def save_checkpoint(
     _barrier()
     engine.save_checkpoint(str(root), tag=tag, client_state={"megasparse": progress}, save_latest=False)
     torch.save({"rng": rng_state(), **rank_state}, root / tag / f"megasparse_rank{_rank()}.pt")
+    save_layout_record(engine, root / tag, meta)
     _barrier()
     if _rank() == 0:
         full_meta = {"version": megasparse.__version__, "step": step, **meta, "progress": progress}

@@ -6,6 +6,7 @@ Layout of ``checkpoint.dir``::
     global_step{N}/              DeepSpeed's model and (ZeRO) optimizer states + client state
         megasparse_meta.json     model config, layout (TP/PP/DP), ZeRO stage, version, progress
         megasparse_rank{R}.pt    per-rank state: RNG of every library, activation counters, loader
+        megasparse_layout.json   what a layout-free reader needs (checkpoint/layout.py)
 
 ``latest`` moves only after every rank has finished writing, so a checkpoint interrupted half
 way never becomes the one a restart resumes from.
@@ -26,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 import megasparse
+from megasparse.checkpoint.layout import save_layout_record
 
 META_FILE = "megasparse_meta.json"
 LATEST_FILE = "latest"
@@ -101,6 +103,7 @@ def save_checkpoint(
     _barrier()
     engine.save_checkpoint(str(root), tag=tag, client_state={"megasparse": progress}, save_latest=False)
     torch.save({"rng": rng_state(), **rank_state}, root / tag / f"megasparse_rank{_rank()}.pt")
+    save_layout_record(engine, root / tag, meta)
     _barrier()
     if _rank() == 0:
         full_meta = {"version": megasparse.__version__, "step": step, **meta, "progress": progress}
@@ -143,10 +146,15 @@ def read_meta(ckpt_dir: str, tag: str) -> dict[str, Any]:
 
 def check_layout(meta: dict[str, Any], expected: dict[str, Any], where: str) -> None:
     for key, value in expected.items():
+        if key == "zero_stage" and meta.get("format") == "layout-free":
+            continue  # its optimizer state loads into any ZeRO stage
         if meta.get("layout", {}).get(key) != value:
             raise CheckpointError(
                 f"{where}: saved with {key}={meta.get('layout', {}).get(key)}, this run has {key}={value}; "
-                "resume with the same layout or convert the checkpoint first"
+                "resume with the same layout, or convert it for this one: megasparse convert "
+                f"{where} NEW_DIR --to megasparse --tp {expected.get('tensor', 1)} --pp {expected.get('pipeline', 1)} "
+                f"--dp {expected.get('data', 1)} --zero-stage {expected.get('zero_stage', 1)}, "
+                "then resume with checkpoint.dir=NEW_DIR"
             )
 
 
@@ -167,6 +175,11 @@ def check_optimizer_groups(meta: dict[str, Any], expected: list[str], where: str
 
 def load_checkpoint(engine, ckpt_dir: str, tag: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Loads DeepSpeed state into the engine; returns (progress, this rank's state)."""
+    meta = read_meta(ckpt_dir, tag)
+    if meta.get("format") == "layout-free":  # written by megasparse convert (layout_free.py)
+        from megasparse.checkpoint.layout_free_resume import load_layout_free
+
+        return load_layout_free(engine, Path(ckpt_dir) / tag, meta)
     path, client = engine.load_checkpoint(ckpt_dir, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
     if path is None:
         raise CheckpointError(f"{Path(ckpt_dir) / tag}: DeepSpeed could not load this checkpoint")

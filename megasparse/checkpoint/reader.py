@@ -4,9 +4,10 @@
 ``megasparse_meta.json``) or a checkpoint directory holding several; it returns them in step
 order with the tokens consumed at each (from the meta's ``progress``).
 ``load_model(info)`` builds a plain :class:`Transformer` from the saved model config and loads
-the weights, whatever TP × PP layout (and ZeRO stage 0–2) saved them: tensor-parallel shards are
-joined and pipeline pieces renamed by shards.py. ZeRO-3 checkpoints are refused with
-a pointer to DeepSpeed's ``zero_to_fp32.py``.
+the weights, whatever TP × PP × DP layout and ZeRO stage 0–3 saved them (or a layout-free
+checkpoint written by ``megasparse convert``): by default the optimizer's fp32 master weights,
+with ``master=False`` the module copy (bf16 under bf16 training). Tensor-parallel shards are
+joined and pipeline pieces renamed by source_state.py, one tensor at a time.
 """
 
 from __future__ import annotations
@@ -19,12 +20,10 @@ from typing import Any, Optional, Union
 import torch
 
 from megasparse.checkpoint.engine import META_FILE, TAG_PATTERN, CheckpointError
-from megasparse.checkpoint.shards import consolidated_state_dict, model_states_file
+from megasparse.checkpoint.layout import plain_layer_factory
+from megasparse.checkpoint.layout_free import open_checkpoint
 from megasparse.config import ModelConfig
-from megasparse.model.layers import LOCAL_LAYERS, LayerFactory
 from megasparse.model.transformer import Transformer
-
-MODEL_STATES_FILE = model_states_file(0)
 
 
 @dataclass
@@ -76,17 +75,6 @@ def list_checkpoints(path: Union[str, Path]) -> list[CheckpointInfo]:
     return sorted((read_checkpoint_info(f) for f in folders), key=lambda c: c.step)
 
 
-@dataclass(frozen=True)
-class _LocalLayersPaddedForTP(LayerFactory):
-    """Plain local layers, with the vocabulary padded as the saved TP size padded it."""
-
-    saved_tensor_parallel: int = 1
-
-    @property
-    def tensor_parallel_size(self) -> int:
-        return self.saved_tensor_parallel
-
-
 def saved_tensor_parallel(info: CheckpointInfo) -> int:
     """The TP size the checkpoint was saved with (1 for metadata without a layout)."""
     return int(info.meta.get("layout", {}).get("tensor", 1))
@@ -107,12 +95,16 @@ def _eod_for(info: CheckpointInfo, config: ModelConfig, eod_token_id: Optional[i
     return load_tokenizer(model_path, data.get("tokenizer_type")).eod_id
 
 
-def load_state_dict(info: CheckpointInfo) -> dict[str, torch.Tensor]:
-    """The plain Transformer's state dict (``model.`` prefix stripped, TP shards joined), on the CPU.
+def load_state_dict(info: CheckpointInfo, master: bool = True) -> dict[str, torch.Tensor]:
+    """The plain Transformer's state dict (TP shards joined), on the CPU.
 
-    The embedding keeps the vocabulary padding of the saved TP size (a multiple of 128·TP rows).
+    ``master``: the optimizer's fp32 master weights (where the checkpoint has an optimizer: ZeRO
+    1-3, bf16; under fp32 without ZeRO the module is the master); else the module copy. The
+    embedding keeps the vocabulary padding of the saved TP size (a multiple of 128·TP rows).
     """
-    return consolidated_state_dict(info.path, info.meta, info.model_config)
+    source = open_checkpoint(info.path, info.meta)
+    kind = "fp32" if master else "module"
+    return {name: source.tensor(name, kind) for name in source.parameter_names()}
 
 
 def load_model(
@@ -120,15 +112,18 @@ def load_model(
     device: Union[str, torch.device] = "cpu",
     dtype: Optional[torch.dtype] = None,
     eod_token_id: Optional[int] = None,
+    master: bool = True,
 ) -> Transformer:
-    """A :class:`Transformer` with the checkpoint's weights, in eval mode, on ``device``."""
+    """A :class:`Transformer` with the checkpoint's weights, in eval mode, on ``device``.
+
+    ``master=True`` loads the fp32 master weights, ``False`` the module copy (load_state_dict).
+    """
     info = checkpoint if isinstance(checkpoint, CheckpointInfo) else read_checkpoint_info(checkpoint)
     config = info.model_config
-    state = load_state_dict(info)
+    state = load_state_dict(info, master=master)
     # Built for the saved TP size's vocabulary padding: the padded rows took part in training's
     # softmax, so keeping them gives exactly the trained model's probabilities.
-    tp = saved_tensor_parallel(info)
-    factory = LOCAL_LAYERS if tp == 1 else _LocalLayersPaddedForTP(tp)
+    factory = plain_layer_factory(saved_tensor_parallel(info))
     model = Transformer(config, device="meta", eod_token_id=_eod_for(info, config, eod_token_id), layer_factory=factory)
     try:
         model.load_state_dict(state, strict=True, assign=True)

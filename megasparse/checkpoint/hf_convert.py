@@ -31,7 +31,6 @@ def add_export_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--tokenizer-type", help="its Megatron type name (default: inferred from the path)")
     group.add_argument("--no-tokenizer", action="store_true", help="write no tokenizer files")
     group.add_argument("--sidecar", help="sparsity sidecar folder (default: the checkpoint folder's, if any)")
-    group.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
     group.add_argument(
         "--verify",
         nargs="?",
@@ -66,7 +65,6 @@ def _one_line_errors(run):
 
 def write_export(request: ConvertRequest, out_dir: Path) -> dict[str, Any]:
     from megasparse.checkpoint.hf_export import ExportOptions, export_hf
-    from megasparse.checkpoint.hf_safetensors import parse_size
 
     o = request.options
     options = ExportOptions(
@@ -77,7 +75,8 @@ def write_export(request: ConvertRequest, out_dir: Path) -> dict[str, Any]:
         tokenizer_type=getattr(o, "tokenizer_type", None),
         no_tokenizer=getattr(o, "no_tokenizer", False),
         sidecar=getattr(o, "sidecar", None),
-        max_shard_bytes=_one_line_errors(lambda: parse_size(getattr(o, "max_shard_size", None) or "5GB")),
+        # --max-shard-size (GB) is the megasparse format's flag; the exports share it.
+        max_shard_bytes=int(float(getattr(o, "max_shard_size", None) or 5.0) * 1e9),
         progress=request.show_progress,
         verify=getattr(o, "verify", 0) or 0,
     )
@@ -101,7 +100,14 @@ def write_import(request: ConvertRequest, out_dir: Path) -> dict[str, Any]:
 
     activation = getattr(request.options, "activation", None)
     return _one_line_errors(
-        lambda: import_hf(request.source, out_dir, activation, request.dtype, destination=request.destination)
+        lambda: import_hf(
+            request.source,
+            out_dir,
+            activation,
+            request.dtype,
+            destination=request.destination,
+            progress=request.show_progress,
+        )
     )
 
 

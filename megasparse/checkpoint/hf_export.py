@@ -26,8 +26,9 @@ import torch
 
 import megasparse
 from megasparse.checkpoint.hf_formats import FormatError, export_plan, hf_config, hf_name, residual_scale
-from megasparse.checkpoint.hf_safetensors import DEFAULT_MAX_SHARD_BYTES, ShardedSafetensorsWriter
-from megasparse.checkpoint.reader import CheckpointInfo, list_checkpoints, load_state_dict, saved_tensor_parallel
+from megasparse.checkpoint.layout_free import open_checkpoint
+from megasparse.checkpoint.reader import CheckpointInfo, list_checkpoints, saved_tensor_parallel
+from megasparse.checkpoint.safetensors_shards import ShardedSafetensorsWriter
 from megasparse.config import ModelConfig
 from megasparse.progress import Progress
 
@@ -46,7 +47,7 @@ class ExportOptions:
     tokenizer_type: Optional[str] = None
     no_tokenizer: bool = False
     sidecar: Optional[str] = None  # a sidecar folder; default: the checkpoint folder's, if any
-    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    max_shard_bytes: int = 5 * 1000**3  # Hugging Face's default
     progress: bool = True
     verify: int = 0  # tokens per sequence of the logits check (0: no check)
 
@@ -72,18 +73,22 @@ def _tokenizer(info: CheckpointInfo, options: ExportOptions):
 
 
 def _export_tensors(
-    state: dict[str, torch.Tensor], config: ModelConfig, plan, dtype: torch.dtype
+    source, config: ModelConfig, plan, dtype: torch.dtype
 ) -> list[tuple[str, Callable[[], torch.Tensor]]]:
-    """(Hugging Face name, a function giving the tensor) in our state-dict order, lm_head last."""
+    """(Hugging Face name, a function reading and folding the tensor), lm_head last.
+
+    ``source`` reads one full tensor at a time (``open_checkpoint``): nothing is held beyond the
+    tensor being written and the shard being filled.
+    """
     jobs: list[tuple[str, Callable[[], torch.Tensor]]] = []
 
     def scaled(name: str, factor: float) -> Callable[[], torch.Tensor]:
         if factor == 1.0:
-            return lambda: state[name].to(dtype)
+            return lambda: source.tensor(name, "fp32").to(dtype)
         # Folded in float64 and rounded once: the result is the correctly rounded product.
-        return lambda: (state[name].double() * factor).to(dtype)
+        return lambda: (source.tensor(name, "fp32").double() * factor).to(dtype)
 
-    for name in state:
+    for name in source.parameter_names():
         jobs.append((hf_name(name), scaled(name, plan.factor(name))))
     if plan.untie:
         jobs.append(("lm_head.weight", scaled("embed.weight", 1.0 / config.scale_width)))
@@ -159,21 +164,18 @@ def export_hf(src: Path, tmp: Path, fmt: str, options: ExportOptions) -> dict[st
     sidecar = _sidecar_source(info, options)
     seq_length = int(info.meta.get("run", {}).get("data", {}).get("seq_length") or 4096)
 
-    state = load_state_dict(info)
-    dtype = state["embed.weight"].dtype if options.dtype == "source" else DTYPES[options.dtype]
+    source = open_checkpoint(info.path, info.meta)
+    dtype = source.tensor("embed.weight", "fp32").dtype if options.dtype == "source" else DTYPES[options.dtype]
     if dtype not in HF_DTYPE_NAMES:
         raise FormatError(f"{info.path}: weights stored as {dtype}; pass --dtype fp32 or bf16")
-    vocab_padded = int(state["embed.weight"].shape[0])
-    jobs = _export_tensors(state, config, plan, dtype)
-    total = sum(state[n].numel() for n in state) * torch.finfo(dtype).bits // 8
-    if plan.untie:
-        total += state["embed.weight"].numel() * torch.finfo(dtype).bits // 8
-    with Progress(f"export {fmt}", total=total, unit="B", enabled=options.progress) as progress:
-        writer = ShardedSafetensorsWriter(tmp, options.max_shard_bytes, on_bytes=progress.update)
+    vocab_padded = int(source.shapes["embed.weight"][0])
+    jobs = _export_tensors(source, config, plan, dtype)
+    with Progress(f"export {fmt}", total=len(jobs), unit="tensors", enabled=options.progress) as progress:
+        writer = ShardedSafetensorsWriter(tmp, "model", options.max_shard_bytes)
         for name, make in jobs:
             writer.add(name, make())
-        shards = writer.close()
-    del state
+            progress.update(1)
+        shards = writer.close({"format": "pt"})
 
     ids = special_token_ids(tokenizer)
     doc = hf_config(

@@ -29,15 +29,16 @@ import json
 import math
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
 from megasparse.checkpoint.engine import META_FILE
 from megasparse.checkpoint.hf_formats import FormatError, plain_name
 from megasparse.checkpoint.hf_safetensors import iter_safetensors
-from megasparse.checkpoint.weights_checkpoint import write_weights_checkpoint
+from megasparse.checkpoint.weights_checkpoint import WeightsCheckpointWriter
 from megasparse.config import ModelConfig
+from megasparse.progress import Progress
 
 SUPPORTED = ("llama", "mistral", "qwen2", "minicpm", "granite")
 MU_P_TYPES = ("minicpm", "granite")
@@ -185,14 +186,23 @@ def _factor(factors: dict[str, float], name: str) -> float:
     return next((v for pattern, v in factors.items() if re.fullmatch(pattern, name)), 1.0)
 
 
-def read_hf_state(
+def hf_tensors(
     folder: Path, hf: dict[str, Any], config: ModelConfig, factors: dict[str, float], dtype: Optional[torch.dtype]
-) -> dict[str, torch.Tensor]:
-    """Our plain state dict from the folder's safetensors, tensor by tensor."""
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Our plain-named weights from the folder's safetensors, one tensor at a time."""
     heads, kv_heads = config.num_heads, int(hf.get("num_key_value_heads") or config.num_heads)
     if heads % kv_heads:
         raise HfImportError(f"{folder}: {heads} query heads do not split into {kv_heads} K/V groups")
-    state: dict[str, torch.Tensor] = {}
+    try:
+        yield from _mapped_tensors(folder, config, factors, dtype, kv_heads)
+    except FileNotFoundError as e:
+        raise HfImportError(str(e)) from None
+
+
+def _mapped_tensors(
+    folder: Path, config: ModelConfig, factors: dict[str, float], dtype: Optional[torch.dtype], kv_heads: int
+) -> Iterator[tuple[str, torch.Tensor]]:
+    heads = config.num_heads
     for hf_name, tensor in iter_safetensors(folder):
         name = plain_name(hf_name)
         if name is None:
@@ -209,26 +219,35 @@ def read_hf_state(
             tensor = _expand_kv(tensor, kv_heads, heads, config.head_dim)
         factor = _factor(factors, name)
         target = dtype or tensor.dtype
-        state[name] = (tensor.double() * factor).to(target) if factor != 1.0 else tensor.to(target)
-    return state
+        yield name, (tensor.double() * factor).to(target) if factor != 1.0 else tensor.to(target)
 
 
-def _check_complete(state: dict[str, torch.Tensor], config: ModelConfig, folder: Path) -> None:
+def _expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     from megasparse.model.transformer import Transformer
 
-    expected = Transformer(config, device="meta").state_dict()
-    missing = [n for n in expected if n not in state]
+    return {name: tuple(p.shape) for name, p in Transformer(config, device="meta").state_dict().items()}
+
+
+def _check_tensor(name: str, tensor: torch.Tensor, expected: dict[str, tuple[int, ...]], folder: Path) -> None:
+    if name not in expected:
+        raise HfImportError(f"{folder}: '{name}' is not a weight of the model config.json describes")
+    if tuple(tensor.shape) != expected[name]:
+        raise HfImportError(f"{folder}: '{name}' has shape {tuple(tensor.shape)}, config.json implies {expected[name]}")
+
+
+def _check_complete(seen: set[str], expected: dict[str, tuple[int, ...]], folder: Path) -> None:
+    missing = [n for n in expected if n not in seen]
     if missing:
         raise HfImportError(f"{folder}: no weights for '{missing[0]}' ({len(missing)} missing); is a shard missing?")
-    for name, meta in expected.items():
-        if tuple(state[name].shape) != tuple(meta.shape):
-            raise HfImportError(
-                f"{folder}: '{name}' has shape {tuple(state[name].shape)}, config.json implies {tuple(meta.shape)}"
-            )
 
 
 def import_hf(
-    src: Path, out: Path, activation: Optional[str] = None, dtype: str = "source", destination: Optional[Path] = None
+    src: Path,
+    out: Path,
+    activation: Optional[str] = None,
+    dtype: str = "source",
+    destination: Optional[Path] = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Writes the megasparse checkpoint of Hugging Face folder ``src`` into ``out``; returns a record.
 
@@ -242,11 +261,16 @@ def import_hf(
     config, factors = model_config_from_hf(hf, src, activation)
     if dtype not in ("source", *DTYPES):
         raise HfImportError(f"--dtype {dtype}: one of source, {', '.join(DTYPES)}")
-    try:
-        state = read_hf_state(src, hf, config, factors, DTYPES.get(dtype))
-    except FileNotFoundError as e:
-        raise HfImportError(str(e)) from None
-    _check_complete(state, config, src)
+    expected, seen = _expected_shapes(config), set()
+    writer = WeightsCheckpointWriter(out, config)
+    total = sum(math.prod(shape) for shape in expected.values())
+    with Progress("import", total=total, unit="params", enabled=progress) as bar:
+        for name, tensor in hf_tensors(src, hf, config, factors, DTYPES.get(dtype)):
+            _check_tensor(name, tensor, expected, src)
+            writer.add(name, tensor)
+            seen.add(name)
+            bar.update(tensor.numel())
+    _check_complete(seen, expected, src)
 
     run_data: dict[str, Any] = {}
     copied = [f for f in TOKENIZER_FILES if (src / f).is_file()]
@@ -267,7 +291,7 @@ def import_hf(
     meta = {"imported_from": record}
     if run_data:
         meta["run"] = {"data": run_data}
-    write_weights_checkpoint(out, config, state, meta)
+    writer.close(meta)
     return record
 
 
@@ -284,11 +308,12 @@ def load_hf_as_ours(folder: Path, activation: Optional[str] = None) -> tuple[Any
         raise HfImportError(f"{folder}: not a Hugging Face model folder (no config.json)")
     hf = json.loads((folder / "config.json").read_text())
     config, factors = model_config_from_hf(hf, folder, activation)
-    try:
-        state = read_hf_state(folder, hf, config, factors, torch.float32)
-    except FileNotFoundError as e:
-        raise HfImportError(str(e)) from None
-    _check_complete(state, config, folder)
+    expected = _expected_shapes(config)
+    state = {}
+    for name, tensor in hf_tensors(folder, hf, config, factors, torch.float32):
+        _check_tensor(name, tensor, expected, folder)
+        state[name] = tensor
+    _check_complete(set(state), expected, folder)
     model = Transformer(config, device="meta")
     model.load_state_dict(state, strict=True, assign=True)
     meta = {"model": config.model_dump(), "progress": {"step": 0, "consumed_tokens": 0}, "imported_from": str(folder)}

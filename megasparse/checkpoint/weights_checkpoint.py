@@ -1,11 +1,11 @@
 """A weights-only checkpoint folder: what an import from Hugging Face writes.
 
-It has the one-process layout the reader reads (engine.py, shards.py): ``megasparse_meta.json``
-with the model config, ``layout`` TP = PP = DP = 1, ZeRO 0 and ``progress`` at step 0, and
-``mp_rank_00_model_states.pt`` with the plain state dict under ``module`` (names prefixed
-``model.``, as the training engine saves them). It holds no optimizer state: training starts
-from it with ``checkpoint.init_from`` (fresh optimizer and schedule), in any layout, and
-``measure`` reads it like any checkpoint.
+The layout-free format of layout_free.py without optimizer state: ``megasparse_meta.json``
+(``"format": "layout-free"``, ``"weights_only": true``, the model config, the one-process
+layout, progress at step 0), ``megasparse_layout.json`` and the plain-named weights as sharded
+safetensors, written tensor by tensor. Training starts from it with ``checkpoint.init_from``
+(fresh optimizer and schedule) in any layout; ``measure`` and every reader read it like any
+checkpoint.
 """
 
 from __future__ import annotations
@@ -18,26 +18,47 @@ import torch
 
 import megasparse
 from megasparse.checkpoint.engine import META_FILE
-from megasparse.checkpoint.shards import MODULE_PREFIX, model_states_file
+from megasparse.checkpoint.layout import LAYOUT_FILE, layout_record
+from megasparse.checkpoint.layout_free import LAYOUT_FREE, WEIGHTS_PREFIX
+from megasparse.checkpoint.safetensors_shards import DEFAULT_MAX_SHARD_BYTES, ShardedSafetensorsWriter
 from megasparse.config import ModelConfig
 
-WEIGHTS_ONLY_LAYOUT = {"tensor": 1, "pipeline": 1, "data": 1, "zero_stage": 0}
+WEIGHTS_ONLY_LAYOUT = {"world_size": 1, "tensor": 1, "pipeline": 1, "data": 1, "zero_stage": 0}
+
+
+class WeightsCheckpointWriter:
+    """``add(name, tensor)`` for every plain-named weight, then ``close(extra_meta)``."""
+
+    def __init__(self, folder: Path, config: ModelConfig, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+        self.folder, self.config = Path(folder), config
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.weights = ShardedSafetensorsWriter(self.folder, WEIGHTS_PREFIX, max_shard_bytes)
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        self.weights.add(name, tensor)
+
+    def close(self, extra_meta: dict[str, Any]) -> None:
+        self.weights.close({"format": LAYOUT_FREE})
+        record = layout_record(self.config, WEIGHTS_ONLY_LAYOUT, ranks=[])
+        (self.folder / LAYOUT_FILE).write_text(json.dumps(record, indent=1))
+        meta = {
+            "version": megasparse.__version__,
+            "step": 0,
+            "format": LAYOUT_FREE,
+            "weights_only": True,
+            "model": self.config.model_dump(),
+            "layout": dict(WEIGHTS_ONLY_LAYOUT),
+            **extra_meta,
+            "progress": {"step": 0, "consumed_tokens": 0},
+        }
+        (self.folder / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
 
 def write_weights_checkpoint(
     folder: Path, config: ModelConfig, state: dict[str, torch.Tensor], extra_meta: dict[str, Any]
 ) -> None:
     """Writes ``state`` (plain names, the padded vocabulary) and the metadata into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    module = {MODULE_PREFIX + name: tensor.contiguous() for name, tensor in state.items()}
-    torch.save({"module": module}, folder / model_states_file(0))
-    meta = {
-        "version": megasparse.__version__,
-        "step": 0,
-        "model": config.model_dump(),
-        "layout": dict(WEIGHTS_ONLY_LAYOUT),
-        "weights_only": True,
-        **extra_meta,
-        "progress": {"step": 0, "consumed_tokens": 0},
-    }
-    (folder / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    writer = WeightsCheckpointWriter(folder, config)
+    for name, tensor in state.items():
+        writer.add(name, tensor.detach())
+    writer.close(extra_meta)

@@ -169,3 +169,18 @@ def test_refusals_are_one_line_with_exit_2(source, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "a").exists() and not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_export_of_a_trained_run_with_its_tokenizer(tmp_path_factory, tmp_path):
+    """A real run's newest checkpoint (DeepSpeed's files, fp32 masters) exported and verified."""
+    from sparse_fixtures import trained_run
+
+    run = trained_run(tmp_path_factory)
+    assert convert(run["ckpt"], tmp_path / "hf", "--to", "hf-llama", "--verify", "32", "--no-progress") == 0
+    record = json.loads((tmp_path / "hf" / "megasparse_export.json").read_text())
+    assert record["source"]["step"] == 20 and record["source"]["tokens"] > 0
+    assert record["tokenizer"]["sha256"] and (tmp_path / "hf" / "tokenizer.json").exists()
+    ids = tokens()
+    with torch.no_grad():
+        ours = load_model(run["ckpt"] / "global_step20")(ids)
+    assert within_gate(ours, hf_logits(tmp_path / "hf", ids))

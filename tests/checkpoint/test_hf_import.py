@@ -205,3 +205,20 @@ def test_training_starts_from_an_import_in_any_layout(tiny_corpus, tmp_path):
         for key in imported:
             assert float((state[key] - imported[key]).abs().max()) < 1e-6, (name, key)
         assert abs(loss - results["single"][1]) < 1e-5, (name, loss)
+
+
+def test_init_from_refuses_a_run_config_that_contradicts_the_checkpoint(tiny_corpus, tmp_path):
+    _model("llama", hidden_size=32, head_dim=8, hidden_act="relu").save_pretrained(tmp_path / "hf")
+    assert convert(tmp_path / "hf", tmp_path / "ours", "--to", "megasparse", "--no-progress") == 0
+    (tmp_path / "run").mkdir()
+    cfg = run_helpers.write_run_config(
+        tmp_path / "run" / "config.yaml",
+        tiny_corpus,
+        train={"steps": 1, "eval_interval": 0},
+        sparsity={"cett_interval": 0},
+        checkpoint={"dir": str(tmp_path / "run" / "ckpt"), "init_from": str(tmp_path / "ours")},
+    )
+    proc = run_helpers.run_train(cfg, check=False)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "model.head_dim=16 in the run config" in err[0] and "has 8" in err[0], err

@@ -24,7 +24,16 @@ SUMMARIES = {
 DEFAULT_VERIFY_TOKENS = 128
 
 
+EXPORT_EXAMPLES = """examples:
+  megasparse convert runs/a/ckpt hf/a --to hf-minicpm --verify          # newest checkpoint, run's tokenizer
+  megasparse convert runs/a/ckpt/global_step5000 hf/a-llama --to hf-llama --dtype bf16 --verify
+  megasparse convert runs/a/ckpt hf/a-vllm --to hf-minicpm --vllm       # ReLU served by vLLM as fatrelu
+  megasparse convert models/Qwen2.5-0.5B ckpt/qwen --to megasparse --activation relu   # import"""
+
+
 def add_export_arguments(group: argparse._ArgumentGroup) -> None:
+    group.title = "Hugging Face export options (--to hf-llama | hf-minicpm | hf-granite)"
+    group.description = EXPORT_EXAMPLES
     group.add_argument("--untie", action="store_true", help="hf-llama: write lm_head = E/scale_width (a tied model)")
     group.add_argument("--vllm", action="store_true", help="hf-minicpm: ReLU written as fatrelu, threshold 0")
     group.add_argument("--tokenizer", help="tokenizer to export (default: the run's data.tokenizer_model)")
@@ -44,6 +53,7 @@ def add_export_arguments(group: argparse._ArgumentGroup) -> None:
 
 
 def add_import_arguments(group: argparse._ArgumentGroup) -> None:
+    group.title = "Hugging Face import options (--to megasparse with a Hugging Face model folder as SRC)"
     group.add_argument(
         "--activation",
         choices=["relu", "silu"],

@@ -75,7 +75,21 @@ def compare_logits(ours: torch.Tensor, theirs: torch.Tensor) -> dict[str, float]
 
 @torch.no_grad()
 def _reference_with_export_rounding(model: nn.Module, plan: ExportPlan, dtype: torch.dtype) -> nn.Module:
-    """Our model whose weights are the exported ones mapped back: w -> round(w·f)/f (float64)."""
+    """Our model whose weights are the exported ones mapped back: w -> round(w·f)/f (float64).
+
+    With ``--untie`` the export rounds the head (E/s_w) apart from the embedding (s_e·E), so the
+    reference gets a head of its own, a copy of E.
+    """
+    if plan.untie:
+        from megasparse.model.transformer import Transformer
+
+        state = dict(model.state_dict(), **{"lm_head.weight": model.embed.weight.detach().clone()})
+        untied_config = model.config.model_copy(update={"tie_embeddings": False})
+        model = Transformer(
+            untied_config, device="meta", eod_token_id=model.eod_token_id, layer_factory=model.layer_factory
+        )
+        model.load_state_dict(state, strict=True, assign=True)
+        model.eval()
     for name, param in model.named_parameters():
         factor = plan.factor(name)
         rounded = (param.double() * factor).to(dtype).double() / factor
@@ -113,7 +127,7 @@ def verify_export(
     ours.float()
     if not fp32["passed"] or not math.isfinite(fp32["max_abs"]):
         raise VerificationError(
-            f"{folder}: transformers' logits differ from ours in fp32: max |Δ| {fp32['max_abs']:.3g} "
+            f"--verify: the export's logits in transformers differ from ours in fp32: max |Δ| {fp32['max_abs']:.3g} "
             f"(gate {limit:.3g}), KL {fp32['kl']:.3g} (gate {MAX_KL:g}), argmax agreement "
             f"{100 * fp32['argmax_agreement']:.2f}% (gate 100%)"
         )

@@ -137,8 +137,10 @@ def test_shards_and_index_cover_every_tensor(source, tmp_path):
     assert not list((tmp_path / "hf").glob("*.partial"))
 
 
-def test_bf16_export_verifies_against_its_own_rounding(source, tmp_path):
-    assert convert(source["tied"][0], tmp_path / "hf", "--to", "hf-llama", "--dtype", "bf16", "--verify", "16") == 0
+@pytest.mark.parametrize("flags", [[], ["--untie"]])
+def test_bf16_export_verifies_against_its_own_rounding(source, flags, tmp_path):
+    argv = [source["tied"][0], tmp_path / "hf", "--to", "hf-llama", "--dtype", "bf16", "--verify", "16", *flags]
+    assert convert(*argv) == 0
     record = json.loads((tmp_path / "hf" / "megasparse_export.json").read_text())
     assert record["dtype"] == "bfloat16" and record["verification"]["fp32"]["passed"]
     assert record["verification"]["rounding_vs_source"]["max_abs"] > 0  # bf16 weights moved the logits

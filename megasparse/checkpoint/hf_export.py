@@ -1,6 +1,6 @@
 """Ours -> Hugging Face: a checkpoint folder written as hf-llama, hf-minicpm or hf-granite.
 
-The output folder (docs/converting.md, "Hugging Face formats")::
+The output folder (docs/converting.md, "Ours → Hugging Face")::
 
     config.json, generation_config.json      generated from the checkpoint's model config
     model-0000k-of-0000n.safetensors         the weights, streamed tensor by tensor
@@ -10,8 +10,9 @@ The output folder (docs/converting.md, "Hugging Face formats")::
     sparsity_sidecar.{json,safetensors}      when the checkpoint has one; τ_l × c where W_down was scaled
     megasparse_export.json                   source step/tokens/layout, folds, dtype, verification
 
-Weights come from ``load_state_dict`` (fp32 masters where the checkpoint has them); each fold is
-computed in float64 and rounded once to the output dtype.
+Weights are read one tensor at a time through ``open_checkpoint`` (fp32 masters where the
+checkpoint has them, any layout); each fold is computed in float64 and rounded once to the
+output dtype.
 """
 
 from __future__ import annotations

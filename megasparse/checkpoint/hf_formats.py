@@ -1,6 +1,6 @@
 """Our decoder's weights as each Hugging Face format holds them: names, µP folds, config.json.
 
-Three export formats (docs/converting.md, "Hugging Face formats"):
+Three export formats (docs/converting.md, "Ours → Hugging Face"):
 
 * ``hf-llama``: ``LlamaForCausalLM`` has no µP scales, so they are folded into the weights:
   embedding × scale_emb, o_proj and down_proj × c (c = scale_depth/√L), and the logit scale

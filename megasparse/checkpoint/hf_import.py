@@ -1,6 +1,6 @@
 """Hugging Face -> ours: Llama, Mistral, Qwen2, MiniCPM and Granite models as a megasparse checkpoint.
 
-What maps how (docs/converting.md, "Importing a Hugging Face model"):
+What maps how (docs/converting.md, "Hugging Face → ours"):
 
 * Non-µP models (Llama, Mistral, Qwen2) get unit scales: scale_emb = 1, scale_depth = √L (so
   c = 1), dim_model_base = hidden_size (so scale_width = 1) — every multiplier is exactly 1.

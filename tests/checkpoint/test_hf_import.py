@@ -140,22 +140,27 @@ def test_unsupported_model_type_is_refused(tmp_path, capsys):
     _refusal(tmp_path, capsys, "model_type 'gpt2' is not supported")
 
 
-def test_measure_reads_a_hugging_face_folder(tiny_corpus, tmp_path):
+def test_measure_reads_a_hugging_face_folder_and_its_import(tiny_corpus, tmp_path):
     from megasparse.sparsity.measure import fixed_batches
 
     hf = _model("llama", hidden_act="relu", tie_word_embeddings=True)
     hf.save_pretrained(tmp_path / "hf")
-    args = ["--hf", tmp_path / "hf", "--data", tiny_corpus["valid"], "--seq-length", "32", "--batches", "2"]
-    args += ["--micro-batch", "2", "--method", "zero", "--out", tmp_path / "m", "--no-progress"]
-    proc = subprocess.run(
-        [sys.executable, "tools/measure_sparsity.py", *map(str, args)],
-        cwd=run_helpers.REPO,
-        env=run_helpers.run_env(),
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    record = json.loads((tmp_path / "m" / "measurements.json").read_text())[0]
+    assert convert(tmp_path / "hf", tmp_path / "ours", "--to", "megasparse", "--no-progress") == 0
+    common = ["--data", tiny_corpus["valid"], "--seq-length", "32", "--batches", "2", "--micro-batch", "2"]
+    common += ["--method", "zero", "--no-progress"]
+    records = []
+    for source, out in ((["--hf", tmp_path / "hf"], "m"), ([tmp_path / "ours"], "m2")):
+        proc = subprocess.run(
+            [sys.executable, "tools/measure_sparsity.py", *map(str, [*source, *common, "--out", tmp_path / out])],
+            cwd=run_helpers.REPO,
+            env=run_helpers.run_env(),
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        records.append(json.loads((tmp_path / out / "measurements.json").read_text())[0])
+    record, imported = records
+    assert imported["dense_loss"] == record["dense_loss"]  # the imported checkpoint measures the same
     batches = fixed_batches([tiny_corpus["valid"]], 32, 2, 2, None)
     with torch.no_grad():  # transformers' logits on the same batches [b, s+1]: inputs b[:, :-1], targets b[:, 1:]
         losses = [

@@ -26,7 +26,7 @@ def test_biases_start_at_zero_train_at_the_unscaled_rate_and_change_the_output()
     model = Transformer(_config(attention_bias=True), seed=0)
     roles = parameter_roles(model)
     assert {roles[n] for n, _ in model.named_parameters() if n.endswith("bias")} == {"bias"}
-    assert all(float(p.abs().max()) == 0.0 for n, p in model.named_parameters() if n.endswith("bias"))
+    assert all(float(p.detach().abs().max()) == 0.0 for n, p in model.named_parameters() if n.endswith("bias"))
     groups = {g["name"]: g for g in mup_param_groups(model, model.config, weight_decay=0.1)}
     bias_ids = {id(p) for n, p in model.named_parameters() if n.endswith("bias")}
     assert bias_ids <= {id(p) for p in groups["unscaled"]["params"]} and groups["unscaled"]["lr_scale"] == 1.0

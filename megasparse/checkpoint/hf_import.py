@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -181,8 +182,6 @@ def _expand_kv(tensor: torch.Tensor, kv_heads: int, heads: int, head_dim: int) -
 
 
 def _factor(factors: dict[str, float], name: str) -> float:
-    import re
-
     return next((v for pattern, v in factors.items() if re.fullmatch(pattern, name)), 1.0)
 
 

@@ -73,6 +73,19 @@ def _tokenizer(info: CheckpointInfo, options: ExportOptions):
     return load_tokenizer(path, kind)
 
 
+FOLD_CHUNK = 1 << 22  # elements folded at a time: float64 copies of 32 MB, not of a whole embedding
+
+
+def fold(tensor: torch.Tensor, factor: float, dtype: torch.dtype) -> torch.Tensor:
+    """round(tensor · factor) to ``dtype``, the product taken in float64, a chunk at a time."""
+    out = torch.empty(tensor.shape, dtype=dtype)
+    source, target = tensor.reshape(-1), out.view(-1)
+    for start in range(0, source.numel(), FOLD_CHUNK):
+        stop = start + FOLD_CHUNK
+        target[start:stop] = (source[start:stop].double() * factor).to(dtype)
+    return out
+
+
 def _export_tensors(
     source, config: ModelConfig, plan, dtype: torch.dtype
 ) -> list[tuple[str, Callable[[], torch.Tensor]]]:
@@ -87,7 +100,7 @@ def _export_tensors(
         if factor == 1.0:
             return lambda: source.tensor(name, "fp32").to(dtype)
         # Folded in float64 and rounded once: the result is the correctly rounded product.
-        return lambda: (source.tensor(name, "fp32").double() * factor).to(dtype)
+        return lambda: fold(source.tensor(name, "fp32"), factor, dtype)
 
     for name in source.parameter_names():
         jobs.append((hf_name(name), scaled(name, plan.factor(name))))

@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 import torch
 
 import megasparse
-from megasparse.checkpoint.hf_formats import FormatError, export_plan, hf_config, hf_name, residual_scale
+from megasparse.checkpoint.hf_formats import FormatError, export_plan, fold, hf_config, hf_name, residual_scale
 from megasparse.checkpoint.layout_free import open_checkpoint
 from megasparse.checkpoint.reader import CheckpointInfo, list_checkpoints, saved_tensor_parallel
 from megasparse.checkpoint.safetensors_shards import ShardedSafetensorsWriter
@@ -71,19 +71,6 @@ def _tokenizer(info: CheckpointInfo, options: ExportOptions):
     if not Path(path).exists():
         raise FormatError(f"{path}: the run's tokenizer is not there; pass --tokenizer PATH (or --no-tokenizer)")
     return load_tokenizer(path, kind)
-
-
-FOLD_CHUNK = 1 << 22  # elements folded at a time: float64 copies of 32 MB, not of a whole embedding
-
-
-def fold(tensor: torch.Tensor, factor: float, dtype: torch.dtype) -> torch.Tensor:
-    """round(tensor · factor) to ``dtype``, the product taken in float64, a chunk at a time."""
-    out = torch.empty(tensor.shape, dtype=dtype)
-    source, target = tensor.reshape(-1), out.view(-1)
-    for start in range(0, source.numel(), FOLD_CHUNK):
-        stop = start + FOLD_CHUNK
-        target[start:stop] = (source[start:stop].double() * factor).to(dtype)
-    return out
 
 
 def _export_tensors(

@@ -11,7 +11,8 @@ Three export formats (docs/converting.md, "Ours → Hugging Face"):
 * ``hf-granite``: ``GraniteForCausalLM`` (native in transformers) keeps the scales as
   ``embedding_multiplier``, ``residual_multiplier``, ``logits_scaling``; weights unchanged.
 
-Everything here is a pure function of our model config: no files, no transformers.
+Everything here is a pure function of our model config (and of one tensor, for ``fold``): no
+files, no transformers.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Any, Optional
+
+import torch
 
 from megasparse.config import ModelConfig
 
@@ -74,6 +77,19 @@ def plain_name(hf: str) -> Optional[str]:
         if m:
             return target.format(**m.groupdict())
     return None
+
+
+FOLD_CHUNK = 1 << 22  # elements folded at a time: float64 copies of 32 MB, not of a whole embedding
+
+
+def fold(tensor: torch.Tensor, factor: float, dtype: torch.dtype) -> torch.Tensor:
+    """round(tensor · factor) to ``dtype``, the product taken in float64, a chunk at a time."""
+    out = torch.empty(tensor.shape, dtype=dtype)
+    source, target = tensor.reshape(-1), out.view(-1)
+    for start in range(0, source.numel(), FOLD_CHUNK):
+        stop = start + FOLD_CHUNK
+        target[start:stop] = (source[start:stop].double() * factor).to(dtype)
+    return out
 
 
 def residual_scale(config: ModelConfig) -> float:

@@ -35,7 +35,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 from megasparse.checkpoint.engine import META_FILE
-from megasparse.checkpoint.hf_formats import FormatError, plain_name
+from megasparse.checkpoint.hf_formats import FormatError, fold, plain_name
 from megasparse.checkpoint.hf_safetensors import iter_safetensors
 from megasparse.checkpoint.weights_checkpoint import WeightsCheckpointWriter
 from megasparse.config import ModelConfig
@@ -218,7 +218,7 @@ def _mapped_tensors(
             tensor = _expand_kv(tensor, kv_heads, heads, config.head_dim)
         factor = _factor(factors, name)
         target = dtype or tensor.dtype
-        yield name, (tensor.double() * factor).to(target) if factor != 1.0 else tensor.to(target)
+        yield name, fold(tensor, factor, target) if factor != 1.0 else tensor.to(target)
 
 
 def _expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:

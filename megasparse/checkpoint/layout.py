@@ -143,7 +143,7 @@ def save_layout_record(engine, folder: Path, meta: dict[str, Any]) -> None:
         dist.all_gather_object(ranks, entry)
     else:
         ranks = [entry]
-    if (dist.get_rank() if dist.is_initialized() else 0) == 0:
+    if (dist.get_rank() if dist.is_initialized() else 0) == 0 and "model" in meta:  # no model config: no record
         record = layout_record(ModelConfig.model_validate(meta["model"]), meta.get("layout", {}), ranks)
         tmp = folder / (LAYOUT_FILE + ".tmp")
         tmp.write_text(json.dumps(record, indent=1))

@@ -50,11 +50,11 @@ def write_source(folder: Path, config: ModelConfig, with_moments: bool) -> dict:
     record = layout_record(config, layout, ranks=[])
     tensors = record["tensors"]
     plan = [(name, tuple(e["shape"]), torch.float32) for name, e in tensors.items()]
-    weights = ShardedSafetensorsWriter(step_dir, WEIGHTS_PREFIX, plan)
+    weights = ShardedSafetensorsWriter(step_dir, WEIGHTS_PREFIX, plan=plan)
     moments = None
     if with_moments:
         plan = [(f"{k}/{name}", tuple(e["shape"]), torch.float32) for name, e in tensors.items() for k in MOMENTS]
-        moments = ShardedSafetensorsWriter(step_dir, OPTIMIZER_PREFIX, plan)
+        moments = ShardedSafetensorsWriter(step_dir, OPTIMIZER_PREFIX, plan=plan)
     generator = torch.Generator().manual_seed(0)
     largest = 0
     for name, entry in record["tensors"].items():

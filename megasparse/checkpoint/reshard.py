@@ -147,11 +147,11 @@ def write_megasparse(request: ConvertRequest, out_dir: Path) -> dict[str, Any]:
     names = source.parameter_names()
     shapes = {name: tuple(record["tensors"][name]["shape"]) for name in names}  # target vocabulary padding
     plan = [(name, shapes[name], dtype or torch.float32) for name in names]
-    weights = ShardedSafetensorsWriter(step_dir, WEIGHTS_PREFIX, plan, max_bytes)
+    weights = ShardedSafetensorsWriter(step_dir, WEIGHTS_PREFIX, max_bytes, plan=plan)
     moments = None
     if source.has_optimizer_state:
         plan = [(f"{kind}/{name}", shapes[name], torch.float32) for name in names for kind in MOMENTS]
-        moments = ShardedSafetensorsWriter(step_dir, OPTIMIZER_PREFIX, plan, max_bytes)
+        moments = ShardedSafetensorsWriter(step_dir, OPTIMIZER_PREFIX, max_bytes, plan=plan)
     copies = 3 if moments is not None else 1  # weights and both moments, fp32
     total = sum(source.shapes[n].numel() * 4 * copies for n in names)
     with Progress("convert", total=total, unit="B", enabled=request.show_progress) as progress:

@@ -1,4 +1,4 @@
-"""Sharded safetensors written tensor by tensor, so memory holds one tensor at a time.
+"""Sharded safetensors written tensor by tensor (with a plan, memory holds one tensor at a time).
 
 Files are named ``{prefix}-00001-of-00003.safetensors`` (or ``{prefix}.safetensors`` when one
 file suffices) with ``{prefix}.safetensors.index.json`` mapping every tensor to its file, the
@@ -29,54 +29,76 @@ def _shard_name(prefix: str, index: int, count: int) -> str:
     return f"{prefix}.safetensors" if count == 1 else f"{prefix}-{index:05d}-of-{count:05d}.safetensors"
 
 
-class ShardedSafetensorsWriter:
-    """Writes planned tensors straight to their shard files as they arrive, in plan order.
+def _header_bytes(entries: list[tuple[str, tuple[int, ...], torch.dtype, int]]) -> bytes:
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape, dtype, size in entries:
+        header[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+    return struct.pack("<Q", len(encoded)) + encoded
 
-    Every name, shape and dtype is known before the first byte (``plan``), so each shard's
-    header (the offsets of all its tensors) is written first and every tensor's bytes go to disk
-    as soon as it is produced: memory holds one tensor, never a shard.
+
+def _write_tensor(handle: BinaryIO, tensor: torch.Tensor) -> None:
+    data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()  # [numel · itemsize]
+    handle.write(memoryview(data))  # native byte order: safetensors is little-endian, as our hosts are
+
+
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return math.prod(shape) * torch.tensor([], dtype=dtype).element_size()
+
+
+class ShardedSafetensorsWriter:
+    """``add(name, tensor)`` tensor by tensor; ``close()`` writes the index.
+
+    With a ``plan`` (every name, shape and dtype, in the order they will arrive) each shard's
+    header is written first and every tensor goes to disk as soon as it arrives: memory holds
+    one tensor. Without one, tensors are buffered until the next would overflow the shard,
+    which is then written: memory holds up to one shard.
     """
 
     def __init__(
         self,
         folder: Path,
         prefix: str,
-        plan: list[tuple[str, tuple[int, ...], torch.dtype]],
         max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+        plan: Optional[list[tuple[str, tuple[int, ...], torch.dtype]]] = None,
     ) -> None:
-        self.folder, self.prefix = Path(folder), prefix
-        shards: list[list[tuple[str, tuple[int, ...], torch.dtype, int]]] = [[]]
-        used = 0
-        for name, shape, dtype in plan:
-            size = math.prod(shape) * torch.tensor([], dtype=dtype).element_size()
-            if shards[-1] and used + size > max_shard_bytes:
-                shards.append([])
-                used = 0
-            shards[-1].append((name, tuple(shape), dtype, size))
-            used += size
-        self._shards = shards
-        self.total_bytes = sum(size for shard in shards for *_, size in shard)
-        self.files = [_shard_name(prefix, i, len(shards)) for i in range(1, len(shards) + 1)]
-        self._order = [(i, entry) for i, shard in enumerate(shards) for entry in shard]
-        self._next = 0
-        self._handle: Optional[BinaryIO] = None
-        self._open_shard = -1
+        self.folder, self.prefix, self.max_shard_bytes = Path(folder), prefix, max_shard_bytes
+        self.total_bytes = 0
+        self._written: list[list[str]] = []  # names per finished shard file (unplanned mode)
+        self._buffer: list[tuple[str, torch.Tensor]] = []
+        self._buffered_bytes = 0
+        self._plan: Optional[list[list[tuple[str, tuple[int, ...], torch.dtype, int]]]] = None
+        if plan is not None:
+            shards: list[list[tuple[str, tuple[int, ...], torch.dtype, int]]] = [[]]
+            used = 0
+            for name, shape, dtype in plan:
+                size = _nbytes(tuple(shape), dtype)
+                if shards[-1] and used + size > max_shard_bytes:
+                    shards.append([])
+                    used = 0
+                shards[-1].append((name, tuple(shape), dtype, size))
+                used += size
+            self._plan = shards
+            self._order = [(i, entry) for i, shard in enumerate(shards) for entry in shard]
+            self._next = 0
+            self._handle: Optional[BinaryIO] = None
+            self._open_shard = -1
 
-    def _start_shard(self, index: int) -> None:
-        if self._handle is not None:
-            self._handle.close()
-        header: dict[str, object] = {"__metadata__": {"format": "pt"}}
-        offset = 0
-        for name, shape, dtype, size in self._shards[index]:
-            header[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
-            offset += size
-        encoded = json.dumps(header, separators=(",", ":")).encode()
-        encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
-        self._handle = open(self.folder / self.files[index], "wb")
-        self._handle.write(struct.pack("<Q", len(encoded)) + encoded)
-        self._open_shard = index
+    def _final_names(self, count: int) -> list[str]:
+        return [_shard_name(self.prefix, i, count) for i in range(1, count + 1)]
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
+        if self._plan is None:
+            size = tensor.numel() * tensor.element_size()
+            if self._buffer and self._buffered_bytes + size > self.max_shard_bytes:
+                self._flush()
+            self._buffer.append((name, tensor))
+            self._buffered_bytes += size
+            self.total_bytes += size
+            return
         if self._next >= len(self._order):
             raise ValueError(f"'{name}': every planned tensor is already written")
         index, (planned, shape, dtype, size) = self._order[self._next]
@@ -85,22 +107,45 @@ class ShardedSafetensorsWriter:
                 f"'{name}' {tuple(tensor.shape)} {tensor.dtype} arrived where the plan has '{planned}' {shape} {dtype}"
             )
         if index != self._open_shard:
-            self._start_shard(index)
-        data = tensor.detach().contiguous().cpu().view(torch.uint8).numpy()  # [numel * itemsize] bytes
-        self._handle.write(memoryview(data))  # type: ignore[union-attr]  # native order: little-endian hosts
+            if self._handle is not None:
+                self._handle.close()
+            names = self._final_names(len(self._plan))
+            self._handle = open(self.folder / names[index], "wb")
+            self._handle.write(_header_bytes(self._plan[index]))
+            self._open_shard = index
+        _write_tensor(self._handle, tensor)  # type: ignore[arg-type]
+        self.total_bytes += size
         self._next += 1
 
+    def _flush(self) -> None:
+        entries = [(n, tuple(t.shape), t.dtype, t.numel() * t.element_size()) for n, t in self._buffer]
+        with open(self.folder / f"{self.prefix}.part{len(self._written) + 1}.safetensors", "wb") as handle:
+            handle.write(_header_bytes(entries))
+            for _, tensor in self._buffer:
+                _write_tensor(handle, tensor)
+        self._written.append([n for n, _ in self._buffer])
+        self._buffer, self._buffered_bytes = [], 0
+
     def close(self, metadata: Optional[dict[str, str]] = None) -> list[str]:
-        """Closes the last shard and writes the index; every planned tensor must have arrived."""
-        if self._next != len(self._order):
-            missing = self._order[self._next][1][0]
-            raise ValueError(f"'{missing}' and {len(self._order) - self._next - 1} more planned tensors never arrived")
-        if self._handle is not None:
-            self._handle.close()
-        weight_map = {name: self.files[i] for i, (name, *_rest) in self._order}
+        """Finishes the last shard and writes the index; returns the shard file names."""
+        if self._plan is None:
+            if self._buffer or not self._written:
+                self._flush()
+            files = self._final_names(len(self._written))
+            for i, final in enumerate(files, start=1):
+                (self.folder / f"{self.prefix}.part{i}.safetensors").rename(self.folder / final)
+            weight_map = {name: files[i] for i, names in enumerate(self._written) for name in names}
+        else:
+            if self._next != len(self._order):
+                missing = self._order[self._next][1][0]
+                raise ValueError(f"'{missing}' and {len(self._order) - self._next - 1} more planned tensors never came")
+            if self._handle is not None:
+                self._handle.close()
+            files = self._final_names(len(self._plan))
+            weight_map = {name: files[i] for i, (name, *_rest) in self._order}
         index = {"metadata": {"total_size": self.total_bytes, **(metadata or {})}, "weight_map": weight_map}
         (self.folder / f"{self.prefix}.safetensors.index.json").write_text(json.dumps(index, indent=1))
-        return self.files
+        return files
 
 
 class ShardedSafetensorsReader:

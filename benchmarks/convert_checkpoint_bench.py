@@ -6,7 +6,11 @@ tensor, not timed), then ``megasparse convert SRC DST --to megasparse --tp 2 --p
 fresh process under ``/usr/bin/time -v``, which reports its wall time and peak RSS. The source
 and the output are deleted before the next shape (the 2.4B shape with moments needs ~33 GB each).
 
-    python benchmarks/convert_checkpoint_bench.py --shapes 0.1b 0.4b 1.2b 2.4b:weights \\
+``SHAPE:trained`` instead trains the shape for one step in one CPU process (fp32, ZeRO-1,
+random tokens) so that the source is DeepSpeed's own files (model states and the ZeRO optimizer
+partition), then converts that.
+
+    python benchmarks/convert_checkpoint_bench.py --shapes 0.1b 0.4b 1.2b 2.4b:weights 0.1b:trained \\
         --out benchmarks/results/convert_cpu_$(date +%Y%m%d).jsonl
 """
 
@@ -99,6 +103,53 @@ def write_source(folder: Path, config: ModelConfig, with_moments: bool) -> dict:
     }
 
 
+def train_source(folder: Path, shape: str) -> dict:
+    """One optimizer step of SHAPE on random tokens in one CPU process; DeepSpeed's checkpoint files."""
+    import numpy as np
+
+    from megasparse.data.indexed_dataset import IndexedDatasetWriter
+
+    vocab = model_config(shape).vocab_size or 512  # configs/model/tiny.yaml leaves it to the tokenizer
+    tokens = np.random.default_rng(0).integers(0, vocab, size=(64, 257))  # [docs, tokens]
+    writer = IndexedDatasetWriter(folder / "data" / "random_text_document", dtype=np.int32)
+    for doc in tokens:
+        writer.add_document(doc)
+    writer.finalize()
+    run = {
+        "base": str(REPO / "configs" / "model" / f"{shape}.yaml"),
+        "model": {"vocab_size": vocab},
+        "data": {"train": [str(folder / "data" / "random_text_document")], "seq_length": 256},
+        "train": {
+            "micro_batch_size": 1,
+            "global_batch_size": 1,
+            "steps": 1,
+            "eval_interval": 0,
+            "precision": "fp32",
+            "device": "cpu",
+            "schedule": {"kind": "constant", "warmup_steps": 1},
+        },
+        "parallel": {"zero_stage": 1},
+        "sparsity": {"cett_interval": 0},
+        "checkpoint": {"dir": str(folder / "ckpt"), "interval": 1, "keep_last": 1},
+        "logging": {"dir": str(folder / "tb"), "interval": 1},
+    }
+    (folder / "run.yaml").write_text(yaml.safe_dump(run))
+    proc = subprocess.run(
+        [sys.executable, "-m", "megasparse.train", "--config", str(folder / "run.yaml")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"training the source failed:\n{proc.stderr[-3000:]}")
+    step = folder / "ckpt" / "global_step1"
+    files = sum(p.stat().st_size for p in step.iterdir())
+    record = json.loads((step / LAYOUT_FILE).read_text())
+    params = sum(math.prod(e["shape"]) for e in record["tensors"].values())
+    largest = max(math.prod(e["shape"]) * 4 for e in record["tensors"].values())
+    return {"parameters": params, "largest_tensor_bytes": largest, "source_bytes": files}
+
+
 def timed_convert(src: Path, dst: Path, extra: list[str]) -> dict:
     cmd = [
         "/usr/bin/time",
@@ -141,10 +192,16 @@ def main() -> None:
         for item in args.shapes:
             shape, _, what = item.partition(":")
             with_moments = what != "weights"
-            config = model_config(shape)
             src, dst = workdir / f"src-{shape}", workdir / f"dst-{shape}"
             started = time.perf_counter()
-            record = {"shape": shape, "optimizer_state": with_moments, **write_source(src, config, with_moments)}
+            if what == "trained":
+                src.mkdir()
+                record = {"shape": shape, "source": "deepspeed zero-1", "optimizer_state": True}
+                record.update(train_source(src, shape))
+                src = src / "ckpt"
+            else:
+                record = {"shape": shape, "source": "layout-free", "optimizer_state": with_moments}
+                record.update(write_source(src, model_config(shape), with_moments))
             record["source_write_seconds"] = round(time.perf_counter() - started, 1)
             record.update(timed_convert(src, dst, args.target))
             record.update(
@@ -161,7 +218,7 @@ def main() -> None:
             if args.out:
                 with args.out.open("a") as f:
                     f.write(json.dumps(record) + "\n")
-            shutil.rmtree(src)
+            shutil.rmtree(workdir / f"src-{shape}")
             shutil.rmtree(dst)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

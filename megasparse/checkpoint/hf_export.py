@@ -73,15 +73,17 @@ def _tokenizer(info: CheckpointInfo, options: ExportOptions):
     return load_tokenizer(path, kind)
 
 
-def _export_tensors(
-    source, config: ModelConfig, plan, dtype: torch.dtype
-) -> list[tuple[str, Callable[[], torch.Tensor]]]:
-    """(Hugging Face name, a function reading and folding the tensor), lm_head last.
+Job = tuple[str, tuple[int, ...], Callable[[], torch.Tensor]]  # (Hugging Face name, shape, make)
 
-    ``source`` reads one full tensor at a time (``open_checkpoint``): nothing is held beyond the
-    tensor being written and the shard being filled.
+
+def _export_tensors(source, config: ModelConfig, plan, dtype: torch.dtype) -> list[Job]:
+    """Every tensor to write, lm_head last; ``make()`` reads and folds it when its turn comes.
+
+    ``source`` reads one full tensor at a time (``open_checkpoint``), and the writer puts it on
+    disk at once (its shards are planned from the shapes): memory holds one tensor and its fold.
     """
-    jobs: list[tuple[str, Callable[[], torch.Tensor]]] = []
+    jobs: list[Job] = []
+    shapes = {name: tuple(shape) for name, shape in source.shapes.items()}
 
     def scaled(name: str, factor: float) -> Callable[[], torch.Tensor]:
         if factor == 1.0:
@@ -90,13 +92,14 @@ def _export_tensors(
         return lambda: fold(source.tensor(name, "fp32"), factor, dtype)
 
     for name in source.parameter_names():
-        jobs.append((hf_name(name), scaled(name, plan.factor(name))))
+        jobs.append((hf_name(name), shapes[name], scaled(name, plan.factor(name))))
     if plan.untie:
-        jobs.append(("lm_head.weight", scaled("embed.weight", 1.0 / config.scale_width)))
+        jobs.append(("lm_head.weight", shapes["embed.weight"], scaled("embed.weight", 1.0 / config.scale_width)))
     if config.attention_bias:
         # attention_bias gives every projection a bias in the Hugging Face models; ours has none on o.
         zeros = lambda: torch.zeros(config.hidden_size, dtype=dtype)  # noqa: E731
-        jobs += [(f"model.layers.{i}.self_attn.o_proj.bias", zeros) for i in range(config.num_layers)]
+        bias_shape = (config.hidden_size,)
+        jobs += [(f"model.layers.{i}.self_attn.o_proj.bias", bias_shape, zeros) for i in range(config.num_layers)]
     return jobs
 
 
@@ -172,8 +175,9 @@ def export_hf(src: Path, tmp: Path, fmt: str, options: ExportOptions) -> dict[st
     vocab_padded = int(source.shapes["embed.weight"][0])
     jobs = _export_tensors(source, config, plan, dtype)
     with Progress(f"export {fmt}", total=len(jobs), unit="tensors", enabled=options.progress) as progress:
-        writer = ShardedSafetensorsWriter(tmp, "model", options.max_shard_bytes)
-        for name, make in jobs:
+        layout = [(name, shape, dtype) for name, shape, _ in jobs]
+        writer = ShardedSafetensorsWriter(tmp, "model", options.max_shard_bytes, plan=layout)
+        for name, _, make in jobs:
             writer.add(name, make())
             progress.update(1)
         shards = writer.close({"format": "pt"})

@@ -92,7 +92,7 @@ def engine_parameter_names(module: nn.Module) -> dict[str, str]:
     return {n: n[len(MODULE_PREFIX) :] if n.startswith(MODULE_PREFIX) else n for n, _ in module.named_parameters()}
 
 
-def _coordinates(engine) -> dict[str, int]:
+def rank_coordinates(engine) -> dict[str, int]:
     """This rank's (tp, pp, dp) coordinates, from the pipeline grid or the model-parallel unit."""
     grid, mpu = getattr(engine, "grid", None), getattr(engine, "mpu", None)
     if grid is not None:
@@ -118,7 +118,7 @@ def _optimizer_order(engine, names: dict[str, str]) -> Optional[list[list[str]]]
 
 def rank_entry(engine) -> dict[str, Any]:
     names = engine_parameter_names(engine.module)
-    return {**_coordinates(engine), "names": names, "optimizer_order": _optimizer_order(engine, names)}
+    return {**rank_coordinates(engine), "names": names, "optimizer_order": _optimizer_order(engine, names)}
 
 
 def layout_record(config: ModelConfig, layout: dict[str, Any], ranks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -143,7 +143,7 @@ def save_layout_record(engine, folder: Path, meta: dict[str, Any]) -> None:
         dist.all_gather_object(ranks, entry)
     else:
         ranks = [entry]
-    if (dist.get_rank() if dist.is_initialized() else 0) == 0:
+    if (dist.get_rank() if dist.is_initialized() else 0) == 0 and "model" in meta:  # no model config: no record
         record = layout_record(ModelConfig.model_validate(meta["model"]), meta.get("layout", {}), ranks)
         tmp = folder / (LAYOUT_FILE + ".tmp")
         tmp.write_text(json.dumps(record, indent=1))

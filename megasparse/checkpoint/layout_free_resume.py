@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from megasparse.checkpoint.engine import CheckpointError
-from megasparse.checkpoint.layout import _coordinates, engine_parameter_names
+from megasparse.checkpoint.layout import engine_parameter_names, rank_coordinates
 from megasparse.checkpoint.layout_free import MOMENTS, LayoutFreeCheckpoint
 
 
@@ -109,7 +109,7 @@ def load_layout_free(engine, folder: Path, meta: dict[str, Any]) -> tuple[dict[s
         )
     training = source.training
     step = int(training.get("optimizer_step") or meta["progress"]["step"])
-    coords = _coordinates(engine)
+    coords = rank_coordinates(engine)
     names = engine_parameter_names(engine.module)
     optimizer = engine.optimizer
     _create_adam_state(optimizer, step)

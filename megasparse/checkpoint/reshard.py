@@ -143,21 +143,29 @@ def write_megasparse(request: ConvertRequest, out_dir: Path) -> dict[str, Any]:
     step_dir.mkdir()
     record = layout_record(source.config, layout, ranks=[])
     max_bytes = int(float(getattr(args, "max_shard_size", DEFAULT_MAX_SHARD_BYTES / 1e9)) * 1e9)
-    weights = ShardedSafetensorsWriter(step_dir, WEIGHTS_PREFIX, max_bytes)
-    moments = ShardedSafetensorsWriter(step_dir, OPTIMIZER_PREFIX, max_bytes) if source.has_optimizer_state else None
     dtype = DTYPES.get(request.dtype)
     names = source.parameter_names()
+    shapes = {name: tuple(record["tensors"][name]["shape"]) for name in names}  # target vocabulary padding
+    plan = [(name, shapes[name], dtype or torch.float32) for name in names]
+    weights = ShardedSafetensorsWriter(step_dir, WEIGHTS_PREFIX, max_bytes, plan=plan)
+    moments = None
+    if source.has_optimizer_state:
+        plan = [(f"{kind}/{name}", shapes[name], torch.float32) for name in names for kind in MOMENTS]
+        moments = ShardedSafetensorsWriter(step_dir, OPTIMIZER_PREFIX, max_bytes, plan=plan)
     copies = 3 if moments is not None else 1  # weights and both moments, fp32
     total = sum(source.shapes[n].numel() * 4 * copies for n in names)
     with Progress("convert", total=total, unit="B", enabled=request.show_progress) as progress:
         for name in names:
-            rows = record["tensors"][name]["shape"][0] if record["tensors"][name]["vocab"] else None
-            tensor = source.tensor(name, "fp32")
-            tensor = _pad_vocabulary(tensor, rows) if rows else tensor
-            weights.add(name, tensor.to(dtype) if dtype is not None else tensor)
-            for kind in MOMENTS if moments is not None else ():
-                moment = source.tensor(name, kind)
-                moments.add(f"{kind}/{name}", _pad_vocabulary(moment, rows) if rows else moment)  # type: ignore[union-attr]
+            rows = shapes[name][0] if record["tensors"][name]["vocab"] else None
+            # One tensor in memory at a time: read, re-pad the vocabulary, write, drop.
+            for kind in ("fp32", *(MOMENTS if moments is not None else ())):
+                tensor = source.tensor(name, kind)
+                tensor = _pad_vocabulary(tensor, rows) if rows else tensor
+                if kind == "fp32":
+                    weights.add(name, tensor.to(dtype) if dtype is not None else tensor)
+                else:
+                    moments.add(f"{kind}/{name}", tensor)  # type: ignore[union-attr]
+                del tensor
             progress.update(source.shapes[name].numel() * 4 * copies)
     weights.close({"format": LAYOUT_FREE})
     if moments is not None:

@@ -82,6 +82,28 @@ class SourceCheckpoint:
         self._index: Optional[dict[str, dict[int, list[_Fragment]]]] = None
         self._local_shapes: dict[tuple[str, int], torch.Size] = {}
         self._module_index: Optional[dict[str, dict[int, tuple[Path, str]]]] = None
+        self._check_files_match_layout()
+
+    def _check_files_match_layout(self) -> None:
+        """Files of ranks the metadata's layout does not have mean the two do not belong together."""
+        said = f"megasparse_meta.json says TP={self.tp} x PP={self.pp} x DP={self.dp}"
+        if self.record and [self.record.get(k) for k in ("tensor", "pipeline", "data")] != [self.tp, self.pp, self.dp]:
+            raise CheckpointError(
+                f"{self.folder}: megasparse_layout.json records TP={self.record.get('tensor')} x "
+                f"PP={self.record.get('pipeline')} x DP={self.record.get('data')}, but {said}; they disagree"
+            )
+        found = [(path, mp, dp) for (dp, mp), path in self._optim.items()]
+        found += [(path, mp, 0) for (mp,), path in files_matching(self.folder, MODEL_FILE).items()]
+        for path, mp, dp in sorted(found):
+            if mp >= self.tp * self.pp or dp >= self.dp:
+                raise CheckpointError(
+                    f"{path}: written by model-parallel rank {mp}, data-parallel rank {dp}, but {said}; "
+                    "the files and the metadata do not belong together"
+                )
+        for path in self.folder.glob("layer_*-model_states.pt"):
+            m = LAYER_FILE.match(path.name)
+            if m and int(m.group(2) or 0) >= self.tp:
+                raise CheckpointError(f"{path}: written by TP rank {m.group(2)}, but {said}; they disagree")
 
     # ------------------------------------------------------------------ names and shapes
     def _plain_shapes(self) -> dict[str, torch.Size]:

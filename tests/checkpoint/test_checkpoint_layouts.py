@@ -1,7 +1,8 @@
 """The checkpoint reader consolidates every parallel layout into the one-process model.
 
-The tiny config is trained one step in one process, with TP2, PP2 and TP2×PP2 through the real
-deepspeed launcher (same seed, fp32, same data), checkpointing after the step. The layouts start
+The tiny config is trained one step in one process, with TP2, PP2, TP2×PP2 and DP2 under ZeRO
+1, 2 and 3 through the real deepspeed launcher (same seed, fp32, same data), checkpointing after
+the step (conftest.py). The layouts start
 from the same full model and see the same samples, so after one step their weights agree with
 the one-process run up to float rounding — except where Adam's first step, ≈ lr·sign(g),
 flips on a gradient that is ≈ 0 and differs in rounding. A tiny learning rate bounds those
@@ -14,52 +15,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import run_helpers
 import torch
+from layout_runs import LR
 from sparse_fixtures import one_thread  # noqa: F401
 
 from megasparse.checkpoint.engine import CheckpointError
 from megasparse.checkpoint.reader import list_checkpoints, load_model, load_state_dict
 
 REPO = Path(__file__).resolve().parents[2]
-LR = 1e-5  # Adam's first step moves a weight by ≤ ~4·LR (µP matrices get lr × 4)
-
-LAYOUTS = {
-    "single": (0, {}),
-    "tp2": (2, {"tensor": 2}),
-    "pp2": (2, {"pipeline": 2}),
-    "tp2pp2": (4, {"tensor": 2, "pipeline": 2}),
-    "zero3": (2, {"zero_stage": 3}),
-}
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
-    """One-step checkpoint folders of every layout, trained concurrently (they are tiny)."""
-    root = tmp_path_factory.mktemp("layouts")
-
-    def train(name: str) -> Path:
-        nproc, parallel = LAYOUTS[name]
-        cfg = run_helpers.write_run_config(
-            root / f"{name}.yaml",
-            tiny_corpus,
-            train={"steps": 1, "eval_interval": 0, "optimizer": {"lr": LR}},
-            sparsity={"cett_interval": 0},
-            parallel={"zero_stage": 1, **parallel},
-            checkpoint={"dir": str(root / name / "ckpt"), "interval": 1, "keep_last": 1},
-            logging={"dir": str(root / name / "tb"), "interval": 1},
-        )
-        run_helpers.run_train(cfg, launcher=run_helpers.deepspeed_launcher(nproc) if nproc else None)
-        return root / name / "ckpt" / "global_step1"
-
-    with ThreadPoolExecutor(len(LAYOUTS)) as pool:
-        folders = dict(zip(LAYOUTS, pool.map(train, LAYOUTS)))
-    folders["corpus_valid"] = Path(tiny_corpus["valid"])
-    return folders
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +38,20 @@ def _tokens() -> torch.Tensor:
     return torch.randint(0, 500, (2, 32), generator=torch.Generator().manual_seed(3))  # [b, s]
 
 
-@pytest.mark.parametrize("layout", ["tp2", "pp2", "tp2pp2"])
+EXPECTED_LAYOUT = {  # (TP, PP, DP, ZeRO stage)
+    "tp2": (2, 1, 1, 1),
+    "pp2": (1, 2, 1, 1),
+    "tp2pp2": (2, 2, 1, 1),
+    "dp2z1": (1, 1, 2, 1),
+    "dp2z2": (1, 1, 2, 2),
+    "dp2z3": (1, 1, 2, 3),
+}
+
+
+@pytest.mark.parametrize("layout", list(EXPECTED_LAYOUT))
 def test_consolidated_model_matches_one_process(checkpoints, reference, layout):
     meta = json.loads((checkpoints[layout] / "megasparse_meta.json").read_text())["layout"]
-    assert (meta["tensor"], meta["pipeline"]) == {"tp2": (2, 1), "pp2": (1, 2), "tp2pp2": (2, 2)}[layout]
+    assert (meta["tensor"], meta["pipeline"], meta["data"], meta["zero_stage"]) == EXPECTED_LAYOUT[layout]
     model = load_model(checkpoints[layout])
     ref_state, state = reference.state_dict(), model.state_dict()
     assert state.keys() == ref_state.keys()
@@ -87,6 +64,36 @@ def test_consolidated_model_matches_one_process(checkpoints, reference, layout):
     assert got.shape == expected.shape
     # Measured: TP layouts 6.7e-6 (logits up to ~13, a few ulps), PP2 exactly equal.
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["single", *EXPECTED_LAYOUT])
+def test_masters_and_module_copy_agree_in_fp32(checkpoints, layout):
+    """fp32 training: the optimizer's masters are the module's weights, bit for bit (ZeRO-3 keeps
+    no module copy in its files: both come from the masters)."""
+    info = list_checkpoints(checkpoints[layout])[0]
+    masters, module = load_state_dict(info, master=True), load_state_dict(info, master=False)
+    assert masters.keys() == module.keys()
+    for name in masters:
+        assert masters[name].dtype == torch.float32 and torch.equal(masters[name], module[name]), name
+
+
+@pytest.mark.parametrize("layout", ["single", *EXPECTED_LAYOUT])
+def test_every_checkpoint_records_its_layout(checkpoints, layout):
+    record = json.loads((checkpoints[layout] / "megasparse_layout.json").read_text())
+    tp, pp, dp, zero = EXPECTED_LAYOUT.get(layout, (1, 1, 1, 1))
+    assert (record["tensor"], record["pipeline"], record["data"], record["zero_stage"]) == (tp, pp, dp, zero)
+    assert record["vocab_size"] == 512 and record["padded_vocab_size"] == 512  # the tiny tokenizer: 512 ids
+    assert len(record["ranks"]) == tp * pp * dp
+    tensors = record["tensors"]
+    assert tensors["embed.weight"]["shape"] == [512, 64] and tensors["embed.weight"]["split_dim"] == 0
+    assert tensors["layers.0.attn.o_proj.weight"]["split_dim"] == 1
+    assert tensors["final_norm.weight"]["split_dim"] is None  # replicated
+    assert tensors["layers.1.mlp.up_proj.weight"]["pipeline_pieces"] == [2]
+    for rank in record["ranks"]:  # every engine name maps to a plain name the model has
+        assert set(rank["names"].values()) <= set(tensors)
+    if pp > 1:
+        stage_names = [set(r["names"]) for r in record["ranks"]]
+        assert any("tied_modules.embed.embed.weight" in names for names in stage_names)
 
 
 def test_tp_shards_are_joined_along_the_partition_dim(checkpoints):
@@ -111,13 +118,9 @@ def test_tp_shards_are_joined_along_the_partition_dim(checkpoints):
     assert torch.equal(full["final_norm.weight"], shards[0]["model.final_norm.weight"])  # replicated
 
 
-def test_zero3_checkpoint_is_refused_clearly(checkpoints):
-    with pytest.raises(CheckpointError, match=r"ZeRO-3.*zero_to_fp32\.py"):
-        load_model(checkpoints["zero3"])
-
-
-def test_measure_tool_runs_on_a_tp2_checkpoint_dir(checkpoints, tmp_path):
-    run_dir = checkpoints["tp2"].parent  # a run's checkpoint directory, not the folder itself
+@pytest.mark.parametrize("layout", ["tp2", "dp2z3"])
+def test_measure_tool_runs_on_a_checkpoint_dir(checkpoints, tmp_path, layout):
+    run_dir = checkpoints[layout].parent  # a run's checkpoint directory, not the folder itself
     cmd = [
         sys.executable,
         str(REPO / "tools" / "measure_sparsity.py"),
@@ -150,30 +153,6 @@ def test_measure_tool_runs_on_a_tp2_checkpoint_dir(checkpoints, tmp_path):
     r = records[0]
     assert 0 < r["cett"] < 1 and len(r["layer_activation_ratio"]) == 2
     assert 0 < r["activation_ratio"] < 1
-
-
-def test_measure_tool_refuses_zero3_in_one_line(checkpoints, tmp_path):
-    cmd = [
-        sys.executable,
-        str(REPO / "tools" / "measure_sparsity.py"),
-        str(checkpoints["zero3"]),
-        "--data",
-        str(checkpoints["corpus_valid"]),
-        "--seq-length",
-        "32",
-        "--batches",
-        "1",
-        "--micro-batch",
-        "1",
-        "--out",
-        str(tmp_path / "m"),
-        "--device",
-        "cpu",
-        "--no-progress",
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, env=run_helpers.run_env(), capture_output=True, text=True, timeout=300)
-    err = [line for line in proc.stderr.splitlines() if "measure_sparsity.py: error" in line]
-    assert proc.returncode == 2 and len(err) == 1 and "zero_to_fp32.py" in err[0] and "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("tied", [True, False])

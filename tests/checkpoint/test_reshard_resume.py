@@ -1,5 +1,6 @@
-"""Resharding with optimizer state: a TP2×PP2 run, converted at step 2 to one process and to
-TP1×PP2, continues with the same losses as the run that never stopped.
+"""Resharding with optimizer state: a TP2×PP2 run, converted at step 2 to one process (ZeRO-1
+and ZeRO-0), to TP1×PP2 and to DP2 (ZeRO-2 and ZeRO-3), continues with the same losses as the
+run that never stopped.
 
 This is the test that catches a resume that silently starts afresh: with the Adam moments,
 step count or LR schedule lost, step 3's update differs at once (fresh moments give steps of
@@ -48,25 +49,31 @@ def source_run(tiny_corpus, tmp_path_factory):
     return root, tiny_corpus, _losses(root / "src" / "tb")
 
 
-@pytest.mark.parametrize("tp,pp", [(1, 1), (1, 2)], ids=["1x1", "tp1xpp2"])
-def test_resharded_checkpoint_resumes_with_the_same_losses(source_run, tp, pp):
+@pytest.mark.parametrize(
+    "tp,pp,dp,zero",
+    [(1, 1, 1, 1), (1, 2, 1, 1), (1, 1, 1, 0), (1, 1, 2, 2), (1, 1, 2, 3)],
+    ids=["1x1", "tp1xpp2", "1x1-zero0", "dp2-zero2", "dp2-zero3"],
+)
+def test_resharded_checkpoint_resumes_with_the_same_losses(source_run, tp, pp, dp, zero):
     root, corpus, reference = source_run
-    dst = root / f"to_{tp}x{pp}" / "ckpt"
-    proc = _convert(root / "src" / "ckpt" / "global_step2", dst, "--tp", str(tp), "--pp", str(pp), "--no-progress")
+    name = f"to_{tp}x{pp}x{dp}_z{zero}"
+    dst = root / name / "ckpt"
+    layout = ["--tp", str(tp), "--pp", str(pp), "--dp", str(dp), "--zero-stage", str(zero)]
+    proc = _convert(root / "src" / "ckpt" / "global_step2", dst, *layout, "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = run_helpers.write_run_config(
-        root / f"to_{tp}x{pp}.yaml",
+        root / f"{name}.yaml",
         corpus,
         train={"steps": STEPS, "eval_interval": 0},
         sparsity={"cett_interval": 0},
-        parallel={"tensor": tp, "pipeline": pp, "zero_stage": 1},
+        parallel={"tensor": tp, "pipeline": pp, "zero_stage": zero},
         checkpoint={"dir": str(dst), "interval": 0, "keep_last": 2, "resume": "auto"},
-        logging={"dir": str(root / f"to_{tp}x{pp}" / "tb"), "interval": 1},
+        logging={"dir": str(root / name / "tb"), "interval": 1},
     )
-    world = tp * pp
+    world = tp * pp * dp
     proc = run_helpers.run_train(cfg, launcher=run_helpers.deepspeed_launcher(world) if world > 1 else None)
     assert "global_step2" in proc.stdout + proc.stderr  # the banner names the checkpoint it resumed from
-    resumed = _losses(root / f"to_{tp}x{pp}" / "tb")
+    resumed = _losses(root / name / "tb")
     assert sorted(resumed) == list(range(3, STEPS + 1)), "the resumed run must start at step 3"
     for step in range(3, STEPS + 1):
         want, got = reference[step], resumed[step]

@@ -186,3 +186,25 @@ def test_export_of_a_trained_run_with_its_tokenizer(tmp_path_factory, tmp_path):
     with torch.no_grad():
         ours = load_model(run["ckpt"] / "global_step20")(ids)
     assert within_gate(ours, hf_logits(tmp_path / "hf", ids))
+
+
+def test_hugging_face_tokenizer_is_written_back_without_its_bos(source, tmp_path):
+    """A run trained with a tokenizer.json whose post-processor adds BOS: the export adds none."""
+    from tokenizers import Tokenizer, processors
+    from transformers import AutoTokenizer
+
+    from megasparse.data.tokenizer import load_tokenizer
+
+    assert convert(source["tied"][0], tmp_path / "first", "--to", "hf-granite", "--no-progress") == 0
+    hf_dir = tmp_path / "run_tokenizer"
+    hf_dir.mkdir()
+    tok = Tokenizer.from_file(str(tmp_path / "first" / "tokenizer.json"))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save(str(hf_dir / "tokenizer.json"))
+    assert tok.encode("a b").ids[0] == 1  # the source does add BOS
+    argv = [source["tied"][0], tmp_path / "hf", "--to", "hf-granite", "--tokenizer", hf_dir / "tokenizer.json"]
+    assert convert(*argv, "--tokenizer-type", "HuggingFaceTokenizer", "--no-progress") == 0
+    ours, theirs = load_tokenizer(hf_dir / "tokenizer.json"), AutoTokenizer.from_pretrained(tmp_path / "hf")
+    for text in ["The loan of $12,000,000", " leading space", "two  spaces"]:
+        assert theirs(text)["input_ids"] == ours.encode(text)
+    assert theirs.eos_token == "<eod>"

@@ -109,6 +109,12 @@ def write_import(request: ConvertRequest, out_dir: Path) -> dict[str, Any]:
     from megasparse.checkpoint.hf_import import import_hf
 
     activation = getattr(request.options, "activation", None)
+    asked = {flag: getattr(request.options, flag, 1) for flag in ("tp", "pp", "dp")}
+    if any(value not in (None, 1) for value in asked.values()):
+        raise CheckpointError(
+            f"{request.source}: a Hugging Face import has no layout (--tp/--pp/--dp); it is written for one "
+            "process and a run starts from it in any layout with checkpoint.init_from"
+        )
     return _one_line_errors(
         lambda: import_hf(
             request.source,

@@ -227,3 +227,11 @@ def test_init_from_refuses_a_run_config_that_contradicts_the_checkpoint(tiny_cor
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "model.head_dim=16 in the run config" in err[0] and "has 8" in err[0], err
+
+
+def test_an_import_refuses_a_target_layout(tmp_path, capsys):
+    _model("llama").save_pretrained(tmp_path / "hf")
+    capsys.readouterr()
+    assert convert(tmp_path / "hf", tmp_path / "ours", "--to", "megasparse", "--tp", "2") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint.init_from" in err, err

@@ -145,6 +145,10 @@ class SourceCheckpoint:
             self._files[path] = load_file(path)
         return self._files[path]
 
+    def _release_files(self) -> None:
+        """Unmaps every open file: the pages a read touched stop counting as this process's memory."""
+        self._files.clear()
+
     # ------------------------------------------------------------------ what is there
     @property
     def has_optimizer_files(self) -> bool:
@@ -186,6 +190,7 @@ class SourceCheckpoint:
                 if owner.setdefault((plain, tp), mp) != mp:
                     continue
                 index[plain].setdefault(tp, []).append(fragment)
+        self._release_files()
         for name in self.shapes:
             for tp in range(self.tp):
                 if tp not in index.get(name, {}):
@@ -297,7 +302,12 @@ class SourceCheckpoint:
         """The full tensor (TP shards joined; vocabulary padded as saved)."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-        parts = [self.local(name, tp, kind) for tp in range(self.tp)]
+        try:
+            parts = [self.local(name, tp, kind) for tp in range(self.tp)]
+        finally:
+            # Re-opening a file costs only its small pickle; keeping it mapped would let resident
+            # memory grow towards the checkpoint's size as the conversion touches every page.
+            self._release_files()
         # [.., n/tp, ..] × tp -> [.., n, ..] in TP-rank order (rank r holds the r-th slice).
         full = torch.cat(parts, dim=self.split_dims[name]) if name in self.split_dims and self.tp > 1 else parts[0]
         if full.shape != self.shapes[name]:

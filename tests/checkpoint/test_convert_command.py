@@ -109,3 +109,9 @@ def test_existing_output_needs_overwrite_and_a_failed_overwrite_keeps_it(checkpo
     proc = _run(checkpoints["single"], out, "--to", "megasparse", "--overwrite")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not (out / "keep.txt").exists() and (out / "latest").exists()
+
+
+def test_a_target_layout_the_model_cannot_take_is_one_line(checkpoints, tmp_path):
+    line = _one_error_line(_run(checkpoints["single"], tmp_path / "out", "--to", "megasparse", "--tp", "3"))
+    assert "TP=3" in line and "num_heads=4 is not divisible by parallel.tensor=3" in line
+    assert not (tmp_path / "out").exists()

@@ -7,6 +7,7 @@ directory where a good one stood (or where a later run would take it for a finis
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -39,6 +40,9 @@ def atomic_directory(destination: Union[str, Path], overwrite: bool = False) -> 
     destination = check_destination(destination, overwrite)
     destination.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{destination.name}.tmp-", dir=destination.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the result private to this user
     try:
         yield tmp
     except BaseException:

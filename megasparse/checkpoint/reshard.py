@@ -161,10 +161,10 @@ def write_megasparse(request: ConvertRequest, out_dir: Path) -> dict[str, Any]:
             for kind in ("fp32", *(MOMENTS if moments is not None else ())):
                 tensor = source.tensor(name, kind)
                 tensor = _pad_vocabulary(tensor, rows) if rows else tensor
-                if kind == "fp32":
-                    weights.add(name, tensor.to(dtype) if dtype is not None else tensor)
+                if kind == "fp32":  # masters as fp32 (a bf16 layout-free source is widened), or --dtype
+                    weights.add(name, tensor.to(dtype or torch.float32))
                 else:
-                    moments.add(f"{kind}/{name}", tensor)  # type: ignore[union-attr]
+                    moments.add(f"{kind}/{name}", tensor.float())  # type: ignore[union-attr]
                 del tensor
             progress.update(source.shapes[name].numel() * 4 * copies)
     weights.close({"format": LAYOUT_FREE})

@@ -44,6 +44,9 @@ from megasparse.checkpoint.layout import MODULE_PREFIX, plain_layer_factory, rea
 from megasparse.checkpoint.shards import LAYER_FILE, partition_dims, pipeline_piece_prefix
 
 KINDS = ("fp32", "exp_avg", "exp_avg_sq", "module")
+# Open files are unmapped once the tensors read from them add up to this many bytes: a bound on
+# the mapped pages counted as resident memory, without re-opening a file for every tensor.
+RELEASE_AFTER_BYTES = 512 * 1000**2
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class SourceCheckpoint:
                 self._engine_to_plain.update(rank["names"])
                 self._mp_to_tp[int(rank["mp_rank"])] = int(rank["tp_rank"])
         self._files: dict[Path, Any] = {}
+        self._read_since_release = 0
         self._optim = files_matching(self.folder, OPTIM_FILE)  # (dp, mp) -> path
         self._index: Optional[dict[str, dict[int, list[_Fragment]]]] = None
         self._local_shapes: dict[tuple[str, int], torch.Size] = {}
@@ -145,6 +149,11 @@ class SourceCheckpoint:
             self._files[path] = load_file(path)
         return self._files[path]
 
+    def _release_files(self) -> None:
+        """Unmaps every open file: the pages a read touched stop counting as this process's memory."""
+        self._files.clear()
+        self._read_since_release = 0
+
     # ------------------------------------------------------------------ what is there
     @property
     def has_optimizer_files(self) -> bool:
@@ -186,6 +195,7 @@ class SourceCheckpoint:
                 if owner.setdefault((plain, tp), mp) != mp:
                     continue
                 index[plain].setdefault(tp, []).append(fragment)
+        self._release_files()
         for name in self.shapes:
             for tp in range(self.tp):
                 if tp not in index.get(name, {}):
@@ -298,6 +308,11 @@ class SourceCheckpoint:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
         parts = [self.local(name, tp, kind) for tp in range(self.tp)]
+        # Keeping files mapped would let resident memory grow towards the checkpoint's size as a
+        # conversion touches every page; re-opening one costs only its small pickle.
+        self._read_since_release += sum(p.numel() * p.element_size() for p in parts)
+        if self._read_since_release >= RELEASE_AFTER_BYTES:
+            self._release_files()
         # [.., n/tp, ..] × tp -> [.., n, ..] in TP-rank order (rank r holds the r-th slice).
         full = torch.cat(parts, dim=self.split_dims[name]) if name in self.split_dims and self.tp > 1 else parts[0]
         if full.shape != self.shapes[name]:

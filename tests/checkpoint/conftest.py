@@ -17,10 +17,11 @@ def checkpoints(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
 
     def train(name: str) -> Path:
         nproc, parallel = LAYOUTS[name]
+        precision = "bf16" if name == "bf16" else "fp32"
         cfg = run_helpers.write_run_config(
             root / f"{name}.yaml",
             tiny_corpus,
-            train={"steps": 1, "eval_interval": 0, "optimizer": {"lr": LR}},
+            train={"steps": 1, "eval_interval": 0, "optimizer": {"lr": LR}, "precision": precision},
             sparsity={"cett_interval": 0},
             parallel={"zero_stage": 1, **parallel},
             checkpoint={"dir": str(root / name / "ckpt"), "interval": 1, "keep_last": 1},

@@ -11,4 +11,5 @@ LAYOUTS = {
     "dp2z1": (2, {"zero_stage": 1}),
     "dp2z2": (2, {"zero_stage": 2}),
     "dp2z3": (2, {"zero_stage": 3}),
+    "bf16": (0, {}),  # bf16 training: a bf16 module copy beside the fp32 masters
 }

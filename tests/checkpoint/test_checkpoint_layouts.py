@@ -77,6 +77,17 @@ def test_masters_and_module_copy_agree_in_fp32(checkpoints, layout):
         assert masters[name].dtype == torch.float32 and torch.equal(masters[name], module[name]), name
 
 
+def test_bf16_training_reads_fp32_masters_by_default_and_the_bf16_copy_on_request(checkpoints):
+    info = list_checkpoints(checkpoints["bf16"])[0]
+    masters, module = load_state_dict(info), load_state_dict(info, master=False)
+    name = "layers.0.mlp.up_proj.weight"
+    assert masters[name].dtype == torch.float32 and module[name].dtype == torch.bfloat16
+    assert not torch.equal(masters[name], module[name].float())  # the masters keep what bf16 drops
+    for name in masters:  # the module copy is the masters rounded to bf16
+        assert torch.equal(masters[name].bfloat16(), module[name]), name
+    assert next(load_model(info).parameters()).dtype == torch.float32
+
+
 @pytest.mark.parametrize("layout", ["single", *EXPECTED_LAYOUT])
 def test_every_checkpoint_records_its_layout(checkpoints, layout):
     record = json.loads((checkpoints[layout] / "megasparse_layout.json").read_text())

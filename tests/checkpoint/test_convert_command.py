@@ -109,3 +109,20 @@ def test_existing_output_needs_overwrite_and_a_failed_overwrite_keeps_it(checkpo
     proc = _run(checkpoints["single"], out, "--to", "megasparse", "--overwrite")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not (out / "keep.txt").exists() and (out / "latest").exists()
+
+
+def test_a_target_layout_the_model_cannot_take_is_one_line(checkpoints, tmp_path):
+    line = _one_error_line(_run(checkpoints["single"], tmp_path / "out", "--to", "megasparse", "--tp", "3"))
+    assert "TP=3" in line and "num_heads=4 is not divisible by parallel.tensor=3" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_has_examples_and_the_command_is_listed():
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, env=run_helpers.run_env()
+    )
+    assert proc.returncode == 0 and "examples:" in proc.stdout and "--to megasparse --tp 1 --pp 1" in proc.stdout
+    listing = subprocess.run(
+        [sys.executable, "-m", "megasparse", "--help"], capture_output=True, text=True, env=run_helpers.run_env()
+    )
+    assert "convert" in listing.stdout and "tools/convert_checkpoint.py" in listing.stdout

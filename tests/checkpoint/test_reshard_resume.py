@@ -1,5 +1,5 @@
 """Resharding with optimizer state: a TP2×PP2 run, converted at step 2 to one process (ZeRO-1
-and ZeRO-0), to TP1×PP2 and to DP2 (ZeRO-2 and ZeRO-3), continues with the same losses as the
+and ZeRO-0), to TP1×PP2, to TP2×PP1 and to DP2 (ZeRO-2 and ZeRO-3), continues with the same losses as the
 run that never stopped.
 
 This is the test that catches a resume that silently starts afresh: with the Adam moments,
@@ -51,8 +51,8 @@ def source_run(tiny_corpus, tmp_path_factory):
 
 @pytest.mark.parametrize(
     "tp,pp,dp,zero",
-    [(1, 1, 1, 1), (1, 2, 1, 1), (1, 1, 1, 0), (1, 1, 2, 2), (1, 1, 2, 3)],
-    ids=["1x1", "tp1xpp2", "1x1-zero0", "dp2-zero2", "dp2-zero3"],
+    [(1, 1, 1, 1), (1, 2, 1, 1), (2, 1, 1, 1), (1, 1, 1, 0), (1, 1, 2, 2), (1, 1, 2, 3)],
+    ids=["1x1", "tp1xpp2", "tp2xpp1", "1x1-zero0", "dp2-zero2", "dp2-zero3"],
 )
 def test_resharded_checkpoint_resumes_with_the_same_losses(source_run, tp, pp, dp, zero):
     root, corpus, reference = source_run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -179,17 +180,19 @@ def test_help_has_examples():
 
 
 def test_reader_reports_a_missing_tensor_parallel_shard(run, tmp_path, capsys):
-    # Sharded layouts load (tests/sparsity/test_checkpoint_layouts.py); one whose metadata claims
-    # TP2 but holds only TP rank 0's file gives one clear error line naming the missing file.
+    # Sharded layouts load (tests/checkpoint/test_checkpoint_layouts.py); one whose metadata (and
+    # layout record) claim TP2 but holds only TP rank 0's files gives one clear error line naming
+    # a missing file of TP rank 1 (the optimizer shard: the fp32 masters are read from it).
     import shutil
 
     from megasparse.cli.measure import main
 
     ckpt = tmp_path / "global_step20"
     shutil.copytree(run["ckpt"] / "global_step20", ckpt)
-    meta = json.loads((ckpt / "megasparse_meta.json").read_text())
-    meta["layout"]["tensor"] = 2
-    (ckpt / "megasparse_meta.json").write_text(json.dumps(meta))
+    for name in ("megasparse_meta.json", "megasparse_layout.json"):
+        data = json.loads((ckpt / name).read_text())
+        (data["layout"] if name == "megasparse_meta.json" else data)["tensor"] = 2
+        (ckpt / name).write_text(json.dumps(data))
     assert (
         main(
             [
@@ -210,7 +213,7 @@ def test_reader_reports_a_missing_tensor_parallel_shard(run, tmp_path, capsys):
         == 2
     )
     err = capsys.readouterr().err
-    assert "mp_rank_01_model_states.pt: missing" in err and "Traceback" not in err
+    assert re.search(r"mp_rank_01_(optim|model)_states\.pt: missing", err) and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
 
 

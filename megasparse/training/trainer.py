@@ -21,6 +21,8 @@ from torch import nn
 
 from megasparse import tags
 from megasparse.checkpoint import engine as ckpt
+from megasparse.checkpoint.disk_space import ensure_room
+from megasparse.checkpoint.integrity import choose_resume_point
 from megasparse.config import ConfigError, RunConfig
 from megasparse.data.loader import MicroBatchLoader, build_datasets
 from megasparse.data.tokenizer import Tokenizer, load_tokenizer
@@ -78,6 +80,8 @@ class Trainer:
         self.stop = StopSignal()
         self.resumed_from: Optional[str] = None
         self._resume()
+        if cfg.checkpoint.dir:  # a run that cannot save stops now, not after training to its first save
+            ensure_room(self.engine, Path(cfg.checkpoint.dir), self.progress.step + 1)
         self._announce()
 
     # ----------------------------------------------------------------------------- builders
@@ -219,7 +223,7 @@ class Trainer:
 
     def _resume(self) -> None:
         c = self.cfg.checkpoint
-        found = ckpt.resolve_resume(c.resume, c.dir)
+        found = choose_resume_point(c.resume, c.dir, warn=console.warn)
         if found is None:
             return
         ckpt_dir, tag = found

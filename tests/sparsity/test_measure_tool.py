@@ -190,6 +190,9 @@ def test_reader_reports_a_missing_tensor_parallel_shard(run, tmp_path, capsys):
     meta = json.loads((ckpt / "megasparse_meta.json").read_text())
     meta["layout"]["tensor"] = 2
     (ckpt / "megasparse_meta.json").write_text(json.dumps(meta))
+    from megasparse.checkpoint import manifest  # edited on purpose: record the edit
+
+    manifest.write_manifest(ckpt, manifest.describe_files(ckpt, manifest.files_to_record(ckpt)))
     assert (
         main(
             [

@@ -105,7 +105,7 @@ def estimated_checkpoint_bytes(engine) -> int:
 def ensure_room(engine, ckpt_dir: Path, step: int) -> int:
     """Collective, before a save writes anything (and at start-up): raises DiskFullError on every
     rank when the disk cannot take the checkpoint of ``step``; returns the bytes expected."""
-    from megasparse.checkpoint.integrity import _from_rank0, _rank_world, sealed_tags
+    from megasparse.checkpoint.integrity import _from_rank0, _rank_world, agreed, sealed_tags
 
     rank, _ = _rank_world()
     estimate = estimated_checkpoint_bytes(engine)
@@ -116,7 +116,7 @@ def ensure_room(engine, ckpt_dir: Path, step: int) -> int:
         problem = space_problem(ckpt_dir, step, estimate, str(ckpt_dir / tags[-1]) if tags else None)
     estimate, problem = _from_rank0((estimate, problem))
     if problem:
-        raise DiskFullError(problem)
+        raise agreed(DiskFullError(problem))
     return estimate
 
 

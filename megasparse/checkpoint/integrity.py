@@ -18,6 +18,12 @@ from megasparse.checkpoint import manifest
 from megasparse.checkpoint.engine import LATEST_FILE, META_FILE, TAG_PATTERN, CheckpointError
 
 
+def agreed(exc: Exception) -> Exception:
+    """Marks an error every rank raises with the same message, so that rank 0 alone prints it."""
+    exc.agreed_by_every_rank = True
+    return exc
+
+
 def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -111,15 +117,17 @@ def choose_resume_point(resume: str, ckpt_dir: Optional[str], warn: Callable[[st
                     warn(f"resuming from {root / tag} instead of {what}")
                 return str(root), tag
             warn(f"checkpoint {root / tag} is not usable: {problem}")
-        raise CheckpointError(
-            f"{root}: no usable checkpoint (tried {', '.join(candidates) or 'none'}); resume from another "
-            "directory, or start afresh with checkpoint.resume=none"
+        raise agreed(
+            CheckpointError(
+                f"{root}: no usable checkpoint (tried {', '.join(candidates) or 'none'}); resume from another "
+                "directory, or start afresh with checkpoint.resume=none"
+            )
         )
     path = Path(resume)
     if (path / META_FILE).exists() or manifest.has_manifest(path):
         problem = folder_problem(path)
         if problem:
-            raise CheckpointError(f"{problem}; give another checkpoint folder, or checkpoint.resume=auto")
+            raise agreed(CheckpointError(f"{problem}; give another checkpoint folder, or checkpoint.resume=auto"))
         return str(path.parent), path.name
     if (path / LATEST_FILE).exists() or sealed_tags(path):
         return choose_resume_point("auto", str(path), warn)

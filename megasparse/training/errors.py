@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from megasparse.checkpoint.disk_space import DiskFullError
 from megasparse.checkpoint.engine import CheckpointError
 from megasparse.config import ConfigError
 from megasparse.data.gpt_dataset import DatasetBuildError
 from megasparse.data.indexed_dataset import IndexedDatasetError
 from megasparse.data.tokenizer import TokenizerError
+from megasparse.training import exit_codes
 
 UserFacingError = (
     ConfigError,
@@ -20,3 +22,8 @@ UserFacingError = (
 
 def user_error_message(exc: BaseException) -> str:
     return str(exc).strip() or type(exc).__name__
+
+
+def exit_status(exc: BaseException) -> int:
+    """The process status for a user-facing error (training/exit_codes.py)."""
+    return exit_codes.DISK_FULL if isinstance(exc, DiskFullError) else exit_codes.BAD_INPUT

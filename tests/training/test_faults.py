@@ -1,0 +1,82 @@
+"""Faults end cleanly and lose nothing: 2 ranks on the CPU under the real deepspeed launcher.
+
+Each test injects one fault and checks what the user sees (one line naming the cause), the exit
+status (training/exit_codes.py), what is left on disk, and that the job ends within a loose
+bound of seconds after the fault.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fault_helpers import TimedRun, train_command
+from run_helpers import REPO, run_env, write_run_config
+
+from megasparse.checkpoint import integrity
+from megasparse.training import exit_codes
+
+HERE = Path(__file__).resolve().parent
+
+
+def _small_disk_runs(cmd: list[str], mountpoint: Path, size: str, copy_to: Path) -> list[TimedRun]:
+    """``cmd`` run twice with its checkpoint disk a ``size`` tmpfs at ``mountpoint``."""
+    if shutil.which("unshare") is None:
+        pytest.skip("util-linux's unshare is not installed")
+    probe = subprocess.run(
+        ["unshare", "--map-root-user", "--mount", "mount", "-t", "tmpfs", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a private namespace here: {probe.stderr.strip()}")
+    result = copy_to.with_suffix(".json")
+    subprocess.run(
+        ["unshare", "--map-root-user", "--mount", sys.executable, str(HERE / "small_disk_runs.py")]
+        + [str(mountpoint), size, str(copy_to), str(result), "--", *cmd],
+        cwd=REPO,
+        env=run_env(),
+        check=True,
+        timeout=900,
+    )
+    return [
+        TimedRun(returncode=r["returncode"], lines=[tuple(x) for x in r["lines"]], ended=r["ended"])
+        for r in json.loads(result.read_text())
+    ]
+
+
+def test_disk_full_during_a_save_stops_once_with_one_line(tiny_corpus, tmp_path):
+    """A 4 MB disk holds the step-3 checkpoint (2.1 MB) but not a second one beside it."""
+    mountpoint = tmp_path / "disk"
+    mountpoint.mkdir()
+    cfg = write_run_config(
+        tmp_path / "run.yaml",
+        tiny_corpus,
+        train={"steps": 6, "eval_interval": 0},
+        sparsity={"cett_interval": 0},
+        checkpoint={"dir": str(mountpoint / "ckpt"), "interval": 3, "keep_last": 1},
+        logging={"dir": str(tmp_path / "tb"), "interval": 1},
+    )
+    first, again = _small_disk_runs(train_command(cfg), mountpoint, "4m", tmp_path / "after")
+
+    assert first.returncode == exit_codes.DISK_FULL, first.output[-3000:]
+    errors = first.errors()
+    assert len(errors) == 1 and "Traceback" not in first.output, first.output[-3000:]
+    assert f"checkpoint.dir {mountpoint / 'ckpt'}: not enough disk space: {mountpoint} has" in errors[0]
+    assert "a checkpoint at step 6 needs about 3.3 MB" in errors[0]
+    assert f"the previous checkpoint {mountpoint / 'ckpt' / 'global_step3'} is intact" in errors[0]
+    seconds_to_exit = first.ended - first.first("step      6/6")
+    assert seconds_to_exit < 30, seconds_to_exit
+    # Nothing lost: step 3 complete and named by `latest`, no partial step-6 folder.
+    after = tmp_path / "after" / "ckpt"
+    assert (after / "latest").read_text() == "global_step3"
+    assert sorted(p.name for p in after.iterdir() if p.is_dir()) == ["global_step3"]
+    assert integrity.folder_problem(after / "global_step3") is None
+    # No retry loop: the restart stops before training a step, with the same line.
+    assert again.returncode == exit_codes.DISK_FULL
+    assert "step      4/6" not in again.output and "not enough disk space" in again.errors()[0]
+    print(f"disk full: exit {seconds_to_exit:.1f} s after step 6; restart refused after {again.ended:.1f} s")

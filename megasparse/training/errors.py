@@ -9,6 +9,7 @@ from megasparse.data.gpt_dataset import DatasetBuildError
 from megasparse.data.indexed_dataset import IndexedDatasetError
 from megasparse.data.tokenizer import TokenizerError
 from megasparse.training import exit_codes
+from megasparse.training.nonfinite import NonFiniteError
 
 UserFacingError = (
     ConfigError,
@@ -17,6 +18,7 @@ UserFacingError = (
     TokenizerError,
     CheckpointError,
     FileNotFoundError,
+    NonFiniteError,
 )
 
 
@@ -26,4 +28,8 @@ def user_error_message(exc: BaseException) -> str:
 
 def exit_status(exc: BaseException) -> int:
     """The process status for a user-facing error (training/exit_codes.py)."""
-    return exit_codes.DISK_FULL if isinstance(exc, DiskFullError) else exit_codes.BAD_INPUT
+    if isinstance(exc, DiskFullError):
+        return exit_codes.DISK_FULL
+    if isinstance(exc, NonFiniteError):
+        return exit_codes.NON_FINITE
+    return exit_codes.BAD_INPUT

@@ -45,6 +45,7 @@ from megasparse.training.deepspeed_config import build_deepspeed_config, merge_c
 from megasparse.training.distributed import init_distributed
 from megasparse.training.lm_loss import CausalLMLoss
 from megasparse.training.metrics import MetricsWriter, device_peak_tflops, max_memory_gb
+from megasparse.training.nonfinite import NonFiniteError, NonFiniteGuard, check_weights_finite
 from megasparse.training.pipeline_steps import PipelineSteps, stage_layer_ids
 from megasparse.training.preflight import check_counter_impl, check_inputs, resolve_device, seed_everything
 from megasparse.training.progress import Progress, Window
@@ -80,6 +81,8 @@ class Trainer:
         self.stop = StopSignal()
         self.resumed_from: Optional[str] = None
         self._resume()
+        self.last_checkpoint = self.resumed_from
+        self.nonfinite = NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_skipped_steps, self.counters, console.warn)
         if cfg.checkpoint.dir:  # a run that cannot save stops now, not after training to its first save
             ensure_room(self.engine, Path(cfg.checkpoint.dir), self.progress.step + 1)
         self._announce()
@@ -267,10 +270,12 @@ class Trainer:
             "optimizer_groups": list(GROUP_NAMES),
         }
         rank_state = {"loader": self.loader.state_dict(), "counters": self.counters.state_dict()}
+        check_weights_finite(self.engine.module, self.progress.step, self.last_checkpoint)  # never save NaN
         tag = ckpt.save_checkpoint(
             self.engine, c.dir, self.progress.step, self.progress.as_dict(), rank_state, meta, c.keep_last
         )
-        self.log.line(f"saved checkpoint {Path(c.dir) / tag}")
+        self.last_checkpoint = str(Path(c.dir) / tag)
+        self.log.line(f"saved checkpoint {self.last_checkpoint}")
 
     # ----------------------------------------------------------------------------------------
     def _all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
@@ -378,7 +383,14 @@ class Trainer:
         self.clock = console.EtaClock(self.progress.step, cfg.train.steps)
         self.engine.train()
         while self.progress.step < cfg.train.steps:
+            self.nonfinite.before_step(self.engine)
             loss, stop = self.train_step()
+            try:
+                skipped = self.nonfinite.after_step(self.engine, loss, self.progress.step + 1, self.last_checkpoint)
+            except NonFiniteError:
+                self.log.close()  # what was logged up to the fault reaches TensorBoard
+                raise
+            self.progress.skipped_steps += int(skipped)
             self.progress.step += 1
             self.progress.consumed_samples = self.loader.consumed_samples
             step_tokens = cfg.train.global_batch_size * self.seq
@@ -395,6 +407,7 @@ class Trainer:
                     tags.TRAIN_LOSS: loss,
                     tags.TRAIN_LR: lr,
                     tags.TRAIN_TOKENS: self.progress.consumed_tokens,
+                    tags.TRAIN_SKIPPED_STEPS: self.progress.skipped_steps,
                     tags.TRAIN_GRAD_NORM: float(grad_norm) if grad_norm is not None else float("nan"),
                 },
                 step,

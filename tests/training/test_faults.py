@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fault_helpers import TimedRun, train_command
+from fault_helpers import TimedRun, timed_run, train_command
 from run_helpers import REPO, run_env, write_run_config
 
 from megasparse.checkpoint import integrity
@@ -80,3 +80,67 @@ def test_disk_full_during_a_save_stops_once_with_one_line(tiny_corpus, tmp_path)
     assert again.returncode == exit_codes.DISK_FULL
     assert "step      4/6" not in again.output and "not enough disk space" in again.errors()[0]
     print(f"disk full: exit {seconds_to_exit:.1f} s after step 6; restart refused after {again.ended:.1f} s")
+
+
+def _nan_config(tmp_path, corpus, **train):
+    return write_run_config(
+        tmp_path / "run.yaml",
+        corpus,
+        train={"steps": 8, "eval_interval": 0, **train},
+        sparsity={"cett_interval": 0},
+        checkpoint={"dir": str(tmp_path / "ckpt"), "interval": 1, "keep_last": 2},
+        logging={"dir": str(tmp_path / "tb"), "interval": 1},
+    )
+
+
+def test_non_finite_gradients_stop_with_the_last_good_checkpoint(tiny_corpus, tmp_path):
+    """lr 1e8: step 1 is finite, then every gradient is non-finite (DeepSpeed skips the update)."""
+    cfg = _nan_config(tmp_path, tiny_corpus, optimizer={"lr": 1e8})
+    run = timed_run(train_command(cfg))
+    assert run.returncode == exit_codes.NON_FINITE, run.output[-3000:]
+    assert run.errors() == [
+        "megasparse.train: error: step 2: non-finite gradients; stopped with nothing saved (the last checkpoint "
+        f"{tmp_path / 'ckpt' / 'global_step1'} is kept). Lower train.optimizer.lr, check the data, or set "
+        "train.nonfinite=skip to skip such steps"
+    ]
+    assert "Traceback" not in run.output
+    assert (tmp_path / "ckpt" / "latest").read_text() == "global_step1"
+    assert integrity.sealed_tags(tmp_path / "ckpt") == ["global_step1"]
+    seconds = run.ended - run.first("saved checkpoint")
+    assert seconds < 30, seconds
+    print(f"non-finite gradients (stop): exit {seconds:.1f} s after the step-1 checkpoint")
+
+
+def test_nan_loss_stops_at_once_and_never_reads_as_sparse(tiny_corpus, tmp_path):
+    """Embeddings × 1e40: the very first forward pass is NaN."""
+    cfg = _nan_config(tmp_path, tiny_corpus)
+    run = timed_run(train_command(cfg, "--set", "model.scale_emb=1e40"))
+    assert run.returncode == exit_codes.NON_FINITE, run.output[-3000:]
+    (error,) = run.errors()
+    assert error.startswith("megasparse.train: error: step 1: loss nan; stopped with nothing saved (no checkpoint")
+    assert not (tmp_path / "ckpt").exists() or integrity.sealed_tags(tmp_path / "ckpt") == []
+    assert "act 0.0%" not in run.output
+
+
+def test_skip_mode_skips_a_bounded_number_of_steps_with_consistent_counters(tiny_corpus, tmp_path):
+    cfg = _nan_config(tmp_path, tiny_corpus, optimizer={"lr": 1e8}, nonfinite="skip", max_skipped_steps=3)
+    run = timed_run(train_command(cfg))
+    assert run.returncode == exit_codes.NON_FINITE, run.output[-3000:]
+    for step, in_a_row in ((2, 1), (3, 2), (4, 3)):
+        assert (
+            f"warning: step {step}: non-finite gradients; update skipped ({in_a_row} in a row, train.nonfinite=skip)"
+        ) in run.output
+    (error,) = run.errors()
+    assert "step 5: non-finite gradients, 4 steps in a row skipped (train.max_skipped_steps=3)" in error
+    from run_helpers import scalars
+
+    tb = scalars(tmp_path / "tb")
+    assert tb["train/skipped_steps"] == [(1, 0.0), (2, 1.0), (3, 2.0), (4, 3.0)]
+    assert [v for _, v in tb["train/tokens"]] == [128.0, 256.0, 384.0, 512.0]  # the data was read
+    # DeepSpeed steps the LR schedule only with applied updates: warmup stays at its step-1 value.
+    assert len({v for _, v in tb["train/lr"]}) == 1
+    # Skipped steps' activation counts are dropped; nothing is logged for their windows.
+    assert [s for s, _ in tb["sparsity/activation_ratio"]] == [1]
+    # Checkpoints of skipped steps hold the last applied weights and the skip count.
+    meta = json.loads((tmp_path / "ckpt" / "global_step4" / "megasparse_meta.json").read_text())
+    assert meta["progress"]["skipped_steps"] == 3 and meta["progress"]["step"] == 4

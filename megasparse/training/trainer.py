@@ -52,6 +52,7 @@ from megasparse.training.progress import Progress, Window
 from megasparse.training.schedule import build_scheduler
 from megasparse.training.signals import StopSignal
 from megasparse.training.wandb_logger import WandbRun
+from megasparse.training.watchdog import start_watchdog
 
 
 class Trainer:
@@ -95,7 +96,7 @@ class Trainer:
         check_inputs(cfg)
         self.device = resolve_device(cfg)
         check_counter_impl(cfg, self.device)
-        self.rank_info = init_distributed(self.device)
+        self.rank_info = init_distributed(self.device, cfg.train.collective_timeout_s)
         self.world, self.rank = self.rank_info.world_size, self.rank_info.rank
         self.groups = ParallelGroups.from_config(cfg)
         self.pipeline = cfg.parallel.pipeline > 1
@@ -382,7 +383,9 @@ class Trainer:
         steps_this_process = 0
         self.clock = console.EtaClock(self.progress.step, cfg.train.steps)
         self.engine.train()
+        watchdog = start_watchdog(self.rank, self.world, cfg.train.collective_timeout_s)
         while self.progress.step < cfg.train.steps:
+            watchdog.progress(self.progress.step + 1, "training step")
             self.nonfinite.before_step(self.engine)
             loss, stop = self.train_step()
             try:
@@ -416,6 +419,7 @@ class Trainer:
                 summary.update(self._log_window(window, loss))
                 window.reset()
             side_work = time.perf_counter()
+            watchdog.progress(step, "logging, calibration, evaluation or checkpoint")
             if self.calibrator is not None and step % cfg.sparsity.cett_interval == 0:
                 summary.update(self.calibrate_thresholds())
             if cfg.train.eval_interval and (step % cfg.train.eval_interval == 0 or step == cfg.train.steps):
@@ -432,6 +436,7 @@ class Trainer:
             if cfg.train.exit_after_steps and steps_this_process >= cfg.train.exit_after_steps:
                 self.log.line(f"exit_after_steps={cfg.train.exit_after_steps} reached at step {step}")
                 break
+        watchdog.close()
         summary.update(
             {tags.TRAIN_LOSS: last_loss, "step": self.progress.step, tags.TRAIN_TOKENS: self.progress.consumed_tokens}
         )

@@ -6,6 +6,7 @@ fault (a log line, a signal) to the exit of the whole job.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -76,3 +77,19 @@ def timed_run(
 
 def python_command(*args: str) -> list[str]:
     return [sys.executable, *args]
+
+
+def rank_pid(session: int, rank: int) -> Optional[int]:
+    """The PID of training rank ``rank`` among the processes of a launcher's session."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getsid(int(entry.name)) != session:
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ProcessLookupError):
+            continue
+        if b"megasparse.train" in argv and f"--local_rank={rank}".encode() in argv:
+            return int(entry.name)
+    return None

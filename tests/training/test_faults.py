@@ -8,13 +8,16 @@ bound of seconds after the fault.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from fault_helpers import TimedRun, timed_run, train_command
+from fault_helpers import TimedRun, rank_pid, timed_run, train_command
 from run_helpers import REPO, run_env, write_run_config
 
 from megasparse.checkpoint import integrity
@@ -144,3 +147,56 @@ def test_skip_mode_skips_a_bounded_number_of_steps_with_consistent_counters(tiny
     # Checkpoints of skipped steps hold the last applied weights and the skip count.
     meta = json.loads((tmp_path / "ckpt" / "global_step4" / "megasparse_meta.json").read_text())
     assert meta["progress"]["skipped_steps"] == 3 and meta["progress"]["step"] == 4
+
+
+def test_a_stopped_rank_is_named_and_the_job_ends(tiny_corpus, tmp_path):
+    """SIGSTOP rank 1 of 2 after step 3; train.collective_timeout_s=20."""
+    cfg = write_run_config(
+        tmp_path / "run.yaml",
+        tiny_corpus,
+        train={"steps": 100000, "eval_interval": 0, "collective_timeout_s": 20},
+        sparsity={"cett_interval": 0},
+        checkpoint={"dir": str(tmp_path / "ckpt"), "interval": 2, "keep_last": 1},
+        logging={"dir": str(tmp_path / "tb"), "interval": 1},
+    )
+    stopped: dict = {}
+
+    def stop_rank_1(line: str, proc: subprocess.Popen) -> None:
+        if line.startswith("step      3/") and not stopped:
+            pid = rank_pid(proc.pid, 1)
+            assert pid is not None, "rank 1 not found"
+            os.kill(pid, signal.SIGSTOP)
+            stopped.update(pid=pid, at=time.monotonic())
+
+    start = time.monotonic()
+    try:
+        run = timed_run(train_command(cfg), on_line=stop_rank_1, timeout=300)
+    finally:
+        outlived = bool(stopped) and _alive(stopped["pid"])
+        if outlived:  # never leave a stopped process behind, whatever the test finds
+            os.kill(stopped["pid"], signal.SIGKILL)
+    assert stopped, run.output[-3000:]
+    assert run.returncode == exit_codes.HUNG_RANK, run.output[-3000:]
+    (error,) = [e for e in run.errors() if "no progress" in e]
+    assert error.startswith("megasparse.train: error: rank 0: no progress for ")
+    assert "rank 1 stopped responding (no heartbeat for" in error and "last seen at step " in error
+    assert "train.collective_timeout_s=20" in error and "Traceback" not in run.output
+    stopped_at = stopped["at"] - start
+    reported = run.first("no progress for") - stopped_at
+    seconds = run.ended - stopped_at
+    # Reported just before the 20 s collective timeout; the deepspeed launcher then gives the
+    # stopped rank its fixed 30 s of SIGTERM grace before SIGKILL.
+    assert 15 < reported < 30 and seconds < 75, (reported, seconds)
+    assert not outlived, "the stopped rank outlived the job"
+    # Nothing lost beyond the steps since the last checkpoint: it is complete.
+    tag = (tmp_path / "ckpt" / "latest").read_text()
+    assert integrity.folder_problem(tmp_path / "ckpt" / tag) is None
+    print(f"stopped rank: reported {reported:.1f} s, job gone {seconds:.1f} s after SIGSTOP; resume point {tag}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

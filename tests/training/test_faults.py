@@ -200,3 +200,22 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_bad_inputs_are_one_line_from_one_rank(tiny_corpus, tmp_path):
+    """Token ids beyond the vocabulary, and a .bin paired with another dataset's .idx."""
+    cfg = write_run_config(tmp_path / "run.yaml", tiny_corpus, train={"steps": 2})
+    vocab = timed_run(train_command(cfg, "--set", "model.vocab_size=100"))
+    assert vocab.returncode == exit_codes.BAD_INPUT, vocab.output[-3000:]
+    (error,) = vocab.errors()
+    assert error.startswith(f"megasparse.train: error: data.train: {tiny_corpus['train']} holds token id 511,")
+    assert "model.vocab_size has only 100 ids" in error and "Traceback" not in vocab.output
+
+    mixed = tmp_path / "mixed_text_document"
+    shutil.copy(tiny_corpus["train"] + ".bin", str(mixed) + ".bin")
+    shutil.copy(tiny_corpus["valid"] + ".idx", str(mixed) + ".idx")
+    pair = timed_run(train_command(cfg, "--set", f"data.train=[{mixed}]"))
+    assert pair.returncode == exit_codes.BAD_INPUT, pair.output[-3000:]
+    (error,) = pair.errors()
+    assert f"{mixed}.bin: " in error and "do not belong together" in error and "Traceback" not in pair.output
+    print(f"bad inputs: exit after {vocab.ended:.1f} s (vocabulary) and {pair.ended:.1f} s (.bin/.idx pair)")

@@ -25,7 +25,7 @@ Only global rank 0 prints: a start-up banner, a line per log window (with an ETA
 CETT calibrations and a closing summary. An error found before the processes connect (config,
 layout, data, tokenizer) is printed once, by rank 0; every rank exits with status 2.
 Exit statuses: 0 done (or stopped by a signal after a checkpoint), 1 a bug (traceback), 2 bad
-input, 3 no room for a checkpoint, 4 NaN/Inf loss or gradients, 5 a rank stopped progressing.
+input, 3 a checkpoint could not be written, 4 NaN/Inf loss or gradients, 5 a rank stopped progressing.
 """
 
 

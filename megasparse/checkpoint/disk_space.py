@@ -28,7 +28,11 @@ MARGIN_FRACTION = 0.05
 MARGIN_BYTES = 1 << 20
 
 
-class DiskFullError(CheckpointError):
+class CheckpointWriteError(CheckpointError):
+    """A save could not be written; the partial folder is gone and the previous checkpoint is untouched."""
+
+
+class DiskFullError(CheckpointWriteError):
     """The checkpoint disk has no room for a save; the previous checkpoint is untouched."""
 
 
@@ -124,7 +128,7 @@ def ensure_room(engine, ckpt_dir: Path, step: int) -> int:
 def removed_if_write_fails(ckpt_dir: Path, folder: Path, step: int, estimate: int) -> Iterator[None]:
     """Around a save's writes on one rank: if they fail, the partial folder is removed (``latest``
     still names the previous checkpoint) and the failure is raised as one line: DiskFullError when
-    the disk ran out of room, CheckpointError naming the folder otherwise."""
+    the disk ran out of room, CheckpointWriteError naming the folder otherwise."""
     try:
         yield
     except Exception as exc:
@@ -138,6 +142,7 @@ def removed_if_write_fails(ckpt_dir: Path, folder: Path, step: int, estimate: in
         if full:
             raise DiskFullError(disk_full_message(ckpt_dir, step, needed_bytes(estimate), free, previous)) from exc
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise CheckpointError(
-            f"{folder}: writing the checkpoint failed ({first}); the partial folder was removed"
+        kept = f"; the previous checkpoint {previous} is intact" if previous else ""
+        raise CheckpointWriteError(
+            f"{folder}: writing the checkpoint failed ({first}); the partial folder was removed{kept}"
         ) from exc

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from megasparse.checkpoint.disk_space import DiskFullError
+from megasparse.checkpoint.disk_space import CheckpointWriteError
 from megasparse.checkpoint.engine import CheckpointError
 from megasparse.config import ConfigError
 from megasparse.data.gpt_dataset import DatasetBuildError
@@ -28,7 +28,7 @@ def user_error_message(exc: BaseException) -> str:
 
 def exit_status(exc: BaseException) -> int:
     """The process status for a user-facing error (training/exit_codes.py)."""
-    if isinstance(exc, DiskFullError):
+    if isinstance(exc, CheckpointWriteError):  # no room on the disk, or the write failed
         return exit_codes.DISK_FULL
     if isinstance(exc, NonFiniteError):
         return exit_codes.NON_FINITE

@@ -219,3 +219,31 @@ def test_bad_inputs_are_one_line_from_one_rank(tiny_corpus, tmp_path):
     (error,) = pair.errors()
     assert f"{mixed}.bin: " in error and "do not belong together" in error and "Traceback" not in pair.output
     print(f"bad inputs: exit after {vocab.ended:.1f} s (vocabulary) and {pair.ended:.1f} s (.bin/.idx pair)")
+
+
+def test_a_write_that_fails_half_way_removes_the_partial_folder(tiny_corpus, tmp_path):
+    """Rank 1's optimizer shard of step 6 goes to /dev/full: its write fails with ENOSPC while
+    the other files are written (the disk itself has room, so the pre-save check passes)."""
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "global_step6").mkdir(parents=True)
+    (ckpt / "global_step6" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").symlink_to("/dev/full")
+    cfg = write_run_config(
+        tmp_path / "run.yaml",
+        tiny_corpus,
+        train={"steps": 6, "eval_interval": 0},
+        sparsity={"cett_interval": 0},
+        checkpoint={"dir": str(ckpt), "interval": 3, "keep_last": 1},
+        logging={"dir": str(tmp_path / "tb"), "interval": 1},
+    )
+    run = timed_run(train_command(cfg))
+    assert run.returncode == exit_codes.DISK_FULL, run.output[-3000:]
+    assert "Traceback" not in run.output, run.output[-3000:]
+    rank1 = [e for e in run.errors() if e.startswith("[rank 1] ")]
+    assert len(rank1) == 1 and f"{ckpt / 'global_step6'}: writing the checkpoint failed (" in rank1[0]
+    assert f"the partial folder was removed; the previous checkpoint {ckpt / 'global_step3'} is intact" in rank1[0]
+    assert (ckpt / "latest").read_text() == "global_step3"
+    assert sorted(p.name for p in ckpt.iterdir() if p.is_dir()) == ["global_step3"]
+    assert integrity.folder_problem(ckpt / "global_step3") is None
+    seconds = run.ended - run.first("step      6/6")
+    assert seconds < 30, seconds
+    print(f"write failing half way: exit {seconds:.1f} s after step 6")

@@ -5,8 +5,8 @@ metadata) and removed first when a folder is pruned. So a folder without a valid
 incomplete, however it came to be: a save killed half way, a prune killed half way, a disk that
 filled up. Readers and resume trust only folders whose manifest is there and whose files match it.
 
-Checksums are XXH3-128 (``xxhash``): about 6 GB/s on one core of the machine they were measured
-on, against 0.55 GB/s for SHA-256, which matters for multi-GB shards checked at every resume. It
+Checksums are XXH3-128 (``xxhash``): 4.2 GB/s on one core against 0.92 GB/s for SHA-256
+(benchmarks/RESULTS.md §8), which matters for multi-GB shards checked at every save and resume. It
 catches truncation, flipped bits and overwritten files; it is not meant to resist tampering.
 Hashing is shared between ranks (file i by rank i mod world), so a save or a resume of a large
 checkpoint costs each rank only its share of the reading.

@@ -248,3 +248,45 @@ def test_a_write_that_fails_half_way_removes_the_partial_folder(tiny_corpus, tmp
     seconds = run.ended - run.first("step      6/6")
     assert seconds < 30, seconds
     print(f"write failing half way: exit {seconds:.1f} s after step 6")
+
+
+def test_kills_during_saves_and_prunes_leave_only_complete_checkpoints(tiny_corpus, tmp_path):
+    """A checkpoint every step (keep 2), so most of the run is saving and pruning; rank 0 (which
+    writes the metadata, the manifest and `latest`, and prunes) is SIGKILLed at a random moment,
+    three times, each restart resuming from what the previous one left."""
+    import random
+
+    from megasparse.checkpoint.reader import list_checkpoints
+
+    cfg = write_run_config(
+        tmp_path / "run.yaml",
+        tiny_corpus,
+        train={"steps": 30, "eval_interval": 0},
+        sparsity={"cett_interval": 0},
+        checkpoint={"dir": str(tmp_path / "ckpt"), "interval": 1, "keep_last": 2},
+        logging={"dir": str(tmp_path / "tb"), "interval": 1},
+    )
+    ckpt = tmp_path / "ckpt"
+    rng = random.Random(3)
+    for attempt in range(3):
+        delay = rng.uniform(0.05, 0.6)
+        killed: dict = {}
+
+        def kill_rank_0(line: str, proc: subprocess.Popen) -> None:
+            if line.startswith("saved checkpoint") and not killed:
+                time.sleep(delay)
+                pid = rank_pid(proc.pid, 0)
+                if pid is not None:
+                    os.kill(pid, signal.SIGKILL)
+                    killed["pid"] = pid
+
+        run = timed_run(train_command(cfg), on_line=kill_rank_0)
+        assert killed and run.returncode != 0, f"attempt {attempt}: the kill did not land\n{run.output[-2000:]}"
+        sealed = integrity.sealed_tags(ckpt)
+        for tag in sealed:
+            assert integrity.folder_problem(ckpt / tag) is None, f"attempt {attempt}: {tag} looks complete but is not"
+        assert (ckpt / "latest").read_text() in sealed
+        assert [c.path.name for c in list_checkpoints(ckpt)] == sealed
+    final = timed_run(train_command(cfg))
+    assert final.returncode == 0 and "step     30/30" in final.output, final.output[-3000:]
+    assert integrity.sealed_tags(ckpt) == ["global_step29", "global_step30"]

@@ -17,6 +17,7 @@ need no synchronised clocks.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
@@ -54,6 +55,7 @@ class Watchdog:
         )
         self._thread = threading.Thread(target=self._run, name="megasparse-watchdog", daemon=True)
         self._thread.start()
+        atexit.register(self.close)  # also when an error ends the run before fit() closes it
 
     def progress(self, step: int, phase: str) -> None:
         """The main thread moved on: now at ``step``, doing ``phase``."""
@@ -61,7 +63,11 @@ class Watchdog:
         self._moved = time.monotonic()
 
     def close(self) -> None:
+        """Stops the thread and waits for it: a thread still inside a store call when the
+        interpreter exits makes the process abort ("terminate called without an active exception")."""
         self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=3 * self.interval)
 
     # ------------------------------------------------------------------------------------
     def _run(self) -> None:

@@ -99,26 +99,26 @@ def is_out_of_space(exc: BaseException, ckpt_dir: Path, estimate: int) -> bool:
 def estimated_checkpoint_bytes(engine) -> int:
     """Collective: bytes a checkpoint of this engine will take over all ranks (parameters held by
     several data-parallel ranks are counted once)."""
-    from megasparse.checkpoint.integrity import _all_gather
+    from megasparse.checkpoint.integrity import gather_from_ranks
 
     local = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
     share = local * BYTES_PER_PARAMETER // max(int(getattr(engine, "dp_world_size", 1)), 1)
-    return int(sum(_all_gather(share)))
+    return int(sum(gather_from_ranks(share)))
 
 
 def ensure_room(engine, ckpt_dir: Path, step: int) -> int:
     """Collective, before a save writes anything (and at start-up): raises DiskFullError on every
     rank when the disk cannot take the checkpoint of ``step``; returns the bytes expected."""
-    from megasparse.checkpoint.integrity import _from_rank0, _rank_world, agreed, sealed_tags
+    from megasparse.checkpoint.integrity import agreed, from_rank0, rank_and_world, sealed_tags
 
-    rank, _ = _rank_world()
+    rank, _ = rank_and_world()
     estimate = estimated_checkpoint_bytes(engine)
     problem = None
     if rank == 0:
         estimate = newest_checkpoint_bytes(ckpt_dir) or estimate
         tags = sealed_tags(ckpt_dir)
         problem = space_problem(ckpt_dir, step, estimate, str(ckpt_dir / tags[-1]) if tags else None)
-    estimate, problem = _from_rank0((estimate, problem))
+    estimate, problem = from_rank0((estimate, problem))
     if problem:
         raise agreed(DiskFullError(problem))
     return estimate

@@ -24,14 +24,14 @@ def agreed(exc: Exception) -> Exception:
     return exc
 
 
-def _rank_world() -> tuple[int, int]:
+def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
-def _all_gather(value: Any) -> list[Any]:
-    rank, world = _rank_world()
+def gather_from_ranks(value: Any) -> list[Any]:
+    rank, world = rank_and_world()
     if world == 1:
         return [value]
     out: list[Any] = [None] * world
@@ -39,9 +39,9 @@ def _all_gather(value: Any) -> list[Any]:
     return out
 
 
-def _from_rank0(value: Any) -> Any:
+def from_rank0(value: Any) -> Any:
     """Rank 0's ``value`` on every rank (directory listings can differ between hosts for a moment)."""
-    rank, world = _rank_world()
+    rank, world = rank_and_world()
     if world == 1:
         return value
     box = [value if rank == 0 else None]
@@ -52,11 +52,11 @@ def _from_rank0(value: Any) -> Any:
 def seal(folder: Path) -> None:
     """Collective, after every rank's files and the metadata are written: checksums every file
     (split over the ranks) and has rank 0 write the manifest, the last write of the save."""
-    rank, world = _rank_world()
-    names = _from_rank0(manifest.files_to_record(folder) if rank == 0 else None)
+    rank, world = rank_and_world()
+    names = from_rank0(manifest.files_to_record(folder) if rank == 0 else None)
     mine = manifest.describe_files(folder, names[rank::world])
     described: dict[str, dict] = {}
-    for part in _all_gather(mine):
+    for part in gather_from_ranks(mine):
         described.update(part)
     if rank == 0:
         manifest.write_manifest(folder, described)
@@ -64,8 +64,8 @@ def seal(folder: Path) -> None:
 
 def folder_problem(folder: Path, checksums: bool = True) -> Optional[str]:
     """Collective: the first problem of a checkpoint folder (one line naming the file) or None."""
-    rank, world = _rank_world()
-    problems = [p for p in _all_gather(manifest.verify_folder(folder, checksums, rank, world)) if p]
+    rank, world = rank_and_world()
+    problems = [p for p in gather_from_ranks(manifest.verify_folder(folder, checksums, rank, world)) if p]
     return problems[0] if problems else None
 
 
@@ -101,12 +101,12 @@ def choose_resume_point(resume: str, ckpt_dir: Optional[str], warn: Callable[[st
     """
     if resume == "none":
         return None
-    rank, _ = _rank_world()
+    rank, _ = rank_and_world()
     if resume == "auto":
         if not ckpt_dir:
             return None
         root = Path(ckpt_dir)
-        named, candidates = _from_rank0(_auto_candidates(root) if rank == 0 else None)
+        named, candidates = from_rank0(_auto_candidates(root) if rank == 0 else None)
         if named is None and not candidates:
             return None  # a fresh start: nothing was ever saved here
         for tag in candidates:

@@ -81,8 +81,8 @@ def read_manifest(folder: Path) -> dict[str, dict]:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise ValueError(
-            f"{path}: missing, so the folder is incomplete (a save or a prune was interrupted, "
-            "or it was written by a megasparse that kept no manifests)"
+            f"{path}: missing, so the folder is incomplete (a save or a prune was interrupted, or it was "
+            "written by a megasparse that kept no manifests: `megasparse seal` adds one)"
         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ValueError(f"{path}: damaged (not valid JSON)") from None

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "fit": ("megasparse.cli.fit", "tools/fit_sparsing_law.py", "fit the Sparsing Law to activation curves"),
     "summarize": ("megasparse.cli.summarize", "tools/summarize_runs.py", "table and plot of finished runs"),
     "inspect": ("megasparse.cli.inspect_data", "tools/inspect_data.py", "documents, token counts, largest id, samples"),
+    "seal": ("megasparse.cli.seal", "tools/seal_checkpoint.py", "add manifests to checkpoints saved without them"),
 }
 
 

@@ -181,3 +181,23 @@ def test_kills_during_save_and_prune_never_leave_a_folder_that_looks_complete(tm
         if folder.is_dir() and folder.name not in kept:
             # only the save that was under way (newer), or a prune stopped between its first two unlinks
             assert int(folder.name[len("global_step") :]) > newest or (folder / META_FILE).exists(), folder.name
+
+
+def test_seal_adds_a_manifest_only_to_folders_that_look_whole(run_dir, tmp_path, capsys):
+    """Folders saved without a manifest (an older megasparse) can be sealed after a check."""
+    from megasparse.cli.seal import main
+
+    d = tmp_path / "ckpt"
+    shutil.copytree(run_dir, d)
+    for tag in ("global_step3", "global_step6"):
+        (d / tag / manifest.MANIFEST_FILE).unlink()
+    (d / "global_step3" / "megasparse_rank0.pt").unlink()  # as a killed save would leave it
+    assert main([str(d)]) == 2
+    out, err = capsys.readouterr()
+    assert f"{d / 'global_step6'}: sealed (4 files)" in out
+    assert err.strip() == (
+        f"megasparse seal: error: {d / 'global_step3'}: megasparse_rank0.pt missing (the layout had 1 ranks); "
+        "the folder is incomplete"
+    )
+    assert integrity.sealed_tags(d) == ["global_step6"] and integrity.folder_problem(d / "global_step6") is None
+    assert main([str(d / "global_step6")]) == 0 and "already sealed" in capsys.readouterr().out

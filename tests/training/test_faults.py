@@ -124,6 +124,8 @@ def test_nan_loss_stops_at_once_and_never_reads_as_sparse(tiny_corpus, tmp_path)
     assert error.startswith("megasparse.train: error: step 1: loss nan; stopped with nothing saved (no checkpoint")
     assert not (tmp_path / "ckpt").exists() or integrity.sealed_tags(tmp_path / "ckpt") == []
     assert "act 0.0%" not in run.output
+    after = run.ended - run.first("error: step 1")
+    print(f"NaN loss (stop): job gone {after:.1f} s after the error, {run.ended:.1f} s in all")
 
 
 def test_skip_mode_skips_a_bounded_number_of_steps_with_consistent_counters(tiny_corpus, tmp_path):
@@ -148,6 +150,8 @@ def test_skip_mode_skips_a_bounded_number_of_steps_with_consistent_counters(tiny
     # Checkpoints of skipped steps hold the last applied weights and the skip count.
     meta = json.loads((tmp_path / "ckpt" / "global_step4" / "megasparse_meta.json").read_text())
     assert meta["progress"]["skipped_steps"] == 3 and meta["progress"]["step"] == 4
+    after = run.ended - run.first("error: step 5")
+    print(f"skip mode: stopped at the 4th skip in a row; job gone {after:.1f} s after it")
 
 
 def test_a_stopped_rank_is_named_and_the_job_ends(tiny_corpus, tmp_path):

@@ -159,6 +159,14 @@ class TrainConfig(_Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     # Stop after this many optimizer steps in this process (tests use it to simulate a kill).
     exit_after_steps: Optional[int] = Field(None, gt=0)
+    # A NaN/Inf loss or gradients: "stop" ends the run at once (exit status 4, nothing saved, the
+    # last good checkpoint kept); "skip" drops that step's update and goes on, stopping after
+    # max_skipped_steps skipped steps in a row (training/nonfinite.py).
+    nonfinite: Literal["stop", "skip"] = "stop"
+    max_skipped_steps: int = Field(10, gt=0)
+    # Longest wait of any collective (every process group) and the watchdog's limit for a rank
+    # that stops making progress (training/watchdog.py); then the job exits with status 5.
+    collective_timeout_s: float = Field(600.0, gt=0)
 
 
 class SparsityConfig(_Section):

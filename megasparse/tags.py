@@ -11,6 +11,7 @@ TRAIN_LOSS = "train/loss"
 TRAIN_LR = "train/lr"
 TRAIN_GRAD_NORM = "train/grad_norm"
 TRAIN_TOKENS = "train/tokens"  # cumulative tokens consumed
+TRAIN_SKIPPED_STEPS = "train/skipped_steps"  # cumulative steps whose update was dropped (NaN/Inf)
 
 # ---------------------------------------------------------------------------- log window
 PERF_TOKENS_PER_SEC = "perf/tokens_per_sec"

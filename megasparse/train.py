@@ -24,6 +24,8 @@ EPILOG = """examples:
 Only global rank 0 prints: a start-up banner, a line per log window (with an ETA), evaluations,
 CETT calibrations and a closing summary. An error found before the processes connect (config,
 layout, data, tokenizer) is printed once, by rank 0; every rank exits with status 2.
+Exit statuses: 0 done (or stopped by a signal after a checkpoint), 1 a bug (traceback), 2 bad
+input, 3 a checkpoint could not be written, 4 NaN/Inf loss or gradients, 5 a rank stopped progressing.
 """
 
 
@@ -65,7 +67,7 @@ def parse_args(argv: Optional[list[str]] = None, prog: str = "megasparse.train")
 
 def main(argv: Optional[list[str]] = None, prog: str = "megasparse.train") -> int:
     from megasparse.config import ConfigError, load_config
-    from megasparse.training.console import launch_world_size, print_error
+    from megasparse.training.console import is_console_rank, launch_world_size, print_error
 
     args = parse_args(argv, prog)
     overrides = list(args.overrides)
@@ -97,14 +99,18 @@ def main(argv: Optional[list[str]] = None, prog: str = "megasparse.train") -> in
             return 2
         return 0
 
-    from megasparse.training.errors import UserFacingError, user_error_message
+    from megasparse.training import exit_codes
+    from megasparse.training.errors import UserFacingError, exit_status, user_error_message
     from megasparse.training.trainer import Trainer
 
     try:
         summary = Trainer(cfg).fit()
     except UserFacingError as exc:
-        print_error(prog, user_error_message(exc))
-        return 2
+        if is_console_rank() or not getattr(exc, "agreed_by_every_rank", False):
+            print_error(prog, user_error_message(exc))
+        return exit_status(exc)
+    if summary.get("exit_status", exit_codes.OK) != exit_codes.OK:
+        return summary["exit_status"]
     return 0 if summary is not None else 1
 
 

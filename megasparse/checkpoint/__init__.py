@@ -13,6 +13,9 @@
 * ``formats.py``, ``reshard.py``, ``atomic_output.py``, ``safetensors_shards.py``: the convert
   command's format registry, the ``megasparse`` output format, output directories that appear
   whole, streamed sharded safetensors.
+* ``manifest.py``: every file's size and checksum, written last at save and removed first at prune;
+  ``integrity.py``: sealing a save, and choosing the checkpoint to resume from (the newest that
+  checks out); ``disk_space.py``: room on the disk before a save, and a failed write cleaned up.
 
 The on-disk layout is in docs/design.md §3.4.
 """

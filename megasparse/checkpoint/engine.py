@@ -7,9 +7,12 @@ Layout of ``checkpoint.dir``::
         megasparse_meta.json     model config, layout (TP/PP/DP), ZeRO stage, version, progress
         megasparse_rank{R}.pt    per-rank state: RNG of every library, activation counters, loader
         megasparse_layout.json   what a layout-free reader needs (checkpoint/layout.py)
+        megasparse_manifest.json every other file's size and checksum (written last, removed first)
 
-``latest`` moves only after every rank has finished writing, so a checkpoint interrupted half
-way never becomes the one a restart resumes from.
+``latest`` moves only after every rank has finished writing and the manifest is there, so a
+checkpoint interrupted half way never becomes the one a restart resumes from; a folder without
+a valid manifest counts as incomplete everywhere (manifest.py, integrity.py). Room on the disk
+is checked before a save writes anything (disk_space.py).
 """
 
 from __future__ import annotations
@@ -18,9 +21,8 @@ import json
 import os
 import random
 import re
-import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +30,7 @@ import torch.distributed as dist
 
 import megasparse
 from megasparse.checkpoint.layout import save_layout_record
+from megasparse.checkpoint.manifest import write_durably
 
 META_FILE = "megasparse_meta.json"
 LATEST_FILE = "latest"
@@ -75,13 +78,10 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def complete_tags(ckpt_dir: Path) -> list[str]:
-    """Tags with a metadata file (i.e. fully written), oldest first."""
-    tags = []
-    for child in ckpt_dir.iterdir() if ckpt_dir.is_dir() else []:
-        m = TAG_PATTERN.match(child.name)
-        if m and (child / META_FILE).exists():
-            tags.append((int(m.group(1)), child.name))
-    return [t for _, t in sorted(tags)]
+    """Tags whose folder has a manifest (written last at save, removed first at prune), oldest first."""
+    from megasparse.checkpoint.integrity import sealed_tags
+
+    return sealed_tags(ckpt_dir)
 
 
 def save_checkpoint(
@@ -93,51 +93,36 @@ def save_checkpoint(
     meta: dict[str, Any],
     keep_last: int,
 ) -> str:
-    """Collective: every rank calls it. Returns the tag written."""
+    """Collective: every rank calls it. Returns the tag written.
+
+    Order: room on the disk checked (nothing written if there is none), every rank's files, the
+    metadata, the manifest (the folder is complete from here on), ``latest``, then pruning.
+    """
+    from megasparse.checkpoint import disk_space, integrity  # they build on this module
+
     root = Path(ckpt_dir)
     tag = f"global_step{step}"
+    folder = root / tag
+    estimate = disk_space.ensure_room(engine, root, step)
     if _rank() == 0:
         root.mkdir(parents=True, exist_ok=True)
-        stale = root / tag / META_FILE  # an earlier, interrupted save of the same step
-        stale.unlink(missing_ok=True)
+        integrity.unseal(folder)  # an earlier, interrupted save of the same step
     _barrier()
-    engine.save_checkpoint(str(root), tag=tag, client_state={"megasparse": progress}, save_latest=False)
-    torch.save({"rng": rng_state(), **rank_state}, root / tag / f"megasparse_rank{_rank()}.pt")
-    save_layout_record(engine, root / tag, meta)
-    _barrier()
+    with disk_space.removed_if_write_fails(root, folder, step, estimate):
+        engine.save_checkpoint(str(root), tag=tag, client_state={"megasparse": progress}, save_latest=False)
+        torch.save({"rng": rng_state(), **rank_state}, folder / f"megasparse_rank{_rank()}.pt")
+        save_layout_record(engine, folder, meta)
+        _barrier()
+        if _rank() == 0:
+            full_meta = {"version": megasparse.__version__, "step": step, **meta, "progress": progress}
+            _atomic_write(folder / META_FILE, json.dumps(full_meta, indent=2, default=str))
+        integrity.seal(folder)
+        if _rank() == 0:
+            write_durably(root / LATEST_FILE, tag)
     if _rank() == 0:
-        full_meta = {"version": megasparse.__version__, "step": step, **meta, "progress": progress}
-        _atomic_write(root / tag / META_FILE, json.dumps(full_meta, indent=2, default=str))
-        _atomic_write(root / LATEST_FILE, tag)
-        for old in complete_tags(root)[:-keep_last]:
-            shutil.rmtree(root / old, ignore_errors=True)
+        integrity.prune(root, keep_last)
     _barrier()
     return tag
-
-
-def resolve_resume(resume: str, ckpt_dir: Optional[str]) -> Optional[tuple[str, str]]:
-    """Maps checkpoint.resume to (directory, tag), or None for a fresh start."""
-    if resume == "none":
-        return None
-    if resume == "auto":
-        if not ckpt_dir:
-            return None
-        latest = Path(ckpt_dir) / LATEST_FILE
-        if not latest.exists():
-            return None
-        tag = latest.read_text().strip()
-        if not (Path(ckpt_dir) / tag / META_FILE).exists():
-            raise CheckpointError(
-                f"{latest}: points to '{tag}', which is missing or incomplete; "
-                f"remove {latest} or point it at a complete global_step folder"
-            )
-        return ckpt_dir, tag
-    path = Path(resume)
-    if (path / META_FILE).exists():
-        return str(path.parent), path.name
-    if (path / LATEST_FILE).exists():
-        return resolve_resume("auto", str(path))
-    raise CheckpointError(f"{path}: not a megasparse checkpoint (no {META_FILE} or {LATEST_FILE} found)")
 
 
 def read_meta(ckpt_dir: str, tag: str) -> dict[str, Any]:
@@ -180,7 +165,14 @@ def load_checkpoint(engine, ckpt_dir: str, tag: str) -> tuple[dict[str, Any], di
         from megasparse.checkpoint.layout_free_resume import load_layout_free
 
         return load_layout_free(engine, Path(ckpt_dir) / tag, meta)
-    path, client = engine.load_checkpoint(ckpt_dir, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
+    try:
+        path, client = engine.load_checkpoint(
+            ckpt_dir, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+    except (RuntimeError, AssertionError, EOFError, KeyError, ValueError, OSError) as exc:
+        # The files matched the manifest, so this is not damage; say where, in one line.
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise CheckpointError(f"{Path(ckpt_dir) / tag}: DeepSpeed could not load it ({first})") from exc
     if path is None:
         raise CheckpointError(f"{Path(ckpt_dir) / tag}: DeepSpeed could not load this checkpoint")
     rank_file = Path(ckpt_dir) / tag / f"megasparse_rank{_rank()}.pt"

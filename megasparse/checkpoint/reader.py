@@ -22,6 +22,7 @@ import torch
 from megasparse.checkpoint.engine import META_FILE, TAG_PATTERN, CheckpointError
 from megasparse.checkpoint.layout import plain_layer_factory
 from megasparse.checkpoint.layout_free import open_checkpoint
+from megasparse.checkpoint.manifest import MANIFEST_FILE, check_files, has_manifest, read_manifest, verify_folder
 from megasparse.config import ModelConfig
 from megasparse.model.transformer import Transformer
 
@@ -41,8 +42,14 @@ class CheckpointInfo:
 
 
 def read_checkpoint_info(folder: Union[str, Path]) -> CheckpointInfo:
+    """The metadata of one complete folder; a folder without a valid manifest, or whose files do
+    not have the recorded sizes, is refused as incomplete (checksums are checked at loading)."""
     folder = Path(folder)
     meta_path = folder / META_FILE
+    if folder.is_dir():
+        problem = verify_folder(folder, checksums=False)
+        if problem:
+            raise CheckpointError(f"{problem}; the checkpoint {folder} is incomplete")
     try:
         meta = json.loads(meta_path.read_text())
     except FileNotFoundError:
@@ -62,17 +69,27 @@ def list_checkpoints(path: Union[str, Path]) -> list[CheckpointInfo]:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint or run directory")
-    if (path / META_FILE).exists():
+    if (path / META_FILE).exists() or has_manifest(path):
         return [read_checkpoint_info(path)]
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a directory; give a checkpoint folder or a run's checkpoint directory")
-    folders = [c for c in path.iterdir() if TAG_PATTERN.match(c.name) and (c / META_FILE).exists()]
+    # Only folders with a manifest are complete (an interrupted save or prune has none).
+    folders = [c for c in path.iterdir() if TAG_PATTERN.match(c.name) and has_manifest(c)]
     for sub in ("checkpoints", "ckpt"):  # a run folder whose checkpoints live one level down
         if not folders and (path / sub).is_dir():
             return list_checkpoints(path / sub)
     if not folders:
-        raise CheckpointError(f"{path}: no complete checkpoints (global_stepN folders with {META_FILE}) found")
+        raise CheckpointError(f"{path}: no complete checkpoints (global_stepN folders with {MANIFEST_FILE}) found")
     return sorted((read_checkpoint_info(f) for f in folders), key=lambda c: c.step)
+
+
+def verify_model_files(folder: Path) -> Optional[str]:
+    """Checksums of the folder's files against its manifest: None when good."""
+    try:
+        files = read_manifest(folder)
+    except ValueError as e:
+        return str(e)
+    return check_files(folder, files)  # the weights may come from any of them (masters, shards)
 
 
 def saved_tensor_parallel(info: CheckpointInfo) -> int:
@@ -119,6 +136,9 @@ def load_model(
     ``master=True`` loads the fp32 master weights, ``False`` the module copy (load_state_dict).
     """
     info = checkpoint if isinstance(checkpoint, CheckpointInfo) else read_checkpoint_info(checkpoint)
+    problem = verify_model_files(info.path)
+    if problem:
+        raise CheckpointError(problem)
     config = info.model_config
     state = load_state_dict(info, master=master)
     # Built for the saved TP size's vocabulary padding: the padded rows took part in training's

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
+from megasparse.checkpoint import integrity
 from megasparse.checkpoint.engine import LATEST_FILE, META_FILE, CheckpointError
 from megasparse.checkpoint.layout import LAYOUT_FILE, layout_record
 from megasparse.checkpoint.layout_free import (
@@ -180,6 +181,7 @@ def write_megasparse(request: ConvertRequest, out_dir: Path) -> dict[str, Any]:
         "converted_from": {"path": str(info.path), "layout": info.meta.get("layout"), "step": info.step},
     }
     (step_dir / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    integrity.seal(step_dir)  # the manifest last: without it no reader takes the folder
     (out_dir / LATEST_FILE).write_text(tag)
     return {
         "step": info.step,

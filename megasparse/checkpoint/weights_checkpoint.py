@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 import megasparse
+from megasparse.checkpoint import integrity
 from megasparse.checkpoint.engine import META_FILE
 from megasparse.checkpoint.layout import LAYOUT_FILE, layout_record
 from megasparse.checkpoint.layout_free import LAYOUT_FREE, WEIGHTS_PREFIX
@@ -52,6 +53,7 @@ class WeightsCheckpointWriter:
             "progress": {"step": 0, "consumed_tokens": 0},
         }
         (self.folder / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        integrity.seal(self.folder)  # the manifest last: without it no reader takes the folder
 
 
 def write_weights_checkpoint(

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "summarize": ("megasparse.cli.summarize", "tools/summarize_runs.py", "table and plot of finished runs"),
     "inspect": ("megasparse.cli.inspect_data", "tools/inspect_data.py", "documents, token counts, largest id, samples"),
     "convert": ("megasparse.cli.convert", "tools/convert_checkpoint.py", "reshard, consolidate, export checkpoints"),
+    "seal": ("megasparse.cli.seal", "tools/seal_checkpoint.py", "add manifests to checkpoints saved without them"),
 }
 
 

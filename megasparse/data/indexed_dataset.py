@@ -216,6 +216,14 @@ class IndexedDataset:
                 f"{bin_path}: truncated ({bin_size} bytes, index expects {total_bytes}); "
                 "the file was cut short — rerun preprocessing"
             )
+        if bin_size > total_bytes or idx_size > expected or (n_doc and int(self.document_indices[-1]) != n_seq):
+            # Every byte of a .bin belongs to a sequence the .idx lists: a longer file, or an index
+            # whose document boundaries do not end at its last sequence, is another dataset's pair.
+            raise IndexedDatasetError(
+                f"{bin_path}: {bin_size:,} bytes, but {idx_path} describes {n_seq:,} sequences of {self.dtype.name} "
+                f"in {total_bytes:,} bytes ({n_doc - 1 if n_doc else 0:,} documents); the .bin and .idx do not "
+                "belong together: use the pair one preprocessing run wrote, or rerun preprocessing"
+            )
         self._bin: Optional[np.memmap] = np.memmap(bin_path, mode="r", order="C") if bin_size else None
 
     def __len__(self) -> int:

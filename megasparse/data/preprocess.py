@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -39,6 +41,7 @@ from megasparse.data.tokenizer import Tokenizer, load_tokenizer
 from megasparse.progress import Progress
 
 MAX_EXAMPLES_PER_REASON = 5
+TERMINATE_WAIT_S = 10.0  # how long a failed run waits for its worker pool to stop by itself
 
 
 class BadRecordError(InputError):
@@ -237,6 +240,8 @@ class _OrderedChunkMap:
         # lock held by another thread.
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         self.pool = multiprocessing.get_context(method).Pool(workers, initializer=_init_worker, initargs=init_args)
+        # The workers' PIDs, to end them for sure if the pool's own shutdown hangs (close()).
+        self._worker_pids = [w.pid for w in getattr(self.pool, "_pool", [])]
 
     def __call__(self, chunks: Iterable[RawChunk]) -> Iterator[_ChunkResult]:
         if self.pool is None:
@@ -252,14 +257,31 @@ class _OrderedChunkMap:
             yield pending.popleft().get()
 
     def close(self, finished: bool) -> None:
-        """``finished``: all results were consumed, so the workers may exit on their own."""
-        if self.pool is not None:
-            if finished:
-                self.pool.close()
-            else:
-                self.pool.terminate()
-            self.pool.join()
-            self.pool = None
+        """``finished``: all results were consumed, so the workers may exit on their own.
+
+        Otherwise (an error, strict mode's first bad record, Ctrl-C) the pool is terminated. Its
+        terminate() takes the task queue's lock, which a worker can hold for as long as it waits
+        for a task, and under load that wait can last for ever; so it runs in a helper
+        thread, and if it does not end within TERMINATE_WAIT_S the workers are killed (they hold
+        nothing worth keeping), which releases it.
+        """
+        if self.pool is None:
+            return
+        pool, self.pool = self.pool, None
+        if finished:
+            pool.close()
+            pool.join()
+            return
+        stopper = threading.Thread(target=lambda: (pool.terminate(), pool.join()), daemon=True)
+        stopper.start()
+        stopper.join(TERMINATE_WAIT_S)
+        if stopper.is_alive():
+            for pid in self._worker_pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            stopper.join(TERMINATE_WAIT_S)
 
 
 def preprocess(
@@ -322,7 +344,7 @@ def preprocess(
     chunk_map = _OrderedChunkMap(workers, init_args, in_flight)
     finished = False
     try:
-        writers = [IndexedDatasetWriter(report.keys[k].output_prefix, dtype) for k in keys]
+        writers = [_open_writer(report.keys[k].output_prefix, dtype) for k in keys]
         bar = Progress("preprocess", total=meter.total, unit="B", enabled=progress)
         next_log = log_interval
         chunks = iter_raw_chunks(files, keys, chunk_size, allow_text=False)
@@ -341,6 +363,7 @@ def preprocess(
                     f"{report.documents_read / elapsed:,.0f} docs/s, {report.tokens_written / elapsed:,.0f} tokens/s"
                 )
                 next_log = (report.documents_read // log_interval + 1) * log_interval
+        _refuse_empty_outputs(report, keys, files)
         for writer in writers:
             writer.finalize()
         bar.update(meter.finish() - bar.n)
@@ -358,6 +381,31 @@ def preprocess(
         json.dump(report.to_dict(), f, indent=2)
         f.write("\n")
     return report
+
+
+def _open_writer(prefix: str, dtype) -> IndexedDatasetWriter:
+    """The output pair's writer; a prefix that cannot be written is one line (InputError)."""
+    try:
+        return IndexedDatasetWriter(prefix, dtype)
+    except OSError as e:
+        raise InputError(
+            f"{prefix}.bin: cannot write the output ({e.strerror or e}); choose an --output-prefix in a writable "
+            "directory"
+        ) from None
+
+
+def _refuse_empty_outputs(report: PreprocessReport, keys: list[str], files: list[str]) -> None:
+    """An empty input, or a key that yields no document, would make an empty dataset: refused."""
+    if report.documents_read == 0:
+        raise InputError(f"{', '.join(files)}: no records in the input; check that the files are not empty")
+    for key in keys:
+        kr = report.keys[key]
+        if kr.documents_written == 0:
+            why = ", ".join(f"{r} {n:,}" for r, n in kr.skipped.items() if n)
+            raise InputError(
+                f"key {key!r}: none of the {report.documents_read:,} records gave a document (skipped: {why}); "
+                "check --json-keys against the field names of the input"
+            )
 
 
 def _account(report: PreprocessReport, keys: list[str], result: _ChunkResult, strict: bool) -> None:

@@ -165,16 +165,66 @@ def resolve_inputs(patterns: Sequence[str]) -> list[str]:
 # Step 1: raw chunks (main process)
 
 
+class TruncatedInputError(InputError):
+    """A compressed file that ends in the middle of its data (cut short by a copy or download)."""
+
+
+class _ZstdFrames(io.RawIOBase):
+    """Decompresses every zstd frame of a file and, unlike zstandard's stream reader (which ends
+    quietly at a cut), raises TruncatedInputError when the file ends inside a frame."""
+
+    def __init__(self, path: str):
+        import zstandard
+
+        self.path = path
+        self._fh = open(path, "rb")
+        # max_window_size: files compressed with --long need a window above the 128 MiB default.
+        self._dctx = zstandard.ZstdDecompressor(max_window_size=2**31)
+        self._obj = self._dctx.decompressobj()
+        self._pending = b""
+        self._in_frame = False  # bytes of the current frame were fed and its end not yet seen
+        self.decompressed = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            compressed = self._fh.read(1 << 20)
+            if not compressed:
+                if self._in_frame:
+                    raise TruncatedInputError(
+                        f"{self.path}: truncated: the file ends at byte {self._fh.tell():,} inside a zstd frame "
+                        f"(after {self.decompressed:,} decompressed bytes); copy or download it again"
+                    )
+                return 0
+            self._feed(compressed)
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        self.decompressed += n
+        return n
+
+    def _feed(self, data: bytes) -> None:
+        while data:
+            self._in_frame = True
+            self._pending += self._obj.decompress(data)
+            if not self._obj.eof:
+                return
+            data = self._obj.unused_data  # the next frame starts here
+            self._obj = self._dctx.decompressobj()
+            self._in_frame = False
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+
 def _open_binary(path: str, compression: str) -> io.BufferedIOBase:
     if compression == ".gz":
         return gzip.open(path, "rb")
     if compression == ".zst":
-        import zstandard
-
-        fh = open(path, "rb")
-        # max_window_size: files compressed with --long need a window above the 128 MiB default.
-        reader = zstandard.ZstdDecompressor(max_window_size=2**31).stream_reader(fh, closefd=True)
-        return io.BufferedReader(reader, buffer_size=1 << 20)
+        return io.BufferedReader(_ZstdFrames(path), buffer_size=1 << 20)
     return open(path, "rb", buffering=1 << 20)
 
 
@@ -182,12 +232,18 @@ def _iter_line_chunks(path: str, compression: str, fmt: str, chunk_size: int) ->
     with _open_binary(path, compression) as f:
         lines: list[bytes] = []
         first = 1
-        for line in f:
-            lines.append(line)
-            if len(lines) == chunk_size:
-                yield RawChunk(path, first, fmt, lines)
-                first += len(lines)
-                lines = []
+        try:
+            for line in f:
+                lines.append(line)
+                if len(lines) == chunk_size:
+                    yield RawChunk(path, first, fmt, lines)
+                    first += len(lines)
+                    lines = []
+        except EOFError as e:  # gzip: "Compressed file ended before the end-of-stream marker"
+            raise TruncatedInputError(
+                f"{path}: truncated: the file ends at byte {os.path.getsize(path):,} inside its gzip stream "
+                f"(after line {first + len(lines) - 1:,}); copy or download it again ({e})"
+            ) from None
         if lines:
             yield RawChunk(path, first, fmt, lines)
 
@@ -215,17 +271,9 @@ def _iter_parquet_chunks(path: str, keys: Sequence[str], chunk_size: int) -> Ite
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
-    columns = [k for k in dict.fromkeys(keys) if k in pf.schema_arrow.names]
+    _require_columns(path, keys, pf.schema_arrow.names)
+    columns = list(dict.fromkeys(keys))
     first = 1
-    if not columns:
-        # None of the keys exists: still count every row (as missing_key), reading no data.
-        remaining = pf.metadata.num_rows
-        while remaining > 0:
-            n = min(chunk_size, remaining)
-            yield RawChunk(path, first, FORMAT_TABULAR, {"__rows__": n, **{k: _MISSING for k in keys}})
-            first += n
-            remaining -= n
-        return
     for batch in pf.iter_batches(batch_size=chunk_size, columns=columns):
         yield _tabular_chunk(path, first, batch, keys)
         first += batch.num_rows
@@ -246,9 +294,20 @@ def _iter_arrow_batches(path: str):
         yield reader.get_batch(i)
 
 
+def _require_columns(path: str, keys: Sequence[str], names: Sequence[str]) -> None:
+    """A column missing from a parquet/arrow file is missing from every row: refused at once."""
+    absent = [k for k in keys if k not in names]
+    if absent:
+        raise InputError(
+            f"{path}: no column {', '.join(repr(k) for k in absent)}; the file has {', '.join(names) or 'no columns'}"
+            "; pass --json-keys with the text column"
+        )
+
+
 def _iter_arrow_chunks(path: str, keys: Sequence[str], chunk_size: int) -> Iterator[RawChunk]:
     first = 1
     for batch in _iter_arrow_batches(path):
+        _require_columns(path, keys, batch.schema.names)
         for start in range(0, batch.num_rows, chunk_size):
             part = batch.slice(start, chunk_size)
             yield _tabular_chunk(path, first, part, keys)
@@ -289,6 +348,8 @@ def iter_raw_chunks(
                 yield from _iter_parquet_chunks(path, keys, chunk_size)
             else:
                 yield from _iter_arrow_chunks(path, keys, chunk_size)
+        except InputError:
+            raise
         except _read_errors(fmt, compression) as e:
             raise InputError(f"{path}: cannot read the {fmt} file ({e}); is it complete and not corrupt?") from e
 

@@ -5,7 +5,8 @@ This module is the interface every implementation honours:
 * :func:`gated_activation` is what the model calls. It dispatches to the fused Triton kernel
   on CUDA (when available and selected) and to :func:`gated_activation_reference` elsewhere.
 * When a :class:`CountTarget` is given, the call adds, per neuron (last dimension):
-  ``active``          += #tokens with ``σ(g) > 0`` (equivalently ``g > 0`` for ReLU and SiLU),
+  ``active``          += #tokens with ``σ(g) > 0`` (equivalently ``g > 0`` for ReLU and SiLU;
+  a NaN ``g`` counts as active, so a model gone NaN never reads as sparse),
   ``above_threshold`` += #tokens with ``|h| ≥ thresholds`` (h as stored, i.e. after rounding to
   the output dtype — the value the down projection actually sees),
   ``tokens``          += #tokens counted.
@@ -56,7 +57,8 @@ def count_activations_reference(g: torch.Tensor, h: torch.Tensor, target: CountT
     if target.row_mask is not None:
         keep = target.row_mask.reshape(-1)
         g2, h2 = g2[keep], h2[keep]
-    target.active += (g2 > 0).sum(dim=0, dtype=torch.int64)
+    # not (g ≤ 0) rather than g > 0: a NaN counts as active, so a broken model never reads as sparse
+    target.active += (~(g2 <= 0)).sum(dim=0, dtype=torch.int64)
     target.tokens += g2.shape[0]
     if target.above_threshold is not None:
         if target.thresholds is None:

@@ -240,7 +240,7 @@ def _fwd_row_tile(
     h = _to_dtype(p, H.dtype.element_ty, ROUND_H)  # the one rounding to the output dtype
     tl.store(H + offs, h, mask=mask)
     if COUNT:
-        active = g > 0.0  # [BT, BF]
+        active = ~(g <= 0.0)  # [BT, BF]; a NaN g counts as active (masked-out lanes hold g = 0)
         if HAS_ROW_MASK:  # rows excluded from counting (their h is still computed and stored)
             # ANDed into each compare's predicate rather than selecting on the packed increment
             # afterwards (ReLU's compiled loop: 128 registers instead of 138).

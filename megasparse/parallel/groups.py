@@ -20,6 +20,7 @@ world, even for groups a rank is not in); the groups are created in one fixed or
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Optional
 
 import torch.distributed as dist
@@ -83,11 +84,11 @@ class ParallelLayout:
         ]
 
 
-def _my_group(all_ranks: list[list[int]], rank: int, distributed: bool):
+def _my_group(all_ranks: list[list[int]], rank: int, distributed: bool, timeout: Optional[timedelta]):
     """Creates every group (a collective call), returns (this rank's group, its rank list)."""
     mine: tuple[Optional[dist.ProcessGroup], list[int]] = (None, [rank])
     for ranks in all_ranks:
-        group = dist.new_group(ranks=ranks) if distributed else None
+        group = dist.new_group(ranks=ranks, timeout=timeout) if distributed else None
         if rank in ranks:
             mine = (group, ranks)
     return mine
@@ -103,31 +104,33 @@ class ParallelGroups:
     ``dp_group`` is the group for gradient averaging.
     """
 
-    def __init__(self, layout: ParallelLayout, rank: int, distributed: bool):
+    def __init__(self, layout: ParallelLayout, rank: int, distributed: bool, timeout: Optional[timedelta] = None):
         self.layout = layout
         self.rank = rank
         self.pp_rank, self.dp_rank, self.tp_rank = layout.coords(rank)
         self.tp_size, self.pp_size, self.dp_size = layout.tensor, layout.pipeline, layout.data
         # One fixed creation order on every rank: TP, DP, PP, model.
-        self.tp_group, self.tp_ranks = _my_group(layout.tensor_groups(), rank, distributed)
-        self.dp_group, self.dp_ranks = _my_group(layout.data_groups(), rank, distributed)
-        self.pp_group, self.pp_ranks = _my_group(layout.pipeline_groups(), rank, distributed)
-        self.model_group, self.model_ranks = _my_group(layout.model_groups(), rank, distributed)
+        # Each group waits at most `timeout` in a collective (None: torch's default).
+        self.tp_group, self.tp_ranks = _my_group(layout.tensor_groups(), rank, distributed, timeout)
+        self.dp_group, self.dp_ranks = _my_group(layout.data_groups(), rank, distributed, timeout)
+        self.pp_group, self.pp_ranks = _my_group(layout.pipeline_groups(), rank, distributed, timeout)
+        self.model_group, self.model_ranks = _my_group(layout.model_groups(), rank, distributed, timeout)
 
     @classmethod
-    def build(cls, tensor: int = 1, pipeline: int = 1) -> "ParallelGroups":
+    def build(cls, tensor: int = 1, pipeline: int = 1, timeout: Optional[timedelta] = None) -> "ParallelGroups":
         """Groups of the current world (collective: every rank calls it with the same sizes)."""
         distributed = dist.is_available() and dist.is_initialized()
         world = dist.get_world_size() if distributed else 1
         rank = dist.get_rank() if distributed else 0
-        return cls(ParallelLayout.for_world(world, tensor, pipeline), rank, distributed)
+        return cls(ParallelLayout.for_world(world, tensor, pipeline), rank, distributed, timeout)
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> "ParallelGroups":
         """Validates ``cfg``'s layout against the world size, then builds the groups."""
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         cfg.validate_layout(world)
-        return cls.build(cfg.parallel.tensor, cfg.parallel.pipeline)
+        timeout = timedelta(seconds=cfg.train.collective_timeout_s)
+        return cls.build(cfg.parallel.tensor, cfg.parallel.pipeline, timeout)
 
     # ------------------------------------------------------------------------------------
     @property

@@ -116,6 +116,8 @@ def reduce_counters(counters: ActivationCounters, groups: CounterGroups) -> Opti
 
     if dist.is_initialized() and dist.get_rank() != 0:
         return None
+    if int(tokens.sum()) == 0:  # every step of the window was skipped (NaN/Inf): nothing counted,
+        return None  # and a ratio of 0 would read as a perfectly sparse model
     return CounterSnapshot(
         layer_ids=layer_ids,
         active=active.cpu(),

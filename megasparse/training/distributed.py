@@ -81,21 +81,27 @@ def discover_ranks() -> RankInfo:
     return info
 
 
-def init_distributed(device: torch.device, timeout_minutes: float = 10.0) -> RankInfo:
+def init_distributed(device: torch.device, timeout_s: float = 600.0) -> RankInfo:
     """Starts the default process group (NCCL on GPU, gloo on CPU) through DeepSpeed.
 
-    The timeout bounds how long a collective waits for a dead rank, so a lost node makes the
-    job fail instead of hanging forever.
+    The timeout (``train.collective_timeout_s``) bounds how long a collective waits for a dead
+    rank, so a lost node makes the job fail instead of hanging forever. It applies to every
+    process group: the default one, ours (parallel/groups.py passes it) and the ones DeepSpeed
+    creates itself without a timeout (the pipeline engine's grid), which take torch's module
+    default: that default is set to the same value here (otherwise 30 min on gloo).
     """
     info = discover_ranks()
+    timeout = timedelta(seconds=timeout_s)
+    from torch.distributed import distributed_c10d
+
+    distributed_c10d.default_pg_timeout = timeout
+    distributed_c10d.default_pg_nccl_timeout = timeout
     if dist.is_initialized():
         return info
     import deepspeed
 
     backend = "nccl" if device.type == "cuda" else "gloo"
-    deepspeed.init_distributed(
-        dist_backend=backend, auto_mpi_discovery=False, timeout=timedelta(minutes=timeout_minutes)
-    )
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
     release_cpu_allreduce_buffer()
     return info
 

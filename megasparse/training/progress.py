@@ -13,6 +13,9 @@ class Progress:
     step: int = 0
     consumed_samples: int = 0
     consumed_tokens: int = 0
+    # Steps whose update was dropped for NaN/Inf (train.nonfinite=skip, or DeepSpeed's overflow
+    # check); they count in `step` and the tokens above, as their data was read.
+    skipped_steps: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -21,6 +21,8 @@ from torch import nn
 
 from megasparse import tags
 from megasparse.checkpoint import engine as ckpt
+from megasparse.checkpoint.disk_space import ensure_room
+from megasparse.checkpoint.integrity import choose_resume_point
 from megasparse.config import ConfigError, RunConfig
 from megasparse.data.loader import MicroBatchLoader, build_datasets
 from megasparse.data.tokenizer import Tokenizer, load_tokenizer
@@ -44,12 +46,14 @@ from megasparse.training.distributed import init_distributed
 from megasparse.training.init_from import init_model_config, load_initial_weights
 from megasparse.training.lm_loss import CausalLMLoss
 from megasparse.training.metrics import MetricsWriter, device_peak_tflops, max_memory_gb
+from megasparse.training.nonfinite import NonFiniteError, NonFiniteGuard, check_weights_finite
 from megasparse.training.pipeline_steps import PipelineSteps, stage_layer_ids
 from megasparse.training.preflight import check_counter_impl, check_inputs, resolve_device, seed_everything
 from megasparse.training.progress import Progress, Window
 from megasparse.training.schedule import build_scheduler
 from megasparse.training.signals import StopSignal
 from megasparse.training.wandb_logger import WandbRun
+from megasparse.training.watchdog import start_watchdog
 
 
 class Trainer:
@@ -80,6 +84,10 @@ class Trainer:
         self.stop = StopSignal()
         self.resumed_from: Optional[str] = None
         self._resume()
+        self.last_checkpoint = self.resumed_from
+        self.nonfinite = NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_skipped_steps, self.counters, console.warn)
+        if cfg.checkpoint.dir:  # a run that cannot save stops now, not after training to its first save
+            ensure_room(self.engine, Path(cfg.checkpoint.dir), self.progress.step + 1)
         self._announce()
 
     # ----------------------------------------------------------------------------- builders
@@ -90,7 +98,7 @@ class Trainer:
         check_inputs(cfg)
         self.device = resolve_device(cfg)
         check_counter_impl(cfg, self.device)
-        self.rank_info = init_distributed(self.device)
+        self.rank_info = init_distributed(self.device, cfg.train.collective_timeout_s)
         self.world, self.rank = self.rank_info.world_size, self.rank_info.rank
         self.groups = ParallelGroups.from_config(cfg)
         self.pipeline = cfg.parallel.pipeline > 1
@@ -237,7 +245,7 @@ class Trainer:
 
     def _resume(self) -> None:
         c = self.cfg.checkpoint
-        found = ckpt.resolve_resume(c.resume, c.dir)
+        found = choose_resume_point(c.resume, c.dir, warn=console.warn)
         if found is None:
             return
         ckpt_dir, tag = found
@@ -281,10 +289,12 @@ class Trainer:
             "optimizer_groups": list(GROUP_NAMES),
         }
         rank_state = {"loader": self.loader.state_dict(), "counters": self.counters.state_dict()}
+        check_weights_finite(self.engine.module, self.progress.step, self.last_checkpoint)  # never save NaN
         tag = ckpt.save_checkpoint(
             self.engine, c.dir, self.progress.step, self.progress.as_dict(), rank_state, meta, c.keep_last
         )
-        self.log.line(f"saved checkpoint {Path(c.dir) / tag}")
+        self.last_checkpoint = str(Path(c.dir) / tag)
+        self.log.line(f"saved checkpoint {self.last_checkpoint}")
 
     # ----------------------------------------------------------------------------------------
     def _all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
@@ -391,8 +401,17 @@ class Trainer:
         steps_this_process = 0
         self.clock = console.EtaClock(self.progress.step, cfg.train.steps)
         self.engine.train()
+        watchdog = start_watchdog(self.rank, self.world, cfg.train.collective_timeout_s)
         while self.progress.step < cfg.train.steps:
+            watchdog.progress(self.progress.step + 1, "training step")
+            self.nonfinite.before_step(self.engine)
             loss, stop = self.train_step()
+            try:
+                skipped = self.nonfinite.after_step(self.engine, loss, self.progress.step + 1, self.last_checkpoint)
+            except NonFiniteError:
+                self.log.close()  # what was logged up to the fault reaches TensorBoard
+                raise
+            self.progress.skipped_steps += int(skipped)
             self.progress.step += 1
             self.progress.consumed_samples = self.loader.consumed_samples
             step_tokens = cfg.train.global_batch_size * self.seq
@@ -409,6 +428,7 @@ class Trainer:
                     tags.TRAIN_LOSS: loss,
                     tags.TRAIN_LR: lr,
                     tags.TRAIN_TOKENS: self.progress.consumed_tokens,
+                    tags.TRAIN_SKIPPED_STEPS: self.progress.skipped_steps,
                     tags.TRAIN_GRAD_NORM: float(grad_norm) if grad_norm is not None else float("nan"),
                 },
                 step,
@@ -417,6 +437,7 @@ class Trainer:
                 summary.update(self._log_window(window, loss))
                 window.reset()
             side_work = time.perf_counter()
+            watchdog.progress(step, "logging, calibration, evaluation or checkpoint")
             if self.calibrator is not None and step % cfg.sparsity.cett_interval == 0:
                 summary.update(self.calibrate_thresholds())
             if cfg.train.eval_interval and (step % cfg.train.eval_interval == 0 or step == cfg.train.steps):
@@ -433,6 +454,7 @@ class Trainer:
             if cfg.train.exit_after_steps and steps_this_process >= cfg.train.exit_after_steps:
                 self.log.line(f"exit_after_steps={cfg.train.exit_after_steps} reached at step {step}")
                 break
+        watchdog.close()
         summary.update(
             {tags.TRAIN_LOSS: last_loss, "step": self.progress.step, tags.TRAIN_TOKENS: self.progress.consumed_tokens}
         )

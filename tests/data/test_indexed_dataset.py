@@ -96,3 +96,17 @@ def test_writer_refuses_out_of_range_tokens(tmp_path):
         with IndexedDatasetWriter(tmp_path / "x", np.uint16) as writer:
             writer.add_document(np.array([1, 70000]))
     assert not (tmp_path / "x.idx").exists()
+
+
+def test_a_bin_paired_with_another_datasets_idx_is_refused(write_dataset, random_documents):
+    """A large .bin with a small dataset's .idx used to train silently on the first part of it."""
+    import shutil
+
+    big = write_dataset("big", random_documents(seed=4, count=50, low=5, high=20))
+    small = write_dataset("small", random_documents(seed=5, count=5, low=5, high=20))
+    shutil.copy(index_file_path(small.prefix), index_file_path(big.prefix))
+    with pytest.raises(IndexedDatasetError) as err:
+        IndexedDataset(big.prefix)
+    message = str(err.value)
+    assert message.startswith(f"{data_file_path(big.prefix)}: ") and "do not belong together" in message
+    assert f"describes {len(small):,} sequences of uint16" in message

@@ -208,6 +208,28 @@ def test_zero_thresholds_count_every_counted_element_and_nothing_past_the_edges(
         assert counts.tokens.item() == n
 
 
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_nan_preactivations_count_as_active_never_as_sparse(activation):
+    # NaN > 0 is false: counting g > 0 would read a model gone NaN as perfectly sparse.
+    t, f = 37, 129
+    g, u = _inputs((t, f), torch.float32, seed=4)
+    g[:, :10] = float("nan")  # ten neurons NaN on every token
+    g[5] = float("nan")  # one token NaN on every neuron
+    for row_mask in (None, (torch.arange(t) % 3 != 0).to(g.device)):
+        fused = _count_target(f, t, None, row_mask)
+        ref = _count_target(f, t, None, row_mask)
+        gated_activation_triton(g, u, activation, fused)
+        gated_activation_reference(g, u, activation, ref)
+        n = t if row_mask is None else int(row_mask.sum())
+        assert torch.equal(ref.active[:10], torch.full_like(ref.active[:10], n))
+        counted_nan_row = row_mask is None or bool(row_mask[5])
+        plain = (g[:, 10:] > 0) & (torch.arange(t, device=g.device) != 5)[:, None]
+        if row_mask is not None:
+            plain &= row_mask[:, None]
+        assert torch.equal(ref.active[10:], plain.sum(0) + int(counted_nan_row))
+        assert torch.equal(fused.active, ref.active)
+
+
 def test_non_contiguous_inputs_and_dispatch():
     g, u = _inputs((70, 33), torch.float32, seed=5)
     gt, ut = g.t(), u.t()  # [33, 70], non-contiguous

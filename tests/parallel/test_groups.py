@@ -70,3 +70,35 @@ def test_single_process_groups_without_torch_distributed():
     assert (groups.tp_size, groups.pp_size, groups.dp_size) == (1, 1, 1)
     cg = counter_groups(groups)
     assert cg.data is None and cg.tensor is None and cg.pipeline is None
+
+
+_EVERY_GROUP_TIMEOUT = """
+import torch, torch.distributed as dist
+from deepspeed.runtime.pipe.topology import PipelineParallelGrid, PipeModelDataParallelTopology
+from megasparse.config import config_from_dict
+from megasparse.parallel.groups import ParallelGroups
+from megasparse.training.distributed import init_distributed
+
+cfg = config_from_dict({"train": {"collective_timeout_s": 42}})
+init_distributed(torch.device("cpu"), cfg.train.collective_timeout_s)
+ParallelGroups.from_config(cfg)
+PipelineParallelGrid(PipeModelDataParallelTopology(num_pp=1, num_mp=1, num_dp=1))  # DeepSpeed's own groups
+pgs = list(dist.distributed_c10d._world.pg_map)
+print(len(pgs), sorted({str(pg._get_backend(torch.device("cpu")).options._timeout) for pg in pgs}))
+"""
+
+
+def test_every_process_group_gets_the_configured_timeout():
+    """The default group, ours (TP, DP, PP, model) and those DeepSpeed's pipeline grid creates
+    without passing a timeout (torch would give them 30 min on gloo)."""
+    import subprocess
+    import sys
+
+    from run_helpers import REPO, run_env
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _EVERY_GROUP_TIMEOUT], cwd=REPO, env=run_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    count, timeouts = proc.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert int(count) >= 9 and timeouts == "['0:00:42']", proc.stdout

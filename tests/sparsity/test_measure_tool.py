@@ -193,6 +193,9 @@ def test_reader_reports_a_missing_tensor_parallel_shard(run, tmp_path, capsys):
         data = json.loads((ckpt / name).read_text())
         (data["layout"] if name == "megasparse_meta.json" else data)["tensor"] = 2
         (ckpt / name).write_text(json.dumps(data))
+    from megasparse.checkpoint import manifest  # edited on purpose: record the edit
+
+    manifest.write_manifest(ckpt, manifest.describe_files(ckpt, manifest.files_to_record(ckpt)))
     assert (
         main(
             [

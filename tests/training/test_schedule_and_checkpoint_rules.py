@@ -54,22 +54,31 @@ def test_deepspeed_config_follows_the_run_config():
 
 
 def test_incomplete_checkpoint_never_becomes_the_resume_point(tmp_path):
+    from megasparse.checkpoint import integrity, manifest
+
     done = tmp_path / "global_step10"
     done.mkdir()
     (done / ckpt.META_FILE).write_text(json.dumps({"step": 10}))
-    half = tmp_path / "global_step20"  # a save interrupted before its metadata was written
+    integrity.seal(done)
+    half = tmp_path / "global_step20"  # a save interrupted before its manifest was written
     half.mkdir()
+    (half / ckpt.META_FILE).write_text(json.dumps({"step": 20}))
     (tmp_path / ckpt.LATEST_FILE).write_text("global_step10")
+    warnings: list[str] = []
     assert ckpt.complete_tags(tmp_path) == ["global_step10"]
-    assert ckpt.resolve_resume("auto", str(tmp_path)) == (str(tmp_path), "global_step10")
-    # `latest` pointing at an incomplete folder is refused with one clear message
+    assert integrity.choose_resume_point("auto", str(tmp_path), warnings.append) == (str(tmp_path), "global_step10")
+    assert warnings == []
+    # `latest` naming the incomplete folder: said once, naming the file, then the older one is used
     (tmp_path / ckpt.LATEST_FILE).write_text("global_step20")
-    with pytest.raises(ckpt.CheckpointError, match="missing or incomplete"):
-        ckpt.resolve_resume("auto", str(tmp_path))
-    assert ckpt.resolve_resume("none", str(tmp_path)) is None
-    assert ckpt.resolve_resume("auto", str(tmp_path / "absent")) is None
+    assert integrity.choose_resume_point("auto", str(tmp_path), warnings.append) == (str(tmp_path), "global_step10")
+    assert f"{half / manifest.MANIFEST_FILE}: missing" in warnings[0] and len(warnings) == 2
+    assert integrity.choose_resume_point("none", str(tmp_path), warnings.append) is None
+    assert integrity.choose_resume_point("auto", str(tmp_path / "absent"), warnings.append) is None
     with pytest.raises(ckpt.CheckpointError, match="not a megasparse checkpoint"):
-        ckpt.resolve_resume(str(tmp_path / "absent"), None)
+        integrity.choose_resume_point(str(tmp_path / "absent"), None, warnings.append)
+    # named explicitly, an incomplete folder is refused rather than replaced by another
+    with pytest.raises(ckpt.CheckpointError, match="megasparse_manifest.json: missing"):
+        integrity.choose_resume_point(str(half), None, warnings.append)
 
 
 def test_layout_mismatch_is_refused():

@@ -6,7 +6,7 @@ incomplete, however it came to be: a save killed half way, a prune killed half w
 filled up. Readers and resume trust only folders whose manifest is there and whose files match it.
 
 Checksums are XXH3-128 (``xxhash``): 4.2 GB/s on one core against 0.92 GB/s for SHA-256
-(benchmarks/RESULTS.md §8), which matters for multi-GB shards checked at every save and resume. It
+(benchmarks/RESULTS.md §10), which matters for multi-GB shards checked at every save and resume. It
 catches truncation, flipped bits and overwritten files; it is not meant to resist tampering.
 Hashing is shared between ranks (file i by rank i mod world), so a save or a resume of a large
 checkpoint costs each rank only its share of the reading.

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# System packages for the multi-process tests: OpenMPI (mpirun + mpi4py) and a one-node SLURM.
+# System packages for the multi-process tests: OpenMPI (mpirun + mpi4py), SLURM, and what the
+# two-node emulation needs (sshd + ssh client for pdsh and mpirun, pdsh itself).
 set -euo pipefail
 need=()
 command -v mpirun >/dev/null || need+=(openmpi-bin libopenmpi-dev)
 command -v srun >/dev/null || need+=(slurmd slurmctld slurm-client munge)
+command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
+command -v pdsh >/dev/null || need+=(pdsh)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

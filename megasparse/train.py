@@ -24,6 +24,11 @@ EPILOG = """examples:
 Only global rank 0 prints: a start-up banner, a line per log window (with an ETA), evaluations,
 CETT calibrations and a closing summary. An error found before the processes connect (config,
 layout, data, tokenizer) is printed once, by rank 0; every rank exits with status 2.
+
+exit status: 0 finished (or train.exit_after_steps reached); 2 bad input; 75 stopped early on
+SIGTERM/SIGUSR1, on the loss of the deepspeed launcher, or on the stop file
+<checkpoint.dir>/STOP, after writing a checkpoint (resume to continue; the SLURM examples requeue
+the job); anything else: a failure.
 """
 
 
@@ -98,13 +103,17 @@ def main(argv: Optional[list[str]] = None, prog: str = "megasparse.train") -> in
         return 0
 
     from megasparse.training.errors import UserFacingError, user_error_message
+    from megasparse.training.signals import EXIT_STOPPED
     from megasparse.training.trainer import Trainer
 
     try:
-        summary = Trainer(cfg).fit()
+        trainer = Trainer(cfg)
+        summary = trainer.fit()
     except UserFacingError as exc:
         print_error(prog, user_error_message(exc))
         return 2
+    if trainer.stopped_by is not None:
+        return EXIT_STOPPED  # stopped early on request, checkpoint written: resume (requeue) it
     return 0 if summary is not None else 1
 
 

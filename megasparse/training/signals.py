@@ -117,6 +117,13 @@ class StopSignal:
             return f"stop file {self.stop_file}"
         return None
 
+    def ignore_further(self) -> None:
+        """Once the run has stopped with its checkpoint: a launcher that takes the first rank's
+        EXIT_STOPPED for a failure (srun --kill-on-bad-exit, launch.py) signals the others; they
+        must still exit with EXIT_STOPPED, not die of that signal while shutting down."""
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_IGN)
+
     def consume_stop_file(self) -> None:
         """Rank 0, once the checkpoint is written: the request is honoured, so a resumed run goes on."""
         if self.stop_file is not None:

@@ -442,6 +442,8 @@ class Trainer:
         for line in console.summary_lines(cfg, summary, self.clock.elapsed(), tokens_this_process):
             self.log.line(line)
         self.log.close()
+        if self.stopped_by is not None:
+            self.stop.ignore_further()
         if self.stopped_by is not None and self.world > 1:
             # No rank leaves before rank 0 has finished its files: a launcher that sees the first
             # non-zero exit (EXIT_STOPPED) kills the ranks still running.

@@ -80,8 +80,11 @@ def test_signal_checkpoints_requeues_and_resumes(tiny_corpus, tmp_path, script, 
     fields = wait_job(job, lambda f: f.get("Restarts") == "1", 300, "a requeue")
     requeued_s = time.monotonic() - start
     print(f"\n{script}: requeued {requeued_s:.1f} s after the signal")
-    if fields.get("JobState") == "PENDING":
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    wait_job(job, lambda f: f.get("JobState") == "PENDING", 120, "pending again")
+    # slurmd refuses a credential issued within the second the old one was revoked ("Job
+    # credential revoked"); SLURM's own hold is far longer, a few seconds suffice.
+    time.sleep(5)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
     fields = wait_job(job, lambda f: f.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED"), 600, "the end")
     log = out.read_text(errors="replace")
     assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", (fields, log[-3000:])

@@ -41,7 +41,7 @@ def missing_piece() -> str | None:
     return None
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)  # before the module-scoped reference runs
 def two_node_cluster():
     missing = missing_piece()
     if missing is None:

@@ -13,7 +13,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch.distributed as dist
 
@@ -105,3 +105,12 @@ def write_placement(summary: dict, logdir: str) -> None:
     path = Path(logdir)
     path.mkdir(parents=True, exist_ok=True)
     (path / "placement.json").write_text(json.dumps(summary, indent=2))
+
+
+def announce(summary: dict, say: Callable[[str], None], logdir: Optional[str]) -> None:
+    """Rank 0: the banner line, a warning line per problem, and placement.json in ``logdir``."""
+    say(f"placement   {placement_line(summary)}")
+    for problem in summary["problems"]:
+        say(f"warning: {problem}")
+    if logdir:
+        write_placement(summary, logdir)

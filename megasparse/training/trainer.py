@@ -61,7 +61,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        # First, so that a signal during start-up still ends in a checkpoint at step boundary one.
+        # First, so that a signal during start-up still ends in a checkpoint after the first step.
         self.stop = StopSignal(cfg.checkpoint.dir)
         self.stopped_by: Optional[str] = None  # why the run stopped early (see training/signals.py)
         self._build_distributed()
@@ -255,12 +255,7 @@ class Trainer:
         )
         for line in banner:
             self.log.line(line)
-        # Where the ranks run (hosts, local and node ranks, TP groups), checked against the launcher.
-        self.log.line(f"placement   {placement.placement_line(self.placement)}")
-        for problem in self.placement["problems"]:
-            self.log.line(f"warning: {problem}")
-        if cfg.logging.dir:
-            placement.write_placement(self.placement, cfg.logging.dir)
+        placement.announce(self.placement, self.log.line, cfg.logging.dir)  # where the ranks run
 
     def save(self) -> None:
         c = self.cfg.checkpoint
@@ -420,10 +415,10 @@ class Trainer:
             # Calibration, evaluation and checkpoints have their own cost tags; keep them out of
             # the training throughput of the window.
             window.start += time.perf_counter() - side_work
+            if stop and self.rank == 0:
+                self.stop.consume_stop_file()  # honoured: a resumed run goes on
             if stop and not final:
                 self.stopped_by = self.stop_reason or "a request on another rank"
-                if self.rank == 0:
-                    self.stop.consume_stop_file()
                 self.log.line(
                     f"stopped early ({self.stopped_by}): checkpoint written at step {step}; "
                     f"exiting with status {EXIT_STOPPED}, resume to continue"
@@ -444,8 +439,8 @@ class Trainer:
         self.log.close()
         if self.stopped_by is not None:
             self.stop.ignore_further()
-        if self.stopped_by is not None and self.world > 1:
-            # No rank leaves before rank 0 has finished its files: a launcher that sees the first
-            # non-zero exit (EXIT_STOPPED) kills the ranks still running.
-            dist.barrier()
+            if self.world > 1:
+                # No rank leaves before rank 0 has finished its files: a launcher that sees the
+                # first non-zero exit (EXIT_STOPPED) kills the ranks still running.
+                dist.barrier()
         return summary

@@ -52,7 +52,8 @@ def launcher_kind(argv: list[str]) -> Optional[str]:
     ``launch.py`` ("launch"), an sshd session ("ssh", how pdsh starts launch.py) or None."""
     if argv and argv[0].startswith("sshd: ") and "listener" not in argv[0]:
         return "ssh"
-    for arg in argv[:3]:
+    # The interpreter, its options (-u, -m) and then the launcher's script or module.
+    for arg in argv[:5]:
         if arg.startswith("deepspeed.launcher.launch"):
             return "launch"
         if os.path.basename(arg) in ("deepspeed", "ds") or arg.startswith("deepspeed.launcher.runner"):

@@ -87,6 +87,7 @@ def test_busy_master_port_refused_across_nodes(tiny_corpus, tmp_path):
         f"megasparse.train: error: MASTER_PORT {port} is already in use on node1 (another job?); start the "
         "launch with a free port: deepspeed --master_port P, or export MASTER_PORT=P for srun/mpirun"
     ], proc.stderr[-3000:]
-    assert "task 0: Exited with exit code 2" in proc.stderr
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    # srun's own report of task 0 ("Exited with exit code 2") is left out: under load its
+    # messages from a slow slurmd may be lost, while the status and the line above are not.
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert seconds < EXIT_BOUND_S

@@ -81,3 +81,23 @@ def test_placement_problems_are_named():
         "so that TP traffic stays inside a node",
     ]
     assert placement_line(bad).endswith("; TP groups SPAN NODES")
+
+
+def test_training_outlives_its_console(tmp_path):
+    """A console that goes away (the pdsh ssh session closed, `| head`) must not end the run:
+    rank 0's lines go to /dev/null from then on and the work goes on."""
+    done = tmp_path / "done"
+    script = (
+        "from megasparse.training.metrics import MetricsWriter\n"
+        "log = MetricsWriter(None, enabled=True)\n"
+        "for i in range(20000):\n"
+        "    log.line(f'step {i} ' + 'x' * 100)\n"
+        f"open({str(done)!r}, 'w').write('ok')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    writer.stdout.read(10)
+    writer.stdout.close()  # the reader goes away after a few bytes
+    _, err = writer.communicate(timeout=120)
+    assert writer.returncode == 0, err.decode()[-2000:]
+    assert done.read_text() == "ok"

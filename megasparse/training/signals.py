@@ -98,14 +98,24 @@ class StopSignal:
 
     def __init__(self, checkpoint_dir: Optional[str] = None) -> None:
         self.received: Optional[int] = None
+        self.training = False  # until training_started(): a signal ends the process (see _handle)
         self.launchers = LauncherWatch()
         self.stop_file = Path(checkpoint_dir) / STOP_FILE_NAME if checkpoint_dir else None
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
+        if not self.training:
+            # Start-up: nothing trained to save. Unwind (finally blocks run, so a lock such as
+            # DeepSpeed's op-build lock is released; being killed there leaves it behind and
+            # every later launch on the machine waits on it) and exit as the signal would.
+            raise SystemExit(128 + signum)
         if self.received is None:
             self.received = signum
+
+    def training_started(self) -> None:
+        """From now on a signal asks for a checkpoint at the next step boundary."""
+        self.training = True
 
     def reason(self) -> Optional[str]:
         """Why this rank wants to stop now, or None. Cheap enough for every step (a few stat calls)."""

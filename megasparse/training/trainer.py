@@ -61,6 +61,9 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
+        # Until training starts a signal ends the process cleanly (training/signals.py).
+        self.stop = StopSignal(cfg.checkpoint.dir)
+        self.stopped_by: Optional[str] = None  # why the run stopped early
         self._build_distributed()
         console.quiet_other_ranks(self.rank)
         self.log = MetricsWriter(cfg.logging.dir, enabled=self.rank == 0, console=cfg.logging.console)
@@ -75,10 +78,7 @@ class Trainer:
         self.progress = Progress()
         self.flops_per_token = flops_per_token(cfg.model, self.seq, cfg.parallel.tensor)
         self.peak = cfg.logging.peak_tflops or device_peak_tflops(self.device)
-        # Only now: before this a signal simply ends the process (nothing trained to save yet,
-        # and a rank waiting at the rendezvous must die when its launcher gives up).
-        self.stop = StopSignal(cfg.checkpoint.dir)
-        self.stopped_by: Optional[str] = None  # why the run stopped early (see training/signals.py)
+        self.stop.training_started()  # from here a signal means: checkpoint, then exit
         self.resumed_from: Optional[str] = None
         self._resume()
         self._announce()

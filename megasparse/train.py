@@ -24,8 +24,11 @@ EPILOG = """examples:
 Only global rank 0 prints: a start-up banner, a line per log window (with an ETA), evaluations,
 CETT calibrations and a closing summary. An error found before the processes connect (config,
 layout, data, tokenizer) is printed once, by rank 0; every rank exits with status 2.
-Exit statuses: 0 done (or stopped by a signal after a checkpoint), 1 a bug (traceback), 2 bad
-input, 3 a checkpoint could not be written, 4 NaN/Inf loss or gradients, 5 a rank stopped progressing.
+Exit statuses: 0 finished (or train.exit_after_steps reached); 1 a bug (traceback); 2 bad input;
+3 a checkpoint could not be written; 4 NaN/Inf loss or gradients; 5 a rank stopped progressing;
+75 stopped early on SIGTERM/SIGUSR1, on the loss of the deepspeed launcher, or on the stop file
+<checkpoint.dir>/STOP, after writing a checkpoint (resume to continue; the SLURM examples requeue
+the job).
 """
 
 
@@ -101,16 +104,20 @@ def main(argv: Optional[list[str]] = None, prog: str = "megasparse.train") -> in
 
     from megasparse.training import exit_codes
     from megasparse.training.errors import UserFacingError, exit_status, user_error_message
+    from megasparse.training.signals import EXIT_STOPPED
     from megasparse.training.trainer import Trainer
 
     try:
-        summary = Trainer(cfg).fit()
+        trainer = Trainer(cfg)
+        summary = trainer.fit()
     except UserFacingError as exc:
         if is_console_rank() or not getattr(exc, "agreed_by_every_rank", False):
             print_error(prog, user_error_message(exc))
         return exit_status(exc)
     if summary.get("exit_status", exit_codes.OK) != exit_codes.OK:
         return summary["exit_status"]
+    if trainer.stopped_by is not None:
+        return EXIT_STOPPED  # stopped early on request, checkpoint written: resume (requeue) it
     return 0 if summary is not None else 1
 
 

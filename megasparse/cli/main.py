@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "measure": ("megasparse.cli.measure", "tools/measure_sparsity.py", "measure CETT-PPL-p% and other sparsity"),
     "fit": ("megasparse.cli.fit", "tools/fit_sparsing_law.py", "fit the Sparsing Law to activation curves"),
     "summarize": ("megasparse.cli.summarize", "tools/summarize_runs.py", "table and plot of finished runs"),
+    "hostfile": ("megasparse.cli.hostfile", "tools/write_hostfile.py", "DeepSpeed hostfile from a SLURM node list"),
     "inspect": ("megasparse.cli.inspect_data", "tools/inspect_data.py", "documents, token counts, largest id, samples"),
     "convert": ("megasparse.cli.convert", "tools/convert_checkpoint.py", "reshard, consolidate, export checkpoints"),
     "seal": ("megasparse.cli.seal", "tools/seal_checkpoint.py", "add manifests to checkpoints saved without them"),

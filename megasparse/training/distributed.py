@@ -100,9 +100,17 @@ def init_distributed(device: torch.device, timeout_s: float = 600.0) -> RankInfo
         return info
     import deepspeed
 
+    from megasparse.training.master_port import forget_handoff, settle_master_port
+
+    # A port another job holds: replaced on one host, refused in one line across nodes.
+    handoff = settle_master_port(info.rank, info.world_size)
+
     backend = "nccl" if device.type == "cuda" else "gloo"
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
-    release_cpu_allreduce_buffer()
+    release_cpu_allreduce_buffer()  # on gloo its barrier shows that every rank connected
+    if info.world_size > 1 and dist.get_backend() != "gloo":
+        dist.barrier()  # every rank connected, hence read the port hand-off
+    forget_handoff(handoff)
     return info
 
 

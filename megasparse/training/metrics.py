@@ -4,6 +4,7 @@ Only global rank 0 writes."""
 from __future__ import annotations
 
 import math
+import os
 import resource
 import sys
 from typing import Optional
@@ -106,7 +107,12 @@ class MetricsWriter:
 
     def line(self, text: str) -> None:
         if self.console:
-            print(text, file=sys.stdout, flush=True)
+            try:
+                print(text, file=sys.stdout, flush=True)
+            except BrokenPipeError:
+                # The reader went away (an ssh session of pdsh closed, `| head`): training and
+                # its checkpoints matter more than the console, so go on without one.
+                silence_console()
 
     def flush(self) -> None:
         if self.writer is not None:
@@ -118,3 +124,13 @@ class MetricsWriter:
         if self.wandb is not None:
             self.wandb.close()
             self.wandb = None
+
+
+def silence_console() -> None:
+    """Points stdout and stderr at /dev/null (file descriptors and Python objects alike)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    sys.stdout = open(1, "w", closefd=False)
+    sys.stderr = open(2, "w", closefd=False)

@@ -40,7 +40,7 @@ from megasparse.sparsity.counters import (
 )
 from megasparse.sparsity.live_calibration import LiveCalibrator, heldout_batches
 from megasparse.sparsity.reduction import counter_groups, reduce_counters
-from megasparse.training import console
+from megasparse.training import console, placement
 from megasparse.training.deepspeed_config import build_deepspeed_config, merge_config
 from megasparse.training.distributed import init_distributed
 from megasparse.training.init_from import init_model_config, load_initial_weights
@@ -51,7 +51,7 @@ from megasparse.training.pipeline_steps import PipelineSteps, stage_layer_ids
 from megasparse.training.preflight import check_counter_impl, check_inputs, resolve_device, seed_everything
 from megasparse.training.progress import Progress, Window
 from megasparse.training.schedule import build_scheduler
-from megasparse.training.signals import StopSignal
+from megasparse.training.signals import EXIT_STOPPED, StopSignal
 from megasparse.training.wandb_logger import WandbRun
 from megasparse.training.watchdog import start_watchdog
 
@@ -66,6 +66,9 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
+        # Until training starts a signal ends the process cleanly (training/signals.py).
+        self.stop = StopSignal(cfg.checkpoint.dir)
+        self.stopped_by: Optional[str] = None  # why the run stopped early
         self._build_distributed()
         console.quiet_other_ranks(self.rank)
         self.log = MetricsWriter(cfg.logging.dir, enabled=self.rank == 0, console=cfg.logging.console)
@@ -81,7 +84,7 @@ class Trainer:
         self.progress = Progress()
         self.flops_per_token = flops_per_token(cfg.model, self.seq, cfg.parallel.tensor)
         self.peak = cfg.logging.peak_tflops or device_peak_tflops(self.device)
-        self.stop = StopSignal()
+        self.stop.training_started()  # from here a signal means: checkpoint, then exit
         self.resumed_from: Optional[str] = None
         self._resume()
         self.last_checkpoint = self.resumed_from
@@ -101,6 +104,8 @@ class Trainer:
         self.rank_info = init_distributed(self.device, cfg.train.collective_timeout_s)
         self.world, self.rank = self.rank_info.world_size, self.rank_info.rank
         self.groups = ParallelGroups.from_config(cfg)
+        ranks = placement.gather_placement(self.rank, self.rank_info.local_rank)
+        self.placement = placement.summarize_placement(ranks, self.groups.layout.tensor_groups())
         self.pipeline = cfg.parallel.pipeline > 1
         self.bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and self.device.type == "cuda")
         self.dp_size, self.dp_rank = self.groups.dp_size, self.groups.dp_rank
@@ -277,6 +282,7 @@ class Trainer:
         )
         for line in banner:
             self.log.line(line)
+        placement.announce(self.placement, self.log.line, cfg.logging.dir)  # where the ranks run
 
     def save(self) -> None:
         c = self.cfg.checkpoint
@@ -307,7 +313,8 @@ class Trainer:
         """One optimizer step; returns (loss averaged over micro-batches and DP ranks, stop flag)."""
         if self.counters.layer_thresholds is not None:
             self.counters.refresh_neuron_thresholds(down_projection_column_norms(self.model))
-        stop = torch.tensor(1.0 if self.stop.received is not None else 0.0, device=self.device)
+        self.stop_reason = self.stop.reason()  # signal, launcher gone or stop file; agreed below
+        stop = torch.tensor(1.0 if self.stop_reason is not None else 0.0, device=self.device)
         if self.pipe_steps is not None:
             # The engine runs the 1F1B schedule; the loss comes back the same on every rank.
             loss = self.pipe_steps.train_step()
@@ -448,8 +455,14 @@ class Trainer:
             # Calibration, evaluation and checkpoints have their own cost tags; keep them out of
             # the training throughput of the window.
             window.start += time.perf_counter() - side_work
-            if stop:
-                self.log.line(f"stop signal received: checkpoint written at step {step}, exiting")
+            if stop and self.rank == 0:
+                self.stop.consume_stop_file()  # honoured: a resumed run goes on
+            if stop and not final:
+                self.stopped_by = self.stop_reason or "a request on another rank"
+                self.log.line(
+                    f"stopped early ({self.stopped_by}): checkpoint written at step {step}; "
+                    f"exiting with status {EXIT_STOPPED}, resume to continue"
+                )
                 break
             if cfg.train.exit_after_steps and steps_this_process >= cfg.train.exit_after_steps:
                 self.log.line(f"exit_after_steps={cfg.train.exit_after_steps} reached at step {step}")
@@ -465,4 +478,10 @@ class Trainer:
         for line in console.summary_lines(cfg, summary, self.clock.elapsed(), tokens_this_process):
             self.log.line(line)
         self.log.close()
+        if self.stopped_by is not None:
+            self.stop.ignore_further()
+            if self.world > 1:
+                # No rank leaves before rank 0 has finished its files: a launcher that sees the
+                # first non-zero exit (EXIT_STOPPED) kills the ranks still running.
+                dist.barrier()
         return summary

@@ -146,7 +146,8 @@ class TrainConfig(_Section):
     activation_checkpointing: bool = False
     # Output head + cross-entropy in chunks of this many tokens, never materialising the full
     # [tokens, vocab] logits (megasparse/kernels/linear_cross_entropy.py; on a GPU in bf16 a fused
-    # Triton kernel per chunk); 0 = all logits at once. 8192 is what the H200 measurements used.
+    # Triton kernel per chunk; under TP each rank's vocabulary shard, on the last pipeline stage
+    # too); 0 = all logits at once. 8192 is what the H200 measurements used.
     loss_chunk_tokens: int = Field(0, ge=0)
     # torch.compile the elementwise regions (every RMSNorm, the rotary embedding) into fused
     # kernels (megasparse/model/compile_regions.py); the first steps pay the compilation.
@@ -236,17 +237,6 @@ class RunConfig(_Section):
             raise ConfigError(
                 f"train.global_batch_size={t.global_batch_size} is not divisible by "
                 f"train.micro_batch_size × data-parallel size = {t.micro_batch_size} × {dp}"
-            )
-        if t.loss_chunk_tokens and p.tensor > 1:
-            raise ConfigError(
-                f"train.loss_chunk_tokens={t.loss_chunk_tokens} with parallel.tensor={p.tensor}: the chunked "
-                "loss is for runs without tensor parallelism (the vocab-parallel loss already avoids full "
-                "logits); set train.loss_chunk_tokens=0"
-            )
-        if t.loss_chunk_tokens and p.pipeline > 1:
-            raise ConfigError(
-                f"train.loss_chunk_tokens={t.loss_chunk_tokens} with parallel.pipeline={p.pipeline}: the "
-                "pipeline's last stage computes the plain full-logits loss; set train.loss_chunk_tokens=0"
             )
         sp = self.sparsity
         if sp.cett_interval and sp.cett_interval % self.logging.interval:

@@ -79,7 +79,13 @@ class LayerFactory:
 
     def tied_head(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Logits of the tied head: hidden [b, s, d] @ weightᵀ ([V, d]) -> [b, s, V]."""
-        return F.linear(hidden, weight)
+        return F.linear(self.head_input(hidden), weight)
+
+    def head_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The final hidden state as the output head needs it on this rank: [b, s, d] (here as is;
+        a tensor-parallel factory gathers the sequence shards, and its backward sums the ranks'
+        partial gradients)."""
+        return hidden
 
 
 LOCAL_LAYERS = LayerFactory()

@@ -204,8 +204,12 @@ class TensorParallelLayerFactory(LayerFactory):
 
     def tied_head(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """hidden [b, s, d] ([b, s/tp, d] under SP) @ embedding shard [V/tp, d]ᵀ -> [b, s, V/tp]."""
-        hidden = _enter_column_region(hidden, self.group, self.sequence_parallel)  # [b, s, d]
-        return F.linear(hidden, weight)
+        return F.linear(self.head_input(hidden), weight)
+
+    def head_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[b, s, d] ([b, s/tp, d] under SP) -> the whole [b, s, d] on every TP rank; backward sums
+        the ranks' partial gradients (all-reduce, or reduce-scatter under SP)."""
+        return _enter_column_region(hidden, self.group, self.sequence_parallel)
 
 
 def tensor_parallel_layer_factory(groups_or_group, sequence_parallel: bool = False) -> LayerFactory:

@@ -279,6 +279,29 @@ def check_sequence_parallel(g: ParallelGroups) -> None:
             close(p_sp.grad, p_plain.grad, f"SP grad of {name} (checkpointing={checkpointing})", rtol=1e-4)
 
 
+def check_chunked_loss(g: ParallelGroups) -> None:
+    """train.loss_chunk_tokens under TP (and SP): the vocab-parallel chunked head + loss gives the
+    one-process full-logits loss and gradients, tied and untied, with ragged chunks."""
+    from megasparse.training.lm_loss import CausalLMLoss
+
+    torch.manual_seed(9)
+    tokens = torch.randint(0, TINY["vocab_size"], (2, 9))  # 16 predicted tokens: chunks 5, 5, 5, 1
+    for tie in (True, False):
+        cfg = model_config(tie_embeddings=tie)
+        ref = Transformer(cfg, seed=SEED)
+        ref_loss = CausalLMLoss(ref)(tokens)
+        ref_loss.backward()
+        for sp in (False, True):
+            tp_model = Transformer(cfg, seed=SEED, layer_factory=tensor_parallel_layer_factory(g, sequence_parallel=sp))
+            loss = CausalLMLoss(tp_model, g.tp_group, chunk_tokens=5)(tokens)
+            what = f"chunked TP loss tie={tie} sp={sp}"
+            close(loss.detach(), ref_loss.detach(), what)
+            loss.backward()
+            _compare_models(tp_model, ref, g.tp_group, what, grads=True)
+            with torch.no_grad():  # evaluation: the same loss without gradient work
+                close(CausalLMLoss(tp_model, g.tp_group, chunk_tokens=5)(tokens), ref_loss.detach(), what + " eval")
+
+
 def check_counters(g: ParallelGroups) -> None:
     torch.manual_seed(7)
     tokens = torch.randint(0, TINY["vocab_size"], (3, 8))
@@ -319,6 +342,7 @@ CHECKS = [
     ("transformer", check_transformer_matches_tp1),
     ("sequence_parallel", check_sequence_parallel),
     ("counters", check_counters),
+    ("chunked_loss", check_chunked_loss),
 ]
 
 

@@ -290,6 +290,21 @@ class Checks:
         losses += [(steps.train_step(), reference.step()) for _ in range(2)]
         assert_losses_close(losses, "activation checkpointing")
 
+    def check_chunked_loss_matches_plain_model(self) -> None:
+        """train.loss_chunk_tokens on the last stage (ragged chunks), tied and untied head: the
+        plain model's full-logits losses, training and evaluation."""
+        for tie in (True, False):
+            cfg = run_config(tie_embeddings=tie)
+            cfg.train.loss_chunk_tokens = 7  # a micro-batch holds 2 × 16 tokens: chunks 7, 7, 7, 7, 4
+            samples = token_samples(16, with_eod=False)
+            _, engine = pipeline_engine(cfg, self.g, activation_checkpointing=False)
+            reference = Reference(cfg, samples)
+            steps = PipelineSteps(engine, loader(samples), cfg.grad_accumulation_steps(WORLD))
+            losses = [(steps.train_step(), reference.step()) for _ in range(3)]
+            assert_losses_close(losses, f"chunked loss tie={tie}")
+            valid = token_samples(8, with_eod=False)[::-1]
+            close(steps.eval_loss(loader(valid), 2), reference.eval_loss(valid, 2), 1e-4, f"eval tie={tie}")
+
     def check_live_calibration_matches_plain_model(self) -> None:
         """Within-document attention: (hidden, document ids) tuples cross the stage boundary."""
         compare_live_calibration(run_config(attention_within_document=True), self.g, p=1.0)
@@ -302,7 +317,15 @@ class TensorPipelineChecks:
         self.g = groups
 
     def check_tp_pp_sequence_parallel_matches_plain_model(self) -> None:
+        self._tp_pp_sequence_parallel(chunk_tokens=0)
+
+    def check_tp_pp_chunked_loss_matches_plain_model(self) -> None:
+        """The chunked loss with the vocabulary-parallel head on the last stage, under SP."""
+        self._tp_pp_sequence_parallel(chunk_tokens=5)
+
+    def _tp_pp_sequence_parallel(self, chunk_tokens: int) -> None:
         cfg = run_config(tensor=2, sequence_parallel=True, lr=0.001)
+        cfg.train.loss_chunk_tokens = chunk_tokens
         samples = token_samples(32, with_eod=False)
         module, engine = pipeline_engine(cfg, self.g, activation_checkpointing=True)
         assert engine.is_pipe_partitioned is False, "SP needs the engine's activation split off"
@@ -314,9 +337,9 @@ class TensorPipelineChecks:
         attach_counters(module, counters)
         steps = PipelineSteps(engine, loader(samples), cfg.grad_accumulation_steps(4))
         losses = [(steps.train_step(), reference.step())]
-        assert_counts_equal_plain(self.g, counters, ref_counters, "TP x PP")
+        assert_counts_equal_plain(self.g, counters, ref_counters, f"TP x PP, chunk {chunk_tokens}")
         losses += [(steps.train_step(), reference.step()) for _ in range(2)]
-        assert_losses_close(losses, "TP x PP")
+        assert_losses_close(losses, f"TP x PP, chunk {chunk_tokens}")
 
     def check_live_calibration_matches_plain_model(self) -> None:
         """Each TP rank of a stage passes its own sequence slice on (sequence parallelism)."""

@@ -46,6 +46,7 @@ __all__ = [
     "gated_act_fwd_kernel",
     "gated_activation_backward",
     "gated_activation_forward",
+    "gated_activation_packed_triton",
     "gated_activation_triton",
 ]
 
@@ -273,7 +274,8 @@ def _forward(
     counts: Optional[CountTarget],
     config: Optional[ForwardConfig],
 ) -> torch.Tensor:
-    """Launches the forward kernel on contiguous [T, f] views (already checked by the caller)."""
+    """Launches the forward kernel on [T, f] views (already checked by the caller): contiguous, or
+    the two halves of one contiguous [T, 2f] tensor (same row stride, unit column stride)."""
     t, f = g2.shape
     h2 = torch.empty((t, f), dtype=g2.dtype, device=g2.device)  # [T, f]
     count = counts is not None
@@ -312,6 +314,7 @@ def _forward(
         row_mask,
         t,
         f,
+        g2.stride(0),
         **constants,
         num_warps=config.num_warps,
     )
@@ -319,12 +322,21 @@ def _forward(
 
 
 def _backward(
-    dh2: torch.Tensor, g2: torch.Tensor, u2: torch.Tensor, activation: Activation
+    dh2: torch.Tensor,
+    g2: torch.Tensor,
+    u2: torch.Tensor,
+    activation: Activation,
+    out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Launches the backward kernel on contiguous [T, f] views (already checked by the caller)."""
+    """Launches the backward kernel on [T, f] views (already checked by the caller); dh2 is
+    contiguous, g2 and u2 as in ``_forward``. ``out``: (dg2, du2) to write, with g2's row stride
+    (the halves of one [T, 2f] gradient); default new contiguous tensors."""
     t, f = g2.shape
-    dg2 = torch.empty_like(g2)  # [T, f]
-    du2 = torch.empty_like(u2)  # [T, f]
+    if out is None:
+        dg2 = torch.empty((t, f), dtype=g2.dtype, device=g2.device)  # [T, f]
+        du2 = torch.empty((t, f), dtype=u2.dtype, device=u2.device)  # [T, f]
+    else:
+        dg2, du2 = out
     if t == 0 or f == 0:
         return dg2, du2
     block_t, block_f, num_warps = _tile_config(f)
@@ -338,6 +350,7 @@ def _backward(
         du2,
         t,
         f,
+        g2.stride(0),
         ACTIVATION=ACTIVATION_CODES[activation],
         PRECISE=_precise_math(compiled),
         ROUND_DG=not compiled and dg2.dtype == torch.bfloat16,
@@ -415,6 +428,43 @@ class _GatedActivationFunction(torch.autograd.Function):
         dh2 = dh.contiguous().view(g2.shape)
         dg2, du2 = _backward(dh2, g2, u2, ctx.activation)
         return dg2.view(ctx.shape), du2.view(ctx.shape), None, None
+
+
+class _PackedGatedActivationFunction(torch.autograd.Function):
+    """The same on one tensor gu [..., 2f] = (g, u) side by side, the output of one fused gate/up
+    projection: the kernels read the two halves in place and backward writes d(gu) [..., 2f]
+    directly, so neither direction copies or concatenates."""
+
+    @staticmethod
+    def forward(ctx, gu: torch.Tensor, activation: Activation, counts: Optional[CountTarget]) -> torch.Tensor:
+        shape = gu.shape
+        f = shape[-1] // 2
+        gu2 = gu.contiguous().view(-1, 2 * f)  # [T, 2f]
+        h2 = _forward(gu2[:, :f], gu2[:, f:], activation, counts, None)  # [T, f]
+        ctx.save_for_backward(gu2)
+        ctx.activation = activation
+        ctx.shape = shape
+        return h2.view(*shape[:-1], f)
+
+    @staticmethod
+    def backward(ctx, dh: torch.Tensor):
+        (gu2,) = ctx.saved_tensors
+        f = gu2.shape[1] // 2
+        dgu2 = torch.empty_like(gu2)  # [T, 2f]
+        _backward(dh.contiguous().view(-1, f), gu2[:, :f], gu2[:, f:], ctx.activation, (dgu2[:, :f], dgu2[:, f:]))
+        return dgu2.view(ctx.shape), None, None
+
+
+def gated_activation_packed_triton(
+    gu: torch.Tensor, activation: Activation, counts: Optional[CountTarget] = None
+) -> torch.Tensor:
+    """``σ(g) ⊙ u`` for gu [..., 2f] holding g then u along the last dimension -> [..., f], with
+    the same kernels and counts as :func:`gated_activation_triton` (differentiable)."""
+    if activation not in ACTIVATION_CODES:
+        raise ValueError(f"unknown activation {activation!r} (expected 'relu' or 'silu')")
+    if gu.dim() == 0 or gu.shape[-1] % 2:
+        raise ValueError(f"gu must hold g and u side by side in an even last dimension; got {tuple(gu.shape)}")
+    return _PackedGatedActivationFunction.apply(gu, activation, counts)
 
 
 def gated_activation_triton(

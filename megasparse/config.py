@@ -152,6 +152,12 @@ class TrainConfig(_Section):
     # torch.compile the elementwise regions (every RMSNorm, the rotary embedding) into fused
     # kernels (megasparse/model/compile_regions.py); the first steps pay the compilation.
     compile: bool = False
+    # The fast path (megasparse/model/fast_path.py): the same function with fewer kernels and
+    # copies. q/k/v and gate/up each as one GEMM; rotary on the [b, s, heads, hd] layout so
+    # attention needs no transposing copies; the residual update fused with the next RMSNorm.
+    fused_projections: bool = False
+    attention_bshd_layout: bool = False
+    fused_residual_norm: bool = False
     eval_interval: int = Field(0, ge=0)  # 0 disables periodic evaluation
     eval_steps: int = Field(10, gt=0)  # global batches per evaluation (same samples for any layout)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)

@@ -98,3 +98,23 @@ def apply_parameter_tags(model: nn.Module) -> None:
             param = getattr(module, param_name)
             for key, value in attributes.items():
                 setattr(param, key, value)
+
+
+def has_hooks(module: nn.Module) -> bool:
+    """True if anything hooks ``module``'s forward (measurement probes, ZeRO-3's parameter
+    gathering): a fused path that bypasses the module's own forward must then step aside."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def fused_column_linear(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> torch.Tensor:
+    """Several column projections of one input as one GEMM: x [.., d] -> [.., Σ out_i].
+
+    The weights are concatenated per call ([Σ out_i, d]: far smaller than the activations, so
+    the copy is cheap) and the parameters stay separate, with their names, shapes and
+    tensor-parallel slices. A tensor-parallel layer's ``enter_column_region`` (all-gather of the
+    sequence, or the identity whose backward all-reduces) runs once for all of them.
+    """
+    enter = getattr(layers[0], "enter_column_region", None)
+    if enter is not None:
+        x = enter(x)
+    return F.linear(x, torch.cat([layer.weight for layer in layers]))

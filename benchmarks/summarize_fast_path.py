@@ -22,7 +22,8 @@ def main() -> int:
             if "gain_median" in v:
                 gain = f" gain {v['gain_median']:+.2%} [{v['gain_min']:+.2%}, {v['gain_max']:+.2%}]"
             mfu = v.get("mfu", 0)
-            print(f"  {name:20s} {v['tokens_per_sec']:>10,.0f} tok/s  MFU {mfu:.1%}  {v['peak_gb']} GB{gain}", flush=True)
+            tps = v["tokens_per_sec"]
+            print(f"  {name:20s} {tps:>10,.0f} tok/s  MFU {mfu:.1%}  {v['peak_gb']} GB{gain}", flush=True)
     return 0
 
 

@@ -143,7 +143,9 @@ class TrainConfig(_Section):
     seed: int = 1234
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     device: Literal["auto", "cuda", "cpu"] = "auto"
-    activation_checkpointing: bool = False
+    # Recompute in backward instead of storing: true or "full" = each whole block; "attention" or
+    # "mlp" = only that part of every block (selective; the counters never count a recomputation).
+    activation_checkpointing: Union[Literal["attention", "mlp", "full"], bool] = False
     # Output head + cross-entropy in chunks of this many tokens, never materialising the full
     # [tokens, vocab] logits (megasparse/kernels/linear_cross_entropy.py; on a GPU in bf16 a fused
     # Triton kernel per chunk; under TP each rank's vocabulary shard, on the last pipeline stage

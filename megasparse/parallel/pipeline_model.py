@@ -45,7 +45,7 @@ from megasparse.config import ConfigError, ModelConfig
 from megasparse.model.block import Block
 from megasparse.model.init import init_parameters
 from megasparse.model.layers import LayerFactory
-from megasparse.model.recompute import checkpoint_context_fn
+from megasparse.model.recompute import checkpoint_context_fn, recompute_mode
 from megasparse.model.roles import ROLE_ATTRIBUTE
 from megasparse.model.transformer import block_inputs, embed_tokens, scaled_logits
 from megasparse.parallel.pipeline_loss import ChunkedNextTokenLoss, NextTokenLoss, last_stage_head_weight
@@ -292,14 +292,15 @@ def build_pipeline_module(
     *,
     device: Device,
     eod_token_id: Optional[int] = None,
-    activation_checkpointing: Optional[bool] = None,
+    activation_checkpointing: Union[bool, str, None] = None,
 ):
     """This rank's stage of the model as a DeepSpeed ``PipelineModule`` (collective: every rank calls it).
 
     ``cfg.model`` with a resolved ``vocab_size``; ``cfg.train.seed`` initialises (same model as
     the plain Transformer); ``cfg.parallel.pipeline_partition`` splits the layers;
-    ``activation_checkpointing`` (default ``cfg.train.activation_checkpointing``) recomputes
-    each block in backward. Pass the module to ``deepspeed.initialize(model=...)`` without
+    ``activation_checkpointing`` (default ``cfg.train.activation_checkpointing``): True or "full"
+    recomputes each block in backward (DeepSpeed's checkpoint interval 1, with our recompute
+    flag); "attention" / "mlp" only that branch of every block (the block does it itself). Pass the module to ``deepspeed.initialize(model=...)`` without
     ``mpu``: the engine takes the grid from the module (same rank order as ``groups``).
     """
     model_cfg = cfg.model
@@ -307,6 +308,7 @@ def build_pipeline_module(
         raise ValueError("model.vocab_size is not set; resolve it from the tokenizer first")
     if activation_checkpointing is None:
         activation_checkpointing = cfg.train.activation_checkpointing
+    mode = recompute_mode(activation_checkpointing)
     factory = tensor_parallel_layer_factory(groups, cfg.parallel.sequence_parallel)
     chunk = cfg.train.loss_chunk_tokens
     specs = layer_specs(
@@ -320,11 +322,14 @@ def build_pipeline_module(
         topology=groups.deepspeed_topology(),
         loss_fn=loss_fn,
         partition_method=partition_method(cfg.parallel.pipeline_partition),
-        activation_checkpoint_interval=1 if activation_checkpointing else 0,
+        activation_checkpoint_interval=1 if mode == "full" else 0,
         activation_checkpoint_func=recompute_in_backward,
         checkpointable_layers=[BLOCK_CLASS_NAME],
     )
     _check_every_stage_has_blocks(module, groups, cfg.parallel.pipeline_partition, device)
+    for block in module.modules():
+        if isinstance(block, Block) and mode in ("attention", "mlp"):
+            block.recompute = mode
     if chunk:
         loss_fn.bind(last_stage_head_weight(module, FinalNormPipe, TIED_EMBEDDING_KEY))
     return module

@@ -300,7 +300,8 @@ def build_pipeline_module(
     the plain Transformer); ``cfg.parallel.pipeline_partition`` splits the layers;
     ``activation_checkpointing`` (default ``cfg.train.activation_checkpointing``): True or "full"
     recomputes each block in backward (DeepSpeed's checkpoint interval 1, with our recompute
-    flag); "attention" / "mlp" only that branch of every block (the block does it itself). Pass the module to ``deepspeed.initialize(model=...)`` without
+    flag); "attention" / "mlp" only that branch of every block (the block does it itself).
+    Pass the module to ``deepspeed.initialize(model=...)`` without
     ``mpu``: the engine takes the grid from the module (same rank order as ``groups``).
     """
     model_cfg = cfg.model

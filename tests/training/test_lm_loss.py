@@ -61,3 +61,12 @@ def test_chunked_loss_is_accepted_in_every_layout():
 def test_loss_chunk_tokens_must_not_be_negative():
     with pytest.raises(ConfigError, match="train.loss_chunk_tokens"):
         config_from_dict({"train": {"loss_chunk_tokens": -1}})
+
+
+def test_fast_path_is_refused_under_pipeline_parallelism():
+    train = {"fused_projections": True, "micro_batch_size": 1, "global_batch_size": 2}
+    model = {"vocab_size": VOCAB, "num_layers": 2}
+    cfg = config_from_dict({"train": train, "parallel": {"pipeline": 2}, "model": model})
+    with pytest.raises(ConfigError, match="train.fused_projections with parallel.pipeline=2"):
+        cfg.validate_layout(world_size=2)
+    config_from_dict({"train": train, "parallel": {"tensor": 2}, "model": model}).validate_layout(world_size=2)

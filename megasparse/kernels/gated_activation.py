@@ -107,7 +107,7 @@ def gated_activation_packed(
         raise ValueError(f"gu must hold g and u side by side in an even last dimension; got {tuple(gu.shape)}")
     use_triton = impl == "triton" or (impl == "auto" and triton_kernels_usable(gu, "triton_gated_activation"))
     if use_triton:
-        from megasparse.kernels.triton_gated_activation import gated_activation_packed_triton
+        from megasparse.kernels.triton_gated_activation_packed import gated_activation_packed_triton
 
         return gated_activation_packed_triton(gu, activation, counts)
     g, u = gu.chunk(2, dim=-1)  # [..., f] views each

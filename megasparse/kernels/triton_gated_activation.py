@@ -46,7 +46,6 @@ __all__ = [
     "gated_act_fwd_kernel",
     "gated_activation_backward",
     "gated_activation_forward",
-    "gated_activation_packed_triton",
     "gated_activation_triton",
 ]
 
@@ -428,43 +427,6 @@ class _GatedActivationFunction(torch.autograd.Function):
         dh2 = dh.contiguous().view(g2.shape)
         dg2, du2 = _backward(dh2, g2, u2, ctx.activation)
         return dg2.view(ctx.shape), du2.view(ctx.shape), None, None
-
-
-class _PackedGatedActivationFunction(torch.autograd.Function):
-    """The same on one tensor gu [..., 2f] = (g, u) side by side, the output of one fused gate/up
-    projection: the kernels read the two halves in place and backward writes d(gu) [..., 2f]
-    directly, so neither direction copies or concatenates."""
-
-    @staticmethod
-    def forward(ctx, gu: torch.Tensor, activation: Activation, counts: Optional[CountTarget]) -> torch.Tensor:
-        shape = gu.shape
-        f = shape[-1] // 2
-        gu2 = gu.contiguous().view(-1, 2 * f)  # [T, 2f]
-        h2 = _forward(gu2[:, :f], gu2[:, f:], activation, counts, None)  # [T, f]
-        ctx.save_for_backward(gu2)
-        ctx.activation = activation
-        ctx.shape = shape
-        return h2.view(*shape[:-1], f)
-
-    @staticmethod
-    def backward(ctx, dh: torch.Tensor):
-        (gu2,) = ctx.saved_tensors
-        f = gu2.shape[1] // 2
-        dgu2 = torch.empty_like(gu2)  # [T, 2f]
-        _backward(dh.contiguous().view(-1, f), gu2[:, :f], gu2[:, f:], ctx.activation, (dgu2[:, :f], dgu2[:, f:]))
-        return dgu2.view(ctx.shape), None, None
-
-
-def gated_activation_packed_triton(
-    gu: torch.Tensor, activation: Activation, counts: Optional[CountTarget] = None
-) -> torch.Tensor:
-    """``σ(g) ⊙ u`` for gu [..., 2f] holding g then u along the last dimension -> [..., f], with
-    the same kernels and counts as :func:`gated_activation_triton` (differentiable)."""
-    if activation not in ACTIVATION_CODES:
-        raise ValueError(f"unknown activation {activation!r} (expected 'relu' or 'silu')")
-    if gu.dim() == 0 or gu.shape[-1] % 2:
-        raise ValueError(f"gu must hold g and u side by side in an even last dimension; got {tuple(gu.shape)}")
-    return _PackedGatedActivationFunction.apply(gu, activation, counts)
 
 
 def gated_activation_triton(

@@ -12,6 +12,9 @@
 #             activation checkpointing), counters on, so every option's share is measured
 #             separately (without the fused loss the full fp32 logits may not fit)
 #   profiles  where the step time goes, both sizes, with the same options
+#   fastpath  each fast-path switch alone and all together against the plain path, in one process
+#             per size and activation (fast_path_ablation.py; ACTIVATIONS="relu silu" by default)
+#   gputests  the kernel tests compiled on the GPU (tests/kernels, dev/kernels)
 # By default the peers run at the micro-batches usually reported as their best (Liger: 16 at
 # 0.1B, 8 at 1.2B; plain: 8 and 4) and ours at 16 / 8. A sweep on an H200 found the peers faster at
 # larger ones (Liger 32 / 16, plain 16 / 4; benchmarks/RESULTS.md §7): PEER_SWEEP="16 32" etc.
@@ -81,6 +84,17 @@ for part in "$@"; do
         timeout 200 python3 benchmarks/profile_step.py --model "$1" --micro-batch "$2" --counters triton $FAST \
             --out "$OUT/profile-$1" 2> "$OUT/profile-$1.txt" | grep '^{' >> "$J"
       done ;;
-    *) echo "mfu_sweep.sh: unknown part '$part' (kernels, ours, liger, plain, counters, ablation, profiles)" >&2; exit 2 ;;
+    fastpath)
+      for model in $SIZES; do
+        for act in ${ACTIVATIONS:-relu silu}; do
+          timeout 240 python3 benchmarks/fast_path_ablation.py --model "$model" --micro-batch "$(mbs "$model")" \
+              --activation "$act" $FAST --workdir "/tmp/fastpath-$model" --out "$J" 2>> "$OUT/errors.txt" \
+              | python3 benchmarks/summarize_fast_path.py
+        done
+      done ;;
+    gputests)
+      timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -p no:cacheprovider tests/kernels dev/kernels \
+          > "$OUT/gpu_tests.txt" 2>&1; tail -3 "$OUT/gpu_tests.txt" ;;
+    *) echo "mfu_sweep.sh: unknown part '$part' (kernels, ours, liger, plain, counters, ablation, profiles, fastpath, gputests)" >&2; exit 2 ;;
   esac
 done

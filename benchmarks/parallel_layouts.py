@@ -7,7 +7,11 @@ weak-scaling efficiency (tokens/s ÷ (GPUs × 1-GPU tokens/s)).
 
 examples:
   python benchmarks/parallel_layouts.py --model 0.4b --layouts 1 dp2 tp2 tp2-sp dp4 tp2xdp2
-  python benchmarks/parallel_layouts.py --data out/corpus_text_document --tokenizer out/tok.model
+  # every speed option on (fused chunked loss, compiled regions, the fast path where allowed)
+  python benchmarks/parallel_layouts.py --model 1.2b --layouts 1 dp2 tp2 tp2-sp pp2 tp2xpp2 --fast
+  # the same code path on the CPU over gloo, tiny (checks the script, measures nothing)
+  python benchmarks/parallel_layouts.py --model tiny --seq 64 --micro-batch 2 --global-batch 4 --steps 3 \
+      --vocab 400 --device cpu --layouts 1 tp2-sp pp2 --fast
 """
 
 from __future__ import annotations
@@ -75,6 +79,16 @@ def prepare_data(workdir: Path, vocab: int) -> tuple[str, str]:
     return str(workdir / "corpus_text_document"), str(workdir / "tok.model")
 
 
+def fast_options(args, layout: dict) -> dict:
+    """--fast: every speed option the layout allows (the fast-path switches are refused under PP)."""
+    if not args.fast:
+        return {}
+    options = {"loss_chunk_tokens": args.loss_chunk_tokens, "compile": True}
+    if layout["pipeline"] == 1:
+        options.update(fused_projections=True, attention_bshd_layout=True, fused_residual_norm=True)
+    return options
+
+
 def run_layout(args, layout: dict, data: str, tokenizer: str, workdir: Path) -> dict:
     run_dir = workdir / layout["name"]
     cfg = {
@@ -94,6 +108,8 @@ def run_layout(args, layout: dict, data: str, tokenizer: str, workdir: Path) -> 
             "eval_interval": 0,
             "seed": 1234,
             "schedule": {"kind": "wsd", "warmup_steps": 5},
+            "device": args.device,
+            **fast_options(args, layout),
         },
         "sparsity": {"counters": True, "histogram_interval": 1000000},
         "checkpoint": {"dir": None},
@@ -112,6 +128,7 @@ def run_layout(args, layout: dict, data: str, tokenizer: str, workdir: Path) -> 
         "micro_batch": args.micro_batch,
         "global_batch": args.global_batch,
         "steps": args.steps,
+        "fast": args.fast,
         "tokens_per_sec": median_after_first(s, tags.PERF_TOKENS_PER_SEC),
         "tflops_per_gpu": median_after_first(s, tags.PERF_TFLOPS_PER_GPU),
         "mfu": median_after_first(s, tags.PERF_MFU) if tags.PERF_MFU in s else None,
@@ -133,6 +150,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--log-interval", type=int, default=1)
     p.add_argument("--vocab", type=int, default=16000, help="tokenizer trained on the bundled corpus")
+    p.add_argument("--fast", action="store_true", help="every speed option on (see fast_options)")
+    p.add_argument("--loss-chunk-tokens", type=int, default=8192, help="with --fast")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="train.device")
     p.add_argument("--workdir", default=None)
     p.add_argument("--out", default=None)
     args = p.parse_args()

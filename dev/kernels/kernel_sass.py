@@ -61,6 +61,7 @@ def compile_forward(activation: str, count: bool, thresholds: bool, row_mask: bo
         "ROW_MASK": "*i32",
         "T": "i32",
         "F": "i32",
+        "STRIDE": "i32",
     }
     constants = forward_kernel_constants(
         activation,

@@ -92,3 +92,25 @@ def gated_activation(
 
         return gated_activation_triton(g, u, activation, counts)
     return gated_activation_reference(g, u, activation, counts)
+
+
+def gated_activation_packed(
+    gu: torch.Tensor,
+    activation: Activation,
+    counts: Optional[CountTarget] = None,
+    impl: KernelImpl = "auto",
+) -> torch.Tensor:
+    """``σ(g) ⊙ u`` for gu [..., 2f] = (g, u) side by side (one fused gate/up projection) -> [..., f].
+
+    The same values, counts and gradients as ``gated_activation(g, u)``; the Triton path reads
+    both halves in place and its backward writes d(gu) in one tensor.
+    """
+    if gu.dim() == 0 or gu.shape[-1] % 2:
+        raise ValueError(f"gu must hold g and u side by side in an even last dimension; got {tuple(gu.shape)}")
+    use_triton = impl == "triton" or (impl == "auto" and triton_kernels_usable(gu, "triton_gated_activation"))
+    if use_triton:
+        from megasparse.kernels.triton_gated_activation_packed import gated_activation_packed_triton
+
+        return gated_activation_packed_triton(gu, activation, counts)
+    g, u = gu.chunk(2, dim=-1)  # [..., f] views each
+    return gated_activation_reference(g, u, activation, counts)

@@ -273,7 +273,8 @@ def _forward(
     counts: Optional[CountTarget],
     config: Optional[ForwardConfig],
 ) -> torch.Tensor:
-    """Launches the forward kernel on contiguous [T, f] views (already checked by the caller)."""
+    """Launches the forward kernel on [T, f] views (already checked by the caller): contiguous, or
+    the two halves of one contiguous [T, 2f] tensor (same row stride, unit column stride)."""
     t, f = g2.shape
     h2 = torch.empty((t, f), dtype=g2.dtype, device=g2.device)  # [T, f]
     count = counts is not None
@@ -312,6 +313,7 @@ def _forward(
         row_mask,
         t,
         f,
+        g2.stride(0),
         **constants,
         num_warps=config.num_warps,
     )
@@ -319,12 +321,21 @@ def _forward(
 
 
 def _backward(
-    dh2: torch.Tensor, g2: torch.Tensor, u2: torch.Tensor, activation: Activation
+    dh2: torch.Tensor,
+    g2: torch.Tensor,
+    u2: torch.Tensor,
+    activation: Activation,
+    out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Launches the backward kernel on contiguous [T, f] views (already checked by the caller)."""
+    """Launches the backward kernel on [T, f] views (already checked by the caller); dh2 is
+    contiguous, g2 and u2 as in ``_forward``. ``out``: (dg2, du2) to write, with g2's row stride
+    (the halves of one [T, 2f] gradient); default new contiguous tensors."""
     t, f = g2.shape
-    dg2 = torch.empty_like(g2)  # [T, f]
-    du2 = torch.empty_like(u2)  # [T, f]
+    if out is None:
+        dg2 = torch.empty((t, f), dtype=g2.dtype, device=g2.device)  # [T, f]
+        du2 = torch.empty((t, f), dtype=u2.dtype, device=u2.device)  # [T, f]
+    else:
+        dg2, du2 = out
     if t == 0 or f == 0:
         return dg2, du2
     block_t, block_f, num_warps = _tile_config(f)
@@ -338,6 +349,7 @@ def _backward(
         du2,
         t,
         f,
+        g2.stride(0),
         ACTIVATION=ACTIVATION_CODES[activation],
         PRECISE=_precise_math(compiled),
         ROUND_DG=not compiled and dg2.dtype == torch.bfloat16,

@@ -214,6 +214,7 @@ def _fwd_row_tile(
     col_ok,
     T,
     F,
+    STRIDE,
     ACTIVATION: tl.constexpr,
     COUNT: tl.constexpr,
     HAS_THRESHOLDS: tl.constexpr,
@@ -227,12 +228,13 @@ def _fwd_row_tile(
     rows = row0 + tl.arange(0, BLOCK_T)  # [BT]
     row_ok = rows < T
     offs = rows.to(tl.int64)[:, None] * F + cols[None, :]  # [BT, BF]; int64: T·F may pass 2³¹
+    offs_in = rows.to(tl.int64)[:, None] * STRIDE + cols[None, :]  # g, u: rows STRIDE apart
     mask = row_ok[:, None] & col_ok[None, :]
-    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(G + offs_in, mask=mask, other=0.0).to(tl.float32)
     # Out-of-range elements get u = NaN, so h = NaN there: never stored, and neither counted as
     # active (g = 0) nor as above threshold (NaN >= thr is false, even for thr <= 0). This saves a
     # per-element row-validity select in the counting path.
-    u = tl.load(U + offs, mask=mask, other=float("nan")).to(tl.float32)
+    u = tl.load(U + offs_in, mask=mask, other=float("nan")).to(tl.float32)
     if ACTIVATION == 0:
         p = tl.maximum(g, 0.0) * u  # [BT, BF] fp32
     else:
@@ -263,8 +265,8 @@ def _fwd_row_tile(
 @triton.jit
 def gated_act_fwd_kernel(
     G,
-    U,
-    H,  # [T, F] each, contiguous
+    U,  # [T, F] each, rows STRIDE elements apart (F, or 2F for the halves of a fused gate/up)
+    H,  # [T, F], contiguous
     ACTIVE,
     ABOVE,
     TOKENS,
@@ -272,6 +274,7 @@ def gated_act_fwd_kernel(
     ROW_MASK,  # [F] int, [F] int, [] int, [F] fp32, [T] int32
     T,
     F,
+    STRIDE,
     ACTIVATION: tl.constexpr,  # 0 = relu, 1 = silu
     COUNT: tl.constexpr,
     HAS_THRESHOLDS: tl.constexpr,
@@ -319,6 +322,7 @@ def gated_act_fwd_kernel(
             col_ok,
             T,
             F,
+            STRIDE,
             ACTIVATION,
             COUNT,
             HAS_THRESHOLDS,
@@ -350,13 +354,14 @@ def gated_act_fwd_kernel(
 
 @triton.jit
 def gated_act_bwd_kernel(
-    DH,
+    DH,  # [T, F], contiguous
     G,
     U,
     DG,
-    DU,  # [T, F] each, contiguous
+    DU,  # [T, F] each, rows STRIDE elements apart (F, or 2F for the halves of a fused gate/up)
     T,
     F,
+    STRIDE,
     ACTIVATION: tl.constexpr,
     PRECISE: tl.constexpr,
     ROUND_DG: tl.constexpr,
@@ -371,10 +376,11 @@ def gated_act_bwd_kernel(
     rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     cols = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
     offs = rows.to(tl.int64)[:, None] * F + cols[None, :]
+    offs_in = rows.to(tl.int64)[:, None] * STRIDE + cols[None, :]
     mask = (rows < T)[:, None] & (cols < F)[None, :]
     dh = tl.load(DH + offs, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
-    u = tl.load(U + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(G + offs_in, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(U + offs_in, mask=mask, other=0.0).to(tl.float32)
     ds = dh * u  # dL/dσ(g)
     if ACTIVATION == 0:
         dg = tl.where(g > 0.0, ds, 0.0)
@@ -387,5 +393,5 @@ def gated_act_bwd_kernel(
         s = _div(g, denom, PRECISE)
         dg = ds * sig * (1.0 + g * (1.0 - sig))
     du = dh * s
-    tl.store(DG + offs, _to_dtype(dg, DG.dtype.element_ty, ROUND_DG), mask=mask)
-    tl.store(DU + offs, _to_dtype(du, DU.dtype.element_ty, ROUND_DU), mask=mask)
+    tl.store(DG + offs_in, _to_dtype(dg, DG.dtype.element_ty, ROUND_DG), mask=mask)
+    tl.store(DU + offs_in, _to_dtype(du, DU.dtype.element_ty, ROUND_DU), mask=mask)

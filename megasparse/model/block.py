@@ -7,11 +7,14 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from megasparse.config import ModelConfig
 from megasparse.model.attention import Attention
-from megasparse.model.layers import LayerFactory
+from megasparse.model.layers import LayerFactory, has_hooks
 from megasparse.model.mlp import MLP
+from megasparse.model.norm import RMSNorm, add_rms_norm
+from megasparse.model.recompute import checkpoint_context_fn
 
 
 class Block(nn.Module):
@@ -29,6 +32,22 @@ class Block(nn.Module):
         self.attn = Attention(config, factory)
         self.mlp_norm = factory.norm(config.hidden_size, config.norm_eps)
         self.mlp = MLP(config, factory, layer_index)
+        # Set by megasparse.model.fast_path: the attention residual update and the MLP's pre-norm
+        # as one function (compile_regions.py compiles it into one kernel). A plain attribute so
+        # that it can be swapped for the compiled copy.
+        self.fused_residual_norm = False
+        self.add_rms_norm = add_rms_norm
+        # Selective activation checkpointing, set by the model that holds the block: "attention"
+        # or "mlp" recomputes that branch in backward ("full", the whole block, is done outside).
+        self.recompute = "none"
+
+    def _branch(self, part: str, fn, *args: torch.Tensor) -> torch.Tensor:
+        if self.recompute == part and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False, context_fn=checkpoint_context_fn)
+        return fn(*args)
+
+    def _attention_branch(self, x, cos, sin, attention_mask):
+        return self.attn(self.attn_norm(x), cos, sin, attention_mask)
 
     def forward(
         self,
@@ -37,6 +56,13 @@ class Block(nn.Module):
         sin: torch.Tensor,  # [b or 1, s, hd]
         attention_mask: Optional[torch.Tensor] = None,  # bool [b, 1, s, s]
     ) -> torch.Tensor:
-        x = x + self.residual_scale * self.attn(self.attn_norm(x), cos, sin, attention_mask)
-        x = x + self.residual_scale * self.mlp(self.mlp_norm(x))
+        branch = self._branch("attention", self._attention_branch, x, cos, sin, attention_mask)  # [b, s, d]
+        norm = self.mlp_norm
+        if self.fused_residual_norm and isinstance(norm, RMSNorm) and not has_hooks(norm):
+            # norm_weight(): under SP the weight's collective runs here, outside the fused function.
+            x, normed = self.add_rms_norm(x, branch, self.residual_scale, norm.norm_weight(), norm.eps)
+        else:
+            x = x + self.residual_scale * branch
+            normed = norm(x)
+        x = x + self.residual_scale * self._branch("mlp", self.mlp, normed)
         return x  # [b, s, d]

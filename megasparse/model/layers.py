@@ -80,7 +80,13 @@ class LayerFactory:
 
     def tied_head(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Logits of the tied head: hidden [b, s, d] @ weightᵀ ([V, d]) -> [b, s, V]."""
-        return F.linear(hidden, weight)
+        return F.linear(self.head_input(hidden), weight)
+
+    def head_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The final hidden state as the output head needs it on this rank: [b, s, d] (here as is;
+        a tensor-parallel factory gathers the sequence shards, and its backward sums the ranks'
+        partial gradients)."""
+        return hidden
 
 
 LOCAL_LAYERS = LayerFactory()
@@ -93,3 +99,25 @@ def apply_parameter_tags(model: nn.Module) -> None:
             param = getattr(module, param_name)
             for key, value in attributes.items():
                 setattr(param, key, value)
+
+
+def has_hooks(module: nn.Module) -> bool:
+    """True if anything hooks ``module``'s forward (measurement probes, ZeRO-3's parameter
+    gathering): a fused path that bypasses the module's own forward must then step aside."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def fused_column_linear(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> torch.Tensor:
+    """Several column projections of one input as one GEMM: x [.., d] -> [.., Σ out_i].
+
+    The weights are concatenated per call ([Σ out_i, d]: far smaller than the activations, so
+    the copy is cheap) and the parameters stay separate, with their names, shapes and
+    tensor-parallel slices. A tensor-parallel layer's ``enter_column_region`` (all-gather of the
+    sequence, or the identity whose backward all-reduces) runs once for all of them.
+    """
+    enter = getattr(layers[0], "enter_column_region", None)
+    if enter is not None:
+        x = enter(x)
+    biases = [getattr(layer, "bias", None) for layer in layers]
+    bias = None if all(b is None for b in biases) else torch.cat(biases)  # all or none (q/k/v alike)
+    return F.linear(x, torch.cat([layer.weight for layer in layers]), bias)

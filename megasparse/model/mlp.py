@@ -27,8 +27,9 @@ from megasparse.kernels.gated_activation import (
     activation_fn,
     count_activations_reference,
     gated_activation,
+    gated_activation_packed,
 )
-from megasparse.model.layers import LayerFactory
+from megasparse.model.layers import LayerFactory, fused_column_linear, has_hooks
 
 
 class CountSlot(Protocol):
@@ -52,9 +53,17 @@ class MLP(nn.Module):
         self.down_proj = factory.row(f, d)
         self.count_slot: Optional[CountSlot] = None
         self.counter_impl: KernelImpl = "auto"
+        # Set by megasparse.model.fast_path: gate and up as one GEMM over the concatenated
+        # weights, the activation reading both halves of its output in place (same function).
+        self.fused_projections = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [b, s, d] -> [b, s, d]
-        if self.gated:
+        if self.gated and self.fused_projections and not (has_hooks(self.gate_proj) or has_hooks(self.up_proj)):
+            gu = fused_column_linear(x, (self.gate_proj, self.up_proj))  # [b, s, 2f]
+            h_shape = gu.shape[:-1] + (gu.shape[-1] // 2,)
+            counts = self.count_slot.target(h_shape) if self.count_slot is not None else None
+            h = gated_activation_packed(gu, self.activation, counts=counts, impl=self.counter_impl)
+        elif self.gated:
             g = self.gate_proj(x)  # [b, s, f]
             u = self.up_proj(x)  # [b, s, f]
             counts = self.count_slot.target(g.shape) if self.count_slot is not None else None

@@ -29,7 +29,24 @@ class RMSNorm(nn.Module):
         self.norm_fn = rms_norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., d] -> [..., d]
-        return self.norm_fn(x, self.weight, self.eps)
+        return self.norm_fn(x, self.norm_weight(), self.eps)
+
+    def norm_weight(self) -> torch.Tensor:
+        """The weight as the norm function takes it (a subclass may route it through a
+        collective first, which then stays outside any compiled norm function)."""
+        return self.weight
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+def add_rms_norm(
+    x: torch.Tensor, branch: torch.Tensor, scale: float, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual update and the next pre-norm together: (x + scale·branch, rms_norm of it).
+
+    x, branch: [..., d]. One function so that compiled it reads x and the branch once and writes
+    the new residual stream and the normed value in one kernel (and one kernel in backward).
+    """
+    x = x + scale * branch
+    return x, rms_norm(x, weight, eps)

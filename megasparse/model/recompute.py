@@ -35,6 +35,17 @@ def recompute_context() -> Iterator[None]:
         _in_recompute = previous
 
 
+def recompute_mode(setting) -> str:
+    """``train.activation_checkpointing`` (False/True or a mode) -> "none", "attention", "mlp" or "full"."""
+    if setting is True:
+        return "full"
+    if setting is False or setting is None:
+        return "none"
+    if setting not in ("attention", "mlp", "full", "none"):
+        raise ValueError(f"activation checkpointing {setting!r}: expected true/false, 'attention', 'mlp' or 'full'")
+    return setting
+
+
 def checkpoint_context_fn():
     """``context_fn`` for ``torch.utils.checkpoint.checkpoint``: (forward ctx, recompute ctx)."""
     return nullcontext(), recompute_context()

@@ -38,3 +38,23 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """Rotates queries or keys. x: [b, heads, s, hd]; cos, sin: [b, s, hd]."""
     cos, sin = cos[:, None], sin[:, None]  # [b, 1, s, hd], broadcast over heads
     return x * cos + rotate_half(x) * sin
+
+
+def apply_rotary_bshd(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The same rotation on the projection's own layout. x: [b, s, heads, hd]; cos, sin: [b, s, hd].
+
+    Rotating q and k before any transpose lets SDPA take [b, heads, s, hd] *views* of [b, s, heads,
+    hd] tensors, and its output viewed back is already [b, s, heads·hd]: no transposing copies.
+    """
+    cos, sin = cos[:, :, None], sin[:, :, None]  # [b, s, 1, hd], broadcast over heads
+    return x * cos + rotate_half(x) * sin
+
+
+def split_qkv_rotary(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One fused q/k/v projection's output [b, s, 3, heads, hd] -> rotated q, rotated k and v,
+    each [b, s, heads, hd]. One function, so that compiled it is one kernel forward and one
+    backward writing d(qkv) whole (no concatenation of three gradients)."""
+    q, k, v = qkv.unbind(2)
+    return apply_rotary_bshd(q, cos, sin), apply_rotary_bshd(k, cos, sin), v.contiguous()

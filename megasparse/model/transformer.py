@@ -33,7 +33,7 @@ from megasparse.model.documents import document_causal_mask, document_ids, docum
 from megasparse.model.init import init_parameters
 from megasparse.model.layers import LOCAL_LAYERS, LayerFactory
 from megasparse.model.mlp import MLP
-from megasparse.model.recompute import checkpoint_context_fn
+from megasparse.model.recompute import checkpoint_context_fn, recompute_mode
 from megasparse.model.roles import ROLE_ATTRIBUTE
 from megasparse.model.rotary import rotary_cos_sin
 
@@ -122,7 +122,8 @@ class Transformer(nn.Module):
         device: where parameters live; ``"meta"`` builds shapes only (no memory, no init).
         eod_token_id: the end-of-document token; required when
             ``config.attention_within_document`` is on, to find document boundaries.
-        activation_checkpointing: recompute each block in backward instead of storing it.
+        activation_checkpointing: recompute in backward instead of storing: True or "full" each
+            whole block, "attention" or "mlp" only that branch of every block (see recompute.py).
         layer_factory: builds the linear/embedding layers (a tensor-parallel factory goes here).
     """
 
@@ -133,7 +134,7 @@ class Transformer(nn.Module):
         seed: int = 0,
         device: Union[str, torch.device, None] = None,
         eod_token_id: Optional[int] = None,
-        activation_checkpointing: bool = False,
+        activation_checkpointing: Union[bool, str] = False,
         layer_factory: LayerFactory = LOCAL_LAYERS,
     ) -> None:
         super().__init__()
@@ -143,7 +144,6 @@ class Transformer(nn.Module):
             raise ValueError("model.attention_within_document needs eod_token_id (the tokenizer's EOD)")
         self.config = config
         self.eod_token_id = eod_token_id
-        self.activation_checkpointing = activation_checkpointing
         self.layer_factory = layer_factory
         # Padded to a multiple of pad_vocab_to_multiple_of × TP, so every TP rank gets equal rows.
         self.vocab_size = config.padded_vocab_size(layer_factory.tensor_parallel_size)
@@ -161,6 +161,7 @@ class Transformer(nn.Module):
         setattr(self.embed, ROLE_ATTRIBUTE, "embedding")
         if self.lm_head is not None:
             setattr(self.lm_head, ROLE_ATTRIBUTE, "head")
+        self.enable_activation_checkpointing(activation_checkpointing)
         if device.type != "meta":
             self.to_empty(device=device)
             self.reset_parameters(seed)
@@ -170,9 +171,13 @@ class Transformer(nn.Module):
         """(Re-)initialises all parameters from ``seed`` — same seed, same model."""
         init_parameters(self, self.config, seed)
 
-    def enable_activation_checkpointing(self, enabled: bool = True) -> None:
-        """Recompute each block during backward (only when grad is enabled; see recompute.py)."""
-        self.activation_checkpointing = enabled
+    def enable_activation_checkpointing(self, enabled: Union[bool, str] = True) -> None:
+        """Recompute during backward (only when grad is enabled; see recompute.py): True or "full"
+        each whole block, "attention" / "mlp" that branch of every block, False nothing."""
+        self.recompute = recompute_mode(enabled)
+        self.activation_checkpointing = self.recompute == "full"
+        for block in self.layers:
+            block.recompute = self.recompute
 
     def mlps(self) -> list[MLP]:
         """The MLP of every block, in layer order (where count slots are plugged in)."""

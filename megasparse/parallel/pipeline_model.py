@@ -7,6 +7,9 @@ The decoder becomes a flat list of layer specs that DeepSpeed splits into stages
     L+1      FinalNormPipe            final RMSNorm (+ the untied head, when there is one)
     L+2      EmbeddingPipe.tied_logits  (h / scale_width) @ Embᵀ                (tied key "embed")
 
+With ``train.loss_chunk_tokens`` the last two pass the final-normed hidden state on and the loss
+(megasparse/parallel/pipeline_loss.py) applies the head chunk by chunk: no full logits.
+
 Each piece calls the plain model's own functions (``embed_tokens``, ``block_inputs``,
 ``scaled_logits`` of megasparse/model/transformer.py), so the µP scalings, the positions and
 the document mask are defined once for every layout; this file holds only DeepSpeed's plumbing.
@@ -42,10 +45,10 @@ from megasparse.config import ConfigError, ModelConfig
 from megasparse.model.block import Block
 from megasparse.model.init import init_parameters
 from megasparse.model.layers import LayerFactory
-from megasparse.model.recompute import checkpoint_context_fn
+from megasparse.model.recompute import checkpoint_context_fn, recompute_mode
 from megasparse.model.roles import ROLE_ATTRIBUTE
 from megasparse.model.transformer import block_inputs, embed_tokens, scaled_logits
-from megasparse.parallel.cross_entropy import mean_cross_entropy
+from megasparse.parallel.pipeline_loss import ChunkedNextTokenLoss, NextTokenLoss, last_stage_head_weight
 from megasparse.parallel.tensor_parallel import tensor_parallel_layer_factory
 
 if TYPE_CHECKING:
@@ -127,6 +130,10 @@ class EmbeddingPipe(nn.Module):
         """Final-normed hidden [b, s, d] -> logits [b, s, V] ([b, s, V/tp] under TP)."""
         return scaled_logits(hidden, self.config, tied_weight=self.embed.weight, factory=self.factory)
 
+    def tied_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The chunked loss's last layer: the hidden state passes on; the loss applies the head."""
+        return hidden
+
 
 class TransformerBlockPipe(Block):
     """One :class:`Block` that takes and returns the pipeline activation (see module docstring).
@@ -156,13 +163,16 @@ class TransformerBlockPipe(Block):
 class FinalNormPipe(nn.Module):
     """The final RMSNorm (``final_norm.weight``), plus the untied head (``lm_head.weight``) if any.
 
-    Returns the normed hidden [b, s, d] when the head is tied (the tied layer follows), else the
-    logits [b, s, V] ([b, s, V/tp] under TP).
+    Returns the normed hidden [b, s, d] when the head is tied (the tied layer follows) or when the
+    loss runs the head itself (``head_in_loss``: the chunked loss), else the logits [b, s, V]
+    ([b, s, V/tp] under TP).
     """
 
-    def __init__(self, config: ModelConfig, factory: LayerFactory, *, seed: int, device: Device) -> None:
+    def __init__(
+        self, config: ModelConfig, factory: LayerFactory, *, seed: int, device: Device, head_in_loss: bool = False
+    ) -> None:
         super().__init__()
-        self.config = config
+        self.config, self.head_in_loss = config, head_in_loss
         with torch.device("meta"):
             self.final_norm = factory.norm(config.hidden_size, config.norm_eps)
             self.lm_head = None
@@ -176,23 +186,9 @@ class FinalNormPipe(nn.Module):
     def forward(self, inputs: StageIO) -> torch.Tensor:
         hidden, _ = _split(inputs)
         hidden = self.final_norm(hidden)
-        if self.lm_head is None:
+        if self.lm_head is None or self.head_in_loss:
             return hidden
         return scaled_logits(hidden, self.config, lm_head=self.lm_head)
-
-
-class NextTokenLoss:
-    """``loss_fn(logits, labels)`` of the pipeline: mean next-token cross-entropy, fp32.
-
-    With TP the logits are this rank's vocabulary shard and the vocab-parallel cross-entropy is
-    used; without, the same computation as ``CausalLMLoss``.
-    """
-
-    def __init__(self, tp_group=None) -> None:
-        self.tp_group = tp_group
-
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return mean_cross_entropy(logits, labels, self.tp_group)
 
 
 def recompute_in_backward(function, *args):
@@ -207,9 +203,16 @@ def recompute_in_backward(function, *args):
 
 
 def layer_specs(
-    config: ModelConfig, factory: LayerFactory, *, seed: int, device: Device, eod_token_id: Optional[int] = None
+    config: ModelConfig,
+    factory: LayerFactory,
+    *,
+    seed: int,
+    device: Device,
+    eod_token_id: Optional[int] = None,
+    head_in_loss: bool = False,
 ) -> list:
-    """The decoder as DeepSpeed layer specs (order in the module docstring)."""
+    """The decoder as DeepSpeed layer specs (order in the module docstring). ``head_in_loss``: the
+    last layer returns the final hidden state and the loss applies the head (the chunked loss)."""
     from deepspeed.pipe import LayerSpec, TiedLayerSpec
 
     if config.attention_within_document and eod_token_id is None:
@@ -229,7 +232,7 @@ def layer_specs(
         first = LayerSpec(EmbeddingPipe, config, factory, eod_token_id, **common)
     specs = [first]
     specs += [LayerSpec(TransformerBlockPipe, config, factory, i, **common) for i in range(config.num_layers)]
-    specs.append(LayerSpec(FinalNormPipe, config, factory, **common))
+    specs.append(LayerSpec(FinalNormPipe, config, factory, head_in_loss=head_in_loss, **common))
     if config.tie_embeddings:
         specs.append(
             TiedLayerSpec(
@@ -238,7 +241,7 @@ def layer_specs(
                 config,
                 factory,
                 eod_token_id,
-                forward_fn=EmbeddingPipe.tied_logits,
+                forward_fn=EmbeddingPipe.tied_hidden if head_in_loss else EmbeddingPipe.tied_logits,
                 tied_weight_attr=["embed.weight"],
                 **common,
             )
@@ -289,14 +292,16 @@ def build_pipeline_module(
     *,
     device: Device,
     eod_token_id: Optional[int] = None,
-    activation_checkpointing: Optional[bool] = None,
+    activation_checkpointing: Union[bool, str, None] = None,
 ):
     """This rank's stage of the model as a DeepSpeed ``PipelineModule`` (collective: every rank calls it).
 
     ``cfg.model`` with a resolved ``vocab_size``; ``cfg.train.seed`` initialises (same model as
     the plain Transformer); ``cfg.parallel.pipeline_partition`` splits the layers;
-    ``activation_checkpointing`` (default ``cfg.train.activation_checkpointing``) recomputes
-    each block in backward. Pass the module to ``deepspeed.initialize(model=...)`` without
+    ``activation_checkpointing`` (default ``cfg.train.activation_checkpointing``): True or "full"
+    recomputes each block in backward (DeepSpeed's checkpoint interval 1, with our recompute
+    flag); "attention" / "mlp" only that branch of every block (the block does it itself).
+    Pass the module to ``deepspeed.initialize(model=...)`` without
     ``mpu``: the engine takes the grid from the module (same rank order as ``groups``).
     """
     model_cfg = cfg.model
@@ -304,19 +309,30 @@ def build_pipeline_module(
         raise ValueError("model.vocab_size is not set; resolve it from the tokenizer first")
     if activation_checkpointing is None:
         activation_checkpointing = cfg.train.activation_checkpointing
+    mode = recompute_mode(activation_checkpointing)
     factory = tensor_parallel_layer_factory(groups, cfg.parallel.sequence_parallel)
-    specs = layer_specs(model_cfg, factory, seed=cfg.train.seed, device=device, eod_token_id=eod_token_id)
+    chunk = cfg.train.loss_chunk_tokens
+    specs = layer_specs(
+        model_cfg, factory, seed=cfg.train.seed, device=device, eod_token_id=eod_token_id, head_in_loss=chunk > 0
+    )
+    tp_group = groups.tp_group if groups.tp_size > 1 else None
+    loss_fn = ChunkedNextTokenLoss(model_cfg, factory, chunk, tp_group) if chunk else NextTokenLoss(tp_group)
     module_class = _pipeline_module_class()
     module = module_class(
         layers=specs,
         topology=groups.deepspeed_topology(),
-        loss_fn=NextTokenLoss(groups.tp_group if groups.tp_size > 1 else None),
+        loss_fn=loss_fn,
         partition_method=partition_method(cfg.parallel.pipeline_partition),
-        activation_checkpoint_interval=1 if activation_checkpointing else 0,
+        activation_checkpoint_interval=1 if mode == "full" else 0,
         activation_checkpoint_func=recompute_in_backward,
         checkpointable_layers=[BLOCK_CLASS_NAME],
     )
     _check_every_stage_has_blocks(module, groups, cfg.parallel.pipeline_partition, device)
+    for block in module.modules():
+        if isinstance(block, Block) and mode in ("attention", "mlp"):
+            block.recompute = mode
+    if chunk:
+        loss_fn.bind(last_stage_head_weight(module, FinalNormPipe, TIED_EMBEDDING_KEY))
     return module
 
 

@@ -92,8 +92,11 @@ class ColumnParallelLinear(nn.Module):
             _add_sharded_weight(self, (out_features,), 0, group, name="bias")  # bias [out/tp]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _enter_column_region(x, self.group, self.sequence_parallel)  # [b, s, in]
-        return F.linear(x, self.weight, self.bias)  # [b, s, out/tp]
+        return F.linear(self.enter_column_region(x), self.weight, self.bias)  # [b, s, out/tp]
+
+    def enter_column_region(self, x: torch.Tensor) -> torch.Tensor:
+        """[b, s, in] ([b, s/tp, in] under SP) -> [b, s, in] (also for fused projections)."""
+        return _enter_column_region(x, self.group, self.sequence_parallel)
 
     def extra_repr(self) -> str:
         return (
@@ -173,11 +176,11 @@ class SequenceParallelRMSNorm(RMSNorm):
         setattr(self, PARAMETER_TAGS, {"weight": {"sequence_parallel": True}})
         apply_parameter_tags(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [b, s/tp, d] -> [b, s/tp, d]
-        x32 = x.to(torch.promote_types(x.dtype, torch.float32))
-        inv_rms = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        weight = copy_to_tensor_parallel_region(self.weight, self.group)
-        return weight * (x32 * inv_rms).to(x.dtype)
+    def norm_weight(self) -> torch.Tensor:
+        """The weight through ``copy_to_tensor_parallel_region``: its gradient is all-reduced. The
+        norm itself ([b, s/tp, d] -> [b, s/tp, d]) is the plain ``norm_fn``, compiled or not; the
+        collective stays outside it."""
+        return copy_to_tensor_parallel_region(self.weight, self.group)
 
 
 @dataclass(frozen=True, eq=False)
@@ -211,8 +214,12 @@ class TensorParallelLayerFactory(LayerFactory):
 
     def tied_head(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """hidden [b, s, d] ([b, s/tp, d] under SP) @ embedding shard [V/tp, d]ᵀ -> [b, s, V/tp]."""
-        hidden = _enter_column_region(hidden, self.group, self.sequence_parallel)  # [b, s, d]
-        return F.linear(hidden, weight)
+        return F.linear(self.head_input(hidden), weight)
+
+    def head_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[b, s, d] ([b, s/tp, d] under SP) -> the whole [b, s, d] on every TP rank; backward sums
+        the ranks' partial gradients (all-reduce, or reduce-scatter under SP)."""
+        return _enter_column_region(hidden, self.group, self.sequence_parallel)
 
 
 def tensor_parallel_layer_factory(groups_or_group, sequence_parallel: bool = False) -> LayerFactory:

@@ -13,6 +13,7 @@ from pathlib import Path
 from megasparse.config import ConfigError, RunConfig
 from megasparse.data.indexed_dataset import dataset_exists
 from megasparse.data.loader import parse_blend
+from megasparse.model.recompute import recompute_mode
 from megasparse.training import console
 from megasparse.training.memory_estimate import activation_bytes, memory_table
 
@@ -76,7 +77,8 @@ def dry_run(cfg: RunConfig, world: int) -> list[str]:
         )
     loss = f"loss in chunks of {cfg.train.loss_chunk_tokens} tokens" if cfg.train.loss_chunk_tokens else "full logits"
     kernels = ("compiled" if cfg.train.compile else "eager") + " norms, " + ("Triton" if triton else "PyTorch") + " MLP"
-    recompute = ", activation checkpointing" if cfg.train.activation_checkpointing else ""
+    mode = recompute_mode(cfg.train.activation_checkpointing)
+    recompute = "" if mode == "none" else f", activation checkpointing ({mode})"
     lines += [
         f"  activations: micro-batch {cfg.train.micro_batch_size} × {cfg.data.seq_length} tokens, {acts.layers} "
         f"layers, micro-batches in flight {acts.micro_batches_in_flight}; {loss}; {kernels}{recompute}",

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from megasparse.kernels.linear_cross_entropy import linear_cross_entropy
+from megasparse.parallel.chunked_cross_entropy import vocab_parallel_linear_cross_entropy
 from megasparse.parallel.cross_entropy import mean_cross_entropy
 
 
@@ -18,18 +18,16 @@ class CausalLMLoss(nn.Module):
     With tensor parallelism the model's logits are this rank's vocabulary shard [b, s, V/tp];
     the vocab-parallel cross-entropy then never gathers the full logits.
 
-    Without it, ``chunk_tokens > 0`` runs the output head and the loss together
-    ``chunk_tokens`` tokens at a time (megasparse/kernels/linear_cross_entropy.py), so the full
-    fp32 logits [b·s, V] never exist; 0 computes all logits and then the loss.
+    ``chunk_tokens > 0`` runs the output head and the loss together ``chunk_tokens`` tokens at
+    a time, so the full fp32 logits [b·s, V] never exist (megasparse/kernels/linear_cross_entropy.py
+    on one rank; under TP megasparse/parallel/chunked_cross_entropy.py, where each rank holds
+    only [chunk, V/tp] logits); 0 computes all logits and then the loss.
     """
 
     def __init__(self, model: nn.Module, tp_group: Optional[dist.ProcessGroup] = None, chunk_tokens: int = 0):
         super().__init__()
         if chunk_tokens < 0:
             raise ValueError(f"chunk_tokens must be >= 0 (got {chunk_tokens})")
-        if chunk_tokens and tp_group is not None:
-            # The vocab-parallel path already avoids the full logits; the chunked head is local-only.
-            raise ValueError("the chunked loss (train.loss_chunk_tokens > 0) does not support tensor parallelism")
         self.model = model
         self.tp_group = tp_group
         self.chunk_tokens = chunk_tokens
@@ -37,12 +35,14 @@ class CausalLMLoss(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         inputs, labels = tokens[:, :-1], tokens[:, 1:]  # [b, s] each
         if self.chunk_tokens:
-            hidden = self.model.forward_hidden(inputs)  # [b, s, d]
+            hidden = self.model.forward_hidden(inputs)  # [b, s, d] ([b, s/tp, d] under SP)
+            hidden = self.model.layer_factory.head_input(hidden)  # [b, s, d] on every TP rank
             # µP's logits = (h / scale_width) @ Embᵀ, as Transformer.logits.
-            return linear_cross_entropy(
+            return vocab_parallel_linear_cross_entropy(
                 hidden.reshape(-1, hidden.shape[-1]),
                 self.model.head_weight,
                 labels.reshape(-1),
+                self.tp_group,
                 scale=1.0 / self.model.config.scale_width,
                 chunk_tokens=self.chunk_tokens,
             )

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from megasparse.config import RunConfig
+from megasparse.model.recompute import recompute_mode
 
 ZERO_STAGES = (0, 1, 2, 3)
 
@@ -122,7 +123,8 @@ def activation_bytes(cfg: RunConfig, world: int, bf16: bool, triton_mlp: bool) -
     tokens = cfg.train.micro_batch_size * cfg.data.seq_length  # per micro-batch
     layers = math.ceil(m.num_layers / pp)
     per_layer = layer_activation_bytes_per_token(cfg, bf16, triton_mlp)
-    if cfg.train.activation_checkpointing:
+    # Selective recomputation ("attention" / "mlp") is estimated as none: an upper bound.
+    if recompute_mode(cfg.train.activation_checkpointing) == "full":
         kept = tokens * (layers * e * m.hidden_size + per_layer)  # block inputs + one block recomputed
     else:
         kept = tokens * layers * per_layer

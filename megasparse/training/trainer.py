@@ -27,6 +27,7 @@ from megasparse.config import ConfigError, RunConfig
 from megasparse.data.loader import MicroBatchLoader, build_datasets
 from megasparse.data.tokenizer import Tokenizer, load_tokenizer
 from megasparse.model.compile_regions import compile_regions
+from megasparse.model.fast_path import apply_fast_path
 from megasparse.model.flops import flops_per_token
 from megasparse.model.mup import GROUP_NAMES, mup_param_groups
 from megasparse.model.transformer import Transformer
@@ -175,6 +176,15 @@ class Trainer:
             mlp.counter_impl = cfg.sparsity.counter_impl
         attach_counters(self.model, self.counters if cfg.sparsity.counters else None)
         self.counter_groups = counter_groups(self.groups)
+        t = cfg.train
+        fast = apply_fast_path(
+            self.model,
+            fused_projections=t.fused_projections,
+            bshd_layout=t.attention_bshd_layout,
+            fused_residual_norm=t.fused_residual_norm,
+        )
+        if any(fast.values()):
+            self.log.line(f"fast path: {fast['attention']} attention, {fast['mlp']} MLP, {fast['block']} residual+norm")
         if cfg.train.compile:
             compiled = compile_regions(self.model)
             self.log.line(f"compiled regions: {compiled['rms_norm']} RMSNorm, {compiled['rotary']} rotary")

@@ -525,3 +525,40 @@ def test_gpu_fast_silu_without_its_fixup_differs():
     )
     h = gated_activation_forward(g, u, "silu", None, config)
     assert int((~_bitwise_or_both_nan(h, gated_activation_reference(g, u, "silu"))).sum()) > 0
+
+
+def _packed_equals_separate(shape, dtype, activation: str, seed: int) -> None:
+    """gated_activation_packed on gu = (g, u) side by side: the same h, counts and gradients
+    (d(gu) = (dg, du)) bit for bit as the two-tensor kernel, the launches being the same code."""
+    from megasparse.kernels.gated_activation import gated_activation_packed
+
+    g, u = _inputs(shape, dtype, seed)
+    gu = torch.cat([g, u], dim=-1).requires_grad_()
+    g, u = g.clone().requires_grad_(), u.clone().requires_grad_()
+    f, t = shape[-1], g.numel() // shape[-1]
+    thresholds = torch.rand(f, generator=torch.Generator().manual_seed(seed)).to(DEVICE) * 0.5
+    mask = (torch.arange(t, device=DEVICE) % 3) != 0
+    separate, packed = (_count_target(f, t, thresholds, mask) for _ in range(2))
+    h = gated_activation(g, u, activation, separate, impl="triton")
+    h_packed = gated_activation_packed(gu, activation, packed, impl="triton")
+    assert torch.equal(h_packed, h)
+    for name in ("active", "above_threshold", "tokens"):
+        assert torch.equal(getattr(packed, name), getattr(separate, name)), name
+    assert int(separate.active.sum()) > 0 and int(separate.above_threshold.sum()) > 0
+    dh = torch.randn(h.shape, generator=torch.Generator().manual_seed(seed + 2)).to(dtype).to(DEVICE)
+    (h * dh).sum().backward()
+    (h_packed * dh).sum().backward()
+    assert torch.equal(gu.grad, torch.cat([g.grad, u.grad], dim=-1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_packed_gate_up_equals_separate_tensors(dtype, activation):
+    _packed_equals_separate((3, 7, 80), dtype, activation, seed=_seed("packed", dtype, activation))
+
+
+@gpu
+@needs_compiled_gpu
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_gpu_packed_gate_up_at_training_shape(activation):
+    _packed_equals_separate((2, 4096, 1920), torch.bfloat16, activation, seed=21)

@@ -35,3 +35,17 @@ def test_biases_start_at_zero_train_at_the_unscaled_rate_and_change_the_output()
     with torch.no_grad():
         model.layers[0].attn.v_proj.bias.fill_(0.5)
     assert not torch.allclose(before, model(tokens))
+
+
+def test_fused_projections_keep_the_biases():
+    from megasparse.model.fast_path import apply_fast_path
+
+    model = Transformer(_config(attention_bias=True), seed=0)
+    with torch.no_grad():  # non-zero biases on random data, so that dropping one shows
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(generator=torch.Generator().manual_seed(len(name)))
+    tokens = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1))
+    plain = model(tokens)
+    assert apply_fast_path(model, fused_projections=True, bshd_layout=False, fused_residual_norm=False)["attention"]
+    torch.testing.assert_close(model(tokens), plain, rtol=1e-5, atol=1e-5)

@@ -48,11 +48,12 @@ def loss_and_grads(model: Transformer, tokens: torch.Tensor):
 
 
 @pytest.mark.parametrize("activation", ["relu", "silu"])
-def test_checkpointing_gives_identical_loss_and_gradients(make_config, activation):
+@pytest.mark.parametrize("mode", [True, "attention", "mlp"])
+def test_checkpointing_gives_identical_loss_and_gradients(make_config, activation, mode):
     config = make_config(activation=activation)
     tokens = torch.randint(0, 100, (2, 17))
     plain = Transformer(config, seed=1)
-    checkpointed = Transformer(config, seed=1, activation_checkpointing=True)
+    checkpointed = Transformer(config, seed=1, activation_checkpointing=mode)
     loss_a, grads_a = loss_and_grads(plain, tokens)
     loss_b, grads_b = loss_and_grads(checkpointed, tokens)
     torch.testing.assert_close(loss_a, loss_b, rtol=0, atol=0)
@@ -60,17 +61,22 @@ def test_checkpointing_gives_identical_loss_and_gradients(make_config, activatio
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=0, atol=0, msg=name)
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("checkpointing", [False, True, "full", "attention", "mlp"])
 def test_each_mlp_counts_exactly_once_per_step(make_config, checkpointing):
     model = Transformer(make_config(num_layers=3), seed=2)
     model.enable_activation_checkpointing(checkpointing)
     slots = attach_slots(model)
+    attention_runs = []
+    model.layers[1].attn.register_forward_pre_hook(lambda *_: attention_runs.append(in_recompute()))
     tokens = torch.randint(0, 100, (2, 9))
     loss_and_grads(model, tokens)
     assert not in_recompute()
+    recomputes_mlp = checkpointing in (True, "full", "mlp")  # "attention" leaves the MLP stored
+    recomputes_attention = checkpointing in (True, "full", "attention")
+    assert attention_runs == [False, True] if recomputes_attention else [False], attention_runs
     for slot in slots:
         assert slot.counted_calls == 1
-        assert slot.recompute_calls == (1 if checkpointing else 0)
+        assert slot.recompute_calls == (1 if recomputes_mlp else 0)
         assert slot.target_.tokens.item() == 2 * 8
 
 

@@ -290,6 +290,31 @@ class Checks:
         losses += [(steps.train_step(), reference.step()) for _ in range(2)]
         assert_losses_close(losses, "activation checkpointing")
 
+    def check_chunked_loss_matches_plain_model(self) -> None:
+        """train.loss_chunk_tokens on the last stage (ragged chunks), tied and untied head: the
+        plain model's full-logits losses, training and evaluation."""
+        for tie in (True, False):
+            cfg = run_config(tie_embeddings=tie)
+            cfg.train.loss_chunk_tokens = 7  # a micro-batch holds 2 × 16 tokens: chunks 7, 7, 7, 7, 4
+            samples = token_samples(16, with_eod=False)
+            # With selective recomputation of attention: counts once, same losses.
+            module, engine = pipeline_engine(cfg, self.g, activation_checkpointing="attention")
+            counters = ActivationCounters(stage_layer_ids(module), MODEL["ffn_size"])
+            attach_counters(module, counters)
+            reference = Reference(cfg, samples)
+            ref_counters = ActivationCounters(range(MODEL["num_layers"]), MODEL["ffn_size"])
+            attach_counters(reference.model, ref_counters)
+            steps = PipelineSteps(engine, loader(samples), cfg.grad_accumulation_steps(WORLD))
+            losses = [(steps.train_step(), reference.step())]
+            # First-step counts (later steps' weights differ by round-off, so may counts).
+            assert_counts_equal_plain(self.g, counters, ref_counters, f"chunked loss tie={tie}")
+            attach_counters(module, None)
+            attach_counters(reference.model, None)
+            losses += [(steps.train_step(), reference.step()) for _ in range(2)]
+            assert_losses_close(losses, f"chunked loss tie={tie}")
+            valid = token_samples(8, with_eod=False)[::-1]
+            close(steps.eval_loss(loader(valid), 2), reference.eval_loss(valid, 2), 1e-4, f"eval tie={tie}")
+
     def check_live_calibration_matches_plain_model(self) -> None:
         """Within-document attention: (hidden, document ids) tuples cross the stage boundary."""
         compare_live_calibration(run_config(attention_within_document=True), self.g, p=1.0)
@@ -302,9 +327,18 @@ class TensorPipelineChecks:
         self.g = groups
 
     def check_tp_pp_sequence_parallel_matches_plain_model(self) -> None:
+        self._tp_pp_sequence_parallel(chunk_tokens=0)
+
+    def check_tp_pp_chunked_loss_matches_plain_model(self) -> None:
+        """The chunked loss with the vocabulary-parallel head on the last stage, under SP."""
+        self._tp_pp_sequence_parallel(chunk_tokens=5)
+
+    def _tp_pp_sequence_parallel(self, chunk_tokens: int) -> None:
+        """With the chunked loss also selective recomputation of the MLP."""
         cfg = run_config(tensor=2, sequence_parallel=True, lr=0.001)
+        cfg.train.loss_chunk_tokens = chunk_tokens
         samples = token_samples(32, with_eod=False)
-        module, engine = pipeline_engine(cfg, self.g, activation_checkpointing=True)
+        module, engine = pipeline_engine(cfg, self.g, activation_checkpointing=True if not chunk_tokens else "mlp")
         assert engine.is_pipe_partitioned is False, "SP needs the engine's activation split off"
         reference = Reference(cfg, samples)
         ref_counters = ActivationCounters(range(MODEL["num_layers"]), MODEL["ffn_size"])
@@ -314,9 +348,9 @@ class TensorPipelineChecks:
         attach_counters(module, counters)
         steps = PipelineSteps(engine, loader(samples), cfg.grad_accumulation_steps(4))
         losses = [(steps.train_step(), reference.step())]
-        assert_counts_equal_plain(self.g, counters, ref_counters, "TP x PP")
+        assert_counts_equal_plain(self.g, counters, ref_counters, f"TP x PP, chunk {chunk_tokens}")
         losses += [(steps.train_step(), reference.step()) for _ in range(2)]
-        assert_losses_close(losses, "TP x PP")
+        assert_losses_close(losses, f"TP x PP, chunk {chunk_tokens}")
 
     def check_live_calibration_matches_plain_model(self) -> None:
         """Each TP rank of a stage passes its own sequence slice on (sequence parallelism)."""
@@ -331,6 +365,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True)
     parser.add_argument("--tensor", type=int, default=1, help="1: the PP=2 checks; 2: the TP=2 x PP=2 checks")
+    parser.add_argument("--only", nargs="*", default=None, help="run only these checks (debugging)")
     args, _ = parser.parse_known_args()  # the launcher may append --local_rank
     torch.manual_seed(0)
     import deepspeed
@@ -340,6 +375,7 @@ def main() -> None:
     groups = ParallelGroups.build(tensor=args.tensor, pipeline=2)
     results: dict = {}
     suite, names = (Checks, CHECKS) if args.tensor == 1 else (TensorPipelineChecks, TP_CHECKS)
+    names = [n for n in names if args.only is None or n in args.only]
     checks = suite(groups, Path(args.out) / "work")  # a folder every rank sees (the checkpoint)
     failed = torch.zeros(1)
     for name in names:
@@ -351,6 +387,7 @@ def main() -> None:
             results[name] = None
         except Exception:
             results[name] = traceback.format_exc()
+            print(f"[rank {dist.get_rank()}] {name} failed:\n{results[name]}", flush=True)
             failed.fill_(1)
         dist.all_reduce(failed, op=dist.ReduceOp.MAX)  # both ranks stop together
     Path(args.out, f"rank{dist.get_rank()}.json").write_text(json.dumps(results))

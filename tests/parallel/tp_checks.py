@@ -17,6 +17,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from megasparse.config import config_from_dict
+from megasparse.model.compile_regions import compile_regions
+from megasparse.model.fast_path import apply_fast_path
 from megasparse.model.layers import PARTITION_ATTRIBUTE
 from megasparse.model.transformer import Transformer
 from megasparse.parallel import (
@@ -261,22 +263,51 @@ def check_sequence_parallel(g: ParallelGroups) -> None:
     plain = Transformer(cfg, seed=SEED, layer_factory=tensor_parallel_layer_factory(g, sequence_parallel=False))
     loss_plain = _lm_loss(plain, tokens, g.tp_group)
     loss_plain.backward()
-    # Activation checkpointing too: recomputation repeats the collectives in the same order.
-    for checkpointing in (False, True):
+    # Activation checkpointing too (whole blocks and selective): recomputation repeats the
+    # collectives in the same order. Last, the fast path compiled: the sequence-parallel norms'
+    # weight collective stays outside the compiled norm, fused projections gather once.
+    for checkpointing, fast in ((False, False), (True, False), ("attention", False), ("mlp", True)):
         sp = Transformer(
             cfg,
             seed=SEED,
             activation_checkpointing=checkpointing,
             layer_factory=tensor_parallel_layer_factory(g, sequence_parallel=True),
         )
+        if fast:
+            apply_fast_path(sp, fused_projections=True, bshd_layout=True, fused_residual_norm=True)
+            assert compile_regions(sp)["rms_norm"] == 2 * cfg.num_layers + 1  # the SP norms too
         assert type(sp.layers[0].attn_norm).__name__ == "SequenceParallelRMSNorm"
         hidden = sp.forward_hidden(tokens[:, :-1])
         assert hidden.shape == (2, 4, 64), hidden.shape  # [b, s/tp, d]
         loss_sp = _lm_loss(sp, tokens, g.tp_group)
-        close(loss_sp.detach(), loss_plain.detach(), f"SP loss (checkpointing={checkpointing})")
+        what = f"checkpointing={checkpointing}, fast path={fast}"
+        close(loss_sp.detach(), loss_plain.detach(), f"SP loss ({what})")
         loss_sp.backward()
         for (name, p_sp), (_, p_plain) in zip(sp.named_parameters(), plain.named_parameters()):
-            close(p_sp.grad, p_plain.grad, f"SP grad of {name} (checkpointing={checkpointing})", rtol=1e-4)
+            close(p_sp.grad, p_plain.grad, f"SP grad of {name} ({what})", rtol=1e-4)
+
+
+def check_chunked_loss(g: ParallelGroups) -> None:
+    """train.loss_chunk_tokens under TP (and SP): the vocab-parallel chunked head + loss gives the
+    one-process full-logits loss and gradients, tied and untied, with ragged chunks."""
+    from megasparse.training.lm_loss import CausalLMLoss
+
+    torch.manual_seed(9)
+    tokens = torch.randint(0, TINY["vocab_size"], (2, 9))  # 16 predicted tokens: chunks 5, 5, 5, 1
+    for tie in (True, False):
+        cfg = model_config(tie_embeddings=tie)
+        ref = Transformer(cfg, seed=SEED)
+        ref_loss = CausalLMLoss(ref)(tokens)
+        ref_loss.backward()
+        for sp in (False, True):
+            tp_model = Transformer(cfg, seed=SEED, layer_factory=tensor_parallel_layer_factory(g, sequence_parallel=sp))
+            loss = CausalLMLoss(tp_model, g.tp_group, chunk_tokens=5)(tokens)
+            what = f"chunked TP loss tie={tie} sp={sp}"
+            close(loss.detach(), ref_loss.detach(), what)
+            loss.backward()
+            _compare_models(tp_model, ref, g.tp_group, what, grads=True)
+            with torch.no_grad():  # evaluation: the same loss without gradient work
+                close(CausalLMLoss(tp_model, g.tp_group, chunk_tokens=5)(tokens), ref_loss.detach(), what + " eval")
 
 
 def check_counters(g: ParallelGroups) -> None:
@@ -290,6 +321,8 @@ def check_counters(g: ParallelGroups) -> None:
     tp_model = Transformer(cfg, seed=SEED, layer_factory=tensor_parallel_layer_factory(g, sequence_parallel=True))
     tp_counts = ActivationCounters(layers, f // g.tp_size)
     attach_counters(tp_model, tp_counts)
+    # The fused gate/up projection counts this rank's neuron slice, as the separate ones do.
+    apply_fast_path(tp_model, fused_projections=True, bshd_layout=True, fused_residual_norm=True)
     for m in list(ref.mlps()) + list(tp_model.mlps()):
         m.counter_impl = "reference"
     with torch.no_grad():
@@ -319,6 +352,7 @@ CHECKS = [
     ("transformer", check_transformer_matches_tp1),
     ("sequence_parallel", check_sequence_parallel),
     ("counters", check_counters),
+    ("chunked_loss", check_chunked_loss),
 ]
 
 

@@ -50,30 +50,23 @@ def test_chunked_loss_trains_like_full_logits(tie_embeddings):
             assert float((p - q).norm() / p.norm()) < 1e-5, name
 
 
-def test_chunked_loss_refuses_tensor_parallelism():
-    with pytest.raises(ValueError, match="tensor parallelism"):
-        CausalLMLoss(torch.nn.Linear(2, 2), tp_group=object(), chunk_tokens=8)
-    cfg = config_from_dict(
-        {"train": {"loss_chunk_tokens": 4096}, "parallel": {"tensor": 2}, "model": {"vocab_size": VOCAB}}
-    )
-    with pytest.raises(ConfigError, match="train.loss_chunk_tokens=4096 with parallel.tensor=2"):
-        cfg.validate_layout(world_size=2)
-    cfg.train.loss_chunk_tokens = 0
-    cfg.validate_layout(world_size=2)  # fine without the chunked loss
-
-
-def test_chunked_loss_refuses_pipeline_parallelism():
-    cfg = config_from_dict(
-        {
-            "train": {"loss_chunk_tokens": 512},
-            "parallel": {"pipeline": 2},
-            "model": {"vocab_size": VOCAB, "num_layers": 2},
-        }
-    )
-    with pytest.raises(ConfigError, match="train.loss_chunk_tokens=512 with parallel.pipeline=2"):
-        cfg.validate_layout(world_size=2)
+def test_chunked_loss_is_accepted_in_every_layout():
+    # The layouts themselves are compared with one process in tests/parallel (tp_checks, pp_checks).
+    for parallel in ({"tensor": 2}, {"pipeline": 2}, {"tensor": 2, "pipeline": 2, "sequence_parallel": True}):
+        train = {"loss_chunk_tokens": 512, "micro_batch_size": 1, "global_batch_size": 4}
+        model = {"vocab_size": VOCAB, "num_layers": 2}
+        config_from_dict({"train": train, "parallel": parallel, "model": model}).validate_layout(world_size=4)
 
 
 def test_loss_chunk_tokens_must_not_be_negative():
     with pytest.raises(ConfigError, match="train.loss_chunk_tokens"):
         config_from_dict({"train": {"loss_chunk_tokens": -1}})
+
+
+def test_fast_path_is_refused_under_pipeline_parallelism():
+    train = {"fused_projections": True, "micro_batch_size": 1, "global_batch_size": 2}
+    model = {"vocab_size": VOCAB, "num_layers": 2}
+    cfg = config_from_dict({"train": train, "parallel": {"pipeline": 2}, "model": model})
+    with pytest.raises(ConfigError, match="train.fused_projections with parallel.pipeline=2"):
+        cfg.validate_layout(world_size=2)
+    config_from_dict({"train": train, "parallel": {"tensor": 2}, "model": model}).validate_layout(world_size=2)

@@ -22,7 +22,7 @@ from torch import nn
 from megasparse import tags
 from megasparse.checkpoint import engine as ckpt
 from megasparse.checkpoint.disk_space import ensure_room
-from megasparse.checkpoint.integrity import choose_resume_point
+from megasparse.checkpoint.integrity import choose_resume_point, sealed_tags
 from megasparse.config import ConfigError, RunConfig
 from megasparse.data.loader import MicroBatchLoader, build_datasets
 from megasparse.data.tokenizer import Tokenizer, load_tokenizer
@@ -115,10 +115,18 @@ class Trainer:
     def _init_from(self):
         """The checkpoint.init_from source (its model config becomes the run's), unless resuming."""
         c = self.cfg.checkpoint
-        if not c.init_from or ckpt.resolve_resume(c.resume, c.dir) is not None:
+        if not c.init_from or self._has_resume_point():
             return None
         self.cfg.model, info = init_model_config(self.cfg.model, c.init_from)
         return info
+
+    def _has_resume_point(self) -> bool:
+        """Whether ``checkpoint.resume`` will find something (which one is chosen, and checked,
+        later): then the run continues itself and ``init_from`` is not used."""
+        c = self.cfg.checkpoint
+        if c.resume == "none":
+            return False
+        return c.resume != "auto" or bool(c.dir and sealed_tags(Path(c.dir)))
 
     def _resolve_vocabulary(self) -> Optional[Tokenizer]:
         """The run's tokenizer (if any); ``model.vocab_size`` defaults to its vocabulary."""

@@ -78,6 +78,7 @@ def test_mismatched_layout_is_one_line(checkpoints, tmp_path):
     meta = json.loads((src / "megasparse_meta.json").read_text())
     meta["layout"]["tensor"] = 1  # the files were written by two TP ranks
     (src / "megasparse_meta.json").write_text(json.dumps(meta))
+    run_helpers.reseal(src)
     line = _one_error_line(_run(src, tmp_path / "out", "--to", "megasparse"))
     assert "TP=1" in line and "disagree" in line
 
@@ -90,6 +91,7 @@ def test_unknown_tensor_name_is_one_line(checkpoints, tmp_path):
     mapping = state["optimizer_state_dict"]["param_slice_mappings"][1]
     mapping["model.layers.0.attn.qkv_proj.weight"] = mapping.pop("model.layers.0.attn.q_proj.weight")
     torch.save(state, path)
+    run_helpers.reseal(src)
     line = _one_error_line(_run(src, tmp_path / "out", "--to", "megasparse"))
     assert "'model.layers.0.attn.qkv_proj.weight' is not a parameter" in line
 

@@ -194,7 +194,7 @@ def test_seal_adds_a_manifest_only_to_folders_that_look_whole(run_dir, tmp_path,
     (d / "global_step3" / "megasparse_rank0.pt").unlink()  # as a killed save would leave it
     assert main([str(d)]) == 2
     out, err = capsys.readouterr()
-    assert f"{d / 'global_step6'}: sealed (4 files)" in out
+    assert f"{d / 'global_step6'}: sealed (5 files)" in out  # 2 DeepSpeed files, meta, rank state, layout record
     assert err.strip() == (
         f"megasparse seal: error: {d / 'global_step3'}: megasparse_rank0.pt missing (the layout had 1 ranks); "
         "the folder is incomplete"

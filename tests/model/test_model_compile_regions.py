@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from tiny_model_config import tiny_config
 
 from megasparse.model import Transformer
 from megasparse.model.compile_regions import compile_regions

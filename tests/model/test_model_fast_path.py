@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from tiny_model_config import tiny_config
 
 from megasparse.model import Transformer
 from megasparse.model.compile_regions import compile_regions

@@ -190,6 +190,18 @@ def test_pipeline_parallel_two_processes(single_process_run, tiny_corpus, tmp_pa
     _assert_same_calibration(single_process_run, pp)
 
 
+def test_pipeline_parallel_fast_path_two_processes(single_process_run, tiny_corpus, tmp_path):
+    """PP2 with every fast-path switch on trains, evaluates and calibrates like one plain process."""
+    cfg = _config(tmp_path, tiny_corpus, "pp-fast", pipeline=2)
+    fast = {"fused_projections": True, "attention_bshd_layout": True, "fused_residual_norm": True}
+    switches = [arg for key in fast for arg in ("--set", f"train.{key}=true")]
+    proc = run_train(cfg, *switches, launcher=deepspeed_launcher(2))
+    assert "fast path: " in proc.stdout
+    pp = scalars(tmp_path / "pp-fast" / "tb")
+    _assert_same_training(single_process_run, pp)
+    _assert_same_calibration(single_process_run, pp)
+
+
 def test_pp2_dp2_four_processes(single_process_run, dp2_run, tiny_corpus, tmp_path):
     """PP2 × DP2: live CETT reduces over the DP ranks of each stage while batches flow through
     the pipeline; the same held-out set as the DP2 run, hence the same calibration."""

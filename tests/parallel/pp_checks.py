@@ -294,26 +294,7 @@ class Checks:
         """train.loss_chunk_tokens on the last stage (ragged chunks), tied and untied head: the
         plain model's full-logits losses, training and evaluation."""
         for tie in (True, False):
-            cfg = run_config(tie_embeddings=tie)
-            cfg.train.loss_chunk_tokens = 7  # a micro-batch holds 2 × 16 tokens: chunks 7, 7, 7, 7, 4
-            samples = token_samples(16, with_eod=False)
-            # With selective recomputation of attention: counts once, same losses.
-            module, engine = pipeline_engine(cfg, self.g, activation_checkpointing="attention")
-            counters = ActivationCounters(stage_layer_ids(module), MODEL["ffn_size"])
-            attach_counters(module, counters)
-            reference = Reference(cfg, samples)
-            ref_counters = ActivationCounters(range(MODEL["num_layers"]), MODEL["ffn_size"])
-            attach_counters(reference.model, ref_counters)
-            steps = PipelineSteps(engine, loader(samples), cfg.grad_accumulation_steps(WORLD))
-            losses = [(steps.train_step(), reference.step())]
-            # First-step counts (later steps' weights differ by round-off, so may counts).
-            assert_counts_equal_plain(self.g, counters, ref_counters, f"chunked loss tie={tie}")
-            attach_counters(module, None)
-            attach_counters(reference.model, None)
-            losses += [(steps.train_step(), reference.step()) for _ in range(2)]
-            assert_losses_close(losses, f"chunked loss tie={tie}")
-            valid = token_samples(8, with_eod=False)[::-1]
-            close(steps.eval_loss(loader(valid), 2), reference.eval_loss(valid, 2), 1e-4, f"eval tie={tie}")
+            self._chunked_loss_against_plain_model(run_config(tie_embeddings=tie), f"tie={tie}", fast_path=False)
 
     def check_fast_path_matches_plain_model(self) -> None:
         """train.fused_projections, attention_bshd_layout and fused_residual_norm on every stage,
@@ -325,14 +306,18 @@ class Checks:
         gradient of the second step differs by 6%, every other gradient agrees to 4e-5); Adam's
         sign-like first updates carry that into a 3e-3 evaluation difference after three steps.
         """
+        self._chunked_loss_against_plain_model(run_config(activation="silu"), "fast path", fast_path=True)
+
+    def _chunked_loss_against_plain_model(self, cfg, what: str, fast_path: bool) -> None:
         from megasparse.model.fast_path import apply_fast_path
 
-        cfg = run_config(activation="silu")
-        cfg.train.loss_chunk_tokens = 7
+        cfg.train.loss_chunk_tokens = 7  # a micro-batch holds 2 × 16 tokens: chunks 7, 7, 7, 7, 4
         samples = token_samples(16, with_eod=False)
+        # With selective recomputation of attention: counts once, same losses.
         module, engine = pipeline_engine(cfg, self.g, activation_checkpointing="attention")
-        switched = apply_fast_path(module, fused_projections=True, bshd_layout=True, fused_residual_norm=True)
-        assert switched["attention"] and switched["mlp"] and switched["block"], switched
+        if fast_path:
+            switched = apply_fast_path(module, fused_projections=True, bshd_layout=True, fused_residual_norm=True)
+            assert switched["attention"] and switched["mlp"] and switched["block"], switched
         counters = ActivationCounters(stage_layer_ids(module), MODEL["ffn_size"])
         attach_counters(module, counters)
         reference = Reference(cfg, samples)
@@ -340,13 +325,14 @@ class Checks:
         attach_counters(reference.model, ref_counters)
         steps = PipelineSteps(engine, loader(samples), cfg.grad_accumulation_steps(WORLD))
         losses = [(steps.train_step(), reference.step())]
-        assert_counts_equal_plain(self.g, counters, ref_counters, "fast path")
+        # First-step counts (later steps' weights differ by round-off, so may counts).
+        assert_counts_equal_plain(self.g, counters, ref_counters, f"chunked loss {what}")
         attach_counters(module, None)
         attach_counters(reference.model, None)
         losses += [(steps.train_step(), reference.step()) for _ in range(2)]
-        assert_losses_close(losses, "fast path")
+        assert_losses_close(losses, f"chunked loss {what}")
         valid = token_samples(8, with_eod=False)[::-1]
-        close(steps.eval_loss(loader(valid), 2), reference.eval_loss(valid, 2), 1e-4, "fast path eval")
+        close(steps.eval_loss(loader(valid), 2), reference.eval_loss(valid, 2), 1e-4, f"eval {what}")
 
     def check_live_calibration_matches_plain_model(self) -> None:
         """Within-document attention: (hidden, document ids) tuples cross the stage boundary."""

@@ -80,26 +80,46 @@ def _global_batch_losses(dense: float, sparse: float, tokens: int, device, group
 
 
 class SearchCache:
-    """What one model's PPL bisection keeps between its trials: small things only.
+    """What one model's PPL bisection keeps between its trials.
 
-    W_down of every layer (whole copies under ZeRO-3, gathered once) with its column norms, and
-    per (batch, layer) the :class:`LayerThresholdSearch`: its candidate grid, the per-token dense
-    norms and every CETT(τ) probed so far, but not the layer's ``[T, f]`` activations. A trial
+    Always, and small: W_down of every layer (whole copies under ZeRO-3, gathered once) with its
+    column norms, and per (batch, layer) the :class:`LayerThresholdSearch`: its candidate grid,
+    the per-token dense norms and every CETT(τ) probed so far.
+
+    The layers' ``h`` (the dense pass's ``[b, s, f]`` activations) only while a batch's fit in
+    ``budget_bytes``: then later trials skip that batch's dense forward. Otherwise a trial
     recomputes the dense pass and hands each layer's ``h`` to its search while the forward is at
-    that layer (``streamed_dense_pass``), so one layer's activations exist at a time. The cache's
-    size depends only on the model and the batch count, which every rank shares, so ranks never
-    diverge in what they compute (probes run collectives under tensor and data parallelism).
+    that layer (``streamed_dense_pass``), so one layer's activations exist at a time: a 0.1B model
+    at 64k tokens per batch has 4 GB of them in bf16, which a GPU in training has no room for.
+    Whether a batch is kept depends on tensor sizes only (agreed by the pipeline stages, whose
+    layers differ), so ranks never diverge in what they recompute (probes run collectives).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, budget_bytes: int = 1 << 30, stages: Optional[StageAgreement] = None) -> None:
         self.weights: Optional[list[torch.Tensor]] = None  # [d, f/tp] per layer
         self.column_norms: Optional[list[torch.Tensor]] = None  # float32 [f/tp] per layer
         self.searches: dict[tuple[int, int], LayerThresholdSearch] = {}  # (batch, layer) → search
+        self.kept: dict[int, tuple[list[torch.Tensor], float]] = {}  # batch → (h per layer, dense loss)
+        self.seen: set[int] = set()  # batches whose keeping was decided (once, at the first trial)
+        self.budget = int(budget_bytes)
+        self.stages = stages
 
     def load_weights(self, mlps: list[nn.Module]) -> None:
         if self.weights is None:
             self.weights = full_copies([m.down_proj.weight for m in mlps])
             self.column_norms = [down_column_norms(w) for w in self.weights]
+
+    def may_keep(self, tokens: torch.Tensor, mlps: list[nn.Module]) -> bool:
+        """Whether one batch's ``h`` of every layer fits what is left of the budget (and takes it)."""
+        f_local = self.weights[0].shape[1]
+        dtype = next(mlps[0].parameters()).dtype
+        need = tokens[:, :-1].numel() * f_local * dtype.itemsize * len(mlps)
+        fits = need <= self.budget
+        if self.stages is not None:
+            fits = self.stages.all(fits)
+        if fits:
+            self.budget -= need
+        return fits
 
 
 def _layer_thresholds(
@@ -126,7 +146,22 @@ def _layer_thresholds(
         taus[pos] = search.threshold_for(cett)
         search.release()
 
-    dense_loss = streamed_dense_pass(model, mlps, tokens, search_layer, tp_group)
+    if batch_index in cache.kept:
+        hs, dense_loss = cache.kept[batch_index]
+        for pos, h in enumerate(hs):
+            search_layer(pos, h)
+    elif batch_index not in cache.seen and cache.may_keep(tokens, mlps):
+        hs: list = [None] * len(mlps)
+
+        def keep_and_search(pos: int, h: torch.Tensor) -> None:
+            hs[pos] = h
+            search_layer(pos, h)
+
+        dense_loss = streamed_dense_pass(model, mlps, tokens, keep_and_search, tp_group)
+        cache.kept[batch_index] = (hs, dense_loss)
+    else:
+        dense_loss = streamed_dense_pass(model, mlps, tokens, search_layer, tp_group)
+    cache.seen.add(batch_index)
     return torch.tensor(taus, dtype=torch.float32), dense_loss
 
 
@@ -246,14 +281,16 @@ def search_cett_for_ppl(
     tp_group: Group = None,
     on_step: Optional[Callable[[float, float], None]] = None,
     final_per_neuron: bool = False,
+    dense_cache_bytes: int = 1 << 30,
     stages: Optional[StageAgreement] = None,
 ) -> PPLSearchResult:
     """Bisect c ∈ [0, 1] so that the mean PPL ratio over ``models`` reaches ``1 + p/100``.
 
     ``batch_sets[i]`` are the validation batches of ``models[i]`` (usually the same list).
     ``on_step(c, ratio)`` is called after every trial (progress bars, logs).
-    ``stages``: under pipeline parallelism (each model a stage), keeps the stages' bisection
-    decisions identical.
+    ``dense_cache_bytes`` bounds the activations kept between trials (per model; see
+    :class:`SearchCache`). ``stages``: under pipeline parallelism (each model a stage), keeps the
+    stages' bisection and caching decisions identical.
     """
     if len(models) == 0 or len(models) != len(batch_sets):
         raise ValueError(f"need one batch set per model (got {len(models)} models, {len(batch_sets)} sets)")
@@ -261,7 +298,7 @@ def search_cett_for_ppl(
         raise ValueError(f"tolerance must be > 0, got {tolerance}")
     target = 1.0 + p / 100.0
 
-    caches = [SearchCache() for _ in models]
+    caches = [SearchCache(dense_cache_bytes, stages) for _ in models]
 
     def mean_ratio(c: float) -> float:
         evals = [

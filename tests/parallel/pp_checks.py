@@ -153,11 +153,13 @@ def compare_live_calibration(cfg, groups: ParallelGroups, p: float) -> None:
 
     Both are built fresh from the same seed (identical weights, see the first check); the plain
     model is calibrated by this process alone (the DP group has one rank here), the stages
-    together, batches flowing through the pipeline.
+    together, batches flowing through the pipeline. The stages stream each trial's activations
+    layer by layer (no dense cache), the plain model keeps them: both must agree.
     """
     batches = [torch.from_numpy(np.stack(token_samples(8, with_eod=True)[i : i + MBS])) for i in (0, MBS, 2 * MBS)]
     module = build_pipeline_module(cfg, groups, device="cpu", eod_token_id=EOD, activation_checkpointing=False)
-    staged = LiveCalibrator.for_groups(batches, groups, p=p, tolerance=1e-3, num_candidates=4096).calibrate(module)
+    staged = LiveCalibrator.for_groups(batches, groups, p=p, tolerance=1e-3, num_candidates=4096, dense_cache_bytes=0)
+    staged = staged.calibrate(module)
     plain = Transformer(cfg.model, seed=SEED, eod_token_id=EOD)
     alone = LiveCalibrator(batches, p=p, tolerance=1e-3, num_candidates=4096, group=groups.dp_group).calibrate(plain)
     assert 0.01 < alone.cett < 0.99, f"search pinned at an end ({alone.cett}): the comparison would be weak"

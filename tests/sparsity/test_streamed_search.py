@@ -9,6 +9,7 @@ from sparse_fixtures import greedy_batches, one_thread, tiny_model  # noqa: F401
 
 from megasparse.sparsity.cett import LayerThresholdSearch, exact_linear, layer_threshold_for_cett
 from megasparse.sparsity.passes import dense_pass, measurement_mode
+from megasparse.sparsity.ppl_search import search_cett_for_ppl
 
 TARGETS = (0.02, 0.3, 0.1, 0.05, 0.2, 0.07)  # in bisection-like order, not sorted
 
@@ -55,3 +56,21 @@ def test_bf16_probes_on_gpu_match_float32_probes():
     bf16_search, fp32_search = LayerThresholdSearch(h, w), LayerThresholdSearch(h.float(), w.float())
     for target in TARGETS:
         assert bf16_search.threshold_for(target) == fp32_search.threshold_for(target)
+
+
+def test_streamed_and_kept_activations_give_the_same_search(tiny_model_relu_batches):
+    model, batches = tiny_model_relu_batches
+    kept = search_cett_for_ppl([model], [batches], 1.0, 1e-3, num_candidates=4096)
+    streamed = search_cett_for_ppl([model], [batches], 1.0, 1e-3, num_candidates=4096, dense_cache_bytes=0)
+    assert 0.01 < kept.cett < 0.99, f"search pinned at an end ({kept.cett}): the comparison would be weak"
+    assert streamed.history == kept.history  # every trial's CETT and PPL ratio
+    assert streamed.cett == kept.cett and streamed.ppl_ratio == kept.ppl_ratio
+    a, b = streamed.evaluations[0], kept.evaluations[0]
+    assert torch.equal(a.batch_thresholds, b.batch_thresholds)
+    assert torch.equal(a.stats.kept_per_layer, b.stats.kept_per_layer)
+
+
+@pytest.fixture
+def tiny_model_relu_batches():
+    model = tiny_model("relu")
+    return model, greedy_batches(model, 2, b=2, s=16)

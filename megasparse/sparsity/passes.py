@@ -34,7 +34,7 @@ from megasparse.kernels.gated_activation import activation_fn
 from megasparse.parallel.cross_entropy import mean_cross_entropy
 from megasparse.parallel.head_loss import chunked_head_loss
 from megasparse.sparsity.counters import counted_mlps
-from megasparse.sparsity.full_weights import full_shape, whole
+from megasparse.sparsity.full_weights import full_shape, is_partitioned, whole
 from megasparse.sparsity.pipeline_forward import is_pipeline_stage, pipeline_lm_loss
 
 # keep(layer_position, h [b, s, f], s_or_None [b, s, f]) -> bool keep-mask [b, s, f]
@@ -113,22 +113,45 @@ def dense_pass(
     return DensePass(loss=loss, hs=hs, gates=gates)
 
 
+class _LayersDone(Exception):
+    """Raised by the last layer's hook when the rest of the forward is not wanted."""
+
+
 def streamed_dense_pass(
     model: nn.Module,
     mlps: list[nn.Module],
     tokens: torch.Tensor,
     visit: Callable[[int, torch.Tensor], None],
     tp_group=None,
-) -> float:
+    need_loss: bool = True,
+) -> Optional[float]:
     """One dense forward that hands each layer's h [b, s, f] to ``visit(layer_position, h)`` as
     soon as it exists and keeps none of them (the lean counterpart of :func:`dense_pass`: one
-    layer's intermediate at a time instead of every layer's). Returns the dense loss."""
+    layer's intermediate at a time instead of every layer's). Returns the dense loss.
+
+    ``need_loss=False`` (a repeated pass whose loss is known) stops the forward after the last
+    layer's ``visit``: the rest of that layer, the final norm, the output head and the loss are
+    skipped (at 0.1B the head is about 40% of a forward's FLOPs). Returns None then. A pipeline
+    stage always runs its whole forward (the next stage waits for its activations), and so does a
+    ZeRO-3 model (its hooks gather and release parameters around every module's forward).
+    """
+    partitioned = any(is_partitioned(p) for p in model.parameters())
+    stop_early = not need_loss and not is_pipeline_stage(model) and not partitioned
+    last = len(mlps) - 1
+
+    def hook(_module, args, pos: int) -> None:
+        visit(pos, args[0].detach())
+        if stop_early and pos == last:
+            raise _LayersDone
+
     handles = [
-        mlp.down_proj.register_forward_pre_hook(lambda _module, args, pos=pos: visit(pos, args[0].detach()))
+        mlp.down_proj.register_forward_pre_hook(lambda _module, args, pos=pos: hook(_module, args, pos))
         for pos, mlp in enumerate(mlps)
     ]
     try:
         return float(lm_loss(model, tokens, tp_group))
+    except _LayersDone:
+        return None
     finally:
         for h in handles:
             h.remove()

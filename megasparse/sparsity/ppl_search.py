@@ -101,6 +101,7 @@ class SearchCache:
         self.searches: dict[tuple[int, int], LayerThresholdSearch] = {}  # (batch, layer) → search
         self.kept: dict[int, tuple[list[torch.Tensor], float]] = {}  # batch → (h per layer, dense loss)
         self.seen: set[int] = set()  # batches whose keeping was decided (once, at the first trial)
+        self.dense_loss: dict[int, float] = {}  # batch → dense loss (it does not depend on c)
         self.budget = int(budget_bytes)
         self.stages = stages
 
@@ -160,7 +161,10 @@ def _layer_thresholds(
         dense_loss = streamed_dense_pass(model, mlps, tokens, keep_and_search, tp_group)
         cache.kept[batch_index] = (hs, dense_loss)
     else:
-        dense_loss = streamed_dense_pass(model, mlps, tokens, search_layer, tp_group)
+        known = cache.dense_loss.get(batch_index)
+        dense_loss = streamed_dense_pass(model, mlps, tokens, search_layer, tp_group, need_loss=known is None)
+        dense_loss = known if known is not None else dense_loss
+        cache.dense_loss[batch_index] = dense_loss
     cache.seen.add(batch_index)
     return torch.tensor(taus, dtype=torch.float32), dense_loss
 

@@ -153,7 +153,9 @@ class Trainer:
             model = build_pipeline_module(cfg, self.groups, device=self.device, eod_token_id=eod)
             self._load_initial_weights(model, plain_parameter_names(model))
             return model, model, stage_layer_ids(model)
-        factory = tensor_parallel_layer_factory(self.groups, cfg.parallel.sequence_parallel)
+        factory = tensor_parallel_layer_factory(
+            self.groups, cfg.parallel.sequence_parallel, comm_overlap=cfg.train.tp_comm_overlap
+        )
         model = Transformer(
             cfg.model,
             seed=cfg.train.seed,

@@ -42,7 +42,7 @@ from megasparse.sparsity.counters import (
 from megasparse.sparsity.live_calibration import LiveCalibrator, heldout_batches
 from megasparse.sparsity.reduction import counter_groups, reduce_counters
 from megasparse.training import console, placement
-from megasparse.training.deepspeed_config import build_deepspeed_config, merge_config
+from megasparse.training.deepspeed_config import build_deepspeed_config, communication_overlap_line, merge_config
 from megasparse.training.distributed import init_distributed
 from megasparse.training.init_from import init_model_config, load_initial_weights
 from megasparse.training.lm_loss import CausalLMLoss
@@ -216,6 +216,9 @@ class Trainer:
             mpu=self.groups.mpu() if self.world > 1 and not self.pipeline else None,
             lr_scheduler=lambda opt: build_scheduler(opt, cfg.train.schedule, cfg.train.optimizer, cfg.train.steps),
         )
+        overlap = communication_overlap_line(engine, self.model, self.dp_size)
+        if overlap:
+            self.log.line(overlap)
         return engine, scheduler
 
     def _build_data(self, eod: Optional[int]) -> None:

@@ -16,7 +16,8 @@ autograd function does the linear and its communication, in Megatron's order:
 
 The collectives are the same ones (same tensors, same order on every rank) as on the plain path,
 plus under SP the backward's re-gather of x. The GEMMs are the ones ``F.linear``'s backward
-runs, so the results agree to float rounding (tests/parallel/overlap_checks.py compares).
+runs, so the results agree (bit for bit in tests/parallel/overlap_checks.py, which also checks
+the order of GEMMs, starts and waits).
 On CUDA the overlap needs the communication kernel to be queued before the GEMM it hides
 behind; Megatron sets CUDA_DEVICE_MAX_CONNECTIONS=1 for that (docs/performance.md).
 """

@@ -16,11 +16,12 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from tp_checks import SEED, TINY, _lm_loss, close, gather_dim, model_config
 
 from megasparse.model.fast_path import apply_fast_path
 from megasparse.model.transformer import Transformer
-from megasparse.parallel import ColumnParallelLinear, ParallelGroups, tensor_parallel_layer_factory
+from megasparse.parallel import ColumnParallelLinear, ParallelGroups, collectives, tensor_parallel_layer_factory
 
 MAX_DIFF: dict[str, float] = {}  # check name -> largest |overlap - plain| over everything compared
 
@@ -94,6 +95,71 @@ def check_saved_input_is_the_local_shard(g: ParallelGroups) -> None:
     assert saved[True] == [b * s // g.tp_size * n_in], f"overlapped path saved tensors of {saved[True]} elements"
 
 
+class _LogMatmuls(TorchDispatchMode):
+    """Appends "mm" to ``log`` for every matrix product dispatched while active."""
+
+    def __init__(self, log: list):
+        super().__init__()
+        self.log = log
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.mm.default, torch.ops.aten.bmm.default, torch.ops.aten.addmm.default):
+            self.log.append("mm")
+        return func(*args, **(kwargs or {}))
+
+
+def _logged_starts(log: list):
+    """Wraps collectives.start_* so each start and each wait lands in ``log``; returns the undo."""
+    originals = {
+        name: getattr(collectives, name) for name in ("start_all_reduce", "start_all_gather", "start_reduce_scatter")
+    }
+
+    def wrap(name, start):
+        kind = name.removeprefix("start_")
+
+        def started(*args, **kwargs):
+            pending = start(*args, **kwargs)
+            log.append(f"start {kind}")
+            wait = pending.wait
+
+            def logged_wait():
+                log.append(f"wait {kind}")
+                return wait()
+
+            pending.wait = logged_wait
+            return pending
+
+        return started
+
+    for name, start in originals.items():
+        setattr(collectives, name, wrap(name, start))
+    return lambda: [setattr(collectives, name, start) for name, start in originals.items()]
+
+
+def check_backward_order(g: ParallelGroups) -> None:
+    """The overlap itself: the weight-gradient GEMM runs between the start and the wait of the
+    input-gradient collective, and under SP the input-gradient GEMM between the start and the
+    wait of the input's re-gather."""
+    torch.manual_seed(24)
+    expected = {
+        False: ["mm", "start all_reduce", "mm", "wait all_reduce"],
+        True: ["start all_gather", "mm", "wait all_gather", "start reduce_scatter", "mm", "wait reduce_scatter"],
+    }
+    for sp in (False, True):
+        layer = ColumnParallelLinear(8, 6, g.tp_group, sp, bias=True, comm_overlap=True)
+        torch.nn.init.normal_(layer.weight)
+        x = torch.randn(2, 4 // (g.tp_size if sp else 1), 8, requires_grad=True)
+        out = layer(x)
+        log: list[str] = []
+        undo = _logged_starts(log)
+        try:
+            with _LogMatmuls(log):
+                out.sum().backward()
+        finally:
+            undo()
+        assert log == expected[sp], f"sp={sp}: backward ran {log}, expected {expected[sp]}"
+
+
 def _model_grads(g, cfg, tokens, sp: bool, fused: bool, overlap: bool, checkpointing=False):
     factory = tensor_parallel_layer_factory(g, sequence_parallel=sp, comm_overlap=overlap)
     model = Transformer(cfg, seed=SEED, activation_checkpointing=checkpointing, layer_factory=factory)
@@ -126,6 +192,7 @@ def check_transformer(g: ParallelGroups) -> None:
 CHECKS = [
     ("column_linear", check_column_linear),
     ("saved_input_is_the_local_shard", check_saved_input_is_the_local_shard),
+    ("backward_order", check_backward_order),
     ("transformer", check_transformer),
 ]
 

@@ -2,7 +2,8 @@
 
 The overlapped column layers must compute what the separate collectives compute: the same
 outputs and gradients of input, weight and bias, with SP and without, fused projections on and
-off, q/k/v biases; under SP they keep only the local input shard for the backward.
+off, q/k/v biases; under SP they keep only the local input shard for the backward; and the
+backward really runs each GEMM between the start and the wait of the collective it hides.
 """
 
 import json

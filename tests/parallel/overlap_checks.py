@@ -35,6 +35,7 @@ def _column(g: ParallelGroups, sp: bool, bias: bool, overlap: bool, w_full, b_fu
     """One column-parallel forward + backward; returns (out, x.grad, full weight grad, full bias grad)."""
     r, tp = g.tp_rank, g.tp_size
     layer = ColumnParallelLinear(w_full.shape[1], w_full.shape[0], g.tp_group, sp, bias=bias, comm_overlap=overlap)
+    layer.to(w_full.dtype)
     with torch.no_grad():
         layer.weight.copy_(w_full.chunk(tp, 0)[r])
         if bias:
@@ -69,6 +70,14 @@ def check_column_linear(g: ParallelGroups) -> None:
             for name, a, e in zip(("output", "input grad", "weight grad", "bias grad"), overlap, plain):
                 if e is not None:
                     _same(a, e, f"{what}: {name}, overlap vs plain", "column_linear")
+            # bf16, as on GPUs: the same rounded GEMMs and collectives, so the same values.
+            low = [t.to(torch.bfloat16) for t in (w_full, b_full, x_full, gout)]
+            plain = _column(g, sp, bias, False, *low)
+            overlap = _column(g, sp, bias, True, *low)
+            for name, a, e in zip(("output", "input grad", "weight grad", "bias grad"), overlap, plain):
+                if e is not None:
+                    assert a.dtype == torch.bfloat16
+                    _same(a.float(), e.float(), f"{what} bf16: {name}, overlap vs plain", "column_linear_bf16", 1e-2)
 
 
 def check_saved_input_is_the_local_shard(g: ParallelGroups) -> None:

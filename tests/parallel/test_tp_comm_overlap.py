@@ -28,6 +28,5 @@ def overlap_results(tmp_path_factory) -> tuple[dict, list]:
 def test_overlap_matches_plain(overlap_results, name):
     results, diffs = overlap_results
     assert results[name] is None, results[name]
-    print(
-        f"{name}: largest |overlap - plain| per rank: {[{k: v for k, v in d.items() if k.startswith(name)} for d in diffs]}"
-    )
+    per_rank = [{key: value for key, value in d.items() if key.startswith(name)} for d in diffs]
+    print(f"{name}: largest |overlap - plain| per rank: {per_rank}")

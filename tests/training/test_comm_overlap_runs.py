@@ -3,7 +3,8 @@
 * ``train.tp_comm_overlap``: a TP2+SP run with the overlapped column layers and one with the
   separate collectives give the same losses, evaluation losses and activation ratios.
 * DeepSpeed's ``overlap_comm`` (set for ZeRO 1/2 by megasparse/training/deepspeed_config.py):
-  a DP2 run with it and one with it turned off through the ``deepspeed:`` section give the same
+  DP2 runs (ZeRO-1 and ZeRO-2, two micro-steps per step) with it and with DeepSpeed's defaults
+  restored through the ``deepspeed:`` section (no overlap, 5e8-element buckets) give the same
   losses.
 """
 
@@ -55,8 +56,13 @@ def test_tp2_sp_training_is_the_same_with_and_without_tp_comm_overlap(tiny_corpu
 @pytest.mark.parametrize("zero_stage", [1, 2])
 def test_dp2_training_is_the_same_with_and_without_deepspeed_overlap_comm(tiny_corpus, tmp_path, zero_stage):
     parallel = {"zero_stage": zero_stage}
-    on, on_log = _run(tmp_path, tiny_corpus, "on", {}, parallel)
-    off, off_log = _run(tmp_path, tiny_corpus, "off", {}, parallel, {"zero_optimization": {"overlap_comm": False}})
+    # Two micro-steps per step on each rank: ZeRO-1 reduces during the second one's backward only,
+    # ZeRO-2 during both.
+    train = {"global_batch_size": 8}
+    on, on_log = _run(tmp_path, tiny_corpus, "on", train, parallel)
+    # "off" is the DeepSpeed configuration from before: DeepSpeed's defaults for stages 1 and 2.
+    before = {"zero_optimization": {"overlap_comm": False, "reduce_bucket_size": 500_000_000}}
+    off, off_log = _run(tmp_path, tiny_corpus, "off", train, parallel, before)
     # The engine DeepSpeed built says whether it overlaps (read back from its ZeRO optimizer).
     assert f"ZeRO-{zero_stage} reduces gradients during the backward (overlap_comm" in on_log, on_log[-2000:]
     assert "overlap_comm" not in off_log

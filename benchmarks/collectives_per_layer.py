@@ -13,6 +13,11 @@ minus those of the same variant without overlap. Without SP nothing changes; und
 backward re-gathers each column layer's input (one all-gather more per column call, the price
 of keeping only the local input for the backward).
 
+"fp32_saved_for_backward_bytes_per_token_per_layer": what autograd keeps for the backward per
+layer and token on this rank (each storage once, parameters left out; the growth from --seq to
+2·--seq tokens, so per-call copies of weights drop out), in the fp32 of this CPU run: half of it
+in bf16. It shows the activation memory that the overlap saves under SP.
+
 examples:
   python benchmarks/collectives_per_layer.py --model 1.2b
   python benchmarks/collectives_per_layer.py --model tiny --tp 2 --seq 32
@@ -94,9 +99,21 @@ def _one_step(
     model = Transformer(cfg, seed=1, layer_factory=factory)
     apply_fast_path(model, fused_projections=fast, bshd_layout=fast, fused_residual_norm=fast)
     tokens = torch.randint(0, cfg.vocab_size, (1, seq + 1), generator=torch.Generator().manual_seed(0))
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}  # storage address -> bytes, each storage once (views share one)
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:  # activations (and temporaries), not the parameters
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
     CALLS.clear()
     BYTES.clear()
-    CausalLMLoss(model, groups.tp_group, chunk)(tokens).backward()
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        loss = CausalLMLoss(model, groups.tp_group, chunk)(tokens)
+    loss.backward()
+    BYTES["saved_for_backward"] = sum(saved.values())
     return Counter(CALLS), Counter(BYTES)
 
 
@@ -120,6 +137,15 @@ def _worker(rank: int, world: int, init_file: str, args: argparse.Namespace, out
         b_calls, b_bytes = _one_step(model_cfg, 2, sp, fast, overlap, args.seq, args.loss_chunk_tokens)
         per_layer = {k: b_calls[k] - a_calls[k] for k in sorted(set(a_calls) | set(b_calls))}
         per_token = {k: (b_bytes[k] - a_bytes[k]) / args.seq for k in sorted(set(a_bytes) | set(b_bytes))}
+        per_token.pop("saved_for_backward")
+        # Saved memory per token: the growth from seq to 2·seq tokens, so that what does not grow
+        # with the tokens (the concatenated weights of fused projections) drops out.
+        a2_bytes = _one_step(model_cfg, 1, sp, fast, overlap, 2 * args.seq, args.loss_chunk_tokens)[1]
+        b2_bytes = _one_step(model_cfg, 2, sp, fast, overlap, 2 * args.seq, args.loss_chunk_tokens)[1]
+        one_layer = [
+            b["saved_for_backward"] - a["saved_for_backward"] for a, b in ((a_bytes, b_bytes), (a2_bytes, b2_bytes))
+        ]
+        saved = (one_layer[1] - one_layer[0]) / args.seq
         record = {
             "benchmark": "collectives_per_layer",
             "model": args.model,
@@ -127,6 +153,7 @@ def _worker(rank: int, world: int, init_file: str, args: argparse.Namespace, out
             "variant": name,
             "calls_per_layer": per_layer,
             "bf16_bytes_per_token_per_layer": per_token,
+            "fp32_saved_for_backward_bytes_per_token_per_layer": saved,
             "hidden_size": shape["hidden_size"],
         }
         if overlap:
@@ -134,6 +161,8 @@ def _worker(rank: int, world: int, init_file: str, args: argparse.Namespace, out
             record["change_vs_plain"] = {
                 "calls_per_layer": _difference(per_layer, plain["calls_per_layer"]),
                 "bf16_bytes_per_token_per_layer": _difference(per_token, plain["bf16_bytes_per_token_per_layer"]),
+                "fp32_saved_for_backward_bytes_per_token_per_layer": saved
+                - plain["fp32_saved_for_backward_bytes_per_token_per_layer"],
             }
         records[name] = record
     if rank == 0:

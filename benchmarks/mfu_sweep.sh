@@ -14,7 +14,10 @@
 #   profiles  where the step time goes, both sizes, with the same options
 #   fastpath  each fast-path switch alone and all together against the plain path, in one process
 #             per size and activation (fast_path_ablation.py; ACTIVATIONS="relu silu" by default)
-#   gputests  the kernel tests compiled on the GPU (tests/kernels, dev/kernels)
+#   gputests  the kernel tests compiled on the GPU (tests/kernels, dev/kernels) and the CETT
+#             search's GPU-only probe test
+#   calibration  one live CETT calibration's seconds and peak memory against training's, with
+#             float32 probes as a check of the answers (calibration_cost.py)
 # By default the peers run at the micro-batches usually reported as their best (Liger: 16 at
 # 0.1B, 8 at 1.2B; plain: 8 and 4) and ours at 16 / 8. A sweep on an H200 found the peers faster at
 # larger ones (Liger 32 / 16, plain 16 / 4; benchmarks/RESULTS.md §7): PEER_SWEEP="16 32" etc.
@@ -92,9 +95,15 @@ for part in "$@"; do
               | python3 benchmarks/summarize_fast_path.py
         done
       done ;;
+    calibration)
+      for model in $SIZES; do
+        timeout 280 python3 benchmarks/calibration_cost.py --model "$model" --micro-batch "$(mbs "$model")" $FAST \
+            --check-fp32 --workdir "/tmp/calibration-$model" --out "$J" 2>> "$OUT/errors.txt" | cut -c1-2000
+      done ;;
     gputests)
       timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -p no:cacheprovider tests/kernels dev/kernels \
+          tests/sparsity/test_streamed_search.py \
           > "$OUT/gpu_tests.txt" 2>&1; tail -3 "$OUT/gpu_tests.txt" ;;
-    *) echo "mfu_sweep.sh: unknown part '$part' (kernels, ours, liger, plain, counters, ablation, profiles, fastpath, gputests)" >&2; exit 2 ;;
+    *) echo "mfu_sweep.sh: unknown part '$part' (kernels, ours, liger, plain, counters, ablation, profiles, fastpath, calibration, gputests)" >&2; exit 2 ;;
   esac
 done

@@ -16,6 +16,7 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from bench_common import emit, median_after_first, run_training
@@ -73,9 +74,10 @@ def benchmark_config(args, mode: str, data_prefix: Path, run_dir: Path) -> dict:
     }
 
 
-def build_trainer(args, mode: str, workdir: Path, total_steps: int):
+def build_trainer(args, mode: str, workdir: Path, total_steps: int, overrides: Optional[dict] = None):
     """A Trainer in this process for one benchmark variant, on synthetic data for ``total_steps``
-    steps (used by profile_step.py and counter_cost.py, which drive its steps themselves)."""
+    steps (used by profile_step.py and counter_cost.py, which drive its steps themselves).
+    ``overrides``: config sections merged over the benchmark's (e.g. held-out data, sparsity)."""
     import yaml
 
     from megasparse.config import load_config
@@ -85,6 +87,8 @@ def build_trainer(args, mode: str, workdir: Path, total_steps: int):
     run_dir = workdir / run_dir_name(args, mode)
     cfg_dict = benchmark_config(args, mode, data_prefix, run_dir)
     cfg_dict["train"]["steps"] = total_steps
+    for section, values in (overrides or {}).items():
+        cfg_dict[section] = {**cfg_dict.get(section, {}), **values}
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.yaml").write_text(yaml.safe_dump(cfg_dict))
     return Trainer(load_config(run_dir / "run.yaml", []))

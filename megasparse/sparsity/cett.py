@@ -167,33 +167,62 @@ def candidate_thresholds(
     return torch.linspace(float(lo), float(hi), num_candidates, device=norms.device)
 
 
+def exact_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x · wᵀ`` in float32 ([T, k] · [d, k]ᵀ → [T, d]) with float32 accumulation.
+
+    bf16 inputs on a GPU run on the tensor cores with a float32 result: the product of two bf16
+    values is exact in float32, so this is the float32 GEMM of the same values up to the order of
+    the additions, at bf16 speed. Everywhere else both sides are cast to float32.
+    """
+    if x.is_cuda and x.dtype == torch.bfloat16 and w.dtype == torch.bfloat16:
+        return torch.mm(x, w.t(), out_dtype=torch.float32)
+    return F.linear(x.float(), w.float())
+
+
 class LayerCETT:
-    """CETT(τ) of one layer on fixed tokens: caches norms and the dense output norms.
+    """CETT(τ) of one layer on fixed tokens: keeps the neuron norms and the dense output norms.
 
     Args:
-        h: ``[T, f/tp]`` intermediate values of the tokens with a target (any float dtype).
+        h: ``[T, f/tp]`` intermediate values of the tokens with a target (any float dtype; kept
+            as it is, not copied: the tail of every probe is taken from it).
         w_down: ``[d, f/tp]`` down projection weight (this rank's columns under TP).
         group: data-parallel group (see the module docstring); tp_group: tensor-parallel group.
+        dense_norms, tokens: ``‖h · W_downᵀ‖`` per token [T] and the DP-wide token count from an
+            earlier instance on the same tokens (a search that meets the same batch again skips
+            the dense GEMM and the collectives; the values are the same).
     """
 
-    def __init__(self, h: torch.Tensor, w_down: torch.Tensor, group: Group = None, tp_group: Group = None):
+    def __init__(
+        self,
+        h: torch.Tensor,
+        w_down: torch.Tensor,
+        group: Group = None,
+        tp_group: Group = None,
+        *,
+        dense_norms: torch.Tensor | None = None,
+        tokens: torch.Tensor | None = None,
+    ):
         check_groups(group, tp_group)
-        self.h = h.float()  # [T, f/tp]
-        self.w = w_down.detach().float()  # [d, f/tp]
+        self.h = h  # [T, f/tp]
+        self.w = w_down.detach()  # [d, f/tp]
+        if not (h.is_cuda and h.dtype == self.w.dtype == torch.bfloat16):
+            self.w = self.w.float()  # cast once, not per probe
         self.group, self.tp_group = group, tp_group
-        self.norms = neuron_output_norms(self.h, down_column_norms(self.w))  # [T, f/tp]
-        self.y_norm = self._full_output(self.h).norm(dim=-1)  # [T]
-        # Tokens over DP only: the TP ranks of one group see the same tokens.
-        self.tokens = torch.tensor([float(self.h.shape[0])], device=self.h.device, dtype=torch.float64)
-        _all_reduce(self.tokens, dist.ReduceOp.SUM, group)
+        self.norms = neuron_output_norms(self.h, down_column_norms(self.w))  # float32 [T, f/tp]
+        self.y_norm = self._full_output(self.h).norm(dim=-1) if dense_norms is None else dense_norms  # [T]
+        if tokens is None:
+            # Tokens over DP only: the TP ranks of one group see the same tokens.
+            tokens = torch.tensor([float(self.h.shape[0])], device=self.h.device, dtype=torch.float64)
+            _all_reduce(tokens, dist.ReduceOp.SUM, group)
+        self.tokens = tokens
 
     def _full_output(self, h: torch.Tensor) -> torch.Tensor:
-        """``h · W_downᵀ`` over ALL neurons [T, d]: the TP ranks' partial products summed."""
-        return _tp_all_reduce(F.linear(h, self.w), dist.ReduceOp.SUM, self.tp_group)
+        """``h · W_downᵀ`` over ALL neurons, float32 [T, d]: the TP ranks' partial products summed."""
+        return _tp_all_reduce(exact_linear(h, self.w), dist.ReduceOp.SUM, self.tp_group)
 
     def __call__(self, tau: float) -> float:
         """Token-mean relative error of dropping every neuron with norm ≤ τ."""
-        tail = torch.where(self.norms <= tau, self.h, torch.zeros_like(self.h))  # [T, f/tp]
+        tail = torch.where(self.norms <= tau, self.h, torch.zeros((), dtype=self.h.dtype, device=self.h.device))
         err = self._full_output(tail).norm(dim=-1)  # [T]
         # A token whose dense output is exactly zero has nothing to lose: relative error 0.
         rel = torch.where(self.y_norm > 0, err / self.y_norm.clamp_min(1e-30), torch.zeros_like(err))
@@ -224,6 +253,11 @@ class LayerThresholdSearch:
     CETT(candidate) evaluated is remembered. The PPL-p% bisection asks ~10 targets of the same
     tokens, and their binary searches over the same grid share most of their probes.
 
+    Between targets the search can :meth:`release` the layer's activations and keep only what is
+    small (the grid, the remembered CETT values, the per-token dense norms); :meth:`reattach` hands
+    it the same tokens' ``h`` again when a later target needs new probes. So a bisection over many
+    layers holds one layer's ``[T, f]`` tensors at a time.
+
     Every rank probes the same indices in the same order (the values are global), so the
     collectives inside CETT(τ) stay matched across ranks.
     """
@@ -236,25 +270,46 @@ class LayerThresholdSearch:
         group: Group = None,
         tp_group: Group = None,
     ):
-        self.layer = LayerCETT(h.reshape(-1, h.shape[-1]), w_down, group, tp_group)
+        self.group, self.tp_group = group, tp_group
+        self.layer: LayerCETT | None = LayerCETT(h.reshape(-1, h.shape[-1]), w_down, group, tp_group)
         self.candidates = candidate_thresholds(self.layer.norms, num_candidates, group, tp_group)
+        # The candidates as Python floats: a probe then needs no device-to-host copy for its τ.
+        self._grid = self.candidates.tolist()
+        self._dense_norms, self._tokens = self.layer.y_norm, self.layer.tokens
         self._cett_at: dict[int, float] = {}
+
+    def release(self) -> None:
+        """Drops the activations and the ``[T, f]`` norms; the grid and the results stay."""
+        self.layer = None
+
+    def reattach(self, h: torch.Tensor, w_down: torch.Tensor) -> None:
+        """The same tokens' ``h`` again (from a recomputed dense pass), for new probes."""
+        self.layer = LayerCETT(
+            h.reshape(-1, h.shape[-1]),
+            w_down,
+            self.group,
+            self.tp_group,
+            dense_norms=self._dense_norms,
+            tokens=self._tokens,
+        )
 
     def cett_at(self, index: int) -> float:
         if index not in self._cett_at:
-            self._cett_at[index] = self.layer(float(self.candidates[index]))
+            if self.layer is None:
+                raise RuntimeError("this search was released: reattach the layer's h before probing further")
+            self._cett_at[index] = self.layer(self._grid[index])
         return self._cett_at[index]
 
     def threshold_for(self, cett: float) -> float:
         """The same answer as :func:`search_grid` on this layer's grid."""
-        left, right = 0, self.candidates.numel()
+        left, right = 0, len(self._grid)
         while left < right:
             mid = (left + right) // 2
             if self.cett_at(mid) > cett:
                 right = mid
             else:
                 left = mid + 1
-        return float(self.candidates[left - 1]) if left > 0 else 0.0
+        return self._grid[left - 1] if left > 0 else 0.0
 
 
 def layer_threshold_for_cett(

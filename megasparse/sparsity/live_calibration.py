@@ -84,6 +84,8 @@ class LiveCalibrator:
         group: data-parallel process group (None: world, if initialised).
         tp_group: tensor-parallel process group (None: no tensor parallelism); with it, pass the
             data-parallel ``group`` explicitly. :meth:`for_groups` picks both from ParallelGroups.
+        dense_cache_bytes: the held-out batches' activations kept between the bisection's trials
+            while they fit (ppl_search.SearchCache); beyond, each trial streams them layer by layer.
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class LiveCalibrator:
         num_candidates: int = NUM_CANDIDATES,
         group: Optional[dist.ProcessGroup] = None,
         tp_group: Optional[dist.ProcessGroup] = None,
+        dense_cache_bytes: int = 1 << 30,
     ):
         if not batches:
             raise ValueError("LiveCalibrator needs at least one held-out batch")
@@ -104,6 +107,7 @@ class LiveCalibrator:
         self.num_candidates = int(num_candidates)
         self.group = group
         self.tp_group = tp_group
+        self.dense_cache_bytes = int(dense_cache_bytes)
         self.pp_group: Optional[dist.ProcessGroup] = None  # set by for_groups under PP
         self.pp_last_rank = -1
 
@@ -141,6 +145,7 @@ class LiveCalibrator:
                 num_candidates=self.num_candidates,
                 group=self.group,
                 tp_group=self.tp_group,
+                dense_cache_bytes=self.dense_cache_bytes,
                 stages=stages,
             )
         finally:

@@ -32,24 +32,37 @@ from torch import nn
 
 from megasparse.kernels.gated_activation import activation_fn
 from megasparse.parallel.cross_entropy import mean_cross_entropy
+from megasparse.parallel.head_loss import chunked_head_loss
 from megasparse.sparsity.counters import counted_mlps
-from megasparse.sparsity.full_weights import full_shape
+from megasparse.sparsity.full_weights import full_shape, whole
 from megasparse.sparsity.pipeline_forward import is_pipeline_stage, pipeline_lm_loss
 
 # keep(layer_position, h [b, s, f], s_or_None [b, s, f]) -> bool keep-mask [b, s, f]
 KeepFn = Callable[[int, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
 
+# The measurements' loss runs the output head this many tokens at a time, so a pass never holds
+# more than [chunk, V/tp] logits (the full logits of a 64k-token batch would take tens of GB).
+MEASURE_CHUNK_TOKENS = 2048
+
+
 def lm_loss(model: nn.Module, tokens: torch.Tensor, tp_group=None) -> torch.Tensor:
     """tokens [b, s+1] → mean next-token cross-entropy (fp32 scalar); vocab-parallel under TP.
 
+    A :class:`~megasparse.model.transformer.Transformer` runs its head and the loss in chunks of
+    ``MEASURE_CHUNK_TOKENS`` tokens (``parallel/head_loss.py``, the training path of
+    ``train.loss_chunk_tokens``); any other module returning logits gets the plain loss.
     ``model`` may be one stage of a pipeline: the stages then pass activations on and all
     return the last stage's loss (pipeline_forward.py); each stage's hooks see its own MLPs.
     """
     if is_pipeline_stage(model):
         return pipeline_lm_loss(model, tokens)
-    logits = model(tokens[:, :-1])  # [b, s, V], or [b, s, V/tp] under TP
-    return mean_cross_entropy(logits, tokens[:, 1:], tp_group)
+    inputs, labels = tokens[:, :-1], tokens[:, 1:]  # [b, s] each
+    if not hasattr(model, "forward_hidden"):
+        return mean_cross_entropy(model(inputs), labels, tp_group)  # logits [b, s, V] or [b, s, V/tp]
+    hidden = model.forward_hidden(inputs)  # [b, s, d] ([b, s/tp, d] under SP)
+    with whole(model.head_weight):  # the tied embedding is a ZeRO-3 placeholder outside its module
+        return chunked_head_loss(model, hidden, labels, tp_group, MEASURE_CHUNK_TOKENS)
 
 
 @contextlib.contextmanager
@@ -98,6 +111,27 @@ def dense_pass(
         for h in handles:
             h.remove()
     return DensePass(loss=loss, hs=hs, gates=gates)
+
+
+def streamed_dense_pass(
+    model: nn.Module,
+    mlps: list[nn.Module],
+    tokens: torch.Tensor,
+    visit: Callable[[int, torch.Tensor], None],
+    tp_group=None,
+) -> float:
+    """One dense forward that hands each layer's h [b, s, f] to ``visit(layer_position, h)`` as
+    soon as it exists and keeps none of them (the lean counterpart of :func:`dense_pass`: one
+    layer's intermediate at a time instead of every layer's). Returns the dense loss."""
+    handles = [
+        mlp.down_proj.register_forward_pre_hook(lambda _module, args, pos=pos: visit(pos, args[0].detach()))
+        for pos, mlp in enumerate(mlps)
+    ]
+    try:
+        return float(lm_loss(model, tokens, tp_group))
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _gate_hook(mlp: nn.Module, store: Callable[[torch.Tensor], None]):

@@ -43,10 +43,9 @@ from megasparse.sparsity.cett import (
     _tp_all_reduce,
     check_groups,
     down_column_norms,
-    layer_thresholds_for_cett,
 )
 from megasparse.sparsity.full_weights import full_copies
-from megasparse.sparsity.passes import SparseStats, dense_pass, measurement_mode, sparse_pass
+from megasparse.sparsity.passes import SparseStats, measurement_mode, sparse_pass, streamed_dense_pass
 from megasparse.sparsity.pipeline_forward import StageAgreement
 
 
@@ -80,6 +79,92 @@ def _global_batch_losses(dense: float, sparse: float, tokens: int, device, group
     return float(packed[0] / packed[2]), float(packed[1] / packed[2])
 
 
+class SearchCache:
+    """What one model's PPL bisection keeps between its trials.
+
+    Always, and small: W_down of every layer (whole copies under ZeRO-3, gathered once) with its
+    column norms, and per (batch, layer) the :class:`LayerThresholdSearch`: its candidate grid,
+    the per-token dense norms and every CETT(τ) probed so far.
+
+    The layers' ``h`` (the dense pass's ``[b, s, f]`` activations) only while a batch's fit in
+    ``budget_bytes``: then later trials skip that batch's dense forward. Otherwise a trial
+    recomputes the dense pass and hands each layer's ``h`` to its search while the forward is at
+    that layer (``streamed_dense_pass``), so one layer's activations exist at a time: a 0.1B model
+    at 64k tokens per batch has 4 GB of them in bf16, which a GPU in training has no room for.
+    Whether a batch is kept depends on tensor sizes only (agreed by the pipeline stages, whose
+    layers differ), so ranks never diverge in what they recompute (probes run collectives).
+    """
+
+    def __init__(self, budget_bytes: int = 1 << 30, stages: Optional[StageAgreement] = None) -> None:
+        self.weights: Optional[list[torch.Tensor]] = None  # [d, f/tp] per layer
+        self.column_norms: Optional[list[torch.Tensor]] = None  # float32 [f/tp] per layer
+        self.searches: dict[tuple[int, int], LayerThresholdSearch] = {}  # (batch, layer) → search
+        self.kept: dict[int, tuple[list[torch.Tensor], float]] = {}  # batch → (h per layer, dense loss)
+        self.seen: set[int] = set()  # batches whose keeping was decided (once, at the first trial)
+        self.budget = int(budget_bytes)
+        self.stages = stages
+
+    def load_weights(self, mlps: list[nn.Module]) -> None:
+        if self.weights is None:
+            self.weights = full_copies([m.down_proj.weight for m in mlps])
+            self.column_norms = [down_column_norms(w) for w in self.weights]
+
+    def may_keep(self, tokens: torch.Tensor, mlps: list[nn.Module]) -> bool:
+        """Whether one batch's ``h`` of every layer fits what is left of the budget (and takes it)."""
+        f_local = self.weights[0].shape[1]
+        dtype = next(mlps[0].parameters()).dtype
+        need = tokens[:, :-1].numel() * f_local * dtype.itemsize * len(mlps)
+        fits = need <= self.budget
+        if self.stages is not None:
+            fits = self.stages.all(fits)
+        if fits:
+            self.budget -= need
+        return fits
+
+
+def _layer_thresholds(
+    model: nn.Module,
+    mlps: list[nn.Module],
+    tokens: torch.Tensor,
+    batch_index: int,
+    cett: float,
+    cache: SearchCache,
+    num_candidates: int,
+    group: Group,
+    tp_group: Group,
+) -> tuple[torch.Tensor, float]:
+    """τ per layer (float32 [L]) for ``cett`` on one batch, and the batch's dense loss."""
+    taus = [0.0] * len(mlps)
+
+    def search_layer(pos: int, h: torch.Tensor) -> None:  # h [b, s, f/tp], during the forward
+        key, weight = (batch_index, pos), cache.weights[pos]
+        search = cache.searches.get(key)
+        if search is None:
+            search = cache.searches[key] = LayerThresholdSearch(h, weight, num_candidates, group, tp_group)
+        else:
+            search.reattach(h, weight)
+        taus[pos] = search.threshold_for(cett)
+        search.release()
+
+    if batch_index in cache.kept:
+        hs, dense_loss = cache.kept[batch_index]
+        for pos, h in enumerate(hs):
+            search_layer(pos, h)
+    elif batch_index not in cache.seen and cache.may_keep(tokens, mlps):
+        hs: list = [None] * len(mlps)
+
+        def keep_and_search(pos: int, h: torch.Tensor) -> None:
+            hs[pos] = h
+            search_layer(pos, h)
+
+        dense_loss = streamed_dense_pass(model, mlps, tokens, keep_and_search, tp_group)
+        cache.kept[batch_index] = (hs, dense_loss)
+    else:
+        dense_loss = streamed_dense_pass(model, mlps, tokens, search_layer, tp_group)
+    cache.seen.add(batch_index)
+    return torch.tensor(taus, dtype=torch.float32), dense_loss
+
+
 @torch.no_grad()
 def evaluate_cett(
     model: nn.Module,
@@ -91,46 +176,31 @@ def evaluate_cett(
     num_candidates: int = NUM_CANDIDATES,
     group: Group = None,
     tp_group: Group = None,
-    dense_cache: Optional["DenseCache"] = None,
+    cache: Optional[SearchCache] = None,
 ) -> CETTEvaluation:
     """Per batch: dense → τ_l(c) → sparse. Batches are [b, s+1] token tensors on any device.
 
-    ``dense_cache`` keeps dense passes (they do not depend on c) across calls of one search.
+    ``cache`` carries the per-layer grids and probed CETT values across the calls of one search
+    (the answers do not depend on it, only the time they take).
     """
     check_groups(group, tp_group)
     device = next(model.parameters()).device
+    cache = cache if cache is not None else SearchCache()
     dense, sparse, ratios, taus = [], [], [], []
     total: Optional[SparseStats] = None
     with measurement_mode(model) as mlps:
-        weights = dense_cache.weights if dense_cache is not None else None
-        if weights is None:  # [d, f/tp] each; whole copies under ZeRO-3, gathered once per search
-            weights = full_copies([m.down_proj.weight for m in mlps])
-            if dense_cache is not None:
-                dense_cache.weights = weights
-        col_norms = [down_column_norms(w) for w in weights]  # [f/tp] each
+        cache.load_weights(mlps)
         for index, tokens in enumerate(batches):
             tokens = tokens.to(device)
-            cached = dense_cache.get(index) if dense_cache is not None else None
-            if cached is not None:
-                d, searches = cached
-                tau = torch.tensor([s.threshold_for(cett) for s in searches], dtype=torch.float32)  # [L]
-            else:
-                d = dense_pass(model, mlps, tokens, tp_group=tp_group)
-                if dense_cache is not None and dense_cache.fits(d):
-                    searches = [
-                        LayerThresholdSearch(h, w, num_candidates, group, tp_group) for h, w in zip(d.hs, weights)
-                    ]
-                    dense_cache.keep(index, d, searches)
-                    tau = torch.tensor([s.threshold_for(cett) for s in searches], dtype=torch.float32)
-                else:
-                    tau = layer_thresholds_for_cett(d.hs, weights, cett, num_candidates, group, tp_group)  # [L]
+            tau, dense_loss = _layer_thresholds(
+                model, mlps, tokens, index, cett, cache, num_candidates, group, tp_group
+            )  # [L]
             bounds = [
-                tau[i].item() / torch.where(n > 0, n, torch.full_like(n, float("nan"))) for i, n in enumerate(col_norms)
+                tau[i].item() / torch.where(n > 0, n, torch.full_like(n, float("nan")))
+                for i, n in enumerate(cache.column_norms)
             ]
             # norm ≥ τ  ⇔  |h| ≥ τ/‖W[:, i]‖; a zero column (nan bound) is never kept.
             keep = lambda pos, h, _s: (h.float().abs() >= bounds[pos]) & ~bounds[pos].isnan()
-            dense_loss = d.loss
-            d = None  # drop this batch's h unless the cache holds it
             loss_s, stats = sparse_pass(
                 model, mlps, tokens, keep, per_neuron=per_neuron, per_token=per_token, tp_group=tp_group
             )
@@ -200,41 +270,6 @@ class PPLSearchResult:
     history: list[tuple[float, float]] = field(default_factory=list)  # (c, mean ratio) tried
 
 
-class DenseCache:
-    """Dense passes of one model's batches, kept across the bisection while they fit a budget.
-
-    A dense pass (h of every layer and the dense loss) and each layer's candidate grid do not
-    depend on the CETT value, so a search of ~10 trials needs them once per batch, not ten times;
-    the per-layer searches also remember every CETT(τ) they evaluated. Whether a batch is kept
-    depends only on tensor sizes, which every rank shares, so ranks never diverge in what they
-    recompute (a recomputation runs collectives under tensor parallelism).
-    """
-
-    def __init__(self, budget_bytes: int, stages: Optional[StageAgreement] = None):
-        self.budget = int(budget_bytes)
-        self.entries: dict = {}
-        self.weights: Optional[list] = None  # W_down of every layer (whole copies under ZeRO-3)
-        # Under pipeline parallelism a dense pass runs through every stage, so all stages must
-        # keep (or recompute) the same batches although their layers' sizes differ.
-        self.stages = stages
-
-    def get(self, index: int):
-        return self.entries.get(index)
-
-    @staticmethod
-    def _cost(dense) -> int:
-        # h itself, its fp32 copy and the [T, f] neuron norms of the per-layer searches.
-        return 3 * sum(h.numel() * 4 for h in dense.hs)
-
-    def fits(self, dense) -> bool:
-        fits = self._cost(dense) <= self.budget
-        return fits if self.stages is None else self.stages.all(fits)
-
-    def keep(self, index: int, dense, searches: list) -> None:
-        self.budget -= self._cost(dense)
-        self.entries[index] = (dense, searches)
-
-
 def search_cett_for_ppl(
     models: Sequence[nn.Module],
     batch_sets: Sequence[Sequence[torch.Tensor]],
@@ -253,9 +288,9 @@ def search_cett_for_ppl(
 
     ``batch_sets[i]`` are the validation batches of ``models[i]`` (usually the same list).
     ``on_step(c, ratio)`` is called after every trial (progress bars, logs).
-    ``dense_cache_bytes`` bounds the memory spent keeping dense passes between trials (per model).
-    ``stages``: under pipeline parallelism (each model a stage), keeps the stages' bisection
-    and caching decisions identical.
+    ``dense_cache_bytes`` bounds the activations kept between trials (per model; see
+    :class:`SearchCache`). ``stages``: under pipeline parallelism (each model a stage), keeps the
+    stages' bisection and caching decisions identical.
     """
     if len(models) == 0 or len(models) != len(batch_sets):
         raise ValueError(f"need one batch set per model (got {len(models)} models, {len(batch_sets)} sets)")
@@ -263,11 +298,11 @@ def search_cett_for_ppl(
         raise ValueError(f"tolerance must be > 0, got {tolerance}")
     target = 1.0 + p / 100.0
 
-    caches = [DenseCache(dense_cache_bytes, stages) for _ in models]
+    caches = [SearchCache(dense_cache_bytes, stages) for _ in models]
 
     def mean_ratio(c: float) -> float:
         evals = [
-            evaluate_cett(m, b, c, num_candidates=num_candidates, group=group, tp_group=tp_group, dense_cache=cache)
+            evaluate_cett(m, b, c, num_candidates=num_candidates, group=group, tp_group=tp_group, cache=cache)
             for m, b, cache in zip(models, batch_sets, caches)
         ]
         ratio = sum(e.ppl_ratio for e in evals) / len(evals)
@@ -295,7 +330,7 @@ def search_cett_for_ppl(
             group=group,
             tp_group=tp_group,
             per_neuron=final_per_neuron,
-            dense_cache=cache,
+            cache=cache,
         )
         for m, b, cache in zip(models, batch_sets, caches)
     ]

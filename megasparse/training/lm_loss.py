@@ -8,8 +8,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from megasparse.parallel.chunked_cross_entropy import vocab_parallel_linear_cross_entropy
 from megasparse.parallel.cross_entropy import mean_cross_entropy
+from megasparse.parallel.head_loss import chunked_head_loss
 
 
 class CausalLMLoss(nn.Module):
@@ -36,15 +36,6 @@ class CausalLMLoss(nn.Module):
         inputs, labels = tokens[:, :-1], tokens[:, 1:]  # [b, s] each
         if self.chunk_tokens:
             hidden = self.model.forward_hidden(inputs)  # [b, s, d] ([b, s/tp, d] under SP)
-            hidden = self.model.layer_factory.head_input(hidden)  # [b, s, d] on every TP rank
-            # µP's logits = (h / scale_width) @ Embᵀ, as Transformer.logits.
-            return vocab_parallel_linear_cross_entropy(
-                hidden.reshape(-1, hidden.shape[-1]),
-                self.model.head_weight,
-                labels.reshape(-1),
-                self.tp_group,
-                scale=1.0 / self.model.config.scale_width,
-                chunk_tokens=self.chunk_tokens,
-            )
+            return chunked_head_loss(self.model, hidden, labels, self.tp_group, self.chunk_tokens)
         logits = self.model(inputs)  # [b, s, V] or [b, s, V/tp]
         return mean_cross_entropy(logits, labels, self.tp_group)

@@ -166,10 +166,11 @@ def _check_tp(s: Setup, activation: str, sequence_parallel: bool) -> dict:
         assert cett_gap <= 1e-5, f"{what}: CETT(τ) differs by {cett_gap}"
         gaps["cett_of_tau_gap"] = cett_gap
         out[f"c={c}"] = gaps
-    # The full PPL-1% search: offline on the reference, live on the TP model.
+    # The full PPL-1% search: offline on the reference (activations kept between trials), live on
+    # the TP model (streamed layer by layer: probes run their TP collectives inside the forward).
     found_ref = search_cett_for_ppl([ref], [batches], 1.0, TOLERANCE, group=s.alone)
     tp_model.train()
-    live = LiveCalibrator.for_groups(batches, g, p=1.0, tolerance=TOLERANCE).calibrate(tp_model)
+    live = LiveCalibrator.for_groups(batches, g, p=1.0, tolerance=TOLERANCE, dense_cache_bytes=0).calibrate(tp_model)
     assert tp_model.training
     assert abs(live.cett - found_ref.cett) <= TOLERANCE, f"search: {live.cett} vs {found_ref.cett}"
     assert abs(live.ppl_ratio / found_ref.ppl_ratio - 1) <= 1e-5 or live.cett != found_ref.cett

@@ -13,7 +13,10 @@ import subprocess
 import sys
 
 import pytest
+from calibration_replay import global_heldout_batches, replay_calibration
 from run_helpers import deepspeed_launcher, run_env, run_train, scalars, write_run_config
+
+from megasparse import tags
 
 STEPS = 6
 
@@ -25,6 +28,7 @@ def _config(
     cett_interval: int = 3,
     model: dict | None = None,
     deepspeed: dict | None = None,
+    keep_last: int = 1,
     **parallel,
 ):
     return write_run_config(
@@ -33,7 +37,7 @@ def _config(
         train={"steps": STEPS, "eval_interval": 3, "eval_steps": 2},
         sparsity={"cett_interval": cett_interval, "cett_batches": 2},
         parallel={"zero_stage": 1, **parallel},
-        checkpoint={"dir": str(tmp_path / name / "ckpt"), "interval": 3, "keep_last": 1},
+        checkpoint={"dir": str(tmp_path / name / "ckpt"), "interval": 3, "keep_last": keep_last},
         logging={"dir": str(tmp_path / name / "tb"), "interval": 1},
         model=model or {},
         deepspeed=deepspeed or {},
@@ -174,7 +178,10 @@ def test_tensor_parallel_two_processes(single_process_run, tiny_corpus, tmp_path
 
 def _assert_same_calibration(reference, other):
     """Live CETT on the same held-out batches (the same DP size): the same search result up to
-    the bisection tolerance (1e-3), since τ may move by one grid step between layouts."""
+    the bisection tolerance (1e-3), since τ may move by one grid step between layouts. This holds
+    only while no bisection probe lands within float rounding of the target PPL ratio; when one
+    does, the layouts' searches split (test_tp2_dp2_zero2_and_zero3_four_processes replays the
+    calibrations instead)."""
     assert [s for s, _ in other["sparsity/cett/value"]] == [3, 6]
     for tag in ("sparsity/cett/value", "sparsity/cett/calibration_activation_ratio"):
         for (s1, a), (s2, b) in zip(reference[tag], other[tag]):
@@ -186,6 +193,18 @@ def test_pipeline_parallel_two_processes(single_process_run, tiny_corpus, tmp_pa
     proc = run_train(cfg, launcher=deepspeed_launcher(2))
     assert "cett calibration at step 3" in proc.stdout
     pp = scalars(tmp_path / "pp" / "tb")
+    _assert_same_training(single_process_run, pp)
+    _assert_same_calibration(single_process_run, pp)
+
+
+def test_pipeline_parallel_fast_path_two_processes(single_process_run, tiny_corpus, tmp_path):
+    """PP2 with every fast-path switch on trains, evaluates and calibrates like one plain process."""
+    cfg = _config(tmp_path, tiny_corpus, "pp-fast", pipeline=2)
+    fast = {"fused_projections": True, "attention_bshd_layout": True, "fused_residual_norm": True}
+    switches = [arg for key in fast for arg in ("--set", f"train.{key}=true")]
+    proc = run_train(cfg, *switches, launcher=deepspeed_launcher(2))
+    assert "fast path: " in proc.stdout
+    pp = scalars(tmp_path / "pp-fast" / "tb")
     _assert_same_training(single_process_run, pp)
     _assert_same_calibration(single_process_run, pp)
 
@@ -236,22 +255,53 @@ def test_tp2_pp2_four_processes_resume(single_process_run, tiny_corpus, tmp_path
     _assert_same_calibration(single_process_run, tp2pp2)
 
 
-@pytest.mark.xfail(
-    reason="known open failure: the ZeRO-2 and ZeRO-3 runs' CETT calibration activation ratios at step 6 "
-    "differ by 0.0030 (limit 2e-3) while their training matches one process; under investigation",
-    strict=False,
-)
 def test_tp2_dp2_zero2_and_zero3_four_processes(single_process_run, tiny_corpus, tmp_path):
     """TP2 × DP2 under ZeRO-2 (gradients sharded over DP) and ZeRO-3 (weights too), live CETT on."""
-    runs = {}
+    runs, configs = {}, {}
     for zero_stage in (2, 3):
         name = f"tp2dp2z{zero_stage}"
-        cfg = _config(tmp_path, tiny_corpus, name, tensor=2, zero_stage=zero_stage)
-        run_train(cfg, launcher=deepspeed_launcher(4))
+        # Both checkpoints kept: each calibration is replayed on the weights it saw.
+        configs[zero_stage] = _config(tmp_path, tiny_corpus, name, tensor=2, zero_stage=zero_stage, keep_last=2)
+        run_train(configs[zero_stage], launcher=deepspeed_launcher(4))
         runs[zero_stage] = scalars(tmp_path / name / "tb")
         _assert_same_training(single_process_run, runs[zero_stage])
-    # Both hold the same held-out batches (DP2), so they calibrate alike.
-    _assert_same_calibration(runs[2], runs[3])
+        assert [s for s, _ in runs[zero_stage][tags.CETT_VALUE]] == [3, 6]
+    # Both hold the same held-out batches (DP2), so they calibrate alike: every logged CETT value,
+    # evaluated in one process on the global held-out batches, gives the PPL and activation
+    # ratios that run logged, on its own weights and on the other layout's.
+    #
+    # The two searches' results are not compared with each other: they legitimately differ. The
+    # layouts' weights differ by float rounding (3.4e-6 at most after 6 steps, less than one
+    # process and DP2 differ), and with 256 held-out tokens one (token, neuron) entry at the
+    # threshold moves the PPL ratio by ~1.7e-4. At step 6 the ninth bisection probe, c = 0.05664,
+    # gave 1.01016 on the ZeRO-2 weights and 1.00999 on the ZeRO-3 weights (one entry per layer
+    # kept differently) against the target 1.01, so the searches ended two brackets apart, at
+    # c = 0.05518 and 0.05713, with activation ratios 0.2589 and 0.2559: 0.0030 apart (torch's
+    # AVX-512 CPU kernels; with ATEN_CPU_CAPABILITY=avx2 the rounding differs and both searches
+    # end at 0.05518). A flipped decision at probe k moves the result by 2^-k, so no fixed limit
+    # on the results holds; the replay checks what the runs did compute, to within a few entries
+    # at the threshold (a stale ZeRO-3 gather of W_down, or one DP rank's batches, is 4× to 28×
+    # further off).
+    batches = global_heldout_batches(configs[2], dp_size=2)
+    for step in (3, 6):
+        for logged in (2, 3):
+            cett = _at_step(runs[logged], tags.CETT_VALUE, step)
+            ppl_ratio = _at_step(runs[logged], tags.CETT_PPL_RATIO, step)
+            activation = _at_step(runs[logged], tags.CETT_CALIBRATION_ACTIVATION_RATIO, step)
+            for weights in (2, 3):
+                checkpoint = tmp_path / f"tp2dp2z{weights}" / "ckpt" / f"global_step{step}"
+                replayed_ppl, replayed_activation = replay_calibration(checkpoint, batches, cett)
+                where = f"ZeRO-{logged}'s CETT {cett:.5f} at step {step} on ZeRO-{weights}'s weights"
+                assert abs(replayed_ppl - ppl_ratio) <= 5e-4, f"{where}: PPL ratio {replayed_ppl} vs {ppl_ratio}"
+                assert abs(replayed_activation - activation) <= 5e-4, (
+                    f"{where}: activation ratio {replayed_activation} vs {activation}"
+                )
+
+
+def _at_step(run: dict, tag: str, step: int) -> float:
+    values = dict(run[tag])
+    assert step in values, f"{tag} has no value at step {step}: {run[tag]}"
+    return values[step]
 
 
 def test_sbatch_example_script(single_process_run, tiny_corpus, tmp_path):

@@ -63,10 +63,11 @@ def test_loss_chunk_tokens_must_not_be_negative():
         config_from_dict({"train": {"loss_chunk_tokens": -1}})
 
 
-def test_fast_path_is_refused_under_pipeline_parallelism():
-    train = {"fused_projections": True, "micro_batch_size": 1, "global_batch_size": 2}
+def test_fast_path_is_accepted_in_every_layout():
+    # The layouts themselves are compared with one process in tests/parallel (pp_checks: PP2 and
+    # TP2 × PP2 with SP) and tests/training/test_launchers.py (a PP2 run).
+    train = {"fused_projections": True, "attention_bshd_layout": True, "fused_residual_norm": True}
+    train.update(micro_batch_size=1, global_batch_size=4)
     model = {"vocab_size": VOCAB, "num_layers": 2}
-    cfg = config_from_dict({"train": train, "parallel": {"pipeline": 2}, "model": model})
-    with pytest.raises(ConfigError, match="train.fused_projections with parallel.pipeline=2"):
-        cfg.validate_layout(world_size=2)
-    config_from_dict({"train": train, "parallel": {"tensor": 2}, "model": model}).validate_layout(world_size=2)
+    for parallel in ({"tensor": 2}, {"pipeline": 2}, {"tensor": 2, "pipeline": 2, "sequence_parallel": True}):
+        config_from_dict({"train": train, "parallel": parallel, "model": model}).validate_layout(world_size=4)

@@ -1,0 +1,126 @@
+"""What one live CETT-PPL-p% calibration costs inside a training run: seconds and memory.
+
+One trainer (held-out data and live calibration on, counters on) first trains ``--train-steps``
+steps, so that the training's own peak memory is known, then calibrates ``--repeats`` times as
+the trainer does every ``sparsity.cett_interval`` steps (``LiveCalibrator.calibrate``: the
+PPL bisection over ``--cett-batches`` held-out micro-batches, τ handed to the counters). Each
+calibration is timed alone (device synchronised) with the peak memory it reached.
+
+``--check-fp32`` calibrates once more with every CETT probe computed by float32 GEMMs (how the
+search multiplied before bf16 probes with float32 results existed) and reports whether both give
+the same CETT value, τ per layer and ratios, and how long the float32 probes took.
+
+Prints one JSON line.
+
+examples:
+  python benchmarks/calibration_cost.py --model 0.1b --micro-batch 16 --loss-chunk-tokens 8192 --compile
+  # on the CPU
+  python benchmarks/calibration_cost.py --model tiny --seq 128 --vocab 512 --micro-batch 2 --train-steps 2 \\
+      --counter-impl reference --check-fp32
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from bench_common import emit
+from train_throughput import add_variant_arguments, build_trainer, synthetic_tokens
+
+
+def _float32_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return F.linear(x.float(), w.float())
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_variant_arguments(p)
+    p.add_argument("--counter-impl", default="triton", choices=["reference", "triton"])
+    p.add_argument("--cett-batches", type=int, default=2, help="sparsity.cett_batches (held-out micro-batches)")
+    p.add_argument("--train-steps", type=int, default=3, help="training steps before calibrating")
+    p.add_argument("--repeats", type=int, default=2, help="calibrations timed one by one")
+    p.add_argument("--check-fp32", action="store_true", help="also calibrate with float32 probes and compare")
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--out", default=None, help="append the JSON line here too")
+    args = p.parse_args()
+    args.nproc, args.log_interval, args.steps = 1, 1000000, 0
+
+    from megasparse.sparsity import cett
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="megasparse-calibration-"))
+    # A held-out token file of its own (another seed) with --cett-batches micro-batches and more.
+    valid = workdir / "synthetic_valid_text_document"
+    if not valid.with_suffix(".idx").exists():
+        synthetic_tokens(valid, args.vocab, (args.cett_batches + 1) * args.micro_batch * (args.seq + 1) + 65536, seed=1)
+    overrides = {
+        "data": {"valid": [str(valid)]},
+        "sparsity": {"cett_interval": 1000000, "cett_batches": args.cett_batches},
+    }
+    trainer = build_trainer(args, args.counter_impl, workdir, args.train_steps + 2, overrides)
+    cuda = trainer.device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def peak_gb() -> float:
+        return torch.cuda.max_memory_allocated() / 1e9 if cuda else 0.0
+
+    for _ in range(args.train_steps):
+        trainer.train_step()
+    sync()
+    train_peak = peak_gb()
+    runs = []
+    for _ in range(args.repeats):
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        res = trainer.calibrator.calibrate(trainer.model)
+        sync()
+        runs.append((time.perf_counter() - start, peak_gb(), res))
+    record = {
+        "benchmark": "calibration_cost",
+        "model": args.model,
+        "activation": args.activation,
+        "micro_batch": args.micro_batch,
+        "seq": args.seq,
+        "cett_batches": args.cett_batches,
+        "train_peak_gb": round(train_peak, 2),
+        "calibration_s": [round(s, 3) for s, _, _ in runs],
+        "calibration_peak_gb": [round(g, 2) for _, g, _ in runs],
+        "extra_peak_fraction": round(max(g for _, g, _ in runs) / train_peak - 1, 4) if train_peak else None,
+        "cett": runs[-1][2].cett,
+        "ppl_ratio": runs[-1][2].ppl_ratio,
+        "activation_ratio": runs[-1][2].activation_ratio,
+        "layer_thresholds": [float(t) for t in runs[-1][2].layer_thresholds],
+    }
+    if args.check_fp32:
+        fast = cett.exact_linear
+        cett.exact_linear = _float32_linear
+        try:
+            start = time.perf_counter()
+            ref = trainer.calibrator.calibrate(trainer.model)
+            sync()
+            record["fp32_probes_s"] = round(time.perf_counter() - start, 3)
+        finally:
+            cett.exact_linear = fast
+        got = runs[-1][2]
+        tau_gap = (got.layer_thresholds - ref.layer_thresholds).abs().max() / ref.layer_thresholds.abs().max()
+        record.update(
+            fp32_cett=ref.cett,
+            fp32_ppl_ratio=ref.ppl_ratio,
+            fp32_activation_ratio=ref.activation_ratio,
+            same_cett=ref.cett == got.cett,
+            max_relative_tau_gap=float(tau_gap),
+        )
+    emit(record, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The streamed CETT search (one layer's activations at a time, grids and probes kept between the
+targets of a PPL bisection) gives exactly the answers of a search that keeps everything."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sparse_fixtures import greedy_batches, one_thread, tiny_model  # noqa: F401
+
+from megasparse.sparsity.cett import LayerThresholdSearch, exact_linear, layer_threshold_for_cett
+from megasparse.sparsity.passes import dense_pass, measurement_mode
+from megasparse.sparsity.ppl_search import search_cett_for_ppl
+
+TARGETS = (0.02, 0.3, 0.1, 0.05, 0.2, 0.07)  # in bisection-like order, not sorted
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_released_and_reattached_search_answers_like_fresh_searches(activation):
+    model = tiny_model(activation)
+    batch = greedy_batches(model, 1, b=2, s=16)[0]
+    with measurement_mode(model) as mlps:
+        d = dense_pass(model, mlps, batch)
+    for h, mlp in zip(d.hs, mlps):
+        w = mlp.down_proj.weight
+        search = LayerThresholdSearch(h, w, 257)
+        search.release()
+        answers = []
+        for target in TARGETS:
+            search.reattach(h.clone(), w)  # a recomputed dense pass: equal values, new tensors
+            answers.append(search.threshold_for(target))
+            search.release()
+        assert answers == [layer_threshold_for_cett(h.reshape(-1, h.shape[-1]), w, t, 257) for t in TARGETS]
+        assert len(set(answers)) > 2, "the targets should land on different candidates"
+
+
+def test_released_search_refuses_new_probes():
+    h = torch.randn(8, 32, generator=torch.Generator().manual_seed(0)).relu()
+    w = torch.randn(16, 32, generator=torch.Generator().manual_seed(1))
+    search = LayerThresholdSearch(h, w, 65)
+    first = search.threshold_for(0.1)
+    search.release()
+    assert search.threshold_for(0.1) == first  # remembered probes need no activations
+    with pytest.raises(RuntimeError, match="reattach"):
+        search.threshold_for(0.9)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 probes with float32 results exist on CUDA only")
+def test_bf16_probes_on_gpu_match_float32_probes():
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    h = torch.randn(4096, 1920, device="cuda", generator=gen).relu().to(torch.bfloat16)  # [T, f]
+    w = (torch.randn(768, 1920, device="cuda", generator=gen) / 40).to(torch.bfloat16)  # [d, f]
+    fast = exact_linear(h, w)
+    ref = torch.nn.functional.linear(h.float(), w.float())
+    assert fast.dtype == torch.float32
+    assert torch.allclose(fast, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    bf16_search, fp32_search = LayerThresholdSearch(h, w), LayerThresholdSearch(h.float(), w.float())
+    for target in TARGETS:
+        assert bf16_search.threshold_for(target) == fp32_search.threshold_for(target)
+
+
+def test_streamed_and_kept_activations_give_the_same_search(tiny_model_relu_batches):
+    model, batches = tiny_model_relu_batches
+    kept = search_cett_for_ppl([model], [batches], 1.0, 1e-3, num_candidates=4096)
+    streamed = search_cett_for_ppl([model], [batches], 1.0, 1e-3, num_candidates=4096, dense_cache_bytes=0)
+    assert 0.01 < kept.cett < 0.99, f"search pinned at an end ({kept.cett}): the comparison would be weak"
+    assert streamed.history == kept.history  # every trial's CETT and PPL ratio
+    assert streamed.cett == kept.cett and streamed.ppl_ratio == kept.ppl_ratio
+    a, b = streamed.evaluations[0], kept.evaluations[0]
+    assert torch.equal(a.batch_thresholds, b.batch_thresholds)
+    assert torch.equal(a.stats.kept_per_layer, b.stats.kept_per_layer)
+
+
+@pytest.fixture
+def tiny_model_relu_batches():
+    model = tiny_model("relu")
+    return model, greedy_batches(model, 2, b=2, s=16)

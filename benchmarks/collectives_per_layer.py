@@ -7,6 +7,17 @@ one layer's share (the embedding and the loss cancel out). Prints one JSON line 
 layer and per micro-batch, the calls of each kind and the bytes they move per token in bf16
 (all-reduce: the tensor; all-gather: the gathered output; reduce-scatter: the input).
 
+The "+overlap" variants build the model with ``train.tp_comm_overlap`` on (the column layers'
+backward overlaps its collectives with its GEMMs) and add ``change_vs_plain``: calls and bytes
+minus those of the same variant without overlap. Without SP nothing changes; under SP the
+backward re-gathers each column layer's input (one all-gather more per column call, the price
+of keeping only the local input for the backward).
+
+"fp32_saved_for_backward_bytes_per_token_per_layer": what autograd keeps for the backward per
+layer and token on this rank (each storage once, parameters left out; the growth from --seq to
+2·--seq tokens, so per-call copies of weights drop out), in the fp32 of this CPU run: half of it
+in bf16. It shows the activation memory that the overlap saves under SP.
+
 examples:
   python benchmarks/collectives_per_layer.py --model 1.2b
   python benchmarks/collectives_per_layer.py --model tiny --tp 2 --seq 32
@@ -29,11 +40,15 @@ import torch.multiprocessing as mp
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = {  # name: (sequence parallel, fast path)
-    "tp": (False, False),
-    "tp+fast": (False, True),
-    "tp-sp": (True, False),
-    "tp-sp+fast": (True, True),
+VARIANTS = {  # name: (sequence parallel, fast path, train.tp_comm_overlap)
+    "tp": (False, False, False),
+    "tp+fast": (False, True, False),
+    "tp-sp": (True, False, False),
+    "tp-sp+fast": (True, True, False),
+    "tp+overlap": (False, False, True),
+    "tp+fast+overlap": (False, True, True),
+    "tp-sp+overlap": (True, False, True),
+    "tp-sp+fast+overlap": (True, True, True),
 }
 
 
@@ -69,7 +84,9 @@ def _record(calls: Counter, nbytes: Counter) -> None:
     )
 
 
-def _one_step(model_cfg: dict, layers: int, sp: bool, fast: bool, seq: int, chunk: int) -> tuple[Counter, Counter]:
+def _one_step(
+    model_cfg: dict, layers: int, sp: bool, fast: bool, overlap: bool, seq: int, chunk: int
+) -> tuple[Counter, Counter]:
     from megasparse.config import config_from_dict
     from megasparse.model.fast_path import apply_fast_path
     from megasparse.model.transformer import Transformer
@@ -78,13 +95,32 @@ def _one_step(model_cfg: dict, layers: int, sp: bool, fast: bool, seq: int, chun
 
     groups = ParallelGroups.build(tensor=dist.get_world_size())
     cfg = config_from_dict({"model": {**model_cfg, "num_layers": layers}}).model
-    model = Transformer(cfg, seed=1, layer_factory=tensor_parallel_layer_factory(groups, sequence_parallel=sp))
+    factory = tensor_parallel_layer_factory(groups, sequence_parallel=sp, comm_overlap=overlap)
+    model = Transformer(cfg, seed=1, layer_factory=factory)
     apply_fast_path(model, fused_projections=fast, bshd_layout=fast, fused_residual_norm=fast)
     tokens = torch.randint(0, cfg.vocab_size, (1, seq + 1), generator=torch.Generator().manual_seed(0))
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}  # storage address -> bytes, each storage once (views share one)
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:  # activations (and temporaries), not the parameters
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
     CALLS.clear()
     BYTES.clear()
-    CausalLMLoss(model, groups.tp_group, chunk)(tokens).backward()
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        loss = CausalLMLoss(model, groups.tp_group, chunk)(tokens)
+    loss.backward()
+    BYTES["saved_for_backward"] = sum(saved.values())
     return Counter(CALLS), Counter(BYTES)
+
+
+def _difference(new: dict, old: dict) -> dict:
+    """``new - old`` per kind, only the kinds that differ ({} = the same collectives)."""
+    diff = {k: new.get(k, 0) - old.get(k, 0) for k in sorted(set(new) | set(old))}
+    return {k: v for k, v in diff.items() if v}
 
 
 def _worker(rank: int, world: int, init_file: str, args: argparse.Namespace, out: str) -> None:
@@ -95,25 +131,42 @@ def _worker(rank: int, world: int, init_file: str, args: argparse.Namespace, out
     _record(CALLS, BYTES)
     shape = yaml.safe_load((REPO / "configs" / "model" / f"{args.model}.yaml").read_text())["model"]
     model_cfg = {**shape, "vocab_size": args.vocab}
-    records = []
-    for name, (sp, fast) in VARIANTS.items():
-        a_calls, a_bytes = _one_step(model_cfg, 1, sp, fast, args.seq, args.loss_chunk_tokens)
-        b_calls, b_bytes = _one_step(model_cfg, 2, sp, fast, args.seq, args.loss_chunk_tokens)
-        per_layer = {k: b_calls[k] - a_calls[k] for k in set(a_calls) | set(b_calls)}
-        per_token = {k: (b_bytes[k] - a_bytes[k]) / args.seq for k in set(a_bytes) | set(b_bytes)}
-        records.append(
-            {
-                "benchmark": "collectives_per_layer",
-                "model": args.model,
-                "tp": world,
-                "variant": name,
-                "calls_per_layer": per_layer,
-                "bf16_bytes_per_token_per_layer": per_token,
-                "hidden_size": shape["hidden_size"],
+    records = {}
+    for name, (sp, fast, overlap) in VARIANTS.items():
+        a_calls, a_bytes = _one_step(model_cfg, 1, sp, fast, overlap, args.seq, args.loss_chunk_tokens)
+        b_calls, b_bytes = _one_step(model_cfg, 2, sp, fast, overlap, args.seq, args.loss_chunk_tokens)
+        per_layer = {k: b_calls[k] - a_calls[k] for k in sorted(set(a_calls) | set(b_calls))}
+        per_token = {k: (b_bytes[k] - a_bytes[k]) / args.seq for k in sorted(set(a_bytes) | set(b_bytes))}
+        per_token.pop("saved_for_backward")
+        # Saved memory per token: the growth from seq to 2·seq tokens, so that what does not grow
+        # with the tokens (the concatenated weights of fused projections) drops out.
+        a2_bytes = _one_step(model_cfg, 1, sp, fast, overlap, 2 * args.seq, args.loss_chunk_tokens)[1]
+        b2_bytes = _one_step(model_cfg, 2, sp, fast, overlap, 2 * args.seq, args.loss_chunk_tokens)[1]
+        one_layer = [
+            b["saved_for_backward"] - a["saved_for_backward"] for a, b in ((a_bytes, b_bytes), (a2_bytes, b2_bytes))
+        ]
+        saved = (one_layer[1] - one_layer[0]) / args.seq
+        record = {
+            "benchmark": "collectives_per_layer",
+            "model": args.model,
+            "tp": world,
+            "variant": name,
+            "calls_per_layer": per_layer,
+            "bf16_bytes_per_token_per_layer": per_token,
+            "fp32_saved_for_backward_bytes_per_token_per_layer": saved,
+            "hidden_size": shape["hidden_size"],
+        }
+        if overlap:
+            plain = records[name.removesuffix("+overlap")]
+            record["change_vs_plain"] = {
+                "calls_per_layer": _difference(per_layer, plain["calls_per_layer"]),
+                "bf16_bytes_per_token_per_layer": _difference(per_token, plain["bf16_bytes_per_token_per_layer"]),
+                "fp32_saved_for_backward_bytes_per_token_per_layer": saved
+                - plain["fp32_saved_for_backward_bytes_per_token_per_layer"],
             }
-        )
+        records[name] = record
     if rank == 0:
-        Path(out).write_text("\n".join(json.dumps(r) for r in records) + "\n")
+        Path(out).write_text("\n".join(json.dumps(r) for r in records.values()) + "\n")
     dist.destroy_process_group()
 
 

@@ -5,10 +5,14 @@
 #   dp        1 GPU, DP2, DP4 (DP8 on 8 GPUs): weak scaling, every speed option on
 #   tp        TP2, TP2+SP, TP2×DP2 at the same global batch as the 1-GPU run, every option on
 #   pp        PP2, TP2×PP2 (+SP), every option the pipeline allows
+#   overlap-tp  TP2 and TP2+SP with the communication overlap on and off (train.tp_comm_overlap)
+#   overlap-dp  DP2 and TP2×DP2 with it on and off (also ZeRO's overlap_comm): "overlap_speedup"
 # Each layout part starts with its own 1-GPU run, so its loss deviations and scaling are measured
-# against a run of the same call. JSON lines go to $OUT/multi_gpu.jsonl.
+# against a run of the same call (the overlap parts compare each layout with its -no-overlap twin
+# instead). JSON lines go to $OUT/multi_gpu.jsonl.
 #
 #   OUT=/tmp/out bash benchmarks/multi_gpu.sh link dp
+#   bash benchmarks/multi_gpu.sh overlap-tp        # then overlap-dp: each under 10 minutes
 #   MODEL=1.2b SEQ=4096 MBS=8 bash benchmarks/multi_gpu.sh tp
 #   DEVICE=cpu MODEL=tiny SEQ=64 MBS=2 GLOBAL=4 STEPS=3 VOCAB=400 bash benchmarks/multi_gpu.sh link tp pp   # CPU/gloo check
 set -uo pipefail
@@ -50,6 +54,8 @@ for part in "$@"; do
     dp) layouts 1 dp2-weak dp4-weak dp8-weak ;;
     tp) layouts 1 tp2 tp2-sp tp2xdp2 ;;
     pp) layouts 1 pp2 tp2xpp2-sp ;;
-    *) echo "multi_gpu.sh: unknown part '$part' (link, dp, tp, pp)" >&2; exit 2 ;;
+    overlap-tp) layouts tp2 tp2-no-overlap tp2-sp tp2-sp-no-overlap ;;
+    overlap-dp) layouts dp2 dp2-no-overlap tp2xdp2 tp2xdp2-no-overlap ;;
+    *) echo "multi_gpu.sh: unknown part '$part' (link, dp, tp, pp, overlap-tp, overlap-dp)" >&2; exit 2 ;;
   esac
 done

@@ -5,6 +5,10 @@ TP × PP × DP layouts and prints one JSON line per layout: tokens/s, TFLOP/s pe
 memory, the loss curve, its largest relative deviation from the 1-GPU curve, and for pure DP the
 weak-scaling efficiency (tokens/s ÷ (GPUs × 1-GPU tokens/s)).
 
+A layout name ending in "-no-overlap" turns the communication overlap off (train.tp_comm_overlap
+and DeepSpeed's ZeRO overlap_comm); run next to the same layout without the suffix, its line
+gets "overlap_speedup": tokens/s with overlap ÷ tokens/s without, and the loss difference.
+
 examples:
   python benchmarks/parallel_layouts.py --model 0.4b --layouts 1 dp2 tp2 tp2-sp dp4 tp2xdp2
   # every speed option on (fused chunked loss, compiled regions, the fast path where allowed)
@@ -12,6 +16,8 @@ examples:
   # the same code path on the CPU over gloo, tiny (checks the script, measures nothing)
   python benchmarks/parallel_layouts.py --model tiny --seq 64 --micro-batch 2 --global-batch 4 --steps 3 \
       --vocab 400 --device cpu --layouts 1 tp2-sp pp2 --fast
+  # the communication overlap on and off, same call
+  python benchmarks/parallel_layouts.py --model 1.2b --fast --layouts tp2-sp tp2-sp-no-overlap dp2 dp2-no-overlap
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -31,14 +38,16 @@ from megasparse.training.run_summary import read_scalars
 REPO = Path(__file__).resolve().parents[1]
 
 LAYOUT = re.compile(
-    r"^(?:(?P<one>1)|(?:(?:tp(?P<tp>\d+))?(?:x?pp(?P<pp>\d+))?(?:x?dp(?P<dp>\d+))?)(?P<sp>-sp)?)(?P<weak>-weak)?$"
+    r"^(?:(?P<one>1)|(?:(?:tp(?P<tp>\d+))?(?:x?pp(?P<pp>\d+))?(?:x?dp(?P<dp>\d+))?)(?P<sp>-sp)?)(?P<weak>-weak)?(?P<no_overlap>-no-overlap)?$"
 )
 
 
 def parse_layout(name: str) -> dict:
     m = LAYOUT.match(name)
     if not m or name == "":
-        raise SystemExit(f"error: layout {name!r} is not like 1, dp2, tp2, pp2, tp2xdp2, tp2-sp")
+        raise SystemExit(
+            f"error: layout {name!r} is not like 1, dp2, tp2, pp2, tp2xdp2, tp2-sp, dp2-weak, tp2-sp-no-overlap"
+        )
     tp, pp, dp = (int(m.group(k) or 1) for k in ("tp", "pp", "dp"))
     # "-weak": the global batch grows with DP (per-GPU work constant) — weak scaling; otherwise
     # every layout trains on the same global batch, so loss curves are comparable.
@@ -50,6 +59,8 @@ def parse_layout(name: str) -> dict:
         "gpus": tp * pp * dp,
         "sequence_parallel": bool(m.group("sp")),
         "weak": bool(m.group("weak")),
+        # train.tp_comm_overlap and ZeRO's overlap_comm (both on by default)
+        "comm_overlap": not m.group("no_overlap"),
     }
 
 
@@ -109,12 +120,16 @@ def run_layout(args, layout: dict, data: str, tokenizer: str, workdir: Path) -> 
             "seed": 1234,
             "schedule": {"kind": "wsd", "warmup_steps": 5},
             "device": args.device,
+            "tp_comm_overlap": layout["comm_overlap"],
             **fast_options(args, layout),
         },
         "sparsity": {"counters": True, "histogram_interval": 1000000},
         "checkpoint": {"dir": None},
         "logging": {"dir": str(run_dir / "tb"), "interval": args.log_interval},
+        "deepspeed": {} if layout["comm_overlap"] else {"zero_optimization": {"overlap_comm": False}},
     }
+    # A workdir reused from an earlier call keeps old event files, whose losses would be read too.
+    shutil.rmtree(run_dir / "tb", ignore_errors=True)
     proc = run_training(run_dir, cfg, layout["gpus"])
     if proc.returncode != 0:
         return {"layout": layout["name"], "error": (proc.stdout + proc.stderr)[-2500:]}
@@ -140,6 +155,20 @@ def run_layout(args, layout: dict, data: str, tokenizer: str, workdir: Path) -> 
     }
 
 
+def compare_overlap(r: dict, done: dict[str, dict]) -> None:
+    """For a layout and its "-no-overlap" twin (whichever ran second): the overlap's speed-up and
+    the largest loss difference between the two (0 expected: the same computation)."""
+    name = r["name"]
+    twin = name.removesuffix("-no-overlap") if name.endswith("-no-overlap") else name + "-no-overlap"
+    other = done.get(twin)
+    if other is None or "error" in other:
+        return
+    on, off = (r, other) if r["comm_overlap"] else (other, r)
+    r["overlap_speedup"] = on["tokens_per_sec"] / off["tokens_per_sec"]
+    r["overlap_max_abs_loss_diff"] = max(abs(a - b) for a, b in zip(on["loss"], off["loss"]))
+    r["overlap_peak_memory_gb_saved"] = off["max_allocated_gb"] - on["max_allocated_gb"]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="0.4b")
@@ -161,6 +190,7 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     data, tokenizer = prepare_data(workdir, args.vocab)
     base = None
+    done: dict[str, dict] = {}
     for name in args.layouts:
         layout = parse_layout(name)
         r = run_layout(args, layout, data, tokenizer, workdir)
@@ -173,6 +203,8 @@ def main() -> int:
                     r["step1_activation_ratio_equal"] = r["activation_ratio_step1"] == base["activation_ratio_step1"]
                 if layout["tensor"] == layout["pipeline"] == 1:
                     r["dp_weak_scaling_efficiency"] = r["tokens_per_sec"] / (layout["gpus"] * base["tokens_per_sec"])
+            compare_overlap(r, done)
+            done[name] = r
         emit(r, args.out)
     return 0
 

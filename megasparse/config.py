@@ -162,6 +162,11 @@ class TrainConfig(_Section):
     fused_projections: bool = False
     attention_bshd_layout: bool = False
     fused_residual_norm: bool = False
+    # Tensor parallelism: each column-parallel layer's backward runs its all-reduce (reduce-scatter
+    # under SP) of the input gradient while it computes the weight gradient, and under SP keeps
+    # only its local input for the backward (megasparse/parallel/overlapped_linear.py). Same
+    # results as false (the separate collectives around each linear), tested on TP2 and TP2+SP.
+    tp_comm_overlap: bool = True
     eval_interval: int = Field(0, ge=0)  # 0 disables periodic evaluation
     eval_steps: int = Field(10, gt=0)  # global batches per evaluation (same samples for any layout)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)

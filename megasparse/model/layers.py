@@ -112,12 +112,14 @@ def fused_column_linear(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> torch
 
     The weights are concatenated per call ([Σ out_i, d]: far smaller than the activations, so
     the copy is cheap) and the parameters stay separate, with their names, shapes and
-    tensor-parallel slices. A tensor-parallel layer's ``enter_column_region`` (all-gather of the
-    sequence, or the identity whose backward all-reduces) runs once for all of them.
+    tensor-parallel slices. A tensor-parallel layer's ``column_linear`` enters the TP region (all-
+    gather of the sequence, or the identity whose backward all-reduces) once for all of them, and
+    with ``comm_overlap`` overlaps that backward collective with the weight-gradient GEMM.
     """
-    enter = getattr(layers[0], "enter_column_region", None)
-    if enter is not None:
-        x = enter(x)
     biases = [getattr(layer, "bias", None) for layer in layers]
     bias = None if all(b is None for b in biases) else torch.cat(biases)  # all or none (q/k/v alike)
-    return F.linear(x, torch.cat([layer.weight for layer in layers]), bias)
+    weight = torch.cat([layer.weight for layer in layers])  # [Σ out_i, d]
+    column_linear = getattr(layers[0], "column_linear", None)
+    if column_linear is not None:
+        return column_linear(x, weight, bias)
+    return F.linear(x, weight, bias)

@@ -75,6 +75,51 @@ def _reduce_scatter(x: torch.Tensor, dim: int, group: Group) -> torch.Tensor:
     return out.movedim(0, dim)
 
 
+class PendingCollective:
+    """A collective started with ``async_op=True``; :meth:`wait` gives its result.
+
+    The caller computes something else between the start and ``wait`` (the point of starting it
+    early); on CUDA the collective runs on the communicator's stream meanwhile. ``result`` is a
+    function of the finished buffer (e.g. moving the gathered dimension back into place).
+    """
+
+    def __init__(self, work, buffer: torch.Tensor, result):
+        self._work, self._buffer, self._result = work, buffer, result
+
+    def wait(self) -> torch.Tensor:
+        self._work.wait()
+        return self._result(self._buffer)
+
+
+def start_all_reduce(x: torch.Tensor, group: Group) -> PendingCollective:
+    """Sums ``x`` over ``group`` IN PLACE, asynchronously: pass a tensor nobody else reads."""
+    # Looked up on the module at call time, so benchmarks/collectives_per_layer.py counts it.
+    work = dist.all_reduce(x, group=group, async_op=True)
+    return PendingCollective(work, x, lambda out: out)
+
+
+def start_all_gather(x: torch.Tensor, dim: int, group: Group) -> PendingCollective:
+    """Asynchronous :func:`_all_gather`: [.., n, ..] -> [.., tp·n, ..] along ``dim`` on ``wait``."""
+    tp = group_size(group)
+    front = x.movedim(dim, 0).contiguous()  # [n, ...]
+    out = torch.empty((tp * front.shape[0],) + tuple(front.shape[1:]), dtype=x.dtype, device=x.device)
+    work = _all_gather_single(out, front, group=group, async_op=True)
+    # ``front`` must outlive the collective: keep it referenced until ``wait``.
+    return PendingCollective(work, out, lambda buf, _keep=front: buf.movedim(0, dim))
+
+
+def start_reduce_scatter(x: torch.Tensor, dim: int, group: Group) -> PendingCollective:
+    """Asynchronous :func:`_reduce_scatter`: [.., tp·n, ..] partial sums -> [.., n, ..] on ``wait``."""
+    tp = group_size(group)
+    front = x.movedim(dim, 0).contiguous()  # [tp·n, ...]
+    if front.shape[0] % tp:
+        raise ValueError(f"dimension {dim} of size {front.shape[0]} is not divisible by TP={tp}")
+    out = torch.empty((front.shape[0] // tp,) + tuple(front.shape[1:]), dtype=x.dtype, device=x.device)
+    work = _reduce_scatter_single(out, front, group=group, async_op=True)
+    # ``front`` must outlive the collective: keep it referenced until ``wait``.
+    return PendingCollective(work, out, lambda buf, _keep=front: buf.movedim(0, dim))
+
+
 def _own_slice(x: torch.Tensor, dim: int, group: Group) -> torch.Tensor:
     tp = group_size(group)
     if x.shape[dim] % tp:

@@ -310,7 +310,7 @@ def build_pipeline_module(
     if activation_checkpointing is None:
         activation_checkpointing = cfg.train.activation_checkpointing
     mode = recompute_mode(activation_checkpointing)
-    factory = tensor_parallel_layer_factory(groups, cfg.parallel.sequence_parallel)
+    factory = tensor_parallel_layer_factory(groups, cfg.parallel.sequence_parallel, cfg.train.tp_comm_overlap)
     chunk = cfg.train.loss_chunk_tokens
     specs = layer_specs(
         model_cfg, factory, seed=cfg.train.seed, device=device, eod_token_id=eod_token_id, head_in_loss=chunk > 0

@@ -11,6 +11,11 @@ Sequence parallelism keeps the residual stream (norms, residual adds) split alon
 layer reduce-scatters after it, the embedding reduce-scatters its lookup. Norm weights then see
 only s/tp positions per rank, so their gradient is summed over the TP group (autograd does it).
 
+With ``comm_overlap`` (``train.tp_comm_overlap``) a column-parallel layer and the tied head run
+their linear through megasparse/parallel/overlapped_linear.py instead: the same collectives, but
+the backward's all-reduce / reduce-scatter of the input gradient runs while the weight gradient is
+computed, and under SP only the local input is kept for the backward (re-gathered there).
+
 Every sharded weight is initialised by drawing the FULL tensor with the model's rule and keeping
 this rank's slice (``TensorPartition``, see megasparse/model/init.py): the same seed gives the
 same full model for any TP size. Sharded weights also carry Megatron's attribute
@@ -21,6 +26,7 @@ TP rank and replicated ones (norms) on TP rank 0 only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +49,7 @@ from megasparse.parallel.collectives import (
     reduce_from_tensor_parallel_region,
     reduce_scatter_to_sequence_parallel_region,
 )
+from megasparse.parallel.overlapped_linear import column_linear_overlapped
 
 
 def _add_sharded_weight(
@@ -73,35 +80,59 @@ def _enter_column_region(x: torch.Tensor, group: Group, sequence_parallel: bool)
     return copy_to_tensor_parallel_region(x, group)
 
 
+def _column_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    group: Group,
+    sequence_parallel: bool,
+    comm_overlap: bool,
+) -> torch.Tensor:
+    """[b, s, in] ([b, s/tp, in] under SP) -> [b, s, out/tp]: the column-parallel linear, either
+    as separate collective + ``F.linear`` (plain) or as one function overlapping the backward's
+    collectives with its GEMMs (``comm_overlap``)."""
+    if comm_overlap and group_size(group) > 1:
+        return column_linear_overlapped(x, weight, bias, group, sequence_parallel)
+    return F.linear(_enter_column_region(x, group, sequence_parallel), weight, bias)
+
+
 class ColumnParallelLinear(nn.Module):
     """``y = x Wᵀ`` with W [out, in] split along ``out``: each rank computes out/tp features.
 
     Input [b, s, in] replicated over TP ([b, s/tp, in] under sequence parallelism);
     output [b, s, out/tp] (never gathered: the next layer is row-parallel or the loss is).
+    ``comm_overlap``: the backward overlaps its collectives with its GEMMs (module docstring).
     """
 
     def __init__(
-        self, in_features: int, out_features: int, group: Group, sequence_parallel: bool = False, bias: bool = False
+        self,
+        in_features: int,
+        out_features: int,
+        group: Group,
+        sequence_parallel: bool = False,
+        bias: bool = False,
+        comm_overlap: bool = False,
     ):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.group, self.sequence_parallel = group, sequence_parallel
+        self.group, self.sequence_parallel, self.comm_overlap = group, sequence_parallel, comm_overlap
         _add_sharded_weight(self, (out_features, in_features), 0, group)  # weight [out/tp, in]
         self.bias = None
         if bias:
             _add_sharded_weight(self, (out_features,), 0, group, name="bias")  # bias [out/tp]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.enter_column_region(x), self.weight, self.bias)  # [b, s, out/tp]
+        return self.column_linear(x, self.weight, self.bias)  # [b, s, out/tp]
 
-    def enter_column_region(self, x: torch.Tensor) -> torch.Tensor:
-        """[b, s, in] ([b, s/tp, in] under SP) -> [b, s, in] (also for fused projections)."""
-        return _enter_column_region(x, self.group, self.sequence_parallel)
+    def column_linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """x [b, s, in] ([b, s/tp, in] under SP) @ weightᵀ (+ bias) -> [b, s, out'], entering the TP
+        region on the way; ``weight`` may be several layers' concatenated (fused projections)."""
+        return _column_linear(x, weight, bias, self.group, self.sequence_parallel, self.comm_overlap)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features} (local "
-            f"{self.weight.shape[0]}), sequence_parallel={self.sequence_parallel}"
+            f"{self.weight.shape[0]}), sequence_parallel={self.sequence_parallel}, comm_overlap={self.comm_overlap}"
         )
 
 
@@ -189,13 +220,16 @@ class TensorParallelLayerFactory(LayerFactory):
 
     group: Group = None
     sequence_parallel: bool = False
+    comm_overlap: bool = False  # train.tp_comm_overlap: column layers and the tied head
 
     @property
     def tensor_parallel_size(self) -> int:
         return group_size(self.group)
 
     def column(self, in_features: int, out_features: int, bias: bool = False) -> nn.Module:
-        return ColumnParallelLinear(in_features, out_features, self.group, self.sequence_parallel, bias=bias)
+        return ColumnParallelLinear(
+            in_features, out_features, self.group, self.sequence_parallel, bias=bias, comm_overlap=self.comm_overlap
+        )
 
     def row(self, in_features: int, out_features: int) -> nn.Module:
         return RowParallelLinear(in_features, out_features, self.group, self.sequence_parallel)
@@ -205,7 +239,9 @@ class TensorParallelLayerFactory(LayerFactory):
 
     def head(self, hidden_size: int, vocab_size: int) -> nn.Module:
         # An untied head is a column-parallel layer over the vocabulary: logits [b, s, V/tp].
-        return ColumnParallelLinear(hidden_size, vocab_size, self.group, self.sequence_parallel)
+        return ColumnParallelLinear(
+            hidden_size, vocab_size, self.group, self.sequence_parallel, comm_overlap=self.comm_overlap
+        )
 
     def norm(self, size: int, eps: float) -> RMSNorm:
         if self.sequence_parallel and self.tensor_parallel_size > 1:
@@ -214,7 +250,7 @@ class TensorParallelLayerFactory(LayerFactory):
 
     def tied_head(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """hidden [b, s, d] ([b, s/tp, d] under SP) @ embedding shard [V/tp, d]ᵀ -> [b, s, V/tp]."""
-        return F.linear(self.head_input(hidden), weight)
+        return _column_linear(hidden, weight, None, self.group, self.sequence_parallel, self.comm_overlap)
 
     def head_input(self, hidden: torch.Tensor) -> torch.Tensor:
         """[b, s, d] ([b, s/tp, d] under SP) -> the whole [b, s, d] on every TP rank; backward sums
@@ -222,16 +258,20 @@ class TensorParallelLayerFactory(LayerFactory):
         return _enter_column_region(hidden, self.group, self.sequence_parallel)
 
 
-def tensor_parallel_layer_factory(groups_or_group, sequence_parallel: bool = False) -> LayerFactory:
+def tensor_parallel_layer_factory(
+    groups_or_group, sequence_parallel: bool = False, comm_overlap: bool = False
+) -> LayerFactory:
     """The layer factory for a model split over the tensor-parallel group.
 
     ``groups_or_group``: a :class:`megasparse.parallel.groups.ParallelGroups` (its TP group is
     used) or a TP process group directly. With one TP rank this returns the plain local factory
     (sequence parallelism over one rank is a no-op), so TP=1 runs build exactly today's model.
+    ``comm_overlap`` (``train.tp_comm_overlap``): column layers overlap their backward's
+    collectives with their GEMMs (megasparse/parallel/overlapped_linear.py).
     """
     group = getattr(groups_or_group, "tp_group", groups_or_group)
     if group_size(group) == 1:
         from megasparse.model.layers import LOCAL_LAYERS
 
         return LOCAL_LAYERS
-    return TensorParallelLayerFactory(group=group, sequence_parallel=sequence_parallel)
+    return TensorParallelLayerFactory(group=group, sequence_parallel=sequence_parallel, comm_overlap=comm_overlap)

@@ -42,7 +42,7 @@ from megasparse.sparsity.counters import (
 from megasparse.sparsity.live_calibration import LiveCalibrator, heldout_batches
 from megasparse.sparsity.reduction import counter_groups, reduce_counters
 from megasparse.training import console, placement
-from megasparse.training.deepspeed_config import build_deepspeed_config, merge_config
+from megasparse.training.deepspeed_config import build_deepspeed_config, communication_overlap_line, merge_config
 from megasparse.training.distributed import init_distributed
 from megasparse.training.init_from import init_model_config, load_initial_weights
 from megasparse.training.lm_loss import CausalLMLoss
@@ -153,7 +153,9 @@ class Trainer:
             model = build_pipeline_module(cfg, self.groups, device=self.device, eod_token_id=eod)
             self._load_initial_weights(model, plain_parameter_names(model))
             return model, model, stage_layer_ids(model)
-        factory = tensor_parallel_layer_factory(self.groups, cfg.parallel.sequence_parallel)
+        factory = tensor_parallel_layer_factory(
+            self.groups, cfg.parallel.sequence_parallel, comm_overlap=cfg.train.tp_comm_overlap
+        )
         model = Transformer(
             cfg.model,
             seed=cfg.train.seed,
@@ -214,6 +216,9 @@ class Trainer:
             mpu=self.groups.mpu() if self.world > 1 and not self.pipeline else None,
             lr_scheduler=lambda opt: build_scheduler(opt, cfg.train.schedule, cfg.train.optimizer, cfg.train.steps),
         )
+        overlap = communication_overlap_line(engine, self.model, self.dp_size)
+        if overlap:
+            self.log.line(overlap)
         return engine, scheduler
 
     def _build_data(self, eod: Optional[int]) -> None:

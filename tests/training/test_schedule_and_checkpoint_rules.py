@@ -9,7 +9,7 @@ import pytest
 
 from megasparse.checkpoint import engine as ckpt
 from megasparse.config import OptimizerConfig, ScheduleConfig, config_from_dict
-from megasparse.training.deepspeed_config import build_deepspeed_config
+from megasparse.training.deepspeed_config import REDUCE_BUCKET_ELEMENTS, build_deepspeed_config
 from megasparse.training.schedule import lr_multiplier
 
 
@@ -41,7 +41,7 @@ def test_deepspeed_config_follows_the_run_config():
                 "optimizer": {"lr": 0.02, "grad_clip": 0.5, "beta2": 0.98},
             },
             "parallel": {"zero_stage": 2},
-            "deepspeed": {"zero_optimization": {"overlap_comm": True}},
+            "deepspeed": {"zero_optimization": {"overlap_comm": False}},
         }
     )
     ds = build_deepspeed_config(cfg, world_size=4, bf16=True, on_cuda=False)
@@ -50,7 +50,26 @@ def test_deepspeed_config_follows_the_run_config():
     assert ds["gradient_clipping"] == 0.5 and ds["bf16"] == {"enabled": True}
     assert ds["optimizer"]["params"]["betas"] == [0.9, 0.98] and ds["optimizer"]["params"]["lr"] == 0.02
     # user keys merge into the derived sections instead of replacing them
-    assert ds["zero_optimization"] == {"stage": 2, "overlap_comm": True}
+    assert ds["zero_optimization"] == {
+        "stage": 2,
+        "overlap_comm": False,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": REDUCE_BUCKET_ELEMENTS,
+    }
+
+
+@pytest.mark.parametrize(
+    "zero_stage, pipeline, overlapped", [(0, 1, False), (1, 1, True), (2, 1, True), (3, 1, False), (1, 2, False)]
+)
+def test_data_parallel_reduction_overlaps_the_backward_where_deepspeed_honours_it(zero_stage, pipeline, overlapped):
+    """ZeRO 1/2 without PP get overlap_comm and bucketed contiguous gradients; stage 0 has no
+    ZeRO reducer, stage 3 keeps DeepSpeed's own default (on), the pipeline engine turns it off."""
+    cfg = config_from_dict({"parallel": {"zero_stage": zero_stage, "pipeline": pipeline}})
+    zero = build_deepspeed_config(cfg, world_size=2, bf16=False, on_cuda=False)["zero_optimization"]
+    expected = {"stage": zero_stage}
+    if overlapped:
+        expected.update(overlap_comm=True, contiguous_gradients=True, reduce_bucket_size=REDUCE_BUCKET_ELEMENTS)
+    assert zero == expected
 
 
 def test_incomplete_checkpoint_never_becomes_the_resume_point(tmp_path):

@@ -15,7 +15,7 @@ from megasparse.config import RunConfig
 REDUCE_BUCKET_ELEMENTS = 50_000_000
 
 
-def zero_optimization(cfg: RunConfig) -> dict[str, Any]:
+def zero_optimization(cfg: RunConfig, world_size: int) -> dict[str, Any]:
     """The ``zero_optimization`` section: the stage, and for ZeRO 1/2 the data-parallel gradient
     reduction overlapped with the backward.
 
@@ -24,12 +24,15 @@ def zero_optimization(cfg: RunConfig) -> dict[str, Any]:
     (DeepSpeed's default, set so the pair is explicit). DeepSpeed honours ``overlap_comm`` in
     stages 1 and 2 (stage 1 reduces during the last micro-step's backward of each step, stage 2
     during every one); stage 3 already defaults to it, stage 0 reduces after the backward, and
-    the pipeline engine turns it off (with a warning), so it is set only where it acts. Any key
-    can still be overridden in the run config's ``deepspeed:`` section.
+    the pipeline engine turns it off (with a warning), so it is set only where it acts; with one
+    data-parallel rank there is nothing to reduce, and DeepSpeed's defaults stay (the one-GPU
+    configuration the speed measurements used). Any key can still be overridden in the run
+    config's ``deepspeed:`` section.
     """
     stage = cfg.parallel.zero_stage
     section: dict[str, Any] = {"stage": stage}
-    if stage in (1, 2) and cfg.parallel.pipeline == 1:
+    data_parallel = world_size // (cfg.parallel.tensor * cfg.parallel.pipeline)
+    if stage in (1, 2) and cfg.parallel.pipeline == 1 and data_parallel > 1:
         section.update(overlap_comm=True, contiguous_gradients=True, reduce_bucket_size=REDUCE_BUCKET_ELEMENTS)
     return section
 
@@ -62,7 +65,7 @@ def build_deepspeed_config(cfg: RunConfig, world_size: int, bf16: bool, on_cuda:
         "gradient_accumulation_steps": cfg.grad_accumulation_steps(world_size),
         "optimizer": {"type": "AdamW", "params": adam},
         "gradient_clipping": o.grad_clip,
-        "zero_optimization": zero_optimization(cfg),
+        "zero_optimization": zero_optimization(cfg, world_size),
         # bf16 keeps fp32 master weights in the (ZeRO) optimizer.
         "bf16": {"enabled": bf16},
         "zero_allow_untested_optimizer": True,

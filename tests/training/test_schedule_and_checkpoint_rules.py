@@ -59,13 +59,17 @@ def test_deepspeed_config_follows_the_run_config():
 
 
 @pytest.mark.parametrize(
-    "zero_stage, pipeline, overlapped", [(0, 1, False), (1, 1, True), (2, 1, True), (3, 1, False), (1, 2, False)]
+    "zero_stage, pipeline, world_size, overlapped",
+    [(0, 1, 2, False), (1, 1, 2, True), (2, 1, 2, True), (3, 1, 2, False), (1, 2, 2, False), (1, 1, 1, False)],
 )
-def test_data_parallel_reduction_overlaps_the_backward_where_deepspeed_honours_it(zero_stage, pipeline, overlapped):
-    """ZeRO 1/2 without PP get overlap_comm and bucketed contiguous gradients; stage 0 has no
-    ZeRO reducer, stage 3 keeps DeepSpeed's own default (on), the pipeline engine turns it off."""
+def test_data_parallel_reduction_overlaps_the_backward_where_deepspeed_honours_it(
+    zero_stage, pipeline, world_size, overlapped
+):
+    """ZeRO 1/2 without PP and with DP > 1 get overlap_comm and bucketed contiguous gradients;
+    stage 0 has no ZeRO reducer, stage 3 keeps DeepSpeed's own default (on), the pipeline engine
+    turns it off, and one data-parallel rank has nothing to reduce (DeepSpeed's defaults stay)."""
     cfg = config_from_dict({"parallel": {"zero_stage": zero_stage, "pipeline": pipeline}})
-    zero = build_deepspeed_config(cfg, world_size=2, bf16=False, on_cuda=False)["zero_optimization"]
+    zero = build_deepspeed_config(cfg, world_size=world_size, bf16=False, on_cuda=False)["zero_optimization"]
     expected = {"stage": zero_stage}
     if overlapped:
         expected.update(overlap_comm=True, contiguous_gradients=True, reduce_bucket_size=REDUCE_BUCKET_ELEMENTS)

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 from bench_common import emit
-from train_throughput import add_variant_arguments, build_trainer
+from train_throughput import FAST_PATH_SWITCHES, add_variant_arguments, build_trainer
 
-SWITCHES = ("bshd_layout", "fused_projections", "fused_residual_norm")
+SWITCHES = tuple(FAST_PATH_SWITCHES)
 VARIANTS = {"plain": (), **{name: (name,) for name in SWITCHES}, "all": SWITCHES}
 
 

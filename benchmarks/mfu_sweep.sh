@@ -4,7 +4,8 @@
 #   kernels   the kernel tests compiled on the GPU; SDPA's backends at the training shapes; the
 #             loss and elementwise kernels' bandwidth
 #   ours      end-to-end tokens/s, MFU, memory at both paper sizes with the fast options (fused
-#             chunked loss, regional compile) at each size's micro-batch, counters off and on
+#             chunked loss, regional compile, the FAST_PATH switches) at each size's micro-batch,
+#             counters off and on, per activation in ACTIVATIONS (relu by default)
 #   liger     the strongest peer, HF Llama + Liger-Kernel + DeepSpeed ZeRO-1, at its best micro-batch
 #   plain     plain HF Llama + DeepSpeed ZeRO-1 at its best micro-batch
 #   counters  the counters' cost, off/on blocks alternating in one process (counter_cost.py)
@@ -34,6 +35,8 @@ mkdir -p "$OUT"
 source benchmarks/gpu_env.sh
 J="$OUT/mfu_sweep.jsonl"
 FAST="--loss-chunk-tokens ${CHUNK:-8192} --compile"
+# FAST_PATH="bshd_layout fused_projections" adds those fast-path switches to ours and counters
+SWITCHES=${FAST_PATH:+--fast-path $FAST_PATH}
 MBS_SMALL=${MBS_SMALL:-16} MBS_LARGE=${MBS_LARGE:-8}
 SIZES=${SIZES:-0.1b 1.2b}  # the model sizes every part but kernels and profiles runs
 mbs() { if [ "$1" = 0.1b ]; then echo "$MBS_SMALL"; else echo "$MBS_LARGE"; fi; }
@@ -57,7 +60,11 @@ for part in "$@"; do
       timeout 150 python3 benchmarks/gated_activation_bench.py > "$OUT/gated_activation.jsonl" 2>> "$OUT/errors.txt"
       tail -12 "$OUT/gated_activation.jsonl" ;;
     ours)
-      for model in $SIZES; do ours "$model" "$(mbs "$model")" $FAST --counters off triton; done ;;
+      for model in $SIZES; do
+        for act in ${ACTIVATIONS:-relu}; do
+          ours "$model" "$(mbs "$model")" $FAST $SWITCHES --activation "$act" --counters off triton
+        done
+      done ;;
     liger)
       for model in $SIZES; do
         best=16; [ "$model" = 1.2b ] && best=8
@@ -71,7 +78,7 @@ for part in "$@"; do
     counters)
       for model in $SIZES; do
         blocks=8; [ "$model" = 1.2b ] && blocks=5
-        timeout 250 python3 benchmarks/counter_cost.py --model "$model" --micro-batch "$(mbs "$model")" $FAST \
+        timeout 250 python3 benchmarks/counter_cost.py --model "$model" --micro-batch "$(mbs "$model")" $FAST $SWITCHES \
             --blocks $blocks --block-steps 4 --out "$J" 2>> "$OUT/errors.txt" | cut -c1-600
       done ;;
     ablation)

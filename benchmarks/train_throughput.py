@@ -8,6 +8,8 @@ examples:
   python benchmarks/train_throughput.py --model 0.1b --micro-batch 8 --steps 30
   python benchmarks/train_throughput.py --model 1.2b --micro-batch 4 --counters off reference triton
   python benchmarks/train_throughput.py --model 0.1b --micro-batch 16 --loss-chunk-tokens 8192 --compile
+  python benchmarks/train_throughput.py --model 1.2b --micro-batch 8 --loss-chunk-tokens 8192 --compile \
+      --fast-path bshd_layout fused_projections --counters triton
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ from megasparse.data.indexed_dataset import IndexedDatasetWriter
 from megasparse.training.run_summary import read_scalars
 
 REPO = Path(__file__).resolve().parents[1]
+# The fast-path switches: benchmark name -> the train section's key.
+FAST_PATH_SWITCHES = {
+    "bshd_layout": "attention_bshd_layout",
+    "fused_projections": "fused_projections",
+    "fused_residual_norm": "fused_residual_norm",
+}
 
 
 def synthetic_tokens(prefix: Path, vocab: int, tokens: int, doc_len: int = 65536, seed: int = 0) -> None:
@@ -48,6 +56,7 @@ def run_dir_name(args, mode: str) -> str:
     variant = (f"-chunk{args.loss_chunk_tokens}" if args.loss_chunk_tokens else "") + (
         "-compiled" if args.compile else ""
     )
+    variant += "".join(f"-{name}" for name in args.fast_path)
     return f"{args.model}-mbs{args.micro_batch}-counters-{mode}{variant}"
 
 
@@ -66,6 +75,7 @@ def benchmark_config(args, mode: str, data_prefix: Path, run_dir: Path) -> dict:
             "activation_checkpointing": args.activation_checkpointing,
             "loss_chunk_tokens": args.loss_chunk_tokens,
             "compile": args.compile,
+            **{key: name in args.fast_path for name, key in FAST_PATH_SWITCHES.items()},
             "schedule": {"kind": "constant", "warmup_steps": 0},
         },
         "sparsity": {"counters": counters, "counter_impl": mode if counters else "auto", "histogram_interval": 1000000},
@@ -109,6 +119,13 @@ def add_variant_arguments(p: argparse.ArgumentParser) -> None:
         help="train.loss_chunk_tokens: head + cross-entropy in chunks of this many tokens (0: off)",
     )
     p.add_argument("--compile", action="store_true", help="train.compile: torch.compile RMSNorm and rotary")
+    p.add_argument(
+        "--fast-path",
+        nargs="+",
+        default=[],
+        choices=list(FAST_PATH_SWITCHES),
+        help="fast-path switches to turn on (train.fused_projections etc.; megasparse/model/fast_path.py)",
+    )
 
 
 def run_one(args, mode: str, workdir: Path, data_prefix: Path) -> dict:
@@ -135,6 +152,7 @@ def run_one(args, mode: str, workdir: Path, data_prefix: Path) -> dict:
         "activation_checkpointing": args.activation_checkpointing,
         "loss_chunk_tokens": args.loss_chunk_tokens,
         "compile": args.compile,
+        "fast_path": args.fast_path,
         "steps": args.steps,
         "tokens_per_sec": median(tags.PERF_TOKENS_PER_SEC),
         "tflops_per_gpu": median(tags.PERF_TFLOPS_PER_GPU),

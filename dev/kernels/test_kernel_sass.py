@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _sass(*args: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(REPO)
+    # The repository first, then whatever this process was given (packages installed beside it).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(
         [sys.executable, str(REPO / "dev" / "kernels" / "kernel_sass.py"), *args],
         capture_output=True,

@@ -10,13 +10,18 @@ calibration is timed alone (device synchronised) with the peak memory it reached
 search multiplied before bf16 probes with float32 results existed) and reports whether both give
 the same CETT value, τ per layer and ratios, and how long the float32 probes took.
 
+``--breakdown`` calibrates once more with the device synchronised around each part of the search
+and reports the seconds (exclusive of the parts nested in them) and calls of each: the dense
+forwards, the sparse forwards, the CETT probes, the probes' set-up (neuron norms and dense output
+norms) and the candidate grids. The synchronisation makes that run a little slower than the others.
+
 Prints one JSON line.
 
 examples:
   python benchmarks/calibration_cost.py --model 0.1b --micro-batch 16 --loss-chunk-tokens 8192 --compile
   # on the CPU
   python benchmarks/calibration_cost.py --model tiny --seq 128 --vocab 512 --micro-batch 2 --train-steps 2 \\
-      --counter-impl reference --check-fp32
+      --counter-impl reference --check-fp32 --breakdown
 """
 
 from __future__ import annotations
@@ -37,6 +42,65 @@ def _float32_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return F.linear(x.float(), w.float())
 
 
+class PartTimer:
+    """Wraps functions so that each call is timed (device synchronised), nested calls excluded."""
+
+    def __init__(self, sync) -> None:
+        self.sync = sync
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._stack: list[list[float]] = []  # per open call: [start, seconds of nested calls]
+        self._restore: list[tuple[object, str, object]] = []
+
+    def wrap(self, owner, attribute: str, part: str) -> None:
+        original = getattr(owner, attribute)
+
+        def timed(*args, **kwargs):
+            self.sync()
+            self._stack.append([time.perf_counter(), 0.0])
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.sync()
+                start, nested = self._stack.pop()
+                elapsed = time.perf_counter() - start
+                self.seconds[part] = self.seconds.get(part, 0.0) + elapsed - nested
+                self.calls[part] = self.calls.get(part, 0) + 1
+                if self._stack:
+                    self._stack[-1][1] += elapsed
+
+        setattr(owner, attribute, timed)
+        self._restore.append((owner, attribute, original))
+
+    def unwrap(self) -> None:
+        for owner, attribute, original in reversed(self._restore):
+            setattr(owner, attribute, original)
+        self._restore.clear()
+
+
+def breakdown(calibrate, sync) -> dict:
+    """One calibration with its parts timed (see the module docstring)."""
+    from megasparse.sparsity import cett, ppl_search
+
+    timer = PartTimer(sync)
+    timer.wrap(ppl_search, "streamed_dense_pass", "dense_forward")
+    timer.wrap(ppl_search, "sparse_pass", "sparse_forward")
+    timer.wrap(cett.LayerCETT, "__call__", "probe")
+    timer.wrap(cett.LayerCETT, "__init__", "probe_setup")
+    timer.wrap(cett, "candidate_thresholds", "grid")
+    try:
+        sync()
+        start = time.perf_counter()
+        calibrate()
+        sync()
+        total = time.perf_counter() - start
+    finally:
+        timer.unwrap()
+    parts = {name: {"s": round(sec, 3), "calls": timer.calls[name]} for name, sec in timer.seconds.items()}
+    parts["other"] = {"s": round(total - sum(timer.seconds.values()), 3)}
+    return {"total_s": round(total, 3), "parts": parts}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_variant_arguments(p)
@@ -45,6 +109,7 @@ def main() -> int:
     p.add_argument("--train-steps", type=int, default=3, help="training steps before calibrating")
     p.add_argument("--repeats", type=int, default=2, help="calibrations timed one by one")
     p.add_argument("--check-fp32", action="store_true", help="also calibrate with float32 probes and compare")
+    p.add_argument("--breakdown", action="store_true", help="also time each part of one calibration")
     p.add_argument("--workdir", default=None)
     p.add_argument("--out", default=None, help="append the JSON line here too")
     args = p.parse_args()
@@ -118,6 +183,8 @@ def main() -> int:
             same_cett=ref.cett == got.cett,
             max_relative_tau_gap=float(tau_gap),
         )
+    if args.breakdown:
+        record["breakdown"] = breakdown(lambda: trainer.calibrator.calibrate(trainer.model), sync)
     emit(record, args.out)
     return 0
 

@@ -18,7 +18,8 @@
 #   gputests  the kernel tests compiled on the GPU (tests/kernels, dev/kernels) and the CETT
 #             search's GPU-only probe test
 #   calibration  one live CETT calibration's seconds and peak memory against training's, with
-#             float32 probes as a check of the answers (calibration_cost.py)
+#             float32 probes as a check of the answers (CHECK_FP32= leaves it out) and the time of
+#             each part of the search (calibration_cost.py)
 # By default the peers run at the micro-batches usually reported as their best (Liger: 16 at
 # 0.1B, 8 at 1.2B; plain: 8 and 4) and ours at 16 / 8. A sweep on an H200 found the peers faster at
 # larger ones (Liger 32 / 16, plain 16 / 4; benchmarks/RESULTS.md §7): PEER_SWEEP="16 32" etc.
@@ -105,7 +106,7 @@ for part in "$@"; do
     calibration)
       for model in $SIZES; do
         timeout 280 python3 benchmarks/calibration_cost.py --model "$model" --micro-batch "$(mbs "$model")" $FAST \
-            --check-fp32 --workdir "/tmp/calibration-$model" --out "$J" 2>> "$OUT/errors.txt" | cut -c1-2000
+            ${CHECK_FP32---check-fp32} --breakdown --workdir "/tmp/calibration-$model" --out "$J" 2>> "$OUT/errors.txt" | cut -c1-2000
       done ;;
     gputests)
       timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -p no:cacheprovider tests/kernels dev/kernels \

@@ -64,6 +64,33 @@ class CalibrationResult:
         }
 
 
+# Off a GPU (or when nothing is known about the device's memory) the kept activations' bound.
+DEFAULT_CACHE_BYTES = 1 << 30
+# On a GPU: this share of the memory the caching allocator holds but does not use. The rest is
+# left for the calibration's own working set (one layer's norms and probe, a loss chunk's logits).
+CACHED_SHARE_OF_FREE = 0.5
+
+
+def activation_cache_budget(device: torch.device) -> int:
+    """Bytes of held-out activations a calibration may keep between its trials.
+
+    On a GPU: half of what PyTorch's caching allocator has reserved and not allocated, which during
+    training is mostly the memory of the step's freed activations. Keeping activations there lets
+    every trial after the first skip its dense forward without raising the process's peak above
+    the training's. Elsewhere :data:`DEFAULT_CACHE_BYTES`. The smallest budget over all ranks,
+    so that every rank keeps the same batches (recomputing one runs collectives under ZeRO-3 and TP).
+    """
+    budget = DEFAULT_CACHE_BYTES
+    if device.type == "cuda":
+        unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        budget = max(budget, int(CACHED_SHARE_OF_FREE * unused))
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        smallest = torch.tensor([budget], dtype=torch.int64, device=device)
+        dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
+        budget = int(smallest)
+    return budget
+
+
 def heldout_batches(
     dataset, num_batches: int, micro_batch_size: int, dp_rank: int = 0, dp_size: int = 1
 ) -> list[torch.Tensor]:
@@ -86,6 +113,7 @@ class LiveCalibrator:
             data-parallel ``group`` explicitly. :meth:`for_groups` picks both from ParallelGroups.
         dense_cache_bytes: the held-out batches' activations kept between the bisection's trials
             while they fit (ppl_search.SearchCache); beyond, each trial streams them layer by layer.
+            ``None`` (the default): :func:`activation_cache_budget` at each calibration.
     """
 
     def __init__(
@@ -96,7 +124,7 @@ class LiveCalibrator:
         num_candidates: int = NUM_CANDIDATES,
         group: Optional[dist.ProcessGroup] = None,
         tp_group: Optional[dist.ProcessGroup] = None,
-        dense_cache_bytes: int = 1 << 30,
+        dense_cache_bytes: Optional[int] = None,
     ):
         if not batches:
             raise ValueError("LiveCalibrator needs at least one held-out batch")
@@ -107,7 +135,7 @@ class LiveCalibrator:
         self.num_candidates = int(num_candidates)
         self.group = group
         self.tp_group = tp_group
-        self.dense_cache_bytes = int(dense_cache_bytes)
+        self.dense_cache_bytes = None if dense_cache_bytes is None else int(dense_cache_bytes)
         self.pp_group: Optional[dist.ProcessGroup] = None  # set by for_groups under PP
         self.pp_last_rank = -1
 
@@ -145,7 +173,9 @@ class LiveCalibrator:
                 num_candidates=self.num_candidates,
                 group=self.group,
                 tp_group=self.tp_group,
-                dense_cache_bytes=self.dense_cache_bytes,
+                dense_cache_bytes=(
+                    activation_cache_budget(device) if self.dense_cache_bytes is None else self.dense_cache_bytes
+                ),
                 stages=stages,
             )
         finally:

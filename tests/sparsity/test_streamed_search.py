@@ -8,6 +8,7 @@ import torch
 from sparse_fixtures import greedy_batches, one_thread, tiny_model  # noqa: F401
 
 from megasparse.sparsity.cett import LayerThresholdSearch, exact_linear, layer_threshold_for_cett
+from megasparse.sparsity.live_calibration import DEFAULT_CACHE_BYTES, activation_cache_budget
 from megasparse.sparsity.passes import dense_pass, measurement_mode
 from megasparse.sparsity.ppl_search import search_cett_for_ppl
 
@@ -74,3 +75,17 @@ def test_streamed_and_kept_activations_give_the_same_search(tiny_model_relu_batc
 def tiny_model_relu_batches():
     model = tiny_model("relu")
     return model, greedy_batches(model, 2, b=2, s=16)
+
+
+def test_cache_budget_off_a_gpu_is_the_fixed_default():
+    assert activation_cache_budget(torch.device("cpu")) == DEFAULT_CACHE_BYTES
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the caching allocator's memory is a GPU's")
+def test_cache_budget_on_a_gpu_is_half_the_reserved_memory_left_unused():
+    device = torch.device("cuda")
+    freed = torch.empty(8 << 30, dtype=torch.uint8, device=device)  # a training step's activations
+    del freed  # back to the caching allocator, still reserved
+    unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    assert unused >= 8 << 30
+    assert activation_cache_budget(device) == max(DEFAULT_CACHE_BYTES, unused // 2)

@@ -15,6 +15,10 @@
 #   profiles  where the step time goes, both sizes, with the same options
 #   fastpath  each fast-path switch alone and all together against the plain path, in one process
 #             per size and activation (fast_path_ablation.py; ACTIVATIONS="relu silu" by default)
+#   best      best against best in one call: ours at the larger micro-batch (32 at 0.1B, 16 at
+#             1.2B with expandable segments) with the fast-path switches off and all on, per
+#             activation in ACTIVATIONS, then each peer at the micro-batch its sweep found best
+#             (Liger 32 / 16, plain 16 / 4)
 #   gputests  the kernel tests compiled on the GPU (tests/kernels, dev/kernels) and the CETT
 #             search's GPU-only probe test
 #   calibration  one live CETT calibration's seconds and peak memory against training's, with
@@ -108,10 +112,22 @@ for part in "$@"; do
         timeout 280 python3 benchmarks/calibration_cost.py --model "$model" --micro-batch "$(mbs "$model")" $FAST \
             ${CHECK_FP32---check-fp32} --breakdown --workdir "/tmp/calibration-$model" --out "$J" 2>> "$OUT/errors.txt" | cut -c1-2000
       done ;;
+    best)
+      for model in $SIZES; do
+        big=32 liger=32 plain=16
+        [ "$model" = 1.2b ] && big=16 liger=16 plain=4
+        for act in ${ACTIVATIONS:-relu silu}; do
+          PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 240 python3 benchmarks/fast_path_ablation.py \
+              --model "$model" --micro-batch "$big" --activation "$act" $FAST --variants plain all \
+              --workdir "/tmp/best-$model" --out "$J" 2>> "$OUT/errors.txt" | python3 benchmarks/summarize_fast_path.py
+        done
+        peer "$model" "$liger" --liger
+        peer "$model" "$plain"
+      done ;;
     gputests)
       timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -p no:cacheprovider tests/kernels dev/kernels \
           tests/sparsity/test_streamed_search.py \
           > "$OUT/gpu_tests.txt" 2>&1; tail -3 "$OUT/gpu_tests.txt" ;;
-    *) echo "mfu_sweep.sh: unknown part '$part' (kernels, ours, liger, plain, counters, ablation, profiles, fastpath, calibration, gputests)" >&2; exit 2 ;;
+    *) echo "mfu_sweep.sh: unknown part '$part' (kernels, ours, liger, plain, counters, ablation, profiles, fastpath, best, calibration, gputests)" >&2; exit 2 ;;
   esac
 done

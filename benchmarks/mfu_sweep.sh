@@ -96,7 +96,7 @@ for part in "$@"; do
     profiles)
       for spec in "0.1b $MBS_SMALL" "1.2b $MBS_LARGE"; do
         set -- $spec
-        timeout 200 python3 benchmarks/profile_step.py --model "$1" --micro-batch "$2" --counters triton $FAST \
+        timeout 200 python3 benchmarks/profile_step.py --model "$1" --micro-batch "$2" --counters triton $FAST $SWITCHES \
             --out "$OUT/profile-$1" 2> "$OUT/profile-$1.txt" | grep '^{' >> "$J"
       done ;;
     fastpath)

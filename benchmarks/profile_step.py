@@ -128,6 +128,8 @@ def main() -> int:
             "counters": args.counters,
             "loss_chunk_tokens": args.loss_chunk_tokens,
             "compile": args.compile,
+            "fast_path": args.fast_path,
+            "activation": args.activation,
             "activation_checkpointing": args.activation_checkpointing,
             "clock": clock,
             "profiled_steps": args.steps,

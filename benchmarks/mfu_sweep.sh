@@ -18,7 +18,7 @@
 #   best      best against best in one call: ours at the larger micro-batch (32 at 0.1B, 16 at
 #             1.2B with expandable segments) with the fast-path switches off and all on, per
 #             activation in ACTIVATIONS, then each peer at the micro-batch its sweep found best
-#             (Liger 32 / 16, plain 16 / 4)
+#             (Liger 32 / 16, plain 16 / 4; PEERS="liger" runs only that one)
 #   gputests  the kernel tests compiled on the GPU (tests/kernels, dev/kernels) and the CETT
 #             search's GPU-only probe test
 #   calibration  one live CETT calibration's seconds and peak memory against training's, with
@@ -121,8 +121,8 @@ for part in "$@"; do
               --model "$model" --micro-batch "$big" --activation "$act" $FAST --variants plain all \
               --workdir "/tmp/best-$model" --out "$J" 2>> "$OUT/errors.txt" | python3 benchmarks/summarize_fast_path.py
         done
-        peer "$model" "$liger" --liger
-        peer "$model" "$plain"
+        case " ${PEERS:-liger plain} " in *" liger "*) peer "$model" "$liger" --liger ;; esac
+        case " ${PEERS:-liger plain} " in *" plain "*) peer "$model" "$plain" ;; esac
       done ;;
     gputests)
       timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -p no:cacheprovider tests/kernels dev/kernels \

@@ -4,7 +4,9 @@ Builds the same run as ``train_throughput.py`` (synthetic tokens, the paper's sh
 ``--warmup`` steps, then profiles ``--steps`` steps of ``Trainer.train_step`` and sums the time
 of every GPU kernel (on the CPU: every operator's self time) into categories by name: matmul,
 attention, the gated-activation kernel, loss, optimizer, compiled elementwise, communication,
-other. Prints one JSON line with the categories and writes the top operators as a
+other. On a GPU it also times the same number of steps without the profiler and reports the
+share of that wall time in which no kernel ran (``device_idle_share``: the GPU waiting for the
+host's launch work or a sync). Prints one JSON line with the categories and writes the top operators as a
 table (and optionally a Chrome trace) into ``--out``.
 
 examples:
@@ -21,6 +23,7 @@ import argparse
 import re
 import sys
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -70,6 +73,26 @@ def timed_events(events, on_gpu: bool):
             yield t, event
 
 
+def busy_us(intervals) -> float:
+    """Length of the union of (start, end) intervals in µs: the time the GPU ran at least one
+    kernel, whatever overlaps between streams."""
+    busy, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            busy += end - max(start, reach)
+            reach = end
+    return busy
+
+
+def device_intervals(events):
+    """(start, end) in µs of every kernel and copy on the GPU (not the user annotations)."""
+    from torch.autograd import DeviceType
+
+    for event in events:
+        if event.device_type != DeviceType.CPU and not event.is_user_annotation:
+            yield event.time_range.start, event.time_range.end
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_variant_arguments(p)
@@ -86,13 +109,21 @@ def main() -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="megasparse-profile-"))
     out = Path(args.out or workdir)
     out.mkdir(parents=True, exist_ok=True)
-    trainer = build_trainer(args, args.counters, workdir, args.warmup + args.steps)
+    trainer = build_trainer(args, args.counters, workdir, args.warmup + 2 * args.steps)
     on_gpu = trainer.device.type == "cuda"
 
     for _ in range(args.warmup):
         trainer.train_step()
     if on_gpu:
         torch.cuda.synchronize()
+    # The same number of steps without the profiler: the step's wall time, against which the GPU's
+    # busy time shows how long it waited for the host (launch work, syncs), unprofiled.
+    started = time.perf_counter()
+    for _ in range(args.steps):
+        trainer.train_step()
+    if on_gpu:
+        torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - started) * 1000 / args.steps
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
     with torch.profiler.profile(activities=activities) as prof:
         for _ in range(args.steps):
@@ -100,6 +131,7 @@ def main() -> int:
         if on_gpu:
             torch.cuda.synchronize()
 
+    busy_ms = busy_us(device_intervals(prof.events())) / 1000 / args.steps if on_gpu else 0.0
     totals: dict[str, float] = defaultdict(float)
     rows = []
     for t, event in timed_events(prof.key_averages(), on_gpu):
@@ -137,6 +169,10 @@ def main() -> int:
                 k: round(v / 1000 / args.steps, 3) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])
             },
             "share": {k: round(v / grand, 4) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])},
+            "wall_ms_per_step": round(wall_ms, 3),
+            # The GPU ran no kernel for this share of the unprofiled step (None on the CPU).
+            "device_busy_ms_per_step": round(busy_ms, 3) if on_gpu else None,
+            "device_idle_share": round(1 - busy_ms / wall_ms, 4) if on_gpu else None,
         },
         None,
     )

@@ -43,6 +43,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from megasparse.kernels.availability import triton_kernels_usable
 from megasparse.parallel.collectives import Group, group_rank, group_size
 
 NUM_CANDIDATES = 65536  # the authors' grid size
@@ -208,7 +209,11 @@ class LayerCETT:
         if not (h.is_cuda and h.dtype == self.w.dtype == torch.bfloat16):
             self.w = self.w.float()  # cast once, not per probe
         self.group, self.tp_group = group, tp_group
-        self.norms = neuron_output_norms(self.h, down_column_norms(self.w))  # float32 [T, f/tp]
+        self.column_norms = down_column_norms(self.w)  # float32 [f/tp]
+        # On a GPU a probe recomputes each entry's norm from h (one fused pass, no stored norms);
+        # elsewhere the float32 norm matrix is kept and compared.
+        self._fused_tail = triton_kernels_usable(self.h, "triton_cett_tail") and self.h.is_contiguous()
+        self._norms = None if self._fused_tail else neuron_output_norms(self.h, self.column_norms)
         self.y_norm = self._full_output(self.h).norm(dim=-1) if dense_norms is None else dense_norms  # [T]
         if tokens is None:
             # Tokens over DP only: the TP ranks of one group see the same tokens.
@@ -216,13 +221,24 @@ class LayerCETT:
             _all_reduce(tokens, dist.ReduceOp.SUM, group)
         self.tokens = tokens
 
+    @property
+    def norms(self) -> torch.Tensor:
+        """float32 [T, f/tp]: each entry's output norm |h| · ‖W_down[:, i]‖ (computed anew when
+        the probes do not keep it)."""
+        return self._norms if self._norms is not None else neuron_output_norms(self.h, self.column_norms)
+
     def _full_output(self, h: torch.Tensor) -> torch.Tensor:
         """``h · W_downᵀ`` over ALL neurons, float32 [T, d]: the TP ranks' partial products summed."""
         return _tp_all_reduce(exact_linear(h, self.w), dist.ReduceOp.SUM, self.tp_group)
 
     def __call__(self, tau: float) -> float:
         """Token-mean relative error of dropping every neuron with norm ≤ τ."""
-        tail = torch.where(self.norms <= tau, self.h, torch.zeros((), dtype=self.h.dtype, device=self.h.device))
+        if self._fused_tail:
+            from megasparse.kernels.triton_cett_tail import cett_tail
+
+            tail = cett_tail(self.h, self.column_norms, tau)  # [T, f/tp]
+        else:
+            tail = torch.where(self._norms <= tau, self.h, torch.zeros((), dtype=self.h.dtype, device=self.h.device))
         err = self._full_output(tail).norm(dim=-1)  # [T]
         # A token whose dense output is exactly zero has nothing to lose: relative error 0.
         rel = torch.where(self.y_norm > 0, err / self.y_norm.clamp_min(1e-30), torch.zeros_like(err))

@@ -220,7 +220,9 @@ def sparse_pass(
     f = full_shape(mlps[0].down_proj.weight)[1]
     n_layers = len(mlps)
     stats = SparseStats(n_layers, f)
-    kept_layer = torch.zeros(n_layers, dtype=torch.int64)
+    # On the activations' device: adding a count there needs no host sync per layer, so the
+    # forward keeps the GPU's queue full; one copy to the CPU at the end.
+    kept_layer: list = [None]
     kept_neuron = torch.zeros(n_layers, f, dtype=torch.int64) if per_neuron else None
     token_sum: list = [None]
     gates: list = [None] * n_layers
@@ -232,13 +234,15 @@ def sparse_pass(
         def apply_mask(_module, args, pos=pos):
             h = args[0]  # [b, s, f]
             mask = keep(pos, h, gates[pos])  # bool [b, s, f]
-            kept_layer[pos] += int(mask.sum())
+            if kept_layer[0] is None:
+                kept_layer[0] = torch.zeros(n_layers, dtype=torch.int64, device=h.device)
+            kept_layer[0][pos] += mask.sum()
             if kept_neuron is not None:
                 kept_neuron[pos] += mask.reshape(-1, f).sum(dim=0).cpu()
             if per_token:
                 frac = mask.float().mean(dim=-1).reshape(-1).cpu()  # [b*s]
                 token_sum[0] = frac if token_sum[0] is None else token_sum[0] + frac
-            return (h * mask.to(h.dtype),)
+            return (torch.where(mask, h, torch.zeros((), dtype=h.dtype, device=h.device)),)
 
         handles.append(mlp.down_proj.register_forward_pre_hook(apply_mask))
     try:
@@ -247,7 +251,9 @@ def sparse_pass(
         for h in handles:
             h.remove()
     stats.tokens = int(tokens[:, :-1].numel())
-    stats.kept_per_layer = kept_layer
+    stats.kept_per_layer = (
+        kept_layer[0].cpu() if kept_layer[0] is not None else torch.zeros(n_layers, dtype=torch.int64)
+    )
     stats.kept_per_neuron = kept_neuron
     if per_token:
         stats.token_ids = [tokens[:, :-1].reshape(-1).cpu()]

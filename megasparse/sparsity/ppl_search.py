@@ -203,8 +203,10 @@ def evaluate_cett(
                 tau[i].item() / torch.where(n > 0, n, torch.full_like(n, float("nan")))
                 for i, n in enumerate(cache.column_norms)
             ]
-            # norm ≥ τ  ⇔  |h| ≥ τ/‖W[:, i]‖; a zero column (nan bound) is never kept.
-            keep = lambda pos, h, _s: (h.float().abs() >= bounds[pos]) & ~bounds[pos].isnan()
+            # norm ≥ τ  ⇔  |h| ≥ τ/‖W[:, i]‖; a zero column (nan bound) is never kept, since no
+            # comparison with NaN holds. |h| of a bf16 h compares with the float32 bound in float32
+            # (type promotion inside the kernel, exact), without a float32 copy of h.
+            keep = lambda pos, h, _s: h.abs() >= bounds[pos]
             loss_s, stats = sparse_pass(
                 model, mlps, tokens, keep, per_neuron=per_neuron, per_token=per_token, tp_group=tp_group
             )

@@ -7,7 +7,13 @@ import pytest
 import torch
 from sparse_fixtures import greedy_batches, one_thread, tiny_model  # noqa: F401
 
-from megasparse.sparsity.cett import LayerThresholdSearch, exact_linear, layer_threshold_for_cett
+from megasparse.sparsity.cett import (
+    LayerCETT,
+    LayerThresholdSearch,
+    exact_linear,
+    layer_threshold_for_cett,
+    neuron_output_norms,
+)
 from megasparse.sparsity.live_calibration import DEFAULT_CACHE_BYTES, activation_cache_budget
 from megasparse.sparsity.passes import dense_pass, measurement_mode
 from megasparse.sparsity.ppl_search import search_cett_for_ppl
@@ -57,6 +63,21 @@ def test_bf16_probes_on_gpu_match_float32_probes():
     bf16_search, fp32_search = LayerThresholdSearch(h, w), LayerThresholdSearch(h.float(), w.float())
     for target in TARGETS:
         assert bf16_search.threshold_for(target) == fp32_search.threshold_for(target)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused probe tail runs on CUDA")
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_fused_probe_tail_gives_the_tensor_paths_cett_values(activation):
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    g = torch.randn(8192, 1920, device="cuda", generator=gen)
+    h = (g.relu() if activation == "relu" else torch.nn.functional.silu(g)).to(torch.bfloat16)  # [T, f]
+    w = (torch.randn(768, 1920, device="cuda", generator=gen) / 40).to(torch.bfloat16)  # [d, f]
+    fused, tensors = LayerCETT(h, w), LayerCETT(h, w)
+    assert fused._fused_tail
+    tensors._fused_tail, tensors._norms = False, neuron_output_norms(h, tensors.column_norms)
+    grid = LayerThresholdSearch(h, w).candidates
+    for tau in grid[::4096].tolist() + [0.0]:
+        assert fused(tau) == tensors(tau), tau
 
 
 def test_streamed_and_kept_activations_give_the_same_search(tiny_model_relu_batches):

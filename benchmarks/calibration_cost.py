@@ -10,6 +10,11 @@ calibration is timed alone (device synchronised) with the peak memory it reached
 search multiplied before bf16 probes with float32 results existed) and reports whether both give
 the same CETT value, τ per layer and ratios, and how long the float32 probes took.
 
+``--tensor-tail`` calibrates once more with each probe's tail of h built from tensors (a stored
+float32 norm matrix, a compare and a ``where``: what ran before the fused Triton tail) and
+reports its seconds and whether the answers are the same, so the fused tail's gain is measured
+in the same process.
+
 ``--breakdown`` calibrates once more with the device synchronised around each part of the search
 and reports the seconds (exclusive of the parts nested in them) and calls of each: the dense
 forwards, the sparse forwards, the CETT probes, the probes' set-up (neuron norms and dense output
@@ -21,7 +26,7 @@ examples:
   python benchmarks/calibration_cost.py --model 0.1b --micro-batch 16 --loss-chunk-tokens 8192 --compile
   # on the CPU
   python benchmarks/calibration_cost.py --model tiny --seq 128 --vocab 512 --micro-batch 2 --train-steps 2 \\
-      --counter-impl reference --check-fp32 --breakdown
+      --counter-impl reference --check-fp32 --tensor-tail --breakdown
 """
 
 from __future__ import annotations
@@ -109,6 +114,9 @@ def main() -> int:
     p.add_argument("--train-steps", type=int, default=3, help="training steps before calibrating")
     p.add_argument("--repeats", type=int, default=2, help="calibrations timed one by one")
     p.add_argument("--check-fp32", action="store_true", help="also calibrate with float32 probes and compare")
+    p.add_argument(
+        "--tensor-tail", action="store_true", help="also calibrate with the probes' tail built from tensors and compare"
+    )
     p.add_argument("--breakdown", action="store_true", help="also time each part of one calibration")
     p.add_argument("--workdir", default=None)
     p.add_argument("--out", default=None, help="append the JSON line here too")
@@ -182,6 +190,22 @@ def main() -> int:
             fp32_activation_ratio=ref.activation_ratio,
             same_cett=ref.cett == got.cett,
             max_relative_tau_gap=float(tau_gap),
+        )
+    if args.tensor_tail:
+        fused = cett.triton_kernels_usable
+        cett.triton_kernels_usable = lambda _t, _module: False
+        try:
+            start = time.perf_counter()
+            ref = trainer.calibrator.calibrate(trainer.model)
+            sync()
+            record["tensor_tail_s"] = round(time.perf_counter() - start, 3)
+        finally:
+            cett.triton_kernels_usable = fused
+        got = runs[-1][2]
+        record["tensor_tail_same_answers"] = bool(
+            ref.cett == got.cett
+            and ref.ppl_ratio == got.ppl_ratio
+            and torch.equal(ref.layer_thresholds, got.layer_thresholds)
         )
     if args.breakdown:
         record["breakdown"] = breakdown(lambda: trainer.calibrator.calibrate(trainer.model), sync)

@@ -10,10 +10,15 @@ calibration is timed alone (device synchronised) with the peak memory it reached
 search multiplied before bf16 probes with float32 results existed) and reports whether both give
 the same CETT value, τ per layer and ratios, and how long the float32 probes took.
 
-``--tensor-tail`` calibrates once more with each probe's tail of h built from tensors (a stored
-float32 norm matrix, a compare and a ``where``: what ran before the fused Triton tail) and
-reports its seconds and whether the answers are the same, so the fused tail's gain is measured
-in the same process.
+``--one-layer-at-a-time`` calibrates once more with each layer's search run alone, one host
+sync per probe (what ran before the layers of a kept batch were searched in lockstep), and
+``--tensor-tail`` once more with that and each probe's tail of h built from tensors (a stored
+float32 norm matrix, a compare and a ``where``: what ran before the fused Triton tail). Each
+reports its seconds and whether its answers are the same, so each change's gain is measured in
+the same process.
+
+``--profile N`` calibrates once more under torch.profiler and reports how long the GPU ran kernels
+against the wall time, and the N kernels that took longest in total.
 
 ``--breakdown`` calibrates once more with the device synchronised around each part of the search
 and reports the seconds (exclusive of the parts nested in them) and calls of each: the dense
@@ -26,12 +31,14 @@ examples:
   python benchmarks/calibration_cost.py --model 0.1b --micro-batch 16 --loss-chunk-tokens 8192 --compile
   # on the CPU
   python benchmarks/calibration_cost.py --model tiny --seq 128 --vocab 512 --micro-batch 2 --train-steps 2 \\
-      --counter-impl reference --check-fp32 --tensor-tail --breakdown
+      --counter-impl reference --check-fp32 --one-layer-at-a-time --tensor-tail \\
+      --profile 10 --breakdown
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -40,6 +47,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from bench_common import emit
+from profile_step import busy_us, device_intervals, timed_events
 from train_throughput import add_variant_arguments, build_trainer, synthetic_tokens
 
 
@@ -77,10 +85,52 @@ class PartTimer:
         setattr(owner, attribute, timed)
         self._restore.append((owner, attribute, original))
 
+    def count(self, owner, attribute: str, what: str) -> None:
+        """Counts the calls of ``owner.attribute`` without timing them (no device sync)."""
+        original = getattr(owner, attribute)
+
+        def counted(*args, **kwargs):
+            self.calls[what] = self.calls.get(what, 0) + 1
+            return original(*args, **kwargs)
+
+        setattr(owner, attribute, counted)
+        self._restore.append((owner, attribute, original))
+
     def unwrap(self) -> None:
         for owner, attribute, original in reversed(self._restore):
             setattr(owner, attribute, original)
         self._restore.clear()
+
+
+@contextlib.contextmanager
+def patched(patches: list[tuple[object, str, object]]):
+    """Sets each ``owner.attribute`` to a value for the duration, then restores it."""
+    saved = [(owner, attribute, getattr(owner, attribute)) for owner, attribute, _ in patches]
+    try:
+        for owner, attribute, value in patches:
+            setattr(owner, attribute, value)
+        yield
+    finally:
+        for owner, attribute, value in reversed(saved):
+            setattr(owner, attribute, value)
+
+
+def profile(calibrate, sync, on_gpu: bool, top: int) -> dict:
+    """One calibration under torch.profiler: its wall time, the time the GPU ran a kernel (the
+    rest it waited for the host), and the ``top`` kernels (operators off a GPU) by total time."""
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        sync()
+        start = time.perf_counter()
+        calibrate()
+        sync()
+        wall = time.perf_counter() - start
+    rows = sorted(((t, event.count, event.key) for t, event in timed_events(prof.key_averages(), on_gpu)), reverse=True)
+    return {
+        "wall_s": round(wall, 3),
+        "device_busy_s": round(busy_us(device_intervals(prof.events())) / 1e6, 3) if on_gpu else None,
+        "top": [{"s": round(t / 1e6, 4), "calls": count, "name": key[:120]} for t, count, key in rows[:top]],
+    }
 
 
 def breakdown(calibrate, sync) -> dict:
@@ -90,7 +140,8 @@ def breakdown(calibrate, sync) -> dict:
     timer = PartTimer(sync)
     timer.wrap(ppl_search, "streamed_dense_pass", "dense_forward")
     timer.wrap(ppl_search, "sparse_pass", "sparse_forward")
-    timer.wrap(cett.LayerCETT, "__call__", "probe")
+    timer.wrap(cett, "probe_together", "probe")  # calls: host syncs; probes: CETT values computed
+    timer.count(cett.LayerCETT, "error_sum", "probes")
     timer.wrap(cett.LayerCETT, "__init__", "probe_setup")
     timer.wrap(cett, "candidate_thresholds", "grid")
     try:
@@ -102,6 +153,7 @@ def breakdown(calibrate, sync) -> dict:
     finally:
         timer.unwrap()
     parts = {name: {"s": round(sec, 3), "calls": timer.calls[name]} for name, sec in timer.seconds.items()}
+    parts["probe"]["probes"] = timer.calls.get("probes", 0)
     parts["other"] = {"s": round(total - sum(timer.seconds.values()), 3)}
     return {"total_s": round(total, 3), "parts": parts}
 
@@ -116,6 +168,14 @@ def main() -> int:
     p.add_argument("--check-fp32", action="store_true", help="also calibrate with float32 probes and compare")
     p.add_argument(
         "--tensor-tail", action="store_true", help="also calibrate with the probes' tail built from tensors and compare"
+    )
+    p.add_argument(
+        "--one-layer-at-a-time",
+        action="store_true",
+        help="also calibrate with each layer searched alone (a host sync per probe) and compare",
+    )
+    p.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="also profile one calibration: its N longest kernels"
     )
     p.add_argument("--breakdown", action="store_true", help="also time each part of one calibration")
     p.add_argument("--workdir", default=None)
@@ -191,22 +251,33 @@ def main() -> int:
             same_cett=ref.cett == got.cett,
             max_relative_tau_gap=float(tau_gap),
         )
-    if args.tensor_tail:
-        fused = cett.triton_kernels_usable
-        cett.triton_kernels_usable = lambda _t, _module: False
-        try:
+    # Each older way of probing, in the same process on the same model: its seconds and whether
+    # its answers are the current ones (they must be: the changes only moved work around).
+    from megasparse.sparsity import ppl_search
+
+    older = {
+        # one probe at a time, one host sync each (what ran before the lockstep search)
+        "one_layer_at_a_time": [(ppl_search, "probes_keep_norms", lambda _h: True)],
+        # ... and its tail from a stored float32 norm matrix (what ran before the fused tail)
+        "tensor_tail": [(cett, "triton_kernels_usable", lambda _t, _module: False)],
+    }
+    wanted = {"one_layer_at_a_time": args.one_layer_at_a_time, "tensor_tail": args.tensor_tail}
+    for name, patches in older.items():
+        if not wanted[name]:
+            continue
+        with patched(patches):
             start = time.perf_counter()
             ref = trainer.calibrator.calibrate(trainer.model)
             sync()
-            record["tensor_tail_s"] = round(time.perf_counter() - start, 3)
-        finally:
-            cett.triton_kernels_usable = fused
+            record[f"{name}_s"] = round(time.perf_counter() - start, 3)
         got = runs[-1][2]
-        record["tensor_tail_same_answers"] = bool(
+        record[f"{name}_same_answers"] = bool(
             ref.cett == got.cett
             and ref.ppl_ratio == got.ppl_ratio
             and torch.equal(ref.layer_thresholds, got.layer_thresholds)
         )
+    if args.profile:
+        record["profile"] = profile(lambda: trainer.calibrator.calibrate(trainer.model), sync, cuda, args.profile)
     if args.breakdown:
         record["breakdown"] = breakdown(lambda: trainer.calibrator.calibrate(trainer.model), sync)
     emit(record, args.out)

@@ -22,9 +22,10 @@
 #   gputests  the kernel tests compiled on the GPU (tests/kernels, dev/kernels) and the CETT
 #             search's GPU-only probe test
 #   calibration  one live CETT calibration's seconds and peak memory against training's, with
-#             float32 probes as a check of the answers (CHECK_FP32= leaves it out), the probes' tail
-#             built from tensors against the fused one (TENSOR_TAIL= leaves it out) and the time of
-#             each part of the search (calibration_cost.py)
+#             float32 probes as a check of the answers (CHECK_FP32= leaves it out), the layers
+#             searched one at a time (ONE_LAYER= leaves it out) and also with the probes' tail built
+#             from tensors (TENSOR_TAIL= leaves it out) against the current search, its profile
+#             (the PROFILE_TOP longest kernels) and the time of each part (calibration_cost.py)
 # By default the peers run at the micro-batches usually reported as their best (Liger: 16 at
 # 0.1B, 8 at 1.2B; plain: 8 and 4) and ours at 16 / 8. A sweep on an H200 found the peers faster at
 # larger ones (Liger 32 / 16, plain 16 / 4; benchmarks/RESULTS.md §7): PEER_SWEEP="16 32" etc.
@@ -111,7 +112,8 @@ for part in "$@"; do
     calibration)
       for model in $SIZES; do
         timeout 280 python3 benchmarks/calibration_cost.py --model "$model" --micro-batch "$(mbs "$model")" $FAST \
-            ${CHECK_FP32---check-fp32} ${TENSOR_TAIL---tensor-tail} --breakdown --workdir "/tmp/calibration-$model" --out "$J" 2>> "$OUT/errors.txt" | cut -c1-2000
+            ${CHECK_FP32---check-fp32} ${ONE_LAYER---one-layer-at-a-time} ${TENSOR_TAIL---tensor-tail} \
+            --profile "${PROFILE_TOP:-12}" --breakdown --workdir "/tmp/calibration-$model" --out "$J" 2>> "$OUT/errors.txt" | cut -c1-2000
       done ;;
     best)
       for model in $SIZES; do

@@ -39,6 +39,8 @@ Every rank of both groups then takes the same search path and ends at the same �
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -180,6 +182,12 @@ def exact_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return F.linear(x.float(), w.float())
 
 
+def probes_keep_norms(h: torch.Tensor) -> bool:
+    """Whether a :class:`LayerCETT` of this ``h`` keeps a float32 norm matrix of h's shape (off a
+    GPU, or without Triton): then several layers' probe states at once cost that much each."""
+    return not (triton_kernels_usable(h, "triton_cett_tail") and h.is_contiguous())
+
+
 class LayerCETT:
     """CETT(τ) of one layer on fixed tokens: keeps the neuron norms and the dense output norms.
 
@@ -212,7 +220,7 @@ class LayerCETT:
         self.column_norms = down_column_norms(self.w)  # float32 [f/tp]
         # On a GPU a probe recomputes each entry's norm from h (one fused pass, no stored norms);
         # elsewhere the float32 norm matrix is kept and compared.
-        self._fused_tail = triton_kernels_usable(self.h, "triton_cett_tail") and self.h.is_contiguous()
+        self._fused_tail = not probes_keep_norms(self.h)
         self._norms = None if self._fused_tail else neuron_output_norms(self.h, self.column_norms)
         self.y_norm = self._full_output(self.h).norm(dim=-1) if dense_norms is None else dense_norms  # [T]
         if tokens is None:
@@ -231,8 +239,9 @@ class LayerCETT:
         """``h · W_downᵀ`` over ALL neurons, float32 [T, d]: the TP ranks' partial products summed."""
         return _tp_all_reduce(exact_linear(h, self.w), dist.ReduceOp.SUM, self.tp_group)
 
-    def __call__(self, tau: float) -> float:
-        """Token-mean relative error of dropping every neuron with norm ≤ τ."""
+    def error_sum(self, tau: float) -> torch.Tensor:
+        """This rank's sum over its tokens of the relative errors at τ: float64 [1] on h's device,
+        not yet summed over DP. Launches the probe's kernels and returns without a host sync."""
         if self._fused_tail:
             from megasparse.kernels.triton_cett_tail import cett_tail
 
@@ -242,9 +251,27 @@ class LayerCETT:
         err = self._full_output(tail).norm(dim=-1)  # [T]
         # A token whose dense output is exactly zero has nothing to lose: relative error 0.
         rel = torch.where(self.y_norm > 0, err / self.y_norm.clamp_min(1e-30), torch.zeros_like(err))
-        total = rel.double().sum().reshape(1)
-        _all_reduce(total, dist.ReduceOp.SUM, self.group)
-        return float(total / self.tokens.clamp_min(1))
+        return rel.double().sum().reshape(1)
+
+    def __call__(self, tau: float) -> float:
+        """Token-mean relative error of dropping every neuron with norm ≤ τ."""
+        return probe_together([(self, tau)])[0]
+
+
+def probe_together(probes: Sequence[tuple[LayerCETT, float]]) -> list[float]:
+    """CETT(τ) of several (layer, τ) pairs whose kernels are all launched before any result is
+    read: one host sync and one DP all-reduce for the lot instead of one each, so the GPU does not
+    idle between probes while the host waits for a value and launches the next probe.
+
+    Every layer must share the data-parallel group (the layers of one model do). Each value is
+    computed exactly as a lone probe computes it (the same float64 division of the same sums).
+    """
+    if not probes:
+        return []
+    totals = torch.cat([layer.error_sum(tau) for layer, tau in probes])  # float64 [n]
+    _all_reduce(totals, dist.ReduceOp.SUM, probes[0][0].group)
+    tokens = torch.cat([layer.tokens for layer, _ in probes])  # float64 [n]
+    return (totals / tokens.clamp_min(1)).tolist()
 
 
 def search_grid(cett_of: "LayerCETT", candidates: torch.Tensor, target: float) -> float:
@@ -311,21 +338,50 @@ class LayerThresholdSearch:
 
     def cett_at(self, index: int) -> float:
         if index not in self._cett_at:
-            if self.layer is None:
-                raise RuntimeError("this search was released: reattach the layer's h before probing further")
-            self._cett_at[index] = self.layer(self._grid[index])
+            self._cett_at[index] = probe_together([(self._attached(), self._grid[index])])[0]
         return self._cett_at[index]
+
+    def _attached(self) -> LayerCETT:
+        if self.layer is None:
+            raise RuntimeError("this search was released: reattach the layer's h before probing further")
+        return self.layer
 
     def threshold_for(self, cett: float) -> float:
         """The same answer as :func:`search_grid` on this layer's grid."""
-        left, right = 0, len(self._grid)
-        while left < right:
-            mid = (left + right) // 2
-            if self.cett_at(mid) > cett:
-                right = mid
-            else:
-                left = mid + 1
-        return self._grid[left - 1] if left > 0 else 0.0
+        return thresholds_in_lockstep([self], cett)[0]
+
+
+def thresholds_in_lockstep(searches: Sequence[LayerThresholdSearch], cett: float) -> list[float]:
+    """:meth:`LayerThresholdSearch.threshold_for` of every search (layers of one model on the same
+    tokens), with the same answers: each search walks its own binary search over its remembered
+    probes, and the probes the searches need next are computed together (:func:`probe_together`),
+    one host sync per bisection step of all layers instead of one per probe.
+
+    Every rank asks the same probes in the same order (the values are global), so the collectives
+    inside the probes stay matched.
+    """
+    bounds = [(0, len(search._grid)) for search in searches]  # (left, right) per search
+    while True:
+        wanted: list[tuple[int, int]] = []  # (search, grid index) to probe in this step
+        for n, search in enumerate(searches):
+            left, right = bounds[n]
+            while left < right:
+                mid = (left + right) // 2
+                known = search._cett_at.get(mid)
+                if known is None:
+                    wanted.append((n, mid))
+                    break
+                if known > cett:
+                    right = mid
+                else:
+                    left = mid + 1
+            bounds[n] = (left, right)
+        if not wanted:
+            break
+        values = probe_together([(searches[n]._attached(), searches[n]._grid[mid]) for n, mid in wanted])
+        for (n, mid), value in zip(wanted, values):
+            searches[n]._cett_at[mid] = value
+    return [search._grid[left - 1] if left > 0 else 0.0 for search, (left, _) in zip(searches, bounds)]
 
 
 def layer_threshold_for_cett(

@@ -43,6 +43,8 @@ from megasparse.sparsity.cett import (
     _tp_all_reduce,
     check_groups,
     down_column_norms,
+    probes_keep_norms,
+    thresholds_in_lockstep,
 )
 from megasparse.sparsity.full_weights import full_copies
 from megasparse.sparsity.passes import SparseStats, measurement_mode, sparse_pass, streamed_dense_pass
@@ -137,28 +139,40 @@ def _layer_thresholds(
     """τ per layer (float32 [L]) for ``cett`` on one batch, and the batch's dense loss."""
     taus = [0.0] * len(mlps)
 
-    def search_layer(pos: int, h: torch.Tensor) -> None:  # h [b, s, f/tp], during the forward
+    def search_of(pos: int, h: torch.Tensor) -> LayerThresholdSearch:  # h [b, s, f/tp]
         key, weight = (batch_index, pos), cache.weights[pos]
         search = cache.searches.get(key)
         if search is None:
             search = cache.searches[key] = LayerThresholdSearch(h, weight, num_candidates, group, tp_group)
         else:
             search.reattach(h, weight)
+        return search
+
+    def search_layer(pos: int, h: torch.Tensor) -> None:  # during a streamed forward
+        search = search_of(pos, h)
         taus[pos] = search.threshold_for(cett)
         search.release()
 
+    def search_kept(hs: list[torch.Tensor]) -> None:
+        """Every layer of a batch whose activations are all kept: on a GPU the layers' searches
+        advance in lockstep (one host sync per step of all layers, not one per probe); where a
+        probe state holds a float32 norm matrix, one layer at a time as in a streamed pass."""
+        if probes_keep_norms(hs[0]):
+            for pos, h in enumerate(hs):
+                search_layer(pos, h)
+            return
+        searches = [search_of(pos, h) for pos, h in enumerate(hs)]
+        taus[:] = thresholds_in_lockstep(searches, cett)
+        for search in searches:
+            search.release()
+
     if batch_index in cache.kept:
         hs, dense_loss = cache.kept[batch_index]
-        for pos, h in enumerate(hs):
-            search_layer(pos, h)
+        search_kept(hs)
     elif batch_index not in cache.seen and cache.may_keep(tokens, mlps):
         hs: list = [None] * len(mlps)
-
-        def keep_and_search(pos: int, h: torch.Tensor) -> None:
-            hs[pos] = h
-            search_layer(pos, h)
-
-        dense_loss = streamed_dense_pass(model, mlps, tokens, keep_and_search, tp_group)
+        dense_loss = streamed_dense_pass(model, mlps, tokens, hs.__setitem__, tp_group)
+        search_kept(hs)
         cache.kept[batch_index] = (hs, dense_loss)
     else:
         known = cache.dense_loss.get(batch_index)

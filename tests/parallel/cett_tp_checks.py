@@ -25,9 +25,12 @@ from megasparse.model.transformer import Transformer
 from megasparse.parallel import ParallelGroups, tensor_parallel_layer_factory
 from megasparse.sparsity.cett import (
     LayerCETT,
+    LayerThresholdSearch,
     candidate_thresholds,
     cett_of_threshold,
     down_column_norms,
+    layer_threshold_for_cett,
+    thresholds_in_lockstep,
 )
 from megasparse.sparsity.live_calibration import LiveCalibrator
 from megasparse.sparsity.passes import SparseStats, dense_pass, measurement_mode, sparse_pass
@@ -238,12 +241,37 @@ def check_tp_needs_the_data_group(s: Setup) -> dict:
     return {}
 
 
+def check_lockstep_searches(s: Setup) -> dict:
+    """Every layer searched in lockstep (one stacked DP all-reduce per step; under TP each probe's
+    partial products summed as alone) gives each layer's answer searched alone, under TP2 and DP2."""
+    out = {}
+    for name, g, factory in (
+        ("tp2", s.tp2, tensor_parallel_layer_factory(s.tp2, False)),
+        ("dp2", s.dp2, None),
+    ):
+        extra = {} if factory is None else {"layer_factory": factory}
+        model = Transformer(model_config(), seed=SEED, device=s.device, **extra).eval()
+        batch = greedy_batches(model, 1, b=2, seed=2 + g.dp_rank)[0]  # DP ranks: different tokens
+        tp_group = g.tp_group if name == "tp2" else None
+        with measurement_mode(model) as mlps:
+            hs = dense_pass(model, mlps, batch, tp_group=tp_group).hs
+        weights = [m.down_proj.weight for m in mlps]
+        searches = [LayerThresholdSearch(h, w, 1025, g.dp_group, tp_group) for h, w in zip(hs, weights)]
+        for c in CETT_VALUES:
+            alone = [layer_threshold_for_cett(h, w, c, 1025, g.dp_group, tp_group) for h, w in zip(hs, weights)]
+            together = thresholds_in_lockstep(searches, c)
+            assert together == alone, f"{name} c={c}: lockstep {together} vs alone {alone}"
+        out[name] = {"probes": sum(len(search._cett_at) for search in searches)}
+    return out
+
+
 CHECKS = [
     ("grid_layout_invariant", check_grid_is_layout_invariant),
     ("tp_needs_data_group", check_tp_needs_the_data_group),
     ("tp2_relu", check_tp2_relu),
     ("tp2_silu_sequence_parallel", check_tp2_silu_sequence_parallel),
     ("dp2", check_dp2),
+    ("lockstep_searches", check_lockstep_searches),
 ]
 
 

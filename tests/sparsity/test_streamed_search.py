@@ -7,12 +7,16 @@ import pytest
 import torch
 from sparse_fixtures import greedy_batches, one_thread, tiny_model  # noqa: F401
 
+from megasparse.sparsity import cett as cett_module
+from megasparse.sparsity import ppl_search
 from megasparse.sparsity.cett import (
     LayerCETT,
     LayerThresholdSearch,
     exact_linear,
     layer_threshold_for_cett,
     neuron_output_norms,
+    probes_keep_norms,
+    thresholds_in_lockstep,
 )
 from megasparse.sparsity.live_calibration import DEFAULT_CACHE_BYTES, activation_cache_budget
 from megasparse.sparsity.passes import dense_pass, measurement_mode
@@ -38,6 +42,43 @@ def test_released_and_reattached_search_answers_like_fresh_searches(activation):
             search.release()
         assert answers == [layer_threshold_for_cett(h.reshape(-1, h.shape[-1]), w, t, 257) for t in TARGETS]
         assert len(set(answers)) > 2, "the targets should land on different candidates"
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_layers_searched_in_lockstep_answer_like_one_layer_at_a_time(activation, monkeypatch):
+    model = tiny_model(activation)
+    batch = greedy_batches(model, 1, b=2, s=16)[0]
+    with measurement_mode(model) as mlps:
+        d = dense_pass(model, mlps, batch)
+    weights = [mlp.down_proj.weight for mlp in mlps]
+    want = {
+        target: [layer_threshold_for_cett(h.reshape(-1, h.shape[-1]), w, target, 1025) for h, w in zip(d.hs, weights)]
+        for target in TARGETS
+    }
+    searches = [LayerThresholdSearch(h, w, 1025) for h, w in zip(d.hs, weights)]
+    rounds: list[int] = []  # probes computed per call of probe_together
+    together = cett_module.probe_together
+    monkeypatch.setattr(cett_module, "probe_together", lambda probes: rounds.append(len(probes)) or together(probes))
+    for target in TARGETS:  # remembered probes carry over between targets, as in a bisection
+        assert thresholds_in_lockstep(searches, target) == want[target], target
+    assert sum(rounds) == sum(len(search._cett_at) for search in searches)  # each probe computed once
+    assert max(rounds) == len(searches), "a step should probe every layer that still searches"
+    assert len(rounds) < sum(rounds), "the layers' probes should share their host syncs"
+
+
+def test_kept_activations_searched_in_lockstep_give_the_streamed_search(tiny_model_relu_batches, monkeypatch):
+    # On a GPU a kept batch's layers are searched in lockstep; here the probes keep norm matrices,
+    # which would make one layer at a time the choice: force lockstep to compare it on the CPU.
+    model, batches = tiny_model_relu_batches
+    streamed = search_cett_for_ppl([model], [batches], 1.0, 1e-3, num_candidates=4096, dense_cache_bytes=0)
+    monkeypatch.setattr(ppl_search, "probes_keep_norms", lambda h: False)
+    lockstep = search_cett_for_ppl([model], [batches], 1.0, 1e-3, num_candidates=4096)
+    assert 0.01 < lockstep.cett < 0.99
+    assert lockstep.history == streamed.history
+    assert lockstep.cett == streamed.cett and lockstep.ppl_ratio == streamed.ppl_ratio
+    a, b = lockstep.evaluations[0], streamed.evaluations[0]
+    assert torch.equal(a.batch_thresholds, b.batch_thresholds)
+    assert torch.equal(a.stats.kept_per_layer, b.stats.kept_per_layer)
 
 
 def test_released_search_refuses_new_probes():
@@ -78,6 +119,18 @@ def test_fused_probe_tail_gives_the_tensor_paths_cett_values(activation):
     grid = LayerThresholdSearch(h, w).candidates
     for tau in grid[::4096].tolist() + [0.0]:
         assert fused(tau) == tensors(tau), tau
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the lockstep search with fused tails runs on CUDA")
+def test_lockstep_search_with_fused_tails_answers_like_one_layer_at_a_time():
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    hs = [torch.randn(8192, 1920, device="cuda", generator=gen).relu().to(torch.bfloat16) for _ in range(4)]  # [T, f]
+    ws = [(torch.randn(768, 1920, device="cuda", generator=gen) / 40).to(torch.bfloat16) for _ in hs]  # [d, f]
+    assert not probes_keep_norms(hs[0])
+    searches = [LayerThresholdSearch(h, w) for h, w in zip(hs, ws)]
+    for target in TARGETS:
+        alone = [layer_threshold_for_cett(h, w, target) for h, w in zip(hs, ws)]
+        assert thresholds_in_lockstep(searches, target) == alone, target
 
 
 def test_streamed_and_kept_activations_give_the_same_search(tiny_model_relu_batches):

@@ -22,7 +22,8 @@ against the wall time, and the N kernels that took longest in total.
 
 ``--breakdown`` calibrates once more with the device synchronised around each part of the search
 and reports the seconds (exclusive of the parts nested in them) and calls of each: the dense
-forwards, the sparse forwards, the CETT probes, the probes' set-up (neuron norms and dense output
+forwards, the sparse forwards, the CETT probes (calls: host syncs; ``probes``: the CETT values
+computed), the probes' set-up (neuron norms and dense output
 norms) and the candidate grids. The synchronisation makes that run a little slower than the others.
 
 Prints one JSON line.

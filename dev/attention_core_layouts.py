@@ -22,27 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from megasparse.model.rotary import rotary_cos_sin, split_qkv_rotary
 
-
-def median_ms(fn, repeats: int) -> float:
-    """Median of ``repeats`` CUDA-event timings of ``fn()`` after two untimed calls."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_common import timed  # noqa: E402  (median ms of CUDA-event-timed calls)
 
 
 def main() -> None:
@@ -85,7 +74,7 @@ def main() -> None:
     grads_bshd = [torch.randn(b, s, h, hd, device=dev, dtype=dt) for _ in range(3)]
     grads_bhsd = [g.transpose(1, 2).contiguous().transpose(1, 2) for g in grads_bshd]  # same values
     for layout, grads in (("bshd", grads_bshd), ("bhsd", grads_bhsd)):
-        ms = median_ms(lambda: torch.autograd.grad((q, k, v), qkv, grads, retain_graph=True), args.repeats)
+        ms = timed(lambda: torch.autograd.grad((q, k, v), qkv, grads, retain_graph=True), args.repeats)
         emit(
             {
                 "what": f"rotary backward alone, grads {layout}",
@@ -100,7 +89,7 @@ def main() -> None:
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         o.transpose(1, 2).reshape(b, s, -1).backward(grad_out)
 
-    emit({"what": "core forward + backward", "ms": round(median_ms(core, args.repeats), 4)})
+    emit({"what": "core forward + backward", "ms": round(timed(core, args.repeats), 4)})
 
     # 4. The kernels of one core call, by device time.
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:

@@ -14,6 +14,10 @@ it. This script, on one GPU at the attention shape of one layer:
 
 One JSON line per measurement (CUDA events, median of ``--repeats``).
 
+Result on an H200 (benchmarks/RESULTS.md §14): SDPA's backward hands the gradients in the
+contiguous [b, s, h, hd] layout, and the kernel alone still takes 0.92 ms (1.5 TB/s) with them
+(1.85 ms with [b, h, s, hd] gradients): the layout is not the cause, the generated kernel is.
+
     python dev/attention_core_layouts.py                 # 1.2B: b 16, s 4096, 14 heads × 128
     python dev/attention_core_layouts.py --batch 64 --heads 6   # 0.1B at micro-batch 64
 """
